@@ -1,0 +1,54 @@
+# Two commands matter: `make up` (the whole mesh, locally) and `make test` (everything CI runs).
+# Each installs what it needs; built artifacts are cached under .cache/ so repeat runs are quick.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+BUF := .cache/tools/node_modules/.bin/buf
+export PATH := $(CURDIR)/$(VENV)/bin:$(CURDIR)/.cache/bin:$(PATH)
+
+.PHONY: up test setup proto proto-check lint typecheck pytest bench clean
+
+up: setup
+	$(VENV)/bin/genmesh up
+
+test: setup proto-check lint typecheck pytest
+
+setup: $(VENV)/.installed $(BUF)
+
+$(VENV)/.installed: pyproject.toml scripts/setup_env.sh
+	scripts/setup_env.sh $(PYTHON) $(VENV)
+	touch $@
+
+$(BUF):
+	mkdir -p .cache/tools
+	npm install --silent --no-audit --no-fund --prefix .cache/tools @bufbuild/buf@1.75.0
+
+proto: setup
+	scripts/gen_protos.sh
+
+# Generated code must match the protos, buf lint must be clean, and main must stay compatible.
+proto-check: proto
+	@if [ -n "$$(git status --porcelain -- services/v1 services/gateway/gen services/gateway/openapi)" ]; then \
+		git status --porcelain -- services/v1 services/gateway/gen services/gateway/openapi; \
+		echo "generated code drifted from protos/: run 'make proto' and commit"; exit 1; fi
+	$(BUF) lint
+	scripts/buf_breaking.sh $(BUF)
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+typecheck: setup
+	mkdir -p .cache/typecheck && ln -sfn ../../services .cache/typecheck/genmesh
+	$(VENV)/bin/mypy -p genmesh $(if $(wildcard tests/*.py),tests bench)
+
+pytest: setup
+	$(VENV)/bin/pytest -q $(PYTEST_ARGS)
+
+bench: setup
+	$(PY) bench/router_overhead.py
+
+clean:
+	rm -rf $(VENV) .cache
