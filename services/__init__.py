@@ -1,0 +1,1 @@
+"""genmesh: a multi-modal generation mesh."""

@@ -1,0 +1,1 @@
+"""The text-to-text service: LLM engines behind InferenceService."""

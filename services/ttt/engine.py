@@ -1,0 +1,91 @@
+"""The interface every text engine implements, in the spirit of vLLM's engine API.
+
+The service layer owns protocol concerns (templating inputs into messages, <think> extraction,
+stop sequences across chunk boundaries, usage, timings); an engine only turns chat messages into a
+stream of text pieces and answers tokenizer questions.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+Role = Literal["system", "user", "assistant"]
+
+
+@dataclass(frozen=True)
+class ChatMessage:
+    role: Role
+    content: str
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """Resolved sampling parameters: defaults, personality and request already merged."""
+
+    max_tokens: int = 256
+    temperature: float = 0.7
+    top_p: float = 0.95
+    top_k: int = 40
+    repeat_penalty: float = 1.1
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class GenerationChunk:
+    """A piece of generated text; the last chunk of a generation sets finish_reason."""
+
+    text: str
+    tokens: int = 1
+    finish_reason: Literal["stop", "length", "stop_sequence", None] = None
+    stop_sequence: str = ""
+    prompt_tokens: int = 0
+
+
+@dataclass(frozen=True)
+class EngineModelInfo:
+    name: str
+    engine: str
+    context_size: int
+    max_output_tokens: int
+    supports_vision: bool = False
+    supports_audio: bool = False
+    size_bytes: int = 0
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+class TextEngine(abc.ABC):
+    """One loaded model. Engines may block in C code, so they must keep the event loop free
+    (run blocking work in a worker thread) and check for cancellation between tokens."""
+
+    name: str
+
+    @abc.abstractmethod
+    async def load(self) -> None:
+        """Loads weights; called once before the service reports SERVING."""
+
+    async def unload(self) -> None:
+        """Frees weights; the default has nothing to free."""
+
+    @abc.abstractmethod
+    def generate(
+        self, messages: list[ChatMessage], params: SamplingParams
+    ) -> AsyncIterator[GenerationChunk]:
+        """Streams the completion. Closing the iterator (client cancel, deadline) must stop work
+        within one token."""
+
+    @abc.abstractmethod
+    async def tokenize(self, text: str, add_special_tokens: bool) -> list[tuple[int, str]]:
+        """Token ids with their text pieces."""
+
+    @abc.abstractmethod
+    async def detokenize(self, tokens: list[int]) -> str:
+        """The text of a token sequence."""
+
+    @abc.abstractmethod
+    def info(self) -> EngineModelInfo:
+        """What the model is and can do."""
