@@ -1,0 +1,1 @@
+"""The agent sandbox: the llmPython dialect, implicit parallelism and OS isolation."""
