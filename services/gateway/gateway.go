@@ -1,0 +1,111 @@
+package main
+
+import (
+	"context"
+	_ "embed"
+	"fmt"
+	"net/http"
+	"net/textproto"
+
+	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
+	"github.com/rs/cors"
+	_ "google.golang.org/genproto/googleapis/rpc/errdetails" // resolves google.rpc details in error bodies
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/encoding/protojson"
+
+	genmeshv1 "genmesh/gateway/gen/genmesh/v1"
+)
+
+//go:embed openapi/genmesh.swagger.json
+var openAPIDocument []byte
+
+// forwardedHeaders are HTTP headers passed to the router as gRPC metadata under these keys:
+// the API key (Authorization is forwarded by grpc-gateway itself) and W3C trace context.
+var forwardedHeaders = map[string]string{
+	"X-Api-Key":   "x-api-key",
+	"Traceparent": "traceparent",
+	"Tracestate":  "tracestate",
+}
+
+func headerMatcher(key string) (string, bool) {
+	if md, ok := forwardedHeaders[textproto.CanonicalMIMEHeaderKey(key)]; ok {
+		return md, true
+	}
+	return runtime.DefaultHeaderMatcher(key)
+}
+
+// ndjson is the JSON marshaler with the newline-delimited media type on streamed responses, so
+// clients know to read them line by line.
+type ndjson struct{ runtime.JSONPb }
+
+func (ndjson) StreamContentType(any) string { return "application/x-ndjson" }
+
+func newMarshaler() runtime.Marshaler {
+	return &ndjson{runtime.JSONPb{
+		MarshalOptions:   protojson.MarshalOptions{UseProtoNames: true, EmitUnpopulated: true},
+		UnmarshalOptions: protojson.UnmarshalOptions{},
+	}}
+}
+
+// newHandler serves the REST bindings of the public services over conn, plus /healthz (the
+// router's gRPC health) and /openapi.json.
+func newHandler(ctx context.Context, conn *grpc.ClientConn, cfg config) (http.Handler, error) {
+	marshaler := newMarshaler()
+	mux := runtime.NewServeMux(
+		runtime.WithMarshalerOption(runtime.MIMEWildcard, marshaler),
+		runtime.WithIncomingHeaderMatcher(headerMatcher),
+		runtime.WithHealthzEndpoint(grpc_health_v1.NewHealthClient(conn)),
+	)
+	registrations := []func(context.Context, *runtime.ServeMux, *grpc.ClientConn) error{
+		genmeshv1.RegisterGenerationServiceHandler,
+		genmeshv1.RegisterAgentServiceHandler,
+		genmeshv1.RegisterCatalogServiceHandler,
+		genmeshv1.RegisterTokenizerServiceHandler,
+	}
+	for _, register := range registrations {
+		if err := register(ctx, mux, conn); err != nil {
+			return nil, err
+		}
+	}
+	err := mux.HandlePath(http.MethodGet, "/openapi.json", func(w http.ResponseWriter, _ *http.Request, _ map[string]string) {
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = w.Write(openAPIDocument)
+	})
+	if err != nil {
+		return nil, err
+	}
+	var handler http.Handler = limitBody(mux, marshaler, cfg.maxBodyBytes)
+	if len(cfg.corsOrigins) > 0 {
+		handler = cors.New(cors.Options{
+			AllowedOrigins: cfg.corsOrigins,
+			AllowedMethods: []string{http.MethodGet, http.MethodPost},
+			AllowedHeaders: []string{"Content-Type", "X-API-Key", "Authorization", "Traceparent", "Tracestate"},
+			MaxAge:         600,
+		}).Handler(handler)
+	}
+	return handler, nil
+}
+
+// limitBody refuses bodies over limit: at once with 413 when the length is declared, and as a
+// decoding error (400) when a chunked body runs over.
+func limitBody(next http.Handler, marshaler runtime.Marshaler, limit int64) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.ContentLength > limit {
+			st := status.New(codes.InvalidArgument, fmt.Sprintf("request body of %d bytes exceeds the limit of %d", r.ContentLength, limit))
+			body, err := marshaler.Marshal(st.Proto())
+			if err != nil {
+				http.Error(w, st.Message(), http.StatusRequestEntityTooLarge)
+				return
+			}
+			w.Header().Set("Content-Type", marshaler.ContentType(nil))
+			w.WriteHeader(http.StatusRequestEntityTooLarge)
+			_, _ = w.Write(body)
+			return
+		}
+		r.Body = http.MaxBytesReader(w, r.Body, limit)
+		next.ServeHTTP(w, r)
+	})
+}

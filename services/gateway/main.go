@@ -1,0 +1,104 @@
+// Command genmesh-gateway serves the genmesh gRPC API as REST/JSON (grpc-gateway v2): the
+// google.api.http bindings of the router's public services, newline-delimited JSON for server
+// streams, google.rpc.Status bodies for errors, the OpenAPI document and a health endpoint.
+package main
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/credentials/insecure"
+)
+
+// maxMessageBytes bounds router responses: generated images and audio are far over gRPC's 4 MiB default.
+const maxMessageBytes = 256 << 20
+
+func main() {
+	cfg, err := parseConfig(os.Args[1:])
+	if errors.Is(err, flag.ErrHelp) {
+		return
+	}
+	if err == nil {
+		err = run(cfg)
+	}
+	if err != nil {
+		slog.Error("gateway failed", "error", err)
+		os.Exit(1)
+	}
+}
+
+func run(cfg config) error {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+
+	creds, err := routerCredentials(cfg)
+	if err != nil {
+		return err
+	}
+	conn, err := grpc.NewClient(cfg.router,
+		grpc.WithTransportCredentials(creds),
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(maxMessageBytes), grpc.MaxCallSendMsgSize(maxMessageBytes)),
+	)
+	if err != nil {
+		return fmt.Errorf("router %s: %w", cfg.router, err)
+	}
+	defer conn.Close()
+
+	handler, err := newHandler(ctx, conn, cfg)
+	if err != nil {
+		return err
+	}
+	listener, err := net.Listen("tcp", cfg.listen)
+	if err != nil {
+		return err
+	}
+	srv := &http.Server{Handler: handler, ReadHeaderTimeout: 10 * time.Second}
+	slog.Info("gateway serving", "listen", listener.Addr().String(), "router", cfg.router, "tls", cfg.routerTLS)
+
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(listener) }()
+	select {
+	case err := <-served:
+		return err
+	case <-ctx.Done():
+	}
+	// Let in-flight requests (streams included) finish for a while, then cut them.
+	shutdownCtx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := srv.Shutdown(shutdownCtx); err != nil {
+		return srv.Close()
+	}
+	return nil
+}
+
+func routerCredentials(cfg config) (credentials.TransportCredentials, error) {
+	if !cfg.routerTLS {
+		return insecure.NewCredentials(), nil
+	}
+	tlsConfig := &tls.Config{MinVersion: tls.VersionTLS12, ServerName: cfg.routerServerName}
+	if cfg.routerCA != "" {
+		pem, err := os.ReadFile(cfg.routerCA)
+		if err != nil {
+			return nil, err
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("%s: no PEM certificates", cfg.routerCA)
+		}
+		tlsConfig.RootCAs = pool
+	}
+	return credentials.NewTLS(tlsConfig), nil
+}
