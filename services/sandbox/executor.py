@@ -25,9 +25,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
+from google.protobuf import json_format, struct_pb2
+
 from genmesh.sandbox import dialect, jail, wire
 from genmesh.v1 import program_pb2
-from google.protobuf import json_format, struct_pb2
 
 log = logging.getLogger(__name__)
 

@@ -402,7 +402,11 @@ class Run:
         self.stopped: SandboxStop | None = None
 
     def send(self, message: dict[str, Any]) -> None:
-        wire.write_all(self.fd, wire.encode(message))
+        try:
+            frame = wire.encode(message)
+        except wire.FrameError as exc:
+            self.stop(LimitExceeded(str(exc)))
+        wire.write_all(self.fd, frame)
 
     def receive(self) -> dict[str, Any]:
         body = wire.read_exact(self.fd, wire.size(wire.read_exact(self.fd, wire.HEADER.size)))

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from google.protobuf import json_format
+
 from genmesh.sandbox.executor import Executor
 from genmesh.v1 import program_pb2
-from google.protobuf import json_format
 
 
 class ReplayHost:

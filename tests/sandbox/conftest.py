@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest_asyncio
+
 from genmesh.sandbox.executor import Executor, py_from_value, value_from_py
 from genmesh.v1 import program_pb2
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+
 from genmesh.sandbox import replay
 from genmesh.sandbox.executor import Executor, py_from_value
 from genmesh.v1 import program_pb2
-
 from tests.sandbox.conftest import PythonHost, run_result, sleep_echo
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
