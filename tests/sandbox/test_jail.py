@@ -60,7 +60,9 @@ def unix_socket() -> object:
 
 
 def tcp_socket() -> object:
-    return socket.socket(socket.AF_INET, socket.SOCK_STREAM).connect(("127.0.0.1", 1))
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.connect(("127.0.0.1", 1))
+    return sock
 
 
 def fork() -> object:
@@ -72,7 +74,8 @@ def execute() -> object:
 
 
 def signal_parent() -> object:
-    return os.kill(os.getppid(), 0)
+    os.kill(os.getppid(), 0)
+    return "signalled"
 
 
 @pytest.mark.parametrize("action", [read_file, write_file])
