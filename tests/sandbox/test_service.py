@@ -1,0 +1,136 @@
+"""SandboxService over real gRPC on loopback: host calls on the stream, logs, failures, health."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import grpc
+import pytest
+import pytest_asyncio
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from genmesh.runtime.channel import key_interceptors
+from genmesh.sandbox.executor import py_from_value, value_from_py
+from genmesh.v1 import program_pb2, sandbox_pb2, sandbox_pb2_grpc
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+KEY = "sandbox-test-key"
+
+
+@pytest.fixture(scope="module")
+def sandbox_port() -> Iterator[int]:
+    env = {**os.environ, "GENMESH_INTERNAL_KEY": KEY, "GENMESH_SANDBOX_PORT": "0"}
+    env.pop("GENMESH_CONFIG", None)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "genmesh", "serve", "sandbox"],
+        env=env,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stdout is not None
+    port = 0
+    for line in process.stdout:
+        event = json.loads(line) if line.startswith("{") else {}
+        if event.get("ready"):
+            port = int(event["port"])
+            break
+    assert port, "the sandbox service did not start"
+    yield port
+    process.terminate()
+    process.wait(timeout=30)
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def channel(sandbox_port: int) -> AsyncIterator[grpc.aio.Channel]:
+    async with grpc.aio.insecure_channel(
+        f"127.0.0.1:{sandbox_port}", interceptors=key_interceptors(KEY)
+    ) as ch:
+        yield ch
+
+
+async def execute(
+    channel: grpc.aio.Channel, program: program_pb2.Program, answer: Any = None
+) -> tuple[program_pb2.ProgramResult, list[str]]:
+    """Runs `program`, answering each call with `answer(name, **arguments)`."""
+    stub = sandbox_pb2_grpc.SandboxServiceStub(channel)
+    requests: asyncio.Queue[sandbox_pb2.SandboxServiceExecuteRequest] = asyncio.Queue()
+    await requests.put(
+        sandbox_pb2.SandboxServiceExecuteRequest(start=sandbox_pb2.SandboxStart(program=program))
+    )
+
+    async def feed() -> AsyncIterator[sandbox_pb2.SandboxServiceExecuteRequest]:
+        while True:
+            yield await requests.get()
+
+    logs: list[str] = []
+
+    async def reply(call: program_pb2.FunctionCall) -> None:
+        kwargs = {k: py_from_value(v) for k, v in call.arguments.fields.items()}
+        await asyncio.sleep(0.05)
+        result = program_pb2.FunctionResult(
+            call_id=call.call_id, value=value_from_py(answer(call.name, **kwargs))
+        )
+        await requests.put(sandbox_pb2.SandboxServiceExecuteRequest(result=result))
+
+    tasks = []
+    async for response in stub.Execute(feed()):
+        kind = response.WhichOneof("message")
+        if kind == "call":
+            tasks.append(asyncio.create_task(reply(response.call)))
+        elif kind == "log":
+            logs.append(response.log.text)
+        else:
+            return response.result, logs
+    raise AssertionError("the stream ended without a result")
+
+
+async def test_program_with_host_calls_over_the_stream(channel: grpc.aio.Channel) -> None:
+    program = program_pb2.Program(
+        code="rs = [lookup(i) for i in range(5)]\nprint('got', len(rs))\nsum(r.double for r in rs)",
+        client_functions="def lookup(n=0): ...",
+    )
+    result, logs = await execute(channel, program, lambda name, n: {"double": 2 * n})
+    assert py_from_value(result.value) == 20
+    assert logs == ["got 5"]
+    starts = [c.started.ToNanoseconds() for c in result.call_log.calls]
+    first_end = starts[0] + result.call_log.calls[0].duration.ToNanoseconds()
+    assert all(s < first_end for s in starts)
+
+
+async def test_failures_come_back_structured_and_service_keeps_serving(
+    channel: grpc.aio.Channel,
+) -> None:
+    rejected, _ = await execute(channel, program_pb2.Program(code="x = 1\nimport os"))
+    assert rejected.error.kind == program_pb2.ProgramError.KIND_VIOLATION
+    assert rejected.error.line == 2
+    crashed, _ = await execute(channel, program_pb2.Program(code="1 / 0"))
+    assert crashed.error.type == "ZeroDivisionError"
+    looping = program_pb2.Program(code="while True:\n    pass")
+    looping.limits.wall_time.FromMilliseconds(500)
+    timed_out, _ = await execute(channel, looping)
+    assert timed_out.error.kind == program_pb2.ProgramError.KIND_TIMEOUT
+    ok, _ = await execute(channel, program_pb2.Program(code="'still here'"))
+    assert py_from_value(ok.value) == "still here"
+
+
+async def test_first_message_must_start_the_run(channel: grpc.aio.Channel) -> None:
+    stub = sandbox_pb2_grpc.SandboxServiceStub(channel)
+    call = stub.Execute(
+        iter([sandbox_pb2.SandboxServiceExecuteRequest(result=program_pb2.FunctionResult())])
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        async for _ in call:
+            pass
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_isolation_is_reported_in_health(channel: grpc.aio.Channel) -> None:
+    health = health_pb2_grpc.HealthStub(channel)
+    reply = await health.Check(health_pb2.HealthCheckRequest(service="genmesh.sandbox.isolation"))
+    assert reply.status == health_pb2.HealthCheckResponse.SERVING
