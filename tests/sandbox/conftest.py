@@ -4,13 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-from collections.abc import AsyncIterator, Callable
+import json
+import os
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
+import grpc
+import pytest
 import pytest_asyncio
 
+from genmesh.runtime.channel import key_interceptors
 from genmesh.sandbox.executor import Executor, py_from_value, value_from_py
 from genmesh.v1 import program_pb2
+
+KEY = "sandbox-test-key"
 
 
 class PythonHost:
@@ -50,3 +59,34 @@ def run_result(result: program_pb2.ProgramResult) -> Any:
     """The program's value, failing the test with the structured error if there is one."""
     assert not result.HasField("error"), result.error
     return py_from_value(result.value)
+
+
+@pytest.fixture(scope="session")
+def sandbox_port() -> Iterator[int]:
+    env = {**os.environ, "GENMESH_INTERNAL_KEY": KEY, "GENMESH_SANDBOX_PORT": "0"}
+    env.pop("GENMESH_CONFIG", None)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "genmesh", "serve", "sandbox"],
+        env=env,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stdout is not None
+    port = 0
+    for line in process.stdout:
+        event = json.loads(line) if line.startswith("{") else {}
+        if event.get("ready"):
+            port = int(event["port"])
+            break
+    assert port, "the sandbox service did not start"
+    yield port
+    process.terminate()
+    process.wait(timeout=30)
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def channel(sandbox_port: int) -> AsyncIterator[grpc.aio.Channel]:
+    async with grpc.aio.insecure_channel(
+        f"127.0.0.1:{sandbox_port}", interceptors=key_interceptors(KEY)
+    ) as ch:
+        yield ch

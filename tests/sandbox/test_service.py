@@ -3,55 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-import json
-import os
-import subprocess
-import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
 import pytest
-import pytest_asyncio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from genmesh.runtime.channel import key_interceptors
 from genmesh.sandbox.executor import py_from_value, value_from_py
 from genmesh.v1 import program_pb2, sandbox_pb2, sandbox_pb2_grpc
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
-KEY = "sandbox-test-key"
-
-
-@pytest.fixture(scope="module")
-def sandbox_port() -> Iterator[int]:
-    env = {**os.environ, "GENMESH_INTERNAL_KEY": KEY, "GENMESH_SANDBOX_PORT": "0"}
-    env.pop("GENMESH_CONFIG", None)
-    process = subprocess.Popen(
-        [sys.executable, "-m", "genmesh", "serve", "sandbox"],
-        env=env,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert process.stdout is not None
-    port = 0
-    for line in process.stdout:
-        event = json.loads(line) if line.startswith("{") else {}
-        if event.get("ready"):
-            port = int(event["port"])
-            break
-    assert port, "the sandbox service did not start"
-    yield port
-    process.terminate()
-    process.wait(timeout=30)
-
-
-@pytest_asyncio.fixture(loop_scope="session")
-async def channel(sandbox_port: int) -> AsyncIterator[grpc.aio.Channel]:
-    async with grpc.aio.insecure_channel(
-        f"127.0.0.1:{sandbox_port}", interceptors=key_interceptors(KEY)
-    ) as ch:
-        yield ch
 
 
 async def execute(

@@ -1,0 +1,282 @@
+"""AgentService: runs LLM-written programs in the sandbox service, bridging their host calls.
+
+Each run is one SandboxService.Execute stream. Calls to server-side functions (the mesh's own
+generate_text, generate_image, speak, transcribe and the router's function registry) are answered
+here, concurrently; calls to functions the client declared are relayed to the client on Run's
+stream and its answers relayed back. Execute is the unary form for programs that call only
+server-side functions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import inspect
+import json
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from typing import Any
+
+import grpc
+
+from genmesh.runtime import errors
+from genmesh.runtime.errors import FieldViolation
+from genmesh.sandbox import dialect
+from genmesh.sandbox.executor import py_from_value, value_from_py
+from genmesh.v1 import (
+    agent_pb2,
+    agent_pb2_grpc,
+    common_pb2,
+    program_pb2,
+    sandbox_pb2,
+    sandbox_pb2_grpc,
+)
+
+ServerFunction = Callable[..., Awaitable[Any]]
+Generate = Callable[[common_pb2.GenerateRequest], Awaitable[common_pb2.GenerateResponse]]
+Context = grpc.aio.ServicerContext[Any, Any]
+SandboxRequest = sandbox_pb2.SandboxServiceExecuteRequest
+
+
+def _stub(name: str, fn: ServerFunction) -> dialect.Stub:
+    """A dialect stub from a trusted function's signature (JSON-literal defaults only)."""
+    params = []
+    for p in inspect.signature(fn).parameters.values():
+        has_default = p.default is not inspect.Parameter.empty
+        if has_default:
+            json.dumps(p.default)  # a default the program cannot see would be a lie
+        params.append(
+            dialect.Param(p.name, p.kind.name, has_default, p.default if has_default else None)
+        )
+    return dialect.Stub(name, tuple(params), inspect.getdoc(fn) or "")
+
+
+class ServerFunctions:
+    """The functions a program may call that the router answers itself."""
+
+    def __init__(self, functions: Mapping[str, ServerFunction]) -> None:
+        self.functions = dict(functions)
+        self.source = dialect.stub_source([_stub(n, f) for n, f in self.functions.items()])
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.functions
+
+    async def call(self, call: program_pb2.FunctionCall) -> program_pb2.FunctionResult:
+        kwargs = {k: py_from_value(v) for k, v in call.arguments.fields.items()}
+        try:
+            value = await self.functions[call.name](**kwargs)
+            return program_pb2.FunctionResult(call_id=call.call_id, value=value_from_py(value))
+        except grpc.aio.AioRpcError as exc:
+            message = f"{exc.code().name}: {exc.details()}"
+        except Exception as exc:  # the program sees the failure where it uses the value
+            message = f"{type(exc).__name__}: {exc}"
+        return program_pb2.FunctionResult(call_id=call.call_id, error=message)
+
+
+def mesh_functions(generate: Generate) -> dict[str, ServerFunction]:
+    """generate_text, generate_image, speak and transcribe through the mesh's GenerationService."""
+
+    def request(task: common_pb2.Task.ValueType, binding: str, **fields: Any) -> Any:
+        return common_pb2.GenerateRequest(
+            request_id=f"agent-{uuid.uuid4().hex[:12]}", task=task, binding=binding, **fields
+        )
+
+    def prompt(text: str, role: common_pb2.InputRole.ValueType) -> common_pb2.InputItem:
+        return common_pb2.InputItem(kind=common_pb2.CONTENT_KIND_TEXT, role=role, text=text)
+
+    def media(response: common_pb2.GenerateResponse) -> list[dict[str, str]]:
+        return [
+            {"mime_type": o.mime_type, "data": base64.b64encode(o.data).decode()}
+            for o in response.outputs
+            if o.data
+        ]
+
+    async def generate_text(
+        prompt_text: str, system: str = "", max_tokens: int = 256, binding: str = ""
+    ) -> str:
+        """Generates text for a prompt with the mesh's text model."""
+        inputs = [prompt(prompt_text, common_pb2.INPUT_ROLE_USER_PROMPT)]
+        if system:
+            inputs.insert(0, prompt(system, common_pb2.INPUT_ROLE_SYSTEM_CONTEXT))
+        response = await generate(
+            request(
+                common_pb2.TASK_TEXT,
+                binding,
+                inputs=inputs,
+                text=common_pb2.TextParameters(max_tokens=max_tokens),
+            )
+        )
+        return "".join(o.text for o in response.outputs)
+
+    async def generate_image(
+        prompt_text: str, steps: int = 0, seed: int = 0, binding: str = ""
+    ) -> list[dict[str, str]]:
+        """Generates images (base64 with their mime type) for a prompt."""
+        params = common_pb2.ImageParameters()
+        if steps:
+            params.steps = steps
+        if seed:
+            params.seed = seed
+        response = await generate(
+            request(
+                common_pb2.TASK_IMAGE,
+                binding,
+                inputs=[prompt(prompt_text, common_pb2.INPUT_ROLE_USER_PROMPT)],
+                image=params,
+            )
+        )
+        return media(response)
+
+    async def speak(text: str, voice: str = "", binding: str = "") -> list[dict[str, str]]:
+        """Synthesises speech (base64 audio with its mime type)."""
+        response = await generate(
+            request(
+                common_pb2.TASK_SPEECH,
+                binding,
+                inputs=[prompt(text, common_pb2.INPUT_ROLE_USER_PROMPT)],
+                speech=common_pb2.SpeechParameters(voice=voice),
+            )
+        )
+        return media(response)
+
+    async def transcribe(audio: str, mime_type: str = "audio/wav", binding: str = "") -> str:
+        """Transcribes base64-encoded audio."""
+        item = common_pb2.InputItem(
+            kind=common_pb2.CONTENT_KIND_AUDIO,
+            role=common_pb2.INPUT_ROLE_INPUT_AUDIO,
+            data=base64.b64decode(audio),
+            mime_type=mime_type,
+        )
+        response = await generate(request(common_pb2.TASK_TRANSCRIPTION, binding, inputs=[item]))
+        return "".join(o.text for o in response.outputs)
+
+    return {
+        "generate_text": generate_text,
+        "generate_image": generate_image,
+        "speak": speak,
+        "transcribe": transcribe,
+    }
+
+
+class AgentService(agent_pb2_grpc.AgentServiceServicer):
+    """Runs programs through the sandbox service; see the module docstring."""
+
+    def __init__(self, sandbox: grpc.aio.Channel, functions: ServerFunctions) -> None:
+        self.sandbox = sandbox_pb2_grpc.SandboxServiceStub(sandbox)
+        self.functions = functions
+
+    def _check(self, program: program_pb2.Program, *, unary: bool) -> None:
+        if not program.code.strip():
+            raise errors.invalid_argument(
+                "the program is empty", FieldViolation("program.code", "required")
+            )
+        if unary and program.client_functions.strip():
+            raise errors.invalid_argument(
+                "Execute runs server-side functions only; use Run for client functions",
+                FieldViolation("program.client_functions", "must be empty for Execute"),
+            )
+
+    async def _bridge(
+        self,
+        request_id: str,
+        program: program_pb2.Program,
+        sandbox_requests: asyncio.Queue[SandboxRequest | None],
+        *,
+        client_calls: bool,
+    ) -> AsyncIterator[sandbox_pb2.SandboxServiceExecuteResponse]:
+        """Streams the sandbox's messages, answering server-side calls itself; client calls are
+        passed through when the caller can answer them, and refused otherwise."""
+        start = sandbox_pb2.SandboxStart(
+            request_id=request_id, program=program, server_functions=self.functions.source
+        )
+        await sandbox_requests.put(SandboxRequest(start=start))
+        client_names = {s.name for s in dialect.parse_stubs(program.client_functions)}
+
+        async def feed() -> AsyncIterator[SandboxRequest]:
+            while (item := await sandbox_requests.get()) is not None:
+                yield item
+
+        async def answer(call: program_pb2.FunctionCall) -> None:
+            result = await self.functions.call(call)
+            await sandbox_requests.put(SandboxRequest(result=result))
+
+        tasks: set[asyncio.Task[None]] = set()
+        stream = self.sandbox.Execute(feed())
+        try:
+            async for response in stream:
+                if response.WhichOneof("message") == "call":
+                    call = response.call
+                    if call.name in self.functions and call.name not in client_names:
+                        task = asyncio.create_task(answer(call))
+                        tasks.add(task)
+                        task.add_done_callback(tasks.discard)
+                        continue
+                    if not client_calls:
+                        await sandbox_requests.put(
+                            SandboxRequest(
+                                result=program_pb2.FunctionResult(
+                                    call_id=call.call_id, error=f"unknown function {call.name!r}"
+                                )
+                            )
+                        )
+                        continue
+                yield response
+        except grpc.aio.AioRpcError as exc:
+            raise errors.from_rpc_error(exc) from None
+        finally:
+            for task in tasks:
+                task.cancel()
+            await sandbox_requests.put(None)
+            stream.cancel()
+
+    async def Run(  # noqa: N802 - gRPC method name
+        self, request_iterator: AsyncIterator[agent_pb2.RunRequest], context: Context
+    ) -> AsyncIterator[agent_pb2.RunResponse]:
+        first = await anext(aiter(request_iterator), None)
+        if first is None or first.WhichOneof("message") != "start":
+            raise errors.invalid_argument(
+                "a run starts with a start message", FieldViolation("start", "must come first")
+            )
+        program = first.start.program
+        self._check(program, unary=False)
+        request_id = first.start.request_id or uuid.uuid4().hex
+        context.set_trailing_metadata((("x-request-id", request_id),))
+        sandbox_requests: asyncio.Queue[SandboxRequest | None] = asyncio.Queue()
+
+        async def read_client() -> None:
+            async for request in request_iterator:
+                kind = request.WhichOneof("message")
+                if kind == "result":
+                    await sandbox_requests.put(SandboxRequest(result=request.result))
+                elif kind == "control":
+                    await sandbox_requests.put(SandboxRequest(control=request.control))
+
+        reader = asyncio.create_task(read_client())
+        try:
+            bridge = self._bridge(request_id, program, sandbox_requests, client_calls=True)
+            async for response in bridge:
+                kind = response.WhichOneof("message")
+                if kind == "call":
+                    yield agent_pb2.RunResponse(request_id=request_id, call=response.call)
+                elif kind == "log":
+                    yield agent_pb2.RunResponse(request_id=request_id, log=response.log)
+                elif kind == "result":
+                    yield agent_pb2.RunResponse(request_id=request_id, result=response.result)
+                    return
+        finally:
+            reader.cancel()
+            with contextlib.suppress(BaseException):
+                await reader
+
+    async def Execute(  # noqa: N802 - gRPC method name
+        self, request: agent_pb2.ExecuteRequest, context: Context
+    ) -> agent_pb2.ExecuteResponse:
+        self._check(request.program, unary=True)
+        request_id = request.request_id or uuid.uuid4().hex
+        context.set_trailing_metadata((("x-request-id", request_id),))
+        queue: asyncio.Queue[SandboxRequest | None] = asyncio.Queue()
+        async for response in self._bridge(request_id, request.program, queue, client_calls=False):
+            if response.WhichOneof("message") == "result":
+                return agent_pb2.ExecuteResponse(request_id=request_id, result=response.result)
+        raise errors.unavailable("the sandbox ended the run without a result")
