@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/textproto"
+	"strings"
 
 	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
 	"github.com/rs/cors"
@@ -30,11 +31,35 @@ var forwardedHeaders = map[string]string{
 	"Tracestate":  "tracestate",
 }
 
-func headerMatcher(key string) (string, bool) {
+func incomingHeaderMatcher(key string) (string, bool) {
 	if md, ok := forwardedHeaders[textproto.CanonicalMIMEHeaderKey(key)]; ok {
 		return md, true
 	}
 	return runtime.DefaultHeaderMatcher(key)
+}
+
+// outgoingHeaderMatcher returns the router's response metadata as Grpc-Metadata-* headers, minus
+// the gRPC transport's own (content-type, grpc-*), which mean nothing to an HTTP client.
+func outgoingHeaderMatcher(key string) (string, bool) {
+	if key == "content-type" || strings.HasPrefix(key, "grpc-") {
+		return "", false
+	}
+	return runtime.MetadataHeaderPrefix + key, true
+}
+
+// errorHandler writes the google.rpc.Status body with the mapped HTTP status, and on 401 a proper
+// challenge: grpc-gateway would put the status message in WWW-Authenticate.
+func errorHandler(ctx context.Context, mux *runtime.ServeMux, m runtime.Marshaler, w http.ResponseWriter, r *http.Request, err error) {
+	runtime.DefaultHTTPErrorHandler(ctx, mux, m, challengeWriter{w}, r, err)
+}
+
+type challengeWriter struct{ http.ResponseWriter }
+
+func (c challengeWriter) WriteHeader(code int) {
+	if code == http.StatusUnauthorized {
+		c.Header().Set("WWW-Authenticate", `Bearer realm="genmesh"`)
+	}
+	c.ResponseWriter.WriteHeader(code)
 }
 
 // ndjson is the JSON marshaler with the newline-delimited media type on streamed responses, so
@@ -56,7 +81,9 @@ func newHandler(ctx context.Context, conn *grpc.ClientConn, cfg config) (http.Ha
 	marshaler := newMarshaler()
 	mux := runtime.NewServeMux(
 		runtime.WithMarshalerOption(runtime.MIMEWildcard, marshaler),
-		runtime.WithIncomingHeaderMatcher(headerMatcher),
+		runtime.WithIncomingHeaderMatcher(incomingHeaderMatcher),
+		runtime.WithOutgoingHeaderMatcher(outgoingHeaderMatcher),
+		runtime.WithErrorHandler(errorHandler),
 		runtime.WithHealthzEndpoint(grpc_health_v1.NewHealthClient(conn)),
 	)
 	registrations := []func(context.Context, *runtime.ServeMux, *grpc.ClientConn) error{
