@@ -12,8 +12,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import inspect
-import json
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
@@ -39,25 +37,14 @@ Context = grpc.aio.ServicerContext[Any, Any]
 SandboxRequest = sandbox_pb2.SandboxServiceExecuteRequest
 
 
-def _stub(name: str, fn: ServerFunction) -> dialect.Stub:
-    """A dialect stub from a trusted function's signature (JSON-literal defaults only)."""
-    params = []
-    for p in inspect.signature(fn).parameters.values():
-        has_default = p.default is not inspect.Parameter.empty
-        if has_default:
-            json.dumps(p.default)  # a default the program cannot see would be a lie
-        params.append(
-            dialect.Param(p.name, p.kind.name, has_default, p.default if has_default else None)
-        )
-    return dialect.Stub(name, tuple(params), inspect.getdoc(fn) or "")
-
-
 class ServerFunctions:
     """The functions a program may call that the router answers itself."""
 
     def __init__(self, functions: Mapping[str, ServerFunction]) -> None:
         self.functions = dict(functions)
-        self.source = dialect.stub_source([_stub(n, f) for n, f in self.functions.items()])
+        self.source = dialect.stub_source(
+            [dialect.stub_from_function(n, f) for n, f in self.functions.items()]
+        )
 
     def __contains__(self, name: str) -> bool:
         return name in self.functions

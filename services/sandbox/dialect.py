@@ -19,7 +19,9 @@ or replace them.
 from __future__ import annotations
 
 import ast
-from collections.abc import Iterable, Sequence
+import inspect
+import json
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -502,6 +504,18 @@ def validate_globals(names: Iterable[str]) -> None:
     for name in names:
         if not name.isidentifier() or name.startswith("_") or name in FORBIDDEN_NAMES:
             raise DialectError("globals", f"variable name {name!r} is not allowed", 0)
+
+
+def stub_from_function(name: str, fn: Callable[..., Any]) -> Stub:
+    """The stub of a trusted host-side function, from its signature; defaults must be JSON."""
+    params = []
+    for p in inspect.signature(fn).parameters.values():
+        has_default = p.default is not inspect.Parameter.empty
+        if has_default:
+            json.dumps(p.default)  # a default the program cannot see would be a lie
+        default = p.default if has_default else None
+        params.append(Param(p.name, p.kind.name, has_default, default))
+    return Stub(name, tuple(params), inspect.getdoc(fn) or "")
 
 
 def stub_source(stubs: Sequence[Stub]) -> str:

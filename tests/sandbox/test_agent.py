@@ -4,7 +4,11 @@ client, server-side functions answered by the router, Execute for server-only pr
 from __future__ import annotations
 
 import asyncio
+import json
+import sys
+from asyncio.subprocess import PIPE
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -37,17 +41,23 @@ async def add(a: int, b: int = 1) -> int:
 
 
 @pytest_asyncio.fixture(scope="session", loop_scope="session")
-async def agent(channel: grpc.aio.Channel) -> AsyncIterator[agent_pb2_grpc.AgentServiceStub]:
+async def agent_address(channel: grpc.aio.Channel) -> AsyncIterator[str]:
+    """A router-side AgentService (with the real auth interceptor) over the sandbox service."""
     keys = KeyStore([ApiKey(name="test", sha256=digest(KEY))])
     server = grpc.aio.server(interceptors=[AuthInterceptor(keys)])
     functions = ServerFunctions({**mesh_functions(echo_generate), "add": add})
     agent_pb2_grpc.add_AgentServiceServicer_to_server(AgentService(channel, functions), server)
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
-    address = f"127.0.0.1:{port}"
-    async with grpc.aio.insecure_channel(address, interceptors=key_interceptors(KEY)) as client:
-        yield agent_pb2_grpc.AgentServiceStub(client)
+    yield f"127.0.0.1:{port}"
     await server.stop(None)
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def agent(agent_address: str) -> AsyncIterator[agent_pb2_grpc.AgentServiceStub]:
+    interceptors = key_interceptors(KEY)
+    async with grpc.aio.insecure_channel(agent_address, interceptors=interceptors) as client:
+        yield agent_pb2_grpc.AgentServiceStub(client)
 
 
 async def test_execute_calls_server_side_functions(agent: Any) -> None:
@@ -97,3 +107,80 @@ async def test_run_relays_client_functions_to_the_client(agent: Any) -> None:
     assert result is not None
     assert py_from_value(result.value) == ["found x", 3]
     assert seen == ["lookup(key='x')", "log: found x"]
+
+
+PROGRAM = """
+people = [find_person(name) for name in ["ada", "alan", "grace"]]
+print("found", len(people))
+{p.name: p.born for p in people}
+"""
+
+HOST = """
+import time
+
+
+def find_person(name):
+    time.sleep(0.1)
+    return {"name": name.title(), "born": {"ada": 1815, "alan": 1912, "grace": 1906}[name]}
+"""
+
+
+async def genmesh(*args: str) -> tuple[int, str, str]:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "genmesh", *args, stdout=PIPE, stderr=PIPE
+    )
+    out, err = await process.communicate()
+    return process.returncode or 0, out.decode(), err.decode()
+
+
+async def test_cli_agent_run_and_replay(agent_address: str, tmp_path: Path) -> None:
+    (tmp_path / "program.py").write_text(PROGRAM)
+    (tmp_path / "host.py").write_text(HOST)
+    common = ["--address", agent_address, "--api-key", KEY]
+    code, out, err = await genmesh(
+        "agent",
+        "run",
+        *common,
+        str(tmp_path / "program.py"),
+        "--host-functions",
+        str(tmp_path / "host.py"),
+        "--json",
+    )
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["result"] == {"Ada": 1815, "Alan": 1912, "Grace": 1906}
+    assert report["error"] is None
+    calls = report["calls"]
+    assert [c["source"] for c in calls] == [
+        "find_person(name='ada')",
+        "find_person(name='alan')",
+        "find_person(name='grace')",
+    ]
+    assert all(c["started_ms"] < calls[0]["ended_ms"] for c in calls)
+
+    plain_code, plain_out, _ = await genmesh(
+        "agent",
+        "run",
+        *common,
+        str(tmp_path / "program.py"),
+        "--host-functions",
+        str(tmp_path / "host.py"),
+    )
+    assert plain_code == 0
+    assert plain_out.splitlines()[0] == "found 3"
+
+    (tmp_path / "log.json").write_text(out)
+    code, out, err = await genmesh("sandbox", "replay", str(tmp_path / "log.json"))
+    assert code == 0, err
+    assert "replay matches the log" in err
+    assert json.loads(out[out.index("{") :]) == report["result"]
+
+
+async def test_cli_reports_program_errors(agent_address: str, tmp_path: Path) -> None:
+    (tmp_path / "bad.py").write_text("x = 1\nimport os\n")
+    code, _, err = await genmesh(
+        "agent", "run", "--address", agent_address, "--api-key", KEY, str(tmp_path / "bad.py")
+    )
+    assert code == 1
+    assert "violation" in err
+    assert "(line 2)" in err
