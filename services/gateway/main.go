@@ -7,6 +7,7 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -67,6 +68,7 @@ func run(cfg config) error {
 	}
 	srv := &http.Server{Handler: handler, ReadHeaderTimeout: 10 * time.Second}
 	slog.Info("gateway serving", "listen", listener.Addr().String(), "router", cfg.router, "tls", cfg.routerTLS)
+	announce(listener.Addr().(*net.TCPAddr).Port)
 
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(listener) }()
@@ -82,6 +84,13 @@ func run(cfg config) error {
 		return srv.Close()
 	}
 	return nil
+}
+
+// announce prints the line every genmesh service prints once it listens, so launchers and tests
+// wait for the gateway as they do for the others (and learn the port when it was 0).
+func announce(port int) {
+	line, _ := json.Marshal(map[string]any{"event": "listening", "service": "gateway", "port": port, "ready": true})
+	fmt.Println(string(line))
 }
 
 func routerCredentials(cfg config) (credentials.TransportCredentials, error) {

@@ -9,10 +9,8 @@ import http.client
 import json
 import os
 import secrets
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -92,22 +90,18 @@ class Rest:
             conn.close()
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 class Service:
-    """`genmesh serve <name>` with its stderr in a log file; ready once it says so on stdout."""
+    """`genmesh serve <name>` (or `command`) with its stderr in a log file; ready once it says so
+    on stdout."""
 
-    def __init__(self, name: str, env: dict[str, str], log_dir: Path) -> None:
+    def __init__(
+        self, name: str, env: dict[str, str], log_dir: Path, command: list[str] | None = None
+    ) -> None:
         self.name = name
         self.log_path = log_dir / f"{name}.log"
         self.log: IO[bytes] = self.log_path.open("wb")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "genmesh", "serve", name],
+            command or [sys.executable, "-m", "genmesh", "serve", name],
             env=env,
             stdout=subprocess.PIPE,
             stderr=self.log,
@@ -176,37 +170,15 @@ def build_gateway() -> Path:
 
 @pytest.fixture(scope="session")
 def rest(mesh: Mesh, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rest]:
-    port = free_port()
-    log_path = tmp_path_factory.mktemp("gateway") / "gateway.log"
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [
-                str(build_gateway()),
-                f"-router={mesh.address}",
-                f"-listen=127.0.0.1:{port}",
-                f"-cors-origins={CORS_ORIGIN}",
-                f"-max-body-bytes={MAX_BODY_BYTES}",
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        try:
-            wait_healthy(port, process, log_path)
-            yield Rest(port, mesh.api_key)
-        finally:
-            process.terminate()
-            process.wait(30)
-
-
-def wait_healthy(port: int, process: subprocess.Popen[bytes], log_path: Path) -> None:
-    """Polls /healthz, which answers 200 once the router reports SERVING."""
-    for _ in range(600):
-        if process.poll() is not None:
-            pytest.fail(f"gateway exited:\n{log_path.read_text()}")
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-        with contextlib.suppress(OSError), contextlib.closing(conn):
-            conn.request("GET", "/healthz")
-            if conn.getresponse().status == 200:
-                return
-        time.sleep(0.1)
-    pytest.fail(f"gateway never became healthy:\n{log_path.read_text()}")
+    command = [
+        str(build_gateway()),
+        f"-router={mesh.address}",
+        "-listen=127.0.0.1:0",
+        f"-cors-origins={CORS_ORIGIN}",
+        f"-max-body-bytes={MAX_BODY_BYTES}",
+    ]
+    gateway = Service("gateway", dict(os.environ), tmp_path_factory.mktemp("gateway"), command)
+    try:
+        yield Rest(gateway.wait_ready(), mesh.api_key)
+    finally:
+        gateway.stop()
