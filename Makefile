@@ -8,12 +8,12 @@ PIP := $(PY) -m pip
 BUF := .cache/tools/node_modules/.bin/buf
 export PATH := $(CURDIR)/$(VENV)/bin:$(CURDIR)/.cache/bin:$(PATH)
 
-.PHONY: up test setup proto proto-check lint typecheck pytest bench clean
+.PHONY: up test setup proto proto-check lint typecheck pytest bench clean chart-check
 
 up: setup
 	$(VENV)/bin/genmesh up
 
-test: setup proto-check lint typecheck pytest
+test: setup proto-check lint typecheck chart-check pytest
 
 setup: $(VENV)/.installed $(BUF)
 
@@ -46,6 +46,12 @@ typecheck: setup
 
 pytest: setup
 	$(VENV)/bin/pytest -q $(PYTEST_ARGS)
+
+# The Helm chart and the Dockerfiles, checked without a cluster or a Docker engine: helm and
+# kube-score are built from the Go module proxy once and cached in $GENMESH_CACHE/bin.
+chart-check: setup
+	scripts/helm_tools.sh
+	$(VENV)/bin/pytest -q tests/chart
 
 bench: setup
 	$(PY) bench/router_overhead.py
