@@ -46,6 +46,17 @@ class GenerationChunk:
     prompt_tokens: int = 0
 
 
+class PromptTooLongError(ValueError):
+    """The templated prompt does not fit the context window (the service: INVALID_ARGUMENT)."""
+
+    def __init__(self, prompt_tokens: int, context_size: int) -> None:
+        super().__init__(
+            f"the prompt has {prompt_tokens} tokens but the context holds {context_size}"
+        )
+        self.prompt_tokens = prompt_tokens
+        self.context_size = context_size
+
+
 @dataclass(frozen=True)
 class EngineModelInfo:
     name: str
@@ -68,7 +79,7 @@ class TextEngine(abc.ABC):
     async def load(self) -> None:
         """Loads weights; called once before the service reports SERVING."""
 
-    async def unload(self) -> None:
+    async def unload(self) -> None:  # noqa: B027 - optional hook
         """Frees weights; the default has nothing to free."""
 
     @abc.abstractmethod

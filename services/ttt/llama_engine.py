@@ -1,0 +1,227 @@
+"""llama.cpp engine (GGUF) through llama-cpp-python.
+
+One `Llama` object owns one context, so generations on it run one at a time in a worker thread;
+the service's per-model limit decides how many wait. Tokens are produced with the low-level
+`Llama.generate` loop rather than `create_completion`, which gives an exact token count and a
+cancellation check between every two tokens.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import codecs
+import os
+import random
+import threading
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from genmesh.ttt.engine import (
+    ChatMessage,
+    EngineModelInfo,
+    GenerationChunk,
+    PromptTooLongError,
+    SamplingParams,
+    TextEngine,
+)
+from genmesh.ttt.threaded import stream_from_thread
+
+if TYPE_CHECKING:
+    from llama_cpp import Llama
+    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+
+class LlamaCppEngine(TextEngine):
+    """Serves one GGUF file with the model's own chat template."""
+
+    engine = "llama.cpp"
+
+    def __init__(
+        self,
+        model_path: Path,
+        *,
+        name: str | None = None,
+        context_size: int = 0,
+        threads: int | None = None,
+        max_output_tokens: int = 0,
+    ) -> None:
+        self.name = name or model_path.stem
+        self._path = model_path
+        self._context_size = context_size
+        self._threads = threads or os.cpu_count() or 1
+        self._max_output_tokens = max_output_tokens
+        self._llm: Llama | None = None
+        self._formatter: Jinja2ChatFormatter | None = None
+        # One context: generations are serialised; the lock is taken inside the worker thread.
+        self._lock = threading.Lock()
+        self.generated_tokens = 0
+
+    async def load(self) -> None:
+        self._llm, self._formatter = await asyncio.to_thread(self._load)
+
+    def _load(self) -> tuple[Llama, Jinja2ChatFormatter]:
+        from llama_cpp import Llama
+        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+        llm = Llama(
+            model_path=str(self._path),
+            n_ctx=self._context_size,
+            n_threads=self._threads,
+            n_threads_batch=self._threads,
+            verbose=False,
+        )
+        template = llm.metadata.get("tokenizer.chat_template")
+        if not template:
+            raise ValueError(f"{self._path.name} has no chat template in its metadata")
+        model = llm._model
+        eos, bos = llm.token_eos(), llm.token_bos()
+        formatter = Jinja2ChatFormatter(
+            template=template,
+            eos_token=model.token_get_text(eos) if eos != -1 else "",
+            bos_token=model.token_get_text(bos) if bos != -1 else "",
+        )
+        return llm, formatter
+
+    async def unload(self) -> None:
+        await self.wait_idle()
+        llm, self._llm = self._llm, None
+        if llm is not None:
+            await asyncio.to_thread(llm.close)
+
+    async def wait_idle(self) -> None:
+        """Returns once no generation holds the context (a cancelled one finishes its token)."""
+        await asyncio.to_thread(self._lock.acquire)
+        self._lock.release()
+
+    @property
+    def llm(self) -> Llama:
+        if self._llm is None:
+            raise RuntimeError(f"model {self.name} is not loaded")
+        return self._llm
+
+    def render(self, messages: list[ChatMessage]) -> str:
+        """The prompt text, rendered with the model's chat template."""
+        if self._formatter is None:
+            raise RuntimeError(f"model {self.name} is not loaded")
+        response = self._formatter(
+            messages=[{"role": m.role, "content": m.content} for m in messages]
+        )
+        return str(response.prompt)
+
+    def prompt_tokens(self, messages: list[ChatMessage]) -> list[int]:
+        """The templated prompt as token ids (the template writes the special tokens itself)."""
+        return list(self.llm.tokenize(self.render(messages).encode(), add_bos=False, special=True))
+
+    def generate(
+        self, messages: list[ChatMessage], params: SamplingParams
+    ) -> AsyncIterator[GenerationChunk]:
+        prompt = self.prompt_tokens(messages)
+        context = self.llm.n_ctx()
+        if len(prompt) >= context:
+            raise PromptTooLongError(len(prompt), context)
+        budget = min(params.max_tokens, context - len(prompt))
+        if self._max_output_tokens:
+            budget = min(budget, self._max_output_tokens)
+        return stream_from_thread(
+            lambda emit, stop: self._produce(prompt, params, budget, emit, stop)
+        )
+
+    def _produce(
+        self,
+        prompt: list[int],
+        params: SamplingParams,
+        budget: int,
+        emit: Callable[[GenerationChunk], None],
+        stop: threading.Event,
+    ) -> None:
+        """Runs in a worker thread and checks `stop` before every token."""
+        llm = self.llm
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        first = True
+        with self._lock:
+            llm.set_seed(params.seed if params.seed is not None else random.getrandbits(32))
+            tokens = llm.generate(
+                prompt,
+                top_k=params.top_k,
+                top_p=params.top_p,
+                min_p=float(params.extra.get("min_p", 0.05)),
+                temp=params.temperature,
+                repeat_penalty=params.repeat_penalty,
+            )
+            produced = 0
+            finish: Any = "length"
+            try:
+                for token in tokens:
+                    if stop.is_set():
+                        return
+                    if llm._model.token_is_eog(token):
+                        finish = "stop"
+                        break
+                    produced += 1
+                    self.generated_tokens += 1
+                    text = decoder.decode(llm.detokenize([token]))
+                    emit(GenerationChunk(text=text, prompt_tokens=len(prompt) if first else 0))
+                    first = False
+                    if produced >= budget:
+                        break
+            finally:
+                tokens.close()
+        emit(
+            GenerationChunk(
+                text=decoder.decode(b"", final=True),
+                tokens=0,
+                finish_reason=finish,
+                prompt_tokens=len(prompt) if first else 0,
+            )
+        )
+
+    async def tokenize(self, text: str, add_special_tokens: bool) -> list[tuple[int, str]]:
+        llm = self.llm
+        ids = llm.tokenize(text.encode(), add_bos=add_special_tokens, special=add_special_tokens)
+        # A character split over several byte tokens is given to the token that completes it,
+        # so the pieces always join back into the text.
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        return [(i, decoder.decode(llm.detokenize([i], special=True))) for i in ids]
+
+    async def detokenize(self, tokens: list[int]) -> str:
+        llm = self.llm
+        vocab = llm.n_vocab()
+        bad = [t for t in tokens if not 0 <= t < vocab]
+        if bad:
+            raise ValueError(f"token ids out of range [0, {vocab}): {bad[:5]}")
+        return bytes(llm.detokenize(tokens)).decode(errors="replace")
+
+    def info(self) -> EngineModelInfo:
+        llm = self._llm
+        context = llm.n_ctx() if llm is not None else self._context_size
+        meta = llm.metadata if llm is not None else {}
+        return EngineModelInfo(
+            name=self.name,
+            engine=self.engine,
+            context_size=context,
+            max_output_tokens=self._max_output_tokens or context,
+            size_bytes=self._path.stat().st_size,
+            details={
+                "path": str(self._path),
+                "architecture": meta.get("general.architecture", ""),
+                "quantisation": _file_type(meta),
+                "trained_context": int(
+                    meta.get(f"{meta.get('general.architecture')}.context_length", 0)
+                ),
+                "generated_tokens": self.generated_tokens,
+                "loaded": llm is not None,
+            },
+        )
+
+
+def _file_type(meta: dict[str, str]) -> str:
+    from llama_cpp import llama_cpp
+
+    value = meta.get("general.file_type")
+    names = {
+        getattr(llama_cpp, n): n.removeprefix("LLAMA_FTYPE_MOSTLY_")
+        for n in dir(llama_cpp)
+        if n.startswith("LLAMA_FTYPE_MOSTLY_")
+    }
+    return names.get(int(value), value) if value is not None else ""

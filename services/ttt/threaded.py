@@ -1,0 +1,58 @@
+"""Bridges a blocking generation loop running in its own thread to an async iterator.
+
+Engines whose generation loop blocks in C code run it in a dedicated thread (not the shared
+executor, so a queue of waiting generations cannot starve tokenizer calls). The loop gets an
+`emit` callback and an event that is set as soon as the consumer goes away; it checks the event
+between tokens, which is what makes a client cancel stop the engine within one token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import AsyncIterator, Callable
+from typing import TypeVar, cast
+
+T = TypeVar("T")
+Work = Callable[[Callable[[T], None], threading.Event], None]
+
+_DONE = object()
+
+
+class _Failure:
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
+
+
+async def stream_from_thread(work: Work[T]) -> AsyncIterator[T]:
+    """Runs `work(emit, stop)` in a new thread and yields what it emits; closing the iterator
+    sets `stop`."""
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[object] = asyncio.Queue()
+    stop = threading.Event()
+
+    def deliver(item: object) -> None:
+        try:
+            loop.call_soon_threadsafe(queue.put_nowait, item)
+        except RuntimeError:  # the loop is closed: nobody is listening any more
+            stop.set()
+
+    def run() -> None:
+        try:
+            work(deliver, stop)
+        except BaseException as exc:  # handed to the consumer, which re-raises it
+            deliver(_Failure(exc))
+        finally:
+            deliver(_DONE)
+
+    threading.Thread(target=run, name="engine-generate", daemon=True).start()
+    try:
+        while True:
+            item = await queue.get()
+            if item is _DONE:
+                return
+            if isinstance(item, _Failure):
+                raise item.exc
+            yield cast(T, item)
+    finally:
+        stop.set()

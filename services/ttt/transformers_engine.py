@@ -1,0 +1,237 @@
+"""transformers + torch engine: any local Hugging Face folder, or a GGUF file (dequantised by
+transformers' GGUF loader).
+
+`model.generate` runs in a worker thread; a streamer hands each token out as it is sampled and a
+stopping criterion reads the cancel event, so a client cancel ends generation within one token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import threading
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
+
+from genmesh.ttt.engine import (
+    ChatMessage,
+    EngineModelInfo,
+    GenerationChunk,
+    PromptTooLongError,
+    SamplingParams,
+    TextEngine,
+)
+from genmesh.ttt.threaded import stream_from_thread
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+Emit = Callable[[GenerationChunk], None]
+
+
+class TransformersEngine(TextEngine):
+    """Serves a model folder or GGUF file with transformers on CPU (or `device`)."""
+
+    engine = "transformers"
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        name: str | None = None,
+        device: str = "cpu",
+        threads: int | None = None,
+        max_output_tokens: int = 0,
+    ) -> None:
+        self.name = name or (path.stem if path.is_file() else path.name)
+        self._path = path
+        self._device = device
+        self._threads = threads or os.cpu_count() or 1
+        self._max_output_tokens = max_output_tokens
+        self._model: PreTrainedModel | None = None
+        self._tokenizer: PreTrainedTokenizerBase | None = None
+        self._lock = threading.Lock()
+        self.generated_tokens = 0
+
+    async def load(self) -> None:
+        await asyncio.to_thread(self._load)
+
+    def _load(self) -> None:
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        torch.set_num_threads(self._threads)
+        if self._path.is_file():
+            folder, kwargs = self._path.parent, {"gguf_file": self._path.name}
+        else:
+            folder, kwargs = self._path, {}
+        self._tokenizer = AutoTokenizer.from_pretrained(folder, **kwargs)
+        # from_pretrained returns the model in inference (eval) mode.
+        self._model = AutoModelForCausalLM.from_pretrained(
+            folder, dtype=torch.float32, device_map=self._device, **kwargs
+        )
+
+    async def unload(self) -> None:
+        self._model = None
+        self._tokenizer = None
+
+    @property
+    def model(self) -> PreTrainedModel:
+        if self._model is None:
+            raise RuntimeError(f"model {self.name} is not loaded")
+        return self._model
+
+    @property
+    def tokenizer(self) -> PreTrainedTokenizerBase:
+        if self._tokenizer is None:
+            raise RuntimeError(f"model {self.name} is not loaded")
+        return self._tokenizer
+
+    def _context_size(self) -> int:
+        return int(getattr(self.model.config, "max_position_embeddings", 0) or 0)
+
+    def generate(
+        self, messages: list[ChatMessage], params: SamplingParams
+    ) -> AsyncIterator[GenerationChunk]:
+        conversation = [{"role": m.role, "content": m.content} for m in messages]
+        prompt = cast(
+            "list[int]",
+            self.tokenizer.apply_chat_template(
+                conversation, add_generation_prompt=True, tokenize=True, return_dict=False
+            ),
+        )
+        context = self._context_size()
+        if context and len(prompt) >= context:
+            raise PromptTooLongError(len(prompt), context)
+        budget = min(params.max_tokens, context - len(prompt)) if context else params.max_tokens
+        if self._max_output_tokens:
+            budget = min(budget, self._max_output_tokens)
+        return stream_from_thread(
+            lambda emit, stop: self._produce(prompt, params, budget, emit, stop)
+        )
+
+    def _produce(
+        self,
+        prompt: list[int],
+        params: SamplingParams,
+        budget: int,
+        emit: Emit,
+        stop: threading.Event,
+    ) -> None:
+        import torch
+        from transformers import StoppingCriteria, StoppingCriteriaList
+
+        class _Cancelled(StoppingCriteria):
+            def __call__(self, input_ids: torch.LongTensor, scores: Any, **kwargs: Any) -> Any:
+                return torch.full((input_ids.shape[0],), stop.is_set(), dtype=torch.bool)
+
+        streamer = _Streamer(self, emit, len(prompt))
+        sampling = params.temperature > 0
+        options: dict[str, Any] = {"do_sample": sampling}
+        if sampling:
+            options.update(temperature=params.temperature, top_p=params.top_p, top_k=params.top_k)
+        with self._lock, torch.inference_mode():
+            torch.manual_seed(params.seed if params.seed is not None else random.getrandbits(32))
+            ids = torch.tensor([prompt], device=self._device)
+            cast(Any, self.model).generate(
+                ids,
+                attention_mask=torch.ones_like(ids),
+                max_new_tokens=budget,
+                repetition_penalty=params.repeat_penalty,
+                pad_token_id=self.tokenizer.eos_token_id,
+                streamer=streamer,
+                stopping_criteria=StoppingCriteriaList([_Cancelled()]),
+                **options,
+            )
+        if not stop.is_set():
+            streamer.finish()
+
+    async def tokenize(self, text: str, add_special_tokens: bool) -> list[tuple[int, str]]:
+        encoded = self.tokenizer(
+            text, add_special_tokens=add_special_tokens, return_offsets_mapping=True
+        )
+        # Pieces are the spans of the text each token covers (a split character stays whole).
+        pieces, end = [], 0
+        for start, stop in encoded["offset_mapping"]:
+            pieces.append(text[max(start, end) : stop])
+            end = max(end, stop)
+        return list(zip(encoded["input_ids"], pieces, strict=True))
+
+    async def detokenize(self, tokens: list[int]) -> str:
+        size = len(self.tokenizer)
+        bad = [t for t in tokens if not 0 <= t < size]
+        if bad:
+            raise ValueError(f"token ids out of range [0, {size}): {bad[:5]}")
+        return str(self.tokenizer.decode(tokens))
+
+    def info(self) -> EngineModelInfo:
+        context = self._context_size() if self._model is not None else 0
+        files = [self._path] if self._path.is_file() else list(self._path.rglob("*"))
+        return EngineModelInfo(
+            name=self.name,
+            engine=self.engine,
+            context_size=context,
+            max_output_tokens=self._max_output_tokens or context,
+            size_bytes=sum(f.stat().st_size for f in files if f.is_file()),
+            details={
+                "path": str(self._path),
+                "device": self._device,
+                "generated_tokens": self.generated_tokens,
+                "loaded": self._model is not None,
+            },
+        )
+
+
+class _Streamer:
+    """transformers' streamer protocol: `put` gets the prompt, then one token at a time. Text is
+    decoded from all generated ids so multi-token characters and word spacing come out right."""
+
+    def __init__(self, engine: TransformersEngine, emit: Emit, prompt_tokens: int) -> None:
+        self._engine = engine
+        self._emit = emit
+        self._prompt_tokens = prompt_tokens
+        self._ids: list[int] = []
+        self._sent = 0
+        self._seen_prompt = False
+        self._finish: Any = "length"
+
+    def put(self, value: Any) -> None:
+        if not self._seen_prompt:
+            self._seen_prompt = True
+            return
+        for token in value.reshape(-1).tolist():
+            if token in self._eos_ids():
+                self._finish = "stop"
+                continue
+            self._ids.append(token)
+            self._engine.generated_tokens += 1
+            self._send(final=False, tokens=1)
+
+    def end(self) -> None:
+        return None
+
+    def finish(self) -> None:
+        self._send(final=True, tokens=0)
+
+    def _eos_ids(self) -> set[int]:
+        eos = self._engine.model.generation_config.eos_token_id
+        return set(eos) if isinstance(eos, list) else {eos}
+
+    def _send(self, *, final: bool, tokens: int) -> None:
+        text = str(self._engine.tokenizer.decode(self._ids, skip_special_tokens=True))
+        piece = text[self._sent :]
+        if piece.endswith("\ufffd") and not final:
+            piece = ""
+        self._sent += len(piece)
+        first = tokens == 1 and len(self._ids) == 1
+        self._emit(
+            GenerationChunk(
+                text=piece,
+                tokens=tokens,
+                finish_reason=self._finish if final else None,
+                prompt_tokens=self._prompt_tokens if first or (final and not self._ids) else 0,
+            )
+        )
