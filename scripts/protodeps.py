@@ -9,8 +9,13 @@ import sys
 from importlib.util import find_spec
 from pathlib import Path
 
-NEEDED = ("google/api/annotations.proto", "google/api/http.proto", "google/rpc/status.proto",
-          "google/rpc/error_details.proto", "google/rpc/code.proto")
+NEEDED = (
+    "google/api/annotations.proto",
+    "google/api/http.proto",
+    "google/rpc/status.proto",
+    "google/rpc/error_details.proto",
+    "google/rpc/code.proto",
+)
 
 
 def main(dest: Path) -> None:

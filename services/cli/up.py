@@ -1,0 +1,196 @@
+"""`genmesh up`: the whole mesh as local processes, health-checked, with a demo of each part.
+
+Each service runs as its own `genmesh serve` process in its own session (so Ctrl-C reaches only
+this launcher, which then stops the router first and the backends after it) and dies with the
+launcher if the launcher is killed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import click
+import yaml
+
+from genmesh.client import Client, key_file, text_request
+from genmesh.v1 import common_pb2
+
+PR_SET_PDEATHSIG = 1
+READY_TIMEOUT_S = 600.0
+
+
+@dataclass(frozen=True)
+class Component:
+    """A service `up` starts: its port offset from the router's and the bindings it serves."""
+
+    service: str
+    offset: int
+    bindings: tuple[dict[str, Any], ...] = ()
+    settings: dict[str, Any] = field(default_factory=dict)
+
+
+COMPONENTS = (
+    Component(
+        "ttt",
+        1,
+        (
+            {
+                "name": "echo",
+                "tasks": ["text"],
+                "engine": "echo",
+                "model": "echo",
+                "description": "deterministic echo engine",
+            },
+        ),
+    ),
+)
+
+
+def mesh_config(base_port: int) -> dict[str, Any]:
+    """The YAML every process reads: ports, and the router's bindings pointing at them."""
+    config: dict[str, Any] = {"router": {"port": base_port, "bindings": []}}
+    for component in COMPONENTS:
+        port = base_port + component.offset
+        config[component.service] = {"port": port, **component.settings}
+        for binding in component.bindings:
+            config["router"]["bindings"].append({**binding, "addresses": [f"127.0.0.1:{port}"]})
+    return config
+
+
+def local_key() -> str:
+    """GENMESH_API_KEY, else the saved key, else a new one saved for the CLI to find."""
+    key = os.environ.get("GENMESH_API_KEY")
+    if key:
+        return key
+    path = key_file()
+    if path.is_file():
+        return path.read_text().strip()
+    key = "gm-" + secrets.token_urlsafe(24)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.touch(mode=0o600)
+    path.write_text(key + "\n")
+    return key
+
+
+def _die_with_parent() -> None:
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+class Process:
+    def __init__(self, service: str, env: dict[str, str], log_dir: Path) -> None:
+        self.service = service
+        self.log_path = log_dir / f"{service}.log"
+        self.log: IO[bytes] = self.log_path.open("wb")
+        self.popen = subprocess.Popen(
+            [sys.executable, "-m", "genmesh", "serve", service],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=self.log,
+            start_new_session=True,
+            preexec_fn=_die_with_parent,  # noqa: PLW1509 - the launcher runs no threads
+        )
+
+    def wait_ready(self, deadline: float) -> None:
+        assert self.popen.stdout is not None
+        while time.monotonic() < deadline:
+            line = self.popen.stdout.readline()
+            if not line:
+                raise click.ClickException(
+                    f"{self.service} exited during startup; see {self.log_path}"
+                )
+            with contextlib.suppress(ValueError):
+                if json.loads(line).get("ready"):
+                    return
+        raise click.ClickException(f"{self.service} was not ready in time; see {self.log_path}")
+
+    def stop(self, grace: float) -> None:
+        if self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGTERM)
+            try:
+                self.popen.wait(grace)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait()
+        self.log.close()
+
+
+async def demo(address: str, key: str) -> None:
+    async with Client(address, key) as client:
+        request = text_request("Hello from genmesh!", parameters=common_pb2.TextParameters())
+        click.echo("  text  > ", nl=False)
+        async for event in client.generate_stream(request, timeout=120):
+            if event.HasField("text_delta"):
+                click.echo(event.text_delta.text, nl=False)
+        click.echo()
+
+
+@click.command()
+@click.option("--base-port", default=50051, show_default=True, help="Router port; others follow.")
+@click.option("--demo/--no-demo", "run_demo", default=True, help="Show a generation once up.")
+@click.option("--log-dir", type=click.Path(path_type=Path), default=None)
+def up(base_port: int, run_demo: bool, log_dir: Path | None) -> None:
+    """Run the whole mesh locally until Ctrl-C."""
+    key = local_key()
+    run_dir = Path(tempfile.mkdtemp(prefix="genmesh-up-"))
+    log_dir = log_dir or run_dir
+    log_dir.mkdir(parents=True, exist_ok=True)
+    config_path = run_dir / "mesh.yaml"
+    config_path.write_text(yaml.safe_dump(mesh_config(base_port)))
+    env = {
+        **os.environ,
+        "GENMESH_CONFIG": str(config_path),
+        "GENMESH_API_KEY": key,
+        "GENMESH_INTERNAL_KEY": "gm-internal-" + secrets.token_urlsafe(24),
+    }
+    stop = {"requested": False}
+
+    def request_stop(signum: int, frame: object) -> None:
+        stop["requested"] = True
+
+    signal.signal(signal.SIGINT, request_stop)
+    signal.signal(signal.SIGTERM, request_stop)
+    processes: list[Process] = []
+    try:
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        for component in COMPONENTS:
+            processes.append(Process(component.service, env, log_dir))
+        for process in processes:
+            process.wait_ready(deadline)
+        router = Process("router", env, log_dir)
+        processes.insert(0, router)
+        router.wait_ready(deadline)
+        address = f"127.0.0.1:{base_port}"
+        click.echo(f"genmesh is up: router at {address} (logs in {log_dir})")
+        click.echo(f"  API key: {key}  (saved to {key_file()})")
+        click.echo(
+            f"  try: genmesh generate 'Hello'  |  grpcurl -plaintext -H 'x-api-key: {key}' "
+            f"{address} list"
+        )
+        if run_demo:
+            asyncio.run(demo(address, key))
+        click.echo("Press Ctrl-C to stop.")
+        while not stop["requested"]:
+            for process in processes:
+                if process.popen.poll() is not None:
+                    raise click.ClickException(
+                        f"{process.service} exited unexpectedly; see {process.log_path}"
+                    )
+            time.sleep(0.2)
+        click.echo("stopping...")
+    finally:
+        for process in processes:
+            process.stop(grace=15)

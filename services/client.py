@@ -1,0 +1,173 @@
+"""The typed Python client for genmesh's public API (asyncio), used by the CLI."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+
+import grpc
+from google.rpc import error_details_pb2, status_pb2
+
+from genmesh.v1 import (
+    agent_pb2_grpc,
+    catalog_pb2,
+    catalog_pb2_grpc,
+    common_pb2,
+    generation_pb2,
+    generation_pb2_grpc,
+    tokenizer_pb2_grpc,
+)
+
+DEFAULT_ADDRESS = "127.0.0.1:50051"
+
+
+def key_file() -> Path:
+    """Where `genmesh up` saves the local key, so the CLI finds it without configuration."""
+    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(base) / "genmesh" / "api_key"
+
+
+def default_api_key() -> str | None:
+    key = os.environ.get("GENMESH_API_KEY")
+    if key:
+        return key
+    path = key_file()
+    return path.read_text().strip() if path.is_file() else None
+
+
+def text_request(
+    prompt: str,
+    *,
+    binding: str = "",
+    personality: str = "",
+    model: str = "",
+    system: str = "",
+    parameters: common_pb2.TextParameters | None = None,
+    request_id: str = "",
+) -> common_pb2.GenerateRequest:
+    inputs = []
+    if system:
+        inputs.append(
+            common_pb2.InputItem(
+                kind=common_pb2.CONTENT_KIND_TEXT,
+                role=common_pb2.INPUT_ROLE_SYSTEM_CONTEXT,
+                text=system,
+            )
+        )
+    inputs.append(
+        common_pb2.InputItem(
+            kind=common_pb2.CONTENT_KIND_TEXT, role=common_pb2.INPUT_ROLE_USER_PROMPT, text=prompt
+        )
+    )
+    return common_pb2.GenerateRequest(
+        request_id=request_id,
+        task=common_pb2.TASK_TEXT,
+        binding=binding,
+        personality=personality,
+        model=model,
+        inputs=inputs,
+        text=parameters or common_pb2.TextParameters(),
+    )
+
+
+class Client:
+    """An authenticated channel to the router with a stub per public service."""
+
+    def __init__(
+        self,
+        address: str = DEFAULT_ADDRESS,
+        api_key: str | None = None,
+        credentials: grpc.ChannelCredentials | None = None,
+    ) -> None:
+        key = api_key or default_api_key()
+        self.metadata: tuple[tuple[str, str], ...] = (("x-api-key", key),) if key else ()
+        self.channel = (
+            grpc.aio.secure_channel(address, credentials)
+            if credentials
+            else grpc.aio.insecure_channel(address)
+        )
+        self.generation = generation_pb2_grpc.GenerationServiceStub(self.channel)
+        self.catalog = catalog_pb2_grpc.CatalogServiceStub(self.channel)
+        self.tokenizer = tokenizer_pb2_grpc.TokenizerServiceStub(self.channel)
+        self.agent = agent_pb2_grpc.AgentServiceStub(self.channel)
+
+    async def __aenter__(self) -> Client:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        await self.channel.close()
+
+    async def generate(
+        self, request: common_pb2.GenerateRequest, timeout: float | None = None
+    ) -> common_pb2.GenerateResponse:
+        response: common_pb2.GenerateResponse = await self.generation.Generate(
+            request, metadata=self.metadata, timeout=timeout
+        )
+        return response
+
+    async def generate_stream(
+        self, request: common_pb2.GenerateRequest, timeout: float | None = None
+    ) -> AsyncIterator[common_pb2.StreamEvent]:
+        call = self.generation.GenerateStream(
+            generation_pb2.GenerateStreamRequest(request=request),
+            metadata=self.metadata,
+            timeout=timeout,
+        )
+        async for response in call:
+            yield response.event
+
+    async def list_bindings(self) -> list[catalog_pb2.Binding]:
+        response = await self.catalog.ListBindings(
+            catalog_pb2.ListBindingsRequest(), metadata=self.metadata
+        )
+        return list(response.bindings)
+
+
+@dataclass(frozen=True)
+class ErrorDetails:
+    """The google.rpc details of a failed call, decoded."""
+
+    code: grpc.StatusCode
+    message: str
+    violations: dict[str, str]
+    reason: str
+    metadata: dict[str, str]
+    retry_after: float | None
+
+
+def error_details(error: grpc.aio.AioRpcError) -> ErrorDetails:
+    """Decodes BadRequest, ErrorInfo and RetryInfo from a failed call's trailing metadata."""
+    violations: dict[str, str] = {}
+    reason = ""
+    metadata: dict[str, str] = {}
+    retry_after: float | None = None
+    for key, value in error.trailing_metadata() or ():
+        if key != "grpc-status-details-bin" or not isinstance(value, bytes):
+            continue
+        for detail in status_pb2.Status.FromString(value).details:
+            if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+                bad_request = error_details_pb2.BadRequest()
+                detail.Unpack(bad_request)
+                violations.update({v.field: v.description for v in bad_request.field_violations})
+            elif detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+                info = error_details_pb2.ErrorInfo()
+                detail.Unpack(info)
+                reason, metadata = info.reason, dict(info.metadata)
+            elif detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
+                retry = error_details_pb2.RetryInfo()
+                detail.Unpack(retry)
+                retry_after = retry.retry_delay.ToTimedelta().total_seconds()
+    return ErrorDetails(
+        error.code(), error.details() or "", violations, reason, metadata, retry_after
+    )

@@ -1,0 +1,1 @@
+"""The router: the public API, dispatching to modality services and the sandbox."""

@@ -1,0 +1,115 @@
+"""Replicas of modality services: channels, health checks and round-robin selection.
+
+A background task checks every replica's health; selection skips replicas that failed their
+last check, so a replica that goes down stops receiving new requests within one interval.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from genmesh.router.settings import TASKS, BindingConfig
+from genmesh.runtime import errors, telemetry
+from genmesh.runtime.channel import connect
+from genmesh.v1 import inference_pb2_grpc
+
+log = logging.getLogger(__name__)
+INFERENCE_SERVICE = "genmesh.v1.InferenceService"
+
+
+class Replica:
+    def __init__(self, address: str, key: str | None) -> None:
+        self.address = address
+        self.channel = connect(address, key)
+        self.stub = inference_pb2_grpc.InferenceServiceStub(self.channel)
+        self._health = health_pb2_grpc.HealthStub(self.channel)
+        # Optimistic until the first check, so a cold router does not refuse its first calls.
+        self.healthy = True
+
+    async def check(self, timeout: float) -> None:
+        try:
+            response = await self._health.Check(
+                health_pb2.HealthCheckRequest(service=INFERENCE_SERVICE), timeout=timeout
+            )
+            healthy = response.status == health_pb2.HealthCheckResponse.SERVING
+        except grpc.aio.AioRpcError:
+            healthy = False
+        if healthy != self.healthy:
+            telemetry.event(log, "replica health changed", address=self.address, healthy=healthy)
+        self.healthy = healthy
+
+    def mark_down(self) -> None:
+        self.healthy = False
+
+
+class BindingRoute:
+    """A binding instance and its replicas."""
+
+    def __init__(self, config: BindingConfig, key: str | None) -> None:
+        self.config = config
+        self.name = config.name
+        self.tasks = [TASKS[t] for t in config.tasks]
+        self.replicas = [Replica(address, key) for address in config.addresses]
+        self._turn = itertools.count()
+
+    def pick(self, exclude: Replica | None = None) -> Replica:
+        """The next healthy replica in round-robin order."""
+        candidates = [r for r in self.replicas if r.healthy and r is not exclude]
+        if not candidates:
+            raise errors.unavailable(
+                f"binding '{self.name}' has no healthy replica", binding=self.name
+            )
+        return candidates[next(self._turn) % len(candidates)]
+
+    def healthy_count(self) -> int:
+        return sum(r.healthy for r in self.replicas)
+
+
+class Backends:
+    """Every binding's replicas, kept health-checked."""
+
+    def __init__(self, bindings: list[BindingConfig], key: str | None, interval: float) -> None:
+        self.routes = {b.name: BindingRoute(b, key) for b in bindings}
+        self.interval = interval
+        self._task: asyncio.Task[None] | None = None
+
+    def get(self, name: str) -> BindingRoute:
+        route = self.routes.get(name)
+        if route is None:
+            raise errors.not_found(f"unknown binding '{name}'", "binding", name, "binding")
+        return route
+
+    def default_for(self, task: int) -> BindingRoute:
+        serving = [r for r in self.routes.values() if task in r.tasks]
+        if not serving:
+            raise errors.not_found(
+                f"no binding serves task {task}", "binding", "(default)", "binding"
+            )
+        return next((r for r in serving if r.config.default), serving[0])
+
+    async def check_all(self) -> None:
+        replicas = [r for route in self.routes.values() for r in route.replicas]
+        await asyncio.gather(*(r.check(self.interval) for r in replicas))
+
+    async def _watch(self) -> None:
+        while True:
+            await self.check_all()
+            await asyncio.sleep(self.interval)
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._watch())
+
+    async def close(self) -> None:
+        if self._task:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        for route in self.routes.values():
+            for replica in route.replicas:
+                await replica.channel.close()

@@ -1,0 +1,162 @@
+"""CatalogService and TokenizerService: what the mesh offers, answered from config and backends."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import grpc
+
+from genmesh.router.backends import Backends, BindingRoute
+from genmesh.router.dispatch import Context, translate
+from genmesh.runtime import errors
+from genmesh.v1 import (
+    catalog_pb2,
+    catalog_pb2_grpc,
+    common_pb2,
+    inference_pb2,
+    tokenizer_pb2,
+    tokenizer_pb2_grpc,
+)
+
+
+async def call_backend(route: BindingRoute, method: str, request: Any, context: Context) -> Any:
+    """A unary call to one replica, retried once on another replica when unavailable."""
+    replica = route.pick()
+    for attempt in range(2):
+        try:
+            rpc = getattr(replica.stub, method)
+            return await rpc(request, timeout=context.time_remaining())
+        except grpc.aio.AioRpcError as error:
+            if error.code() != grpc.StatusCode.UNAVAILABLE or attempt or len(route.replicas) < 2:
+                raise translate(error, route) from None
+            replica.mark_down()
+            replica = route.pick(exclude=replica)
+    raise errors.unavailable(f"binding '{route.name}' is unavailable", binding=route.name)
+
+
+class CatalogService(catalog_pb2_grpc.CatalogServiceServicer):
+    def __init__(self, backends: Backends) -> None:
+        self.backends = backends
+
+    async def ListBindings(  # noqa: N802 - gRPC method name
+        self, request: catalog_pb2.ListBindingsRequest, context: Context
+    ) -> catalog_pb2.ListBindingsResponse:
+        bindings = []
+        for route in self.backends.routes.values():
+            if request.task and request.task not in route.tasks:
+                continue
+            default = any(self.backends.default_for(t) is route for t in route.tasks)
+            bindings.append(
+                catalog_pb2.Binding(
+                    name=route.name,
+                    tasks=route.tasks,
+                    engine=route.config.engine,
+                    model=route.config.model,
+                    description=route.config.description,
+                    replicas=len(route.replicas),
+                    healthy_replicas=route.healthy_count(),
+                    is_default=default,
+                )
+            )
+        return catalog_pb2.ListBindingsResponse(bindings=bindings)
+
+    async def ListPersonalities(  # noqa: N802
+        self, request: catalog_pb2.ListPersonalitiesRequest, context: Context
+    ) -> catalog_pb2.ListPersonalitiesResponse:
+        return catalog_pb2.ListPersonalitiesResponse()
+
+    async def ListFunctions(  # noqa: N802
+        self, request: catalog_pb2.ListFunctionsRequest, context: Context
+    ) -> catalog_pb2.ListFunctionsResponse:
+        return catalog_pb2.ListFunctionsResponse()
+
+    async def ListModels(  # noqa: N802
+        self, request: catalog_pb2.ListModelsRequest, context: Context
+    ) -> catalog_pb2.ListModelsResponse:
+        routes = (
+            [self.backends.get(request.binding)]
+            if request.binding
+            else list(self.backends.routes.values())
+        )
+        answers = await asyncio.gather(
+            *(
+                call_backend(
+                    r, "ListModels", inference_pb2.InferenceServiceListModelsRequest(), context
+                )
+                for r in routes
+            )
+        )
+        models: list[common_pb2.ModelInfo] = []
+        for route, answer in zip(routes, answers, strict=True):
+            for model in answer.models:
+                model.binding = route.name
+                models.append(model)
+        return catalog_pb2.ListModelsResponse(models=models)
+
+    async def GetModelInfo(  # noqa: N802
+        self, request: catalog_pb2.GetModelInfoRequest, context: Context
+    ) -> catalog_pb2.GetModelInfoResponse:
+        route = self.backends.get(request.binding)
+        answer = await call_backend(
+            route,
+            "GetModelInfo",
+            inference_pb2.InferenceServiceGetModelInfoRequest(
+                model=request.model or route.config.model
+            ),
+            context,
+        )
+        answer.model.binding = route.name
+        return catalog_pb2.GetModelInfoResponse(model=answer.model)
+
+
+class TokenizerService(tokenizer_pb2_grpc.TokenizerServiceServicer):
+    def __init__(self, backends: Backends) -> None:
+        self.backends = backends
+
+    def _route(self, binding: str) -> BindingRoute:
+        return (
+            self.backends.get(binding)
+            if binding
+            else self.backends.default_for(common_pb2.TASK_TEXT)
+        )
+
+    async def _tokenize(
+        self, binding: str, model: str, text: str, special: bool, context: Context
+    ) -> inference_pb2.InferenceServiceTokenizeResponse:
+        route = self._route(binding)
+        request = inference_pb2.InferenceServiceTokenizeRequest(
+            model=model or route.config.model, text=text, add_special_tokens=special
+        )
+        answer: inference_pb2.InferenceServiceTokenizeResponse = await call_backend(
+            route, "Tokenize", request, context
+        )
+        return answer
+
+    async def Tokenize(  # noqa: N802
+        self, request: tokenizer_pb2.TokenizeRequest, context: Context
+    ) -> tokenizer_pb2.TokenizeResponse:
+        answer = await self._tokenize(
+            request.binding, request.model, request.text, request.add_special_tokens, context
+        )
+        return tokenizer_pb2.TokenizeResponse(tokens=answer.tokens, pieces=answer.pieces)
+
+    async def Detokenize(  # noqa: N802
+        self, request: tokenizer_pb2.DetokenizeRequest, context: Context
+    ) -> tokenizer_pb2.DetokenizeResponse:
+        route = self._route(request.binding)
+        answer = await call_backend(
+            route,
+            "Detokenize",
+            inference_pb2.InferenceServiceDetokenizeRequest(
+                model=request.model or route.config.model, tokens=request.tokens
+            ),
+            context,
+        )
+        return tokenizer_pb2.DetokenizeResponse(text=answer.text)
+
+    async def CountTokens(  # noqa: N802
+        self, request: tokenizer_pb2.CountTokensRequest, context: Context
+    ) -> tokenizer_pb2.CountTokensResponse:
+        answer = await self._tokenize(request.binding, request.model, request.text, False, context)
+        return tokenizer_pb2.CountTokensResponse(count=len(answer.tokens))

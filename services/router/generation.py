@@ -1,0 +1,190 @@
+"""GenerationService: unary, server-streaming and bidirectional generation."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+import grpc
+
+from genmesh.router import validation
+from genmesh.router.dispatch import Context, Dispatcher, Relay, Routed, new_turn_id, translate
+from genmesh.runtime import errors
+from genmesh.runtime.errors import FieldViolation
+from genmesh.v1 import common_pb2, generation_pb2, generation_pb2_grpc, inference_pb2
+
+
+class GenerationService(generation_pb2_grpc.GenerationServiceServicer):
+    def __init__(self, dispatcher: Dispatcher) -> None:
+        self.dispatcher = dispatcher
+
+    async def Generate(  # noqa: N802 - gRPC method name
+        self, request: common_pb2.GenerateRequest, context: Context
+    ) -> common_pb2.GenerateResponse:
+        relay = self.dispatcher.relay(self.dispatcher.resolve(request), context)
+        final: common_pb2.GenerateResponse | None = None
+        async for event in relay:
+            if event.HasField("final"):
+                final = event.final
+        context.set_trailing_metadata(relay.trailing_metadata())
+        if final is None:
+            raise errors.unavailable("the backend ended without a result")
+        return final
+
+    async def GenerateStream(  # noqa: N802
+        self, request: generation_pb2.GenerateStreamRequest, context: Context
+    ) -> AsyncIterator[generation_pb2.GenerateStreamResponse]:
+        relay = self.dispatcher.relay(self.dispatcher.resolve(request.request), context)
+        request_id = relay.routed.request.request_id
+        async for event in relay:
+            yield generation_pb2.GenerateStreamResponse(request_id=request_id, event=event)
+        context.set_trailing_metadata(relay.trailing_metadata())
+
+    async def Converse(  # noqa: N802
+        self, request_iterator: AsyncIterator[generation_pb2.ConverseRequest], context: Context
+    ) -> AsyncIterator[generation_pb2.ConverseResponse]:
+        first = await anext(request_iterator, None)
+        if first is None or first.WhichOneof("message") != "config":
+            raise errors.invalid_argument(
+                "a conversation starts with a config message",
+                FieldViolation("config", "must be the first message"),
+            )
+        routed = self.dispatcher.resolve(first.config, needs_inputs=False)
+        context.set_trailing_metadata((("x-request-id", routed.request.request_id),))
+        conversation: AsyncIterator[generation_pb2.ConverseResponse]
+        if routed.request.task == common_pb2.TASK_TRANSCRIPTION:
+            conversation = self._transcribe(routed, request_iterator, context)
+        else:
+            conversation = Conversation(self.dispatcher, routed, context).run(request_iterator)
+        async for response in conversation:
+            yield response
+
+    async def _transcribe(
+        self,
+        routed: Routed,
+        requests: AsyncIterator[generation_pb2.ConverseRequest],
+        context: Context,
+    ) -> AsyncIterator[generation_pb2.ConverseResponse]:
+        """Audio streamed in, transcripts streamed out, on one backend stream."""
+        route = routed.route
+        call = route.pick().stub.Infer(timeout=context.time_remaining())
+        request_id = routed.request.request_id
+
+        async def forward() -> None:
+            await call.write(inference_pb2.InferRequest(request=routed.request))
+            async for message in requests:
+                kind = message.WhichOneof("message")
+                if kind == "audio":
+                    await call.write(inference_pb2.InferRequest(audio=message.audio))
+                elif kind == "control":
+                    await call.write(inference_pb2.InferRequest(control=message.control))
+            await call.done_writing()
+
+        writer = asyncio.ensure_future(forward())
+        try:
+            async for response in call:
+                yield generation_pb2.ConverseResponse(request_id=request_id, event=response.event)
+        except grpc.aio.AioRpcError as error:
+            raise translate(error, route) from None
+        finally:
+            writer.cancel()
+            call.cancel()
+
+
+class Conversation:
+    """A text conversation: the router keeps the history and runs one generation per turn."""
+
+    def __init__(self, dispatcher: Dispatcher, routed: Routed, context: Context) -> None:
+        self.dispatcher = dispatcher
+        self.routed = routed
+        self.context = context
+        self.history = list(routed.request.inputs)
+        self.turns: asyncio.Queue[generation_pb2.ConverseTurn | None] = asyncio.Queue()
+        self.cancel = asyncio.Event()
+
+    async def _read(self, requests: AsyncIterator[generation_pb2.ConverseRequest]) -> None:
+        async for message in requests:
+            kind = message.WhichOneof("message")
+            if kind == "turn":
+                await self.turns.put(message.turn)
+            elif kind == "control" and message.control.action == common_pb2.Control.ACTION_CANCEL:
+                self.cancel.set()
+            elif kind in ("audio", "config"):
+                await self.turns.put(None)
+                raise errors.invalid_argument(
+                    f"unexpected {kind} message in a text conversation",
+                    FieldViolation(kind, "only turns and controls may follow the config"),
+                )
+        await self.turns.put(None)
+
+    async def run(
+        self, requests: AsyncIterator[generation_pb2.ConverseRequest]
+    ) -> AsyncIterator[generation_pb2.ConverseResponse]:
+        reader = asyncio.ensure_future(self._read(requests))
+        try:
+            while (turn := await self.turns.get()) is not None:
+                async for response in self._turn(turn):
+                    yield response
+            await reader
+        finally:
+            reader.cancel()
+
+    async def _turn(
+        self, turn: generation_pb2.ConverseTurn
+    ) -> AsyncIterator[generation_pb2.ConverseResponse]:
+        turn_id = new_turn_id(turn.turn_id)
+        request = common_pb2.GenerateRequest()
+        request.CopyFrom(self.routed.request)
+        del request.inputs[:]
+        request.inputs.extend([*self.history, *turn.inputs])
+        validation.check_request(request, self.dispatcher.max_request_bytes)
+        relay = Relay(Routed(self.routed.route, request), self.context)
+        self.cancel.clear()
+        events = aiter(relay)
+        reply: list[str] = []
+
+        def respond(event: common_pb2.StreamEvent) -> generation_pb2.ConverseResponse:
+            return generation_pb2.ConverseResponse(
+                request_id=request.request_id, turn_id=turn_id, event=event
+            )
+
+        while True:
+            following = asyncio.ensure_future(anext(events, None))
+            cancelled = asyncio.ensure_future(self.cancel.wait())
+            done, _ = await asyncio.wait(
+                {following, cancelled}, return_when=asyncio.FIRST_COMPLETED
+            )
+            cancelled.cancel()
+            if following not in done:
+                following.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await following
+                final = common_pb2.GenerateResponse(
+                    request_id=request.request_id,
+                    binding=request.binding,
+                    model=request.model,
+                    finish_reason=common_pb2.FINISH_REASON_CANCELLED,
+                    outputs=[
+                        common_pb2.OutputItem(
+                            kind=common_pb2.CONTENT_KIND_TEXT, text="".join(reply)
+                        )
+                    ],
+                )
+                relay.finish(final)
+                yield respond(common_pb2.StreamEvent(final=final))
+                break
+            event = following.result()
+            if event is None:
+                break
+            if event.HasField("text_delta"):
+                reply.append(event.text_delta.text)
+            yield respond(event)
+        self.history.extend(turn.inputs)
+        self.history.append(
+            common_pb2.InputItem(
+                kind=common_pb2.CONTENT_KIND_TEXT,
+                role=common_pb2.INPUT_ROLE_ASSISTANT_REPLY,
+                text="".join(reply),
+            )
+        )

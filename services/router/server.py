@@ -1,0 +1,49 @@
+"""Wires the router: backends, the public services, health."""
+
+from __future__ import annotations
+
+from genmesh.router.backends import Backends
+from genmesh.router.catalog import CatalogService, TokenizerService
+from genmesh.router.dispatch import Dispatcher
+from genmesh.router.generation import GenerationService
+from genmesh.router.settings import RouterSettings
+from genmesh.runtime.server import Service, serve, service_name
+from genmesh.runtime.settings import load_settings
+from genmesh.v1 import (
+    catalog_pb2,
+    catalog_pb2_grpc,
+    generation_pb2,
+    generation_pb2_grpc,
+    tokenizer_pb2,
+    tokenizer_pb2_grpc,
+)
+
+
+async def main() -> None:
+    settings = load_settings(RouterSettings)
+    backends = Backends(
+        settings.bindings, settings.outgoing_key(), settings.health_check_interval_seconds
+    )
+    dispatcher = Dispatcher(backends, settings.max_request_bytes)
+    generation = GenerationService(dispatcher)
+    catalog = CatalogService(backends)
+    tokenizer = TokenizerService(backends)
+    services = [
+        Service(
+            service_name(generation_pb2, "GenerationService"),
+            lambda s: generation_pb2_grpc.add_GenerationServiceServicer_to_server(generation, s),
+        ),
+        Service(
+            service_name(catalog_pb2, "CatalogService"),
+            lambda s: catalog_pb2_grpc.add_CatalogServiceServicer_to_server(catalog, s),
+        ),
+        Service(
+            service_name(tokenizer_pb2, "TokenizerService"),
+            lambda s: tokenizer_pb2_grpc.add_TokenizerServiceServicer_to_server(tokenizer, s),
+        ),
+    ]
+
+    async def startup() -> None:
+        backends.start()
+
+    await serve(settings, services, startup=startup, shutdown=backends.close)

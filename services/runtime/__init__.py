@@ -1,0 +1,1 @@
+"""What every genmesh service does alike: settings, server bootstrap, auth, errors, telemetry."""

@@ -1,0 +1,146 @@
+"""gRPC errors with google.rpc details.
+
+Handlers raise `ServiceError` (through the helpers below); the error interceptor turns it into a
+status with BadRequest, ErrorInfo and RetryInfo details, so clients in any language can act on it.
+Unexpected exceptions become INTERNAL with an opaque message: a stack trace never leaves a process.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import grpc
+from google.protobuf import any_pb2, duration_pb2
+from google.rpc import error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+DOMAIN = "genmesh.dev"
+
+
+@dataclass(frozen=True)
+class FieldViolation:
+    field: str
+    description: str
+
+
+@dataclass
+class ServiceError(Exception):
+    """An error meant for the client."""
+
+    code: grpc.StatusCode
+    message: str
+    reason: str = ""
+    violations: Sequence[FieldViolation] = ()
+    metadata: Mapping[str, str] = field(default_factory=dict)
+    retry_after: float | None = None
+
+    def __post_init__(self) -> None:
+        super().__init__(self.message)
+
+    def to_status(self) -> grpc.Status:
+        details: list[any_pb2.Any] = []
+        if self.violations:
+            bad_request = error_details_pb2.BadRequest(
+                field_violations=[
+                    error_details_pb2.BadRequest.FieldViolation(
+                        field=v.field, description=v.description
+                    )
+                    for v in self.violations
+                ]
+            )
+            details.append(_pack(bad_request))
+        if self.reason:
+            info = error_details_pb2.ErrorInfo(
+                reason=self.reason, domain=DOMAIN, metadata=dict(self.metadata)
+            )
+            details.append(_pack(info))
+        if self.retry_after is not None:
+            delay = duration_pb2.Duration()
+            delay.FromNanoseconds(int(self.retry_after * 1e9))
+            details.append(_pack(error_details_pb2.RetryInfo(retry_delay=delay)))
+        proto = status_pb2.Status(code=self.code.value[0], message=self.message, details=details)
+        return rpc_status.to_status(proto)
+
+
+def _pack(message: object) -> any_pb2.Any:
+    packed = any_pb2.Any()
+    packed.Pack(message)  # type: ignore[arg-type]
+    return packed
+
+
+def invalid_argument(
+    message: str, *violations: FieldViolation, reason: str = "INVALID_ARGUMENT"
+) -> ServiceError:
+    return ServiceError(grpc.StatusCode.INVALID_ARGUMENT, message, reason, violations)
+
+
+def not_found(message: str, kind: str, name: str, field_name: str) -> ServiceError:
+    """An unknown binding, personality or model; names what was asked for."""
+    return ServiceError(
+        grpc.StatusCode.NOT_FOUND,
+        message,
+        reason=f"{kind.upper()}_NOT_FOUND",
+        violations=[FieldViolation(field_name, f"unknown {kind} '{name}'")],
+        metadata={kind: name},
+    )
+
+
+def resource_exhausted(
+    message: str, retry_after: float, reason: str = "QUEUE_FULL"
+) -> ServiceError:
+    return ServiceError(
+        grpc.StatusCode.RESOURCE_EXHAUSTED, message, reason, retry_after=retry_after
+    )
+
+
+def unavailable(message: str, reason: str = "BACKEND_UNAVAILABLE", **metadata: str) -> ServiceError:
+    return ServiceError(
+        grpc.StatusCode.UNAVAILABLE, message, reason, metadata=metadata, retry_after=1.0
+    )
+
+
+def unauthenticated(message: str) -> ServiceError:
+    return ServiceError(grpc.StatusCode.UNAUTHENTICATED, message, "API_KEY_INVALID")
+
+
+def permission_denied(message: str, scope: str) -> ServiceError:
+    return ServiceError(
+        grpc.StatusCode.PERMISSION_DENIED, message, "SCOPE_MISSING", metadata={"scope": scope}
+    )
+
+
+def deadline_exceeded(message: str) -> ServiceError:
+    return ServiceError(grpc.StatusCode.DEADLINE_EXCEEDED, message, "DEADLINE_EXCEEDED")
+
+
+def from_rpc_error(error: grpc.aio.AioRpcError) -> ServiceError:
+    """Re-raises a backend's error to our own client, keeping its code and details."""
+    return _RelayedError(error)
+
+
+class _RelayedError(ServiceError):
+    def __init__(self, error: grpc.aio.AioRpcError) -> None:
+        super().__init__(error.code(), error.details() or error.code().name)
+        self._error = error
+
+    def to_status(self) -> grpc.Status:
+        metadata = self._error.trailing_metadata() or ()
+        for key, value in metadata:
+            if key == "grpc-status-details-bin" and isinstance(value, bytes):
+                return rpc_status.to_status(status_pb2.Status.FromString(value))
+        return super().to_status()
+
+
+__all__ = [
+    "FieldViolation",
+    "ServiceError",
+    "deadline_exceeded",
+    "from_rpc_error",
+    "invalid_argument",
+    "not_found",
+    "permission_denied",
+    "resource_exhausted",
+    "unauthenticated",
+    "unavailable",
+]

@@ -1,0 +1,87 @@
+"""Server interceptors that wrap every handler: auth checks and error translation.
+
+grpc.aio interceptors can only swap handlers, so `wrap_handler` rebuilds a handler of the same
+streaming kind around a behaviour wrapper.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+
+from genmesh.runtime.errors import ServiceError
+
+log = logging.getLogger(__name__)
+
+Continuation = Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler | None]]
+Guard = Callable[[grpc.aio.ServicerContext[Any, Any]], Awaitable[None]]
+
+
+def wrap_handler(
+    handler: grpc.RpcMethodHandler, guard: Guard | None, method: str
+) -> grpc.RpcMethodHandler:
+    """Runs `guard` before the behaviour and turns ServiceError (or a crash) into a status."""
+
+    async def fail(context: grpc.aio.ServicerContext[Any, Any], exc: BaseException) -> None:
+        if isinstance(exc, ServiceError):
+            await context.abort_with_status(exc.to_status())
+        log.exception("unhandled error in %s", method, exc_info=exc)
+        await context.abort(grpc.StatusCode.INTERNAL, f"internal error in {method}")
+
+    if handler.unary_unary or handler.stream_unary:
+        inner = handler.unary_unary or handler.stream_unary
+
+        async def unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            try:
+                if guard:
+                    await guard(context)
+                return await inner(request, context)
+            except (ServiceError, Exception) as exc:
+                if isinstance(exc, grpc.aio.AbortError):
+                    raise
+                await fail(context, exc)
+
+        factory = (
+            grpc.unary_unary_rpc_method_handler
+            if handler.unary_unary
+            else grpc.stream_unary_rpc_method_handler
+        )
+        return factory(
+            unary,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+    inner_stream = handler.unary_stream or handler.stream_stream
+
+    async def streaming(
+        request: Any, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[Any]:
+        try:
+            if guard:
+                await guard(context)
+            responses = inner_stream(request, context)
+            if inspect.isawaitable(responses):
+                await responses  # a handler that writes with context.write()
+                return
+            async for response in responses:
+                yield response
+        except (ServiceError, Exception) as exc:
+            if isinstance(exc, grpc.aio.AbortError):
+                raise
+            await fail(context, exc)
+
+    factory_stream = (
+        grpc.unary_stream_rpc_method_handler
+        if handler.unary_stream
+        else grpc.stream_stream_rpc_method_handler
+    )
+    return factory_stream(
+        streaming,
+        request_deserializer=handler.request_deserializer,
+        response_serializer=handler.response_serializer,
+    )

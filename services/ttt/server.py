@@ -1,0 +1,37 @@
+"""Wires the ttt service: settings, engines, InferenceService, health."""
+
+from __future__ import annotations
+
+from genmesh.runtime.server import Service, serve, service_name
+from genmesh.runtime.settings import load_settings
+from genmesh.ttt.registry import create_engine
+from genmesh.ttt.service import TextInferenceService
+from genmesh.ttt.settings import TttSettings
+from genmesh.v1 import inference_pb2, inference_pb2_grpc
+
+
+async def main() -> None:
+    settings = load_settings(TttSettings)
+    engines = {spec.name: create_engine(spec) for spec in settings.models}
+    servicer = TextInferenceService(engines, settings.default_model)
+
+    async def startup() -> None:
+        for engine in engines.values():
+            await engine.load()
+
+    async def shutdown() -> None:
+        for engine in engines.values():
+            await engine.unload()
+
+    name = service_name(inference_pb2, "InferenceService")
+    await serve(
+        settings,
+        [
+            Service(
+                name,
+                lambda s: inference_pb2_grpc.add_InferenceServiceServicer_to_server(servicer, s),
+            )
+        ],
+        startup=startup,
+        shutdown=shutdown,
+    )

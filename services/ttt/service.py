@@ -1,0 +1,277 @@
+"""InferenceService for text: turns typed requests into engine calls and streams the result.
+
+Protocol concerns live here so every engine gets them alike: chat messages from typed inputs,
+parameter validation, stop sequences and <think> extraction across chunk boundaries, usage,
+timings, cancellation (client cancel, deadline or a Control message) and the final event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+from google.protobuf import json_format
+
+from genmesh.runtime import errors, telemetry
+from genmesh.runtime.errors import FieldViolation
+from genmesh.runtime.timing import Stopwatch
+from genmesh.ttt.engine import ChatMessage, EngineModelInfo, SamplingParams, TextEngine
+from genmesh.ttt.textstream import StopMatcher, ThinkSplitter
+from genmesh.v1 import common_pb2, inference_pb2, inference_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+Context = grpc.aio.ServicerContext[Any, Any]
+ROLES = {
+    common_pb2.INPUT_ROLE_UNSPECIFIED: "user",
+    common_pb2.INPUT_ROLE_USER_PROMPT: "user",
+    common_pb2.INPUT_ROLE_SYSTEM_CONTEXT: "system",
+    common_pb2.INPUT_ROLE_ASSISTANT_REPLY: "assistant",
+    common_pb2.INPUT_ROLE_REFERENCE: "system",
+}
+FINISH = {
+    "stop": common_pb2.FINISH_REASON_STOP,
+    "length": common_pb2.FINISH_REASON_LENGTH,
+    "stop_sequence": common_pb2.FINISH_REASON_STOP_SEQUENCE,
+}
+
+
+def chat_messages(request: common_pb2.GenerateRequest) -> list[ChatMessage]:
+    """System items first (merged), then the conversation in order."""
+    system: list[str] = []
+    turns: list[ChatMessage] = []
+    for index, item in enumerate(request.inputs):
+        role = ROLES.get(item.role)
+        if item.kind not in (common_pb2.CONTENT_KIND_UNSPECIFIED, common_pb2.CONTENT_KIND_TEXT):
+            raise errors.invalid_argument(
+                "text models take text inputs only",
+                FieldViolation(f"inputs[{index}].kind", "must be CONTENT_KIND_TEXT"),
+            )
+        if role is None or item.WhichOneof("payload") != "text":
+            raise errors.invalid_argument(
+                "unsupported input for a text model",
+                FieldViolation(f"inputs[{index}]", "needs a text payload and a text role"),
+            )
+        if role == "system":
+            system.append(item.text)
+        else:
+            turns.append(ChatMessage(role, item.text))  # type: ignore[arg-type]
+    if not any(m.role == "user" for m in turns):
+        raise errors.invalid_argument(
+            "no user prompt", FieldViolation("inputs", "needs at least one user prompt")
+        )
+    head = [ChatMessage("system", "\n\n".join(system))] if system else []
+    return head + turns
+
+
+def sampling_params(request: common_pb2.GenerateRequest, info: EngineModelInfo) -> SamplingParams:
+    text = request.text
+    bad: list[FieldViolation] = []
+    defaults = SamplingParams()
+    max_tokens = text.max_tokens if text.HasField("max_tokens") else defaults.max_tokens
+    if not 0 < max_tokens <= info.max_output_tokens:
+        bad.append(FieldViolation("text.max_tokens", f"must be in 1..{info.max_output_tokens}"))
+    if text.HasField("temperature") and not 0 <= text.temperature <= 5:
+        bad.append(FieldViolation("text.temperature", "must be in [0, 5]"))
+    if text.HasField("top_p") and not 0 < text.top_p <= 1:
+        bad.append(FieldViolation("text.top_p", "must be in (0, 1]"))
+    if text.HasField("top_k") and text.top_k < 0:
+        bad.append(FieldViolation("text.top_k", "must be >= 0"))
+    if text.HasField("repeat_penalty") and text.repeat_penalty <= 0:
+        bad.append(FieldViolation("text.repeat_penalty", "must be > 0"))
+    if bad:
+        raise errors.invalid_argument("invalid text parameters", *bad)
+    return SamplingParams(
+        max_tokens=max_tokens,
+        temperature=text.temperature if text.HasField("temperature") else defaults.temperature,
+        top_p=text.top_p if text.HasField("top_p") else defaults.top_p,
+        top_k=text.top_k if text.HasField("top_k") else defaults.top_k,
+        repeat_penalty=(
+            text.repeat_penalty if text.HasField("repeat_penalty") else defaults.repeat_penalty
+        ),
+        seed=text.seed if text.HasField("seed") else None,
+        stop=tuple(text.stop),
+        extra=json_format.MessageToDict(request.extra) if request.HasField("extra") else {},
+    )
+
+
+def model_info_proto(info: EngineModelInfo, loaded: bool = True) -> common_pb2.ModelInfo:
+    details = common_pb2.ModelInfo().details
+    details.update(info.details)
+    return common_pb2.ModelInfo(
+        name=info.name,
+        engine=info.engine,
+        tasks=[common_pb2.TASK_TEXT],
+        context_size=info.context_size,
+        max_output_tokens=info.max_output_tokens,
+        supports_vision=info.supports_vision,
+        supports_audio=info.supports_audio,
+        loaded=loaded,
+        size_bytes=info.size_bytes,
+        details=details,
+    )
+
+
+async def first_request(
+    requests: AsyncIterator[inference_pb2.InferRequest],
+) -> common_pb2.GenerateRequest:
+    """The opening message of an Infer stream, which must carry the request."""
+    first = await anext(requests, None)
+    if first is None or first.WhichOneof("message") != "request":
+        raise errors.invalid_argument(
+            "the first Infer message must be a request",
+            FieldViolation("request", "must be set on the first message"),
+        )
+    return first.request
+
+
+async def watch_cancel(requests: AsyncIterator[inference_pb2.InferRequest]) -> None:
+    """Returns when the caller sends Control CANCEL (or closes its side)."""
+    async for message in requests:
+        if message.WhichOneof("message") == "control" and (
+            message.control.action == common_pb2.Control.ACTION_CANCEL
+        ):
+            return
+    await asyncio.Event().wait()
+
+
+class TextInferenceService(inference_pb2_grpc.InferenceServiceServicer):
+    def __init__(self, engines: dict[str, TextEngine], default_model: str) -> None:
+        self.engines = engines
+        self.default_model = default_model
+
+    def engine(self, name: str) -> TextEngine:
+        engine = self.engines.get(name or self.default_model)
+        if engine is None:
+            raise errors.not_found(f"no model '{name}' on this service", "model", name, "model")
+        return engine
+
+    async def Infer(  # noqa: N802 - gRPC method name
+        self, request_iterator: AsyncIterator[inference_pb2.InferRequest], context: Context
+    ) -> AsyncIterator[inference_pb2.InferResponse]:
+        clock = Stopwatch()
+        request = await first_request(request_iterator)
+        engine = self.engine(request.model)
+        messages = chat_messages(request)
+        params = sampling_params(request, engine.info())
+        context.set_trailing_metadata((("x-request-id", request.request_id),))
+        clock.dequeued()
+        cancelled = asyncio.ensure_future(watch_cancel(request_iterator))
+        stops, thinking = StopMatcher(params.stop), ThinkSplitter()
+        answer, thoughts = [], []
+        prompt_tokens = completion_tokens = 0
+        finish = common_pb2.FINISH_REASON_STOP
+        outcome = "completed"
+        generation = engine.generate(messages, params)
+        try:
+            async for chunk in generation:
+                prompt_tokens += chunk.prompt_tokens
+                completion_tokens += chunk.tokens
+                split = thinking.feed(stops.feed(chunk.text))
+                if chunk.finish_reason:
+                    finish = FINISH[chunk.finish_reason]
+                if stops.matched:
+                    finish = common_pb2.FINISH_REASON_STOP_SEQUENCE
+                if split.text or split.thoughts:
+                    clock.first_output()
+                    answer.append(split.text)
+                    thoughts.append(split.thoughts)
+                    yield self._delta(request.request_id, split.text, split.thoughts)
+                if stops.matched:
+                    break
+                if cancelled.done():
+                    finish, outcome = common_pb2.FINISH_REASON_CANCELLED, "cancelled"
+                    break
+            tail = thinking.feed(stops.flush())
+            rest = thinking.flush()
+            tail.text += rest.text
+            tail.thoughts += rest.thoughts
+            if tail.text or tail.thoughts:
+                answer.append(tail.text)
+                thoughts.append(tail.thoughts)
+                yield self._delta(request.request_id, tail.text, tail.thoughts)
+        except asyncio.CancelledError:
+            outcome = "cancelled by client or deadline"
+            raise
+        finally:
+            cancelled.cancel()
+            with contextlib.suppress(Exception):
+                await generation.aclose()  # type: ignore[attr-defined]
+            telemetry.event(
+                log,
+                "generation ended",
+                request_id=request.request_id,
+                model=engine.name,
+                outcome=outcome,
+                completion_tokens=completion_tokens,
+            )
+        context.set_trailing_metadata((("x-request-id", request.request_id), *clock.metadata()))
+        final = common_pb2.GenerateResponse(
+            request_id=request.request_id,
+            model=engine.name,
+            outputs=[
+                common_pb2.OutputItem(
+                    kind=common_pb2.CONTENT_KIND_TEXT,
+                    text="".join(answer),
+                    thoughts="".join(thoughts),
+                )
+            ],
+            usage=common_pb2.Usage(
+                prompt_tokens=prompt_tokens,
+                completion_tokens=completion_tokens,
+                total_tokens=prompt_tokens + completion_tokens,
+            ),
+            finish_reason=finish,
+            timings=clock.timings(),
+            stop_sequence=stops.matched,
+        )
+        yield inference_pb2.InferResponse(
+            request_id=request.request_id, event=common_pb2.StreamEvent(final=final)
+        )
+
+    @staticmethod
+    def _delta(request_id: str, text: str, thoughts: str) -> inference_pb2.InferResponse:
+        return inference_pb2.InferResponse(
+            request_id=request_id,
+            event=common_pb2.StreamEvent(
+                text_delta=common_pb2.TextDelta(text=text, thoughts=thoughts)
+            ),
+        )
+
+    async def ListModels(  # noqa: N802
+        self, request: inference_pb2.InferenceServiceListModelsRequest, context: Context
+    ) -> inference_pb2.InferenceServiceListModelsResponse:
+        return inference_pb2.InferenceServiceListModelsResponse(
+            models=[model_info_proto(e.info()) for e in self.engines.values()]
+        )
+
+    async def GetModelInfo(  # noqa: N802
+        self, request: inference_pb2.InferenceServiceGetModelInfoRequest, context: Context
+    ) -> inference_pb2.InferenceServiceGetModelInfoResponse:
+        engine = self.engine(request.model)
+        return inference_pb2.InferenceServiceGetModelInfoResponse(
+            model=model_info_proto(engine.info())
+        )
+
+    async def Tokenize(  # noqa: N802
+        self, request: inference_pb2.InferenceServiceTokenizeRequest, context: Context
+    ) -> inference_pb2.InferenceServiceTokenizeResponse:
+        pairs = await self.engine(request.model).tokenize(request.text, request.add_special_tokens)
+        return inference_pb2.InferenceServiceTokenizeResponse(
+            tokens=[t for t, _ in pairs], pieces=[p for _, p in pairs]
+        )
+
+    async def Detokenize(  # noqa: N802
+        self, request: inference_pb2.InferenceServiceDetokenizeRequest, context: Context
+    ) -> inference_pb2.InferenceServiceDetokenizeResponse:
+        try:
+            text = await self.engine(request.model).detokenize(list(request.tokens))
+        except (ValueError, OverflowError) as exc:
+            raise errors.invalid_argument(
+                "tokens outside the vocabulary", FieldViolation("tokens", str(exc))
+            ) from None
+        return inference_pb2.InferenceServiceDetokenizeResponse(text=text)
