@@ -1,0 +1,1 @@
+"""The audio service: speech synthesis (Piper) and recognition (Whisper), both streaming."""
