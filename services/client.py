@@ -12,12 +12,14 @@ import grpc
 from google.rpc import error_details_pb2, status_pb2
 
 from genmesh.v1 import (
+    agent_pb2,
     agent_pb2_grpc,
     catalog_pb2,
     catalog_pb2_grpc,
     common_pb2,
     generation_pb2,
     generation_pb2_grpc,
+    program_pb2,
     tokenizer_pb2_grpc,
 )
 
@@ -126,6 +128,17 @@ class Client:
         )
         async for response in call:
             yield response.event
+
+    async def execute(
+        self, code: str, library: str = "", timeout: float | None = None
+    ) -> program_pb2.ProgramResult:
+        """Runs a sandbox program that calls only server-side functions."""
+        response = await self.agent.Execute(
+            agent_pb2.ExecuteRequest(program=program_pb2.Program(code=code, library=library)),
+            metadata=self.metadata,
+            timeout=timeout,
+        )
+        return response.result
 
     async def list_bindings(self) -> list[catalog_pb2.Binding]:
         response = await self.catalog.ListBindings(

@@ -24,6 +24,7 @@ from typing import IO, Any
 
 import click
 import yaml
+from google.protobuf import json_format
 
 from genmesh.client import Client, key_file, text_request
 from genmesh.v1 import common_pb2
@@ -56,6 +57,7 @@ COMPONENTS = (
             },
         ),
     ),
+    Component("sandbox", 4),
 )
 
 
@@ -65,6 +67,8 @@ def mesh_config(base_port: int) -> dict[str, Any]:
     for component in COMPONENTS:
         port = base_port + component.offset
         config[component.service] = {"port": port, **component.settings}
+        if component.service == "sandbox":
+            config["router"]["sandbox_address"] = f"127.0.0.1:{port}"
         for binding in component.bindings:
             config["router"]["bindings"].append({**binding, "addresses": [f"127.0.0.1:{port}"]})
     return config
@@ -128,7 +132,16 @@ class Process:
         self.log.close()
 
 
+DEMO_PROGRAM = """\
+words = ["mesh", "sandbox", "parallel"]
+lengths = {w: len(w) for w in words}
+reply = generate_text("Say hello to the sandbox.", max_tokens=24)
+{"lengths": lengths, "reply": reply}
+"""
+
+
 async def demo(address: str, key: str) -> None:
+    """One generation of each kind the mesh serves, and an agent run."""
     async with Client(address, key) as client:
         request = text_request("Hello from genmesh!", parameters=common_pb2.TextParameters())
         click.echo("  text  > ", nl=False)
@@ -136,6 +149,10 @@ async def demo(address: str, key: str) -> None:
             if event.HasField("text_delta"):
                 click.echo(event.text_delta.text, nl=False)
         click.echo()
+        result = await client.execute(DEMO_PROGRAM, timeout=60)
+        click.echo(
+            f"  agent > {json_format.MessageToJson(result.value, indent=0)}".replace("\n", " ")
+        )
 
 
 @click.command()
@@ -175,7 +192,8 @@ def up(base_port: int, run_demo: bool, log_dir: Path | None) -> None:
         router.wait_ready(deadline)
         address = f"127.0.0.1:{base_port}"
         click.echo(f"genmesh is up: router at {address} (logs in {log_dir})")
-        click.echo(f"  API key: {key}  (saved to {key_file()})")
+        origin = "from GENMESH_API_KEY" if os.environ.get("GENMESH_API_KEY") else f"in {key_file()}"
+        click.echo(f"  API key: {key}  ({origin})")
         click.echo(
             f"  try: genmesh generate 'Hello'  |  grpcurl -plaintext -H 'x-api-key: {key}' "
             f"{address} list"

@@ -76,19 +76,35 @@ class Dispatcher:
         return Routed(route, resolved)
 
     def relay(self, routed: Routed, context: Context) -> Relay:
-        return Relay(routed, context)
+        return Relay(routed, context.time_remaining())
+
+    async def generate(
+        self, request: common_pb2.GenerateRequest, timeout: float | None = None
+    ) -> common_pb2.GenerateResponse:
+        """A whole generation in-process (for sandbox programs' mesh functions)."""
+        return await Relay(self.resolve(request), timeout).result()
 
 
 class Relay:
     """One request's backend stream; iterate it for events, then read `trailing_metadata`."""
 
-    def __init__(self, routed: Routed, context: Context) -> None:
+    def __init__(self, routed: Routed, timeout: float | None) -> None:
         self.routed = routed
-        self.context = context
+        self.timeout = timeout
         self.clock = Stopwatch()
 
     def open(self, replica: Replica) -> grpc.aio.StreamStreamCall[Any, Any]:
-        return replica.stub.Infer(timeout=self.context.time_remaining())
+        return replica.stub.Infer(timeout=self.timeout)
+
+    async def result(self) -> common_pb2.GenerateResponse:
+        """Consumes the stream; the final event's result."""
+        final: common_pb2.GenerateResponse | None = None
+        async for event in self:
+            if event.HasField("final"):
+                final = event.final
+        if final is None:
+            raise errors.unavailable("the backend ended without a result")
+        return final
 
     async def __aiter__(self) -> AsyncIterator[common_pb2.StreamEvent]:
         route = self.routed.route

@@ -23,13 +23,8 @@ class GenerationService(generation_pb2_grpc.GenerationServiceServicer):
         self, request: common_pb2.GenerateRequest, context: Context
     ) -> common_pb2.GenerateResponse:
         relay = self.dispatcher.relay(self.dispatcher.resolve(request), context)
-        final: common_pb2.GenerateResponse | None = None
-        async for event in relay:
-            if event.HasField("final"):
-                final = event.final
+        final = await relay.result()
         context.set_trailing_metadata(relay.trailing_metadata())
-        if final is None:
-            raise errors.unavailable("the backend ended without a result")
         return final
 
     async def GenerateStream(  # noqa: N802
@@ -139,7 +134,7 @@ class Conversation:
         del request.inputs[:]
         request.inputs.extend([*self.history, *turn.inputs])
         validation.check_request(request, self.dispatcher.max_request_bytes)
-        relay = Relay(Routed(self.routed.route, request), self.context)
+        relay = Relay(Routed(self.routed.route, request), self.context.time_remaining())
         self.cancel.clear()
         events = aiter(relay)
         reply: list[str] = []

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+from genmesh.router.agent import AgentService, ServerFunctions, mesh_functions
 from genmesh.router.backends import Backends
 from genmesh.router.catalog import CatalogService, TokenizerService
 from genmesh.router.dispatch import Dispatcher
 from genmesh.router.generation import GenerationService
 from genmesh.router.settings import RouterSettings
+from genmesh.runtime.channel import connect
 from genmesh.runtime.server import Service, serve, service_name
 from genmesh.runtime.settings import load_settings
 from genmesh.v1 import (
+    agent_pb2,
+    agent_pb2_grpc,
     catalog_pb2,
     catalog_pb2_grpc,
     generation_pb2,
@@ -28,6 +32,10 @@ async def main() -> None:
     generation = GenerationService(dispatcher)
     catalog = CatalogService(backends)
     tokenizer = TokenizerService(backends)
+    agent = AgentService(
+        connect(settings.sandbox_address, settings.outgoing_key()),
+        ServerFunctions(mesh_functions(dispatcher.generate)),
+    )
     services = [
         Service(
             service_name(generation_pb2, "GenerationService"),
@@ -36,6 +44,10 @@ async def main() -> None:
         Service(
             service_name(catalog_pb2, "CatalogService"),
             lambda s: catalog_pb2_grpc.add_CatalogServiceServicer_to_server(catalog, s),
+        ),
+        Service(
+            service_name(agent_pb2, "AgentService"),
+            lambda s: agent_pb2_grpc.add_AgentServiceServicer_to_server(agent, s),
         ),
         Service(
             service_name(tokenizer_pb2, "TokenizerService"),
