@@ -61,21 +61,24 @@ app.kubernetes.io/component: {{ .svc }}
 app.kubernetes.io/component: {{ .svc }}
 {{- end -}}
 
+{{/* An `annotations:` block of commonAnnotations plus .extra, or nothing: (dict "ctx" $ "extra" dict). */}}
 {{- define "genmesh.annotations" -}}
-{{- with .Values.commonAnnotations }}
+{{- with merge (deepCopy (.extra | default dict)) .ctx.Values.commonAnnotations -}}
 annotations:
   {{- toYaml . | nindent 2 }}
-{{- end }}
+{{- end -}}
 {{- end -}}
 
-{{/* Metadata block shared by a service's resources: (dict "ctx" $ "svc" "ttt" "suffix" "-headless"). */}}
+{{/* Metadata of a service's resources: (dict "ctx" $ "svc" "ttt" "annotations" dict). */}}
 {{- define "genmesh.svcMetadata" -}}
 metadata:
-  name: {{ include "genmesh.svcName" . }}{{ .suffix | default "" }}
+  name: {{ include "genmesh.svcName" . }}
   namespace: {{ .ctx.Release.Namespace }}
   labels:
     {{- include "genmesh.svcLabels" . | nindent 4 }}
-  {{- include "genmesh.annotations" .ctx | nindent 2 }}
+  {{- with include "genmesh.annotations" (dict "ctx" .ctx "extra" .annotations) }}
+  {{- . | nindent 2 }}
+  {{- end }}
 {{- end -}}
 
 {{/* An image reference; a digest wins over the tag. (dict "ctx" $ "image" .image) */}}
@@ -157,13 +160,15 @@ Host and port go in the environment instead, which overrides both this file and 
 {{- toYaml (mergeOverwrite $section (deepCopy $values.config)) -}}
 {{- end -}}
 
-{{/* kube-score exceptions from values, each justified there. */}}
+{{/* kube-score exceptions from values (each justified there), as an annotations dict in YAML. */}}
 {{- define "genmesh.policyAnnotations" -}}
 {{- $checks := list -}}
 {{- range .Values.policyExceptions -}}
 {{- $checks = append $checks .check -}}
 {{- end -}}
-{{- if $checks }}
-kube-score/ignore: {{ join "," $checks | quote }}
+{{- if $checks -}}
+{{- dict "kube-score/ignore" (join "," $checks) | toYaml -}}
+{{- else -}}
+{}
 {{- end -}}
 {{- end -}}
