@@ -89,7 +89,9 @@ class ServiceProcess:
                 if all(entry.get(k) == v for k, v in fields.items()):
                     return entry
             time.sleep(0.05)
-        raise AssertionError(f"no '{message}' event with {fields} in {self.service}:\n{self.logs()}")
+        raise AssertionError(
+            f"no '{message}' event with {fields} in {self.service}:\n{self.logs()}"
+        )
 
     def terminate(self) -> int:
         if self.popen.poll() is None:

@@ -47,8 +47,14 @@ async def _reflected_services(address: str, key: str) -> list[str]:
 @pytest.mark.parametrize(
     ("fixture", "services"),
     [
-        ("router", ["genmesh.v1.GenerationService", "genmesh.v1.CatalogService",
-                    "genmesh.v1.TokenizerService"]),
+        (
+            "router",
+            [
+                "genmesh.v1.GenerationService",
+                "genmesh.v1.CatalogService",
+                "genmesh.v1.TokenizerService",
+            ],
+        ),
         ("ttt", ["genmesh.v1.InferenceService"]),
     ],
 )
@@ -111,9 +117,9 @@ PUBLIC_CALLS = {
     "ListBindings": lambda ch, md: catalog_pb2_grpc.CatalogServiceStub(ch).ListBindings(
         catalog_pb2.ListBindingsRequest(), metadata=md
     ),
-    "ListPersonalities": lambda ch, md: catalog_pb2_grpc.CatalogServiceStub(
-        ch
-    ).ListPersonalities(catalog_pb2.ListPersonalitiesRequest(), metadata=md),
+    "ListPersonalities": lambda ch, md: catalog_pb2_grpc.CatalogServiceStub(ch).ListPersonalities(
+        catalog_pb2.ListPersonalitiesRequest(), metadata=md
+    ),
     "ListFunctions": lambda ch, md: catalog_pb2_grpc.CatalogServiceStub(ch).ListFunctions(
         catalog_pb2.ListFunctionsRequest(), metadata=md
     ),
