@@ -14,7 +14,7 @@ import grpc
 import pytest
 
 from genmesh.client import Client, error_details, text_request
-from genmesh.v1 import common_pb2, generation_pb2, generation_pb2_grpc
+from genmesh.v1 import common_pb2, generation_pb2
 from tests.support import API_KEY, ServiceProcess, echo_binding, router_config
 
 

@@ -22,7 +22,6 @@ from genmesh.v1 import (
     tokenizer_pb2,
     tokenizer_pb2_grpc,
 )
-
 from tests.support import API_KEY, INTERNAL_KEY, ServiceProcess
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
