@@ -210,6 +210,7 @@ class LlamaCppEngine(TextEngine):
                     meta.get(f"{meta.get('general.architecture')}.context_length", 0)
                 ),
                 "generated_tokens": self.generated_tokens,
+                "running": self._lock.locked(),
                 "loaded": llm is not None,
             },
         )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -139,3 +140,17 @@ def _hf(path: Path) -> ModelEntry:
         supports_vision=any(k in config for k in _VISION_KEYS),
         supports_audio=any(k in config for k in _AUDIO_KEYS),
     )
+
+
+def cache_dir() -> Path:
+    """Where slow-to-build artifacts live, shared by every clone on the machine."""
+    return Path(os.environ.get("GENMESH_CACHE") or Path.home() / ".cache" / "genmesh")
+
+
+def derived_model(form: Literal["hf", "onnx"]) -> Path:
+    """The embedded model converted by scripts/build_text_models.py (HF or ONNX int4)."""
+    suffix = {"hf": "hf", "onnx": "onnx-int4"}[form]
+    path = cache_dir() / "models" / f"{DEFAULT_MODEL_NAME}-{suffix}"
+    if not path.is_dir():
+        raise FileNotFoundError(f"{path} is missing: run scripts/build_text_models.py")
+    return path

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from genmesh.runtime.server import Service, serve, service_name
 from genmesh.runtime.settings import load_settings
+from genmesh.ttt.limiter import Slots
 from genmesh.ttt.registry import create_engine
-from genmesh.ttt.service import TextInferenceService
+from genmesh.ttt.service import ServedModel, TextInferenceService
 from genmesh.ttt.settings import TttSettings
 from genmesh.v1 import inference_pb2, inference_pb2_grpc
 
@@ -13,7 +14,14 @@ from genmesh.v1 import inference_pb2, inference_pb2_grpc
 async def main() -> None:
     settings = load_settings(TttSettings)
     engines = {spec.name: create_engine(spec) for spec in settings.models}
-    servicer = TextInferenceService(engines, settings.default_model)
+    served = {
+        spec.name: ServedModel(
+            engines[spec.name],
+            Slots(spec.name, spec.concurrency, spec.queue_size, spec.queue_timeout_seconds),
+        )
+        for spec in settings.models
+    }
+    servicer = TextInferenceService(served, settings.default_model, settings.models_dir)
 
     async def startup() -> None:
         for engine in engines.values():

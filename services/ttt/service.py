@@ -11,6 +11,8 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -19,7 +21,16 @@ from google.protobuf import json_format
 from genmesh.runtime import errors, telemetry
 from genmesh.runtime.errors import FieldViolation
 from genmesh.runtime.timing import Stopwatch
-from genmesh.ttt.engine import ChatMessage, EngineModelInfo, SamplingParams, TextEngine
+from genmesh.ttt.engine import (
+    ChatMessage,
+    EngineModelInfo,
+    GenerationChunk,
+    PromptTooLongError,
+    SamplingParams,
+    TextEngine,
+)
+from genmesh.ttt.limiter import Slots
+from genmesh.ttt.models import ModelEntry, scan
 from genmesh.ttt.textstream import StopMatcher, ThinkSplitter
 from genmesh.v1 import common_pb2, inference_pb2, inference_pb2_grpc
 
@@ -139,53 +150,115 @@ async def watch_cancel(requests: AsyncIterator[inference_pb2.InferRequest]) -> N
     await asyncio.Event().wait()
 
 
+def entry_info_proto(entry: ModelEntry) -> common_pb2.ModelInfo:
+    """A model found in the models folder but not loaded: what its metadata says."""
+    details = common_pb2.ModelInfo().details
+    details.update({"path": str(entry.path), "format": entry.format, **entry.details})
+    engine = {"gguf": "llama.cpp", "onnx": "onnxruntime-genai", "hf": "transformers"}
+    return common_pb2.ModelInfo(
+        name=entry.name,
+        engine=engine[entry.format],
+        tasks=[common_pb2.TASK_TEXT],
+        context_size=entry.context_size,
+        max_output_tokens=entry.context_size,
+        supports_vision=entry.supports_vision,
+        supports_audio=entry.supports_audio,
+        loaded=False,
+        size_bytes=entry.size_bytes,
+        details=details,
+    )
+
+
+def start_generation(
+    engine: TextEngine, messages: list[ChatMessage], params: SamplingParams
+) -> AsyncIterator[GenerationChunk]:
+    """The engine's stream; a prompt that cannot fit becomes INVALID_ARGUMENT with the sizes."""
+    try:
+        return engine.generate(messages, params)
+    except PromptTooLongError as exc:
+        raise errors.ServiceError(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            str(exc),
+            reason="PROMPT_TOO_LONG",
+            violations=[FieldViolation("inputs", str(exc))],
+            metadata={
+                "context_size": str(exc.context_size),
+                "prompt_tokens": str(exc.prompt_tokens),
+            },
+        ) from None
+
+
+@dataclass
+class ServedModel:
+    """A loaded engine with its admission control."""
+
+    engine: TextEngine
+    slots: Slots
+
+
 class TextInferenceService(inference_pb2_grpc.InferenceServiceServicer):
-    def __init__(self, engines: dict[str, TextEngine], default_model: str) -> None:
-        self.engines = engines
+    def __init__(
+        self,
+        models: dict[str, ServedModel],
+        default_model: str,
+        models_dir: Path | None = None,
+    ) -> None:
+        self.models = models
         self.default_model = default_model
+        self.models_dir = models_dir
+
+    def model(self, name: str) -> ServedModel:
+        model = self.models.get(name or self.default_model)
+        if model is None:
+            raise errors.not_found(f"no model '{name}' on this service", "model", name, "model")
+        return model
 
     def engine(self, name: str) -> TextEngine:
-        engine = self.engines.get(name or self.default_model)
-        if engine is None:
-            raise errors.not_found(f"no model '{name}' on this service", "model", name, "model")
-        return engine
+        return self.model(name).engine
 
     async def Infer(  # noqa: N802 - gRPC method name
         self, request_iterator: AsyncIterator[inference_pb2.InferRequest], context: Context
     ) -> AsyncIterator[inference_pb2.InferResponse]:
         clock = Stopwatch()
         request = await first_request(request_iterator)
-        engine = self.engine(request.model)
+        model = self.model(request.model)
+        engine = model.engine
         messages = chat_messages(request)
         params = sampling_params(request, engine.info())
         context.set_trailing_metadata((("x-request-id", request.request_id),))
-        clock.dequeued()
         cancelled = asyncio.ensure_future(watch_cancel(request_iterator))
         stops, thinking = StopMatcher(params.stop), ThinkSplitter()
         answer, thoughts = [], []
         prompt_tokens = completion_tokens = 0
         finish = common_pb2.FINISH_REASON_STOP
         outcome = "completed"
-        generation = engine.generate(messages, params)
         try:
-            async for chunk in generation:
-                prompt_tokens += chunk.prompt_tokens
-                completion_tokens += chunk.tokens
-                split = thinking.feed(stops.feed(chunk.text))
-                if chunk.finish_reason:
-                    finish = FINISH[chunk.finish_reason]
-                if stops.matched:
-                    finish = common_pb2.FINISH_REASON_STOP_SEQUENCE
-                if split.text or split.thoughts:
-                    clock.first_output()
-                    answer.append(split.text)
-                    thoughts.append(split.thoughts)
-                    yield self._delta(request.request_id, split.text, split.thoughts)
-                if stops.matched:
-                    break
-                if cancelled.done():
-                    finish, outcome = common_pb2.FINISH_REASON_CANCELLED, "cancelled"
-                    break
+            async with model.slots.slot():
+                clock.dequeued()
+                generation = start_generation(engine, messages, params)
+                try:
+                    async for chunk in generation:
+                        prompt_tokens += chunk.prompt_tokens
+                        completion_tokens += chunk.tokens
+                        split = thinking.feed(stops.feed(chunk.text))
+                        if chunk.finish_reason:
+                            finish = FINISH[chunk.finish_reason]
+                        if stops.matched:
+                            finish = common_pb2.FINISH_REASON_STOP_SEQUENCE
+                        if split.text or split.thoughts:
+                            clock.first_output()
+                            answer.append(split.text)
+                            thoughts.append(split.thoughts)
+                            yield self._delta(request.request_id, split.text, split.thoughts)
+                        if stops.matched:
+                            break
+                        if cancelled.done():
+                            finish, outcome = common_pb2.FINISH_REASON_CANCELLED, "cancelled"
+                            break
+                finally:
+                    # Closing the stream is what stops the engine (within one token).
+                    with contextlib.suppress(Exception):
+                        await generation.aclose()  # type: ignore[attr-defined]
             tail = thinking.feed(stops.flush())
             rest = thinking.flush()
             tail.text += rest.text
@@ -199,8 +272,6 @@ class TextInferenceService(inference_pb2_grpc.InferenceServiceServicer):
             raise
         finally:
             cancelled.cancel()
-            with contextlib.suppress(Exception):
-                await generation.aclose()  # type: ignore[attr-defined]
             telemetry.event(
                 log,
                 "generation ended",
@@ -218,6 +289,7 @@ class TextInferenceService(inference_pb2_grpc.InferenceServiceServicer):
                     kind=common_pb2.CONTENT_KIND_TEXT,
                     text="".join(answer),
                     thoughts="".join(thoughts),
+                    seed=params.seed or 0,
                 )
             ],
             usage=common_pb2.Usage(
@@ -242,25 +314,52 @@ class TextInferenceService(inference_pb2_grpc.InferenceServiceServicer):
             ),
         )
 
+    def _info(self, model: ServedModel) -> common_pb2.ModelInfo:
+        info = model_info_proto(model.engine.info())
+        info.details.update(
+            {
+                "concurrency": model.slots.concurrency,
+                "active": model.slots.active,
+                "queued": model.slots.waiting,
+            }
+        )
+        return info
+
+    async def _folder(self) -> list[ModelEntry]:
+        if self.models_dir is None:
+            return []
+        return await asyncio.to_thread(scan, self.models_dir)
+
     async def ListModels(  # noqa: N802
         self, request: inference_pb2.InferenceServiceListModelsRequest, context: Context
     ) -> inference_pb2.InferenceServiceListModelsResponse:
-        return inference_pb2.InferenceServiceListModelsResponse(
-            models=[model_info_proto(e.info()) for e in self.engines.values()]
-        )
+        """Loaded models first, then the models folder's other models (not loaded)."""
+        listed = [self._info(m) for m in self.models.values()]
+        loaded = {m.name for m in listed}
+        found = [entry_info_proto(e) for e in await self._folder() if e.name not in loaded]
+        return inference_pb2.InferenceServiceListModelsResponse(models=listed + found)
 
     async def GetModelInfo(  # noqa: N802
         self, request: inference_pb2.InferenceServiceGetModelInfoRequest, context: Context
     ) -> inference_pb2.InferenceServiceGetModelInfoResponse:
-        engine = self.engine(request.model)
+        if request.model and request.model not in self.models:
+            for entry in await self._folder():
+                if entry.name == request.model:
+                    return inference_pb2.InferenceServiceGetModelInfoResponse(
+                        model=entry_info_proto(entry)
+                    )
         return inference_pb2.InferenceServiceGetModelInfoResponse(
-            model=model_info_proto(engine.info())
+            model=self._info(self.model(request.model))
         )
 
     async def Tokenize(  # noqa: N802
         self, request: inference_pb2.InferenceServiceTokenizeRequest, context: Context
     ) -> inference_pb2.InferenceServiceTokenizeResponse:
-        pairs = await self.engine(request.model).tokenize(request.text, request.add_special_tokens)
+        engine = self.engine(request.model)
+        try:
+            pairs = await engine.tokenize(request.text, request.add_special_tokens)
+        except NotImplementedError as exc:
+            raise unimplemented(engine, exc) from None
         return inference_pb2.InferenceServiceTokenizeResponse(
             tokens=[t for t, _ in pairs], pieces=[p for _, p in pairs]
         )
@@ -268,10 +367,22 @@ class TextInferenceService(inference_pb2_grpc.InferenceServiceServicer):
     async def Detokenize(  # noqa: N802
         self, request: inference_pb2.InferenceServiceDetokenizeRequest, context: Context
     ) -> inference_pb2.InferenceServiceDetokenizeResponse:
+        engine = self.engine(request.model)
         try:
-            text = await self.engine(request.model).detokenize(list(request.tokens))
+            text = await engine.detokenize(list(request.tokens))
+        except NotImplementedError as exc:
+            raise unimplemented(engine, exc) from None
         except (ValueError, OverflowError) as exc:
             raise errors.invalid_argument(
                 "tokens outside the vocabulary", FieldViolation("tokens", str(exc))
             ) from None
         return inference_pb2.InferenceServiceDetokenizeResponse(text=text)
+
+
+def unimplemented(engine: TextEngine, exc: NotImplementedError) -> errors.ServiceError:
+    return errors.ServiceError(
+        grpc.StatusCode.UNIMPLEMENTED,
+        f"model '{engine.name}' has no tokenizer here: {exc}",
+        reason="TOKENIZER_UNAVAILABLE",
+        metadata={"model": engine.name},
+    )

@@ -1,7 +1,9 @@
-"""Settings of the ttt service: which models to load, with which engine."""
+"""Settings of the ttt service: which models to load, with which engine, and how many requests
+each may run and queue."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, ClassVar
 
 from pydantic import BaseModel, Field, model_validator
@@ -13,9 +15,16 @@ class ModelSpec(BaseModel):
     """One model the service serves."""
 
     name: str = Field(min_length=1)
+    # echo, llama.cpp, onnxruntime-genai, transformers, openai or tensorrt-llm.
     engine: str = "echo"
+    # A GGUF file or model folder; empty takes the embedded SmolLM2 in the engine's format.
     path: str = ""
+    # Engine-specific keyword arguments (context_size, threads, base_url, ...).
     options: dict[str, Any] = {}
+    # Generations running at once; more wait in a queue of queue_size for queue_timeout_seconds.
+    concurrency: int = Field(default=1, ge=1)
+    queue_size: int = Field(default=64, ge=0)
+    queue_timeout_seconds: float = Field(default=60.0, gt=0)
 
 
 class TttSettings(ServiceSettings):
@@ -24,6 +33,8 @@ class TttSettings(ServiceSettings):
     port: int = Field(default=50052, ge=0, le=65535)
     models: list[ModelSpec] = [ModelSpec(name="echo", engine="echo")]
     default_model: str = ""
+    # Scanned for GGUF files, onnxruntime-genai and Hugging Face folders, listed by ListModels.
+    models_dir: Path | None = None
 
     @model_validator(mode="after")
     def _default_is_known(self) -> TttSettings:

@@ -1,0 +1,90 @@
+"""A ttt service with the embedded SmolLM2 on llama.cpp (plus echo), and a router in front."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import grpc
+import pytest
+
+from genmesh.client import Client
+from genmesh.v1 import inference_pb2, inference_pb2_grpc
+from tests.support import API_KEY, INTERNAL_KEY, ServiceProcess, router_config
+
+CONTEXT = 2048
+SMOL = "smollm2"
+
+
+def smol_model(**overrides: Any) -> dict[str, Any]:
+    return {
+        "name": SMOL,
+        "engine": "llama.cpp",
+        "options": {"context_size": CONTEXT},
+        "concurrency": 1,
+        "queue_size": 4,
+        **overrides,
+    }
+
+
+def binding(name: str, address: str, model: str) -> dict[str, Any]:
+    return {"name": name, "tasks": ["text"], "addresses": [address], "engine": "", "model": model}
+
+
+@pytest.fixture(scope="package")
+def smol_ttt() -> Iterator[ServiceProcess]:
+    pytest.importorskip("llama_cpp")
+    # The echo model admits one generation and queues none: the overload tests fill it.
+    echo = {"name": "echo", "engine": "echo", "concurrency": 1, "queue_size": 0}
+    process = ServiceProcess("ttt", {"models": [smol_model(), echo]})
+    yield process
+    process.terminate()
+
+
+@pytest.fixture(scope="package")
+def smol_router(smol_ttt: ServiceProcess) -> Iterator[ServiceProcess]:
+    bindings = [
+        {**binding("smollm2", smol_ttt.address, SMOL), "default": True},
+        binding("echo-smol", smol_ttt.address, "echo"),
+    ]
+    process = ServiceProcess("router", router_config(bindings))
+    yield process
+    process.terminate()
+
+
+@pytest.fixture
+async def mesh(smol_router: ServiceProcess) -> AsyncIterator[Client]:
+    async with Client(smol_router.address, API_KEY) as client:
+        yield client
+
+
+class Inference:
+    """The ttt service called directly, as the router does."""
+
+    metadata = (("x-api-key", INTERNAL_KEY),)
+
+    def __init__(self, channel: grpc.aio.Channel) -> None:
+        self.stub = inference_pb2_grpc.InferenceServiceStub(channel)
+
+    async def info(self, model: str) -> inference_pb2.InferenceServiceGetModelInfoResponse:
+        request = inference_pb2.InferenceServiceGetModelInfoRequest(model=model)
+        response: inference_pb2.InferenceServiceGetModelInfoResponse = await self.stub.GetModelInfo(
+            request, metadata=self.metadata
+        )
+        return response
+
+    async def until_idle(self, model: str) -> dict[str, Any]:
+        """Polls the model's info until no generation holds or runs on it; returns its details."""
+        for _ in range(2000):
+            details = dict((await self.info(model)).model.details)
+            if not details["active"] and not details.get("running"):
+                return details
+            await asyncio.sleep(0.01)
+        raise AssertionError(f"{model} never became idle")
+
+
+@pytest.fixture
+async def inference(smol_ttt: ServiceProcess) -> AsyncIterator[Inference]:
+    async with grpc.aio.insecure_channel(smol_ttt.address) as channel:
+        yield Inference(channel)

@@ -1,0 +1,147 @@
+"""Text generation through the router on the real SmolLM2 model (llama.cpp)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+import pytest
+
+from genmesh.client import Client, error_details, text_request
+from genmesh.v1 import common_pb2, generation_pb2, tokenizer_pb2
+from tests.ttt.conftest import CONTEXT, SMOL, Inference
+
+FRANCE = "What is the capital of France?"
+ESSAY = "Write a long essay about the history of Europe, century by century."
+
+
+def greedy(max_tokens: int = 48, stop: tuple[str, ...] = ()) -> common_pb2.TextParameters:
+    return common_pb2.TextParameters(temperature=0, max_tokens=max_tokens, stop=stop)
+
+
+async def test_capital_of_france_is_paris(mesh: Client) -> None:
+    response = await mesh.generate(text_request(FRANCE, parameters=greedy()))
+    assert "Paris" in response.outputs[0].text
+    assert response.finish_reason == common_pb2.FINISH_REASON_STOP
+    assert response.usage.prompt_tokens > 5
+    assert response.usage.completion_tokens > 0
+    assert response.usage.total_tokens == (
+        response.usage.prompt_tokens + response.usage.completion_tokens
+    )
+    timings = response.timings
+    assert timings.first_token.ToTimedelta() <= timings.total.ToTimedelta()
+
+
+async def test_stream_deltas_add_up_to_the_final_text(mesh: Client) -> None:
+    deltas: list[str] = []
+    final = None
+    async for event in mesh.generate_stream(text_request(FRANCE, parameters=greedy())):
+        if event.HasField("text_delta"):
+            deltas.append(event.text_delta.text)
+        elif event.HasField("final"):
+            final = event.final
+    assert final is not None
+    assert len(deltas) > 1
+    assert "".join(deltas) == final.outputs[0].text
+
+
+async def test_system_context_steers_the_answer(mesh: Client) -> None:
+    request = text_request(
+        "Who are you?", system="You are a pirate named Captain Bob.", parameters=greedy()
+    )
+    response = await mesh.generate(request)
+    assert "Bob" in response.outputs[0].text
+
+
+async def test_same_seed_same_text(mesh: Client) -> None:
+    params = common_pb2.TextParameters(temperature=1.2, seed=42, max_tokens=32)
+    story = "Tell me a short story about a cat."
+    first = await mesh.generate(text_request(story, parameters=params))
+    second = await mesh.generate(text_request(story, parameters=params))
+    other = await mesh.generate(
+        text_request(
+            story, parameters=common_pb2.TextParameters(temperature=1.2, seed=7, max_tokens=32)
+        )
+    )
+    assert first.outputs[0].text == second.outputs[0].text
+    assert first.outputs[0].text != other.outputs[0].text
+
+
+async def test_stop_sequence_is_honoured(mesh: Client) -> None:
+    response = await mesh.generate(text_request(FRANCE, parameters=greedy(stop=("Paris",))))
+    assert "Paris" not in response.outputs[0].text
+    assert response.finish_reason == common_pb2.FINISH_REASON_STOP_SEQUENCE
+    assert response.stop_sequence == "Paris"
+
+
+async def test_max_tokens_gives_length(mesh: Client) -> None:
+    response = await mesh.generate(text_request(ESSAY, parameters=greedy(max_tokens=5)))
+    assert response.finish_reason == common_pb2.FINISH_REASON_LENGTH
+    assert response.usage.completion_tokens == 5
+
+
+async def test_tokenize_detokenize_round_trip(mesh: Client) -> None:
+    text = "Hello, world! Ça va? 東京 is a city."
+    tokens = await mesh.tokenizer.Tokenize(
+        tokenizer_pb2.TokenizeRequest(text=text), metadata=mesh.metadata
+    )
+    assert len(tokens.tokens) == len(tokens.pieces) > 5
+    assert "".join(tokens.pieces) == text
+    back = await mesh.tokenizer.Detokenize(
+        tokenizer_pb2.DetokenizeRequest(tokens=tokens.tokens), metadata=mesh.metadata
+    )
+    assert back.text == text
+    count = await mesh.tokenizer.CountTokens(
+        tokenizer_pb2.CountTokensRequest(text=text), metadata=mesh.metadata
+    )
+    assert count.count == len(tokens.tokens)
+
+
+async def test_unknown_token_ids_are_invalid(mesh: Client) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await mesh.tokenizer.Detokenize(
+            tokenizer_pb2.DetokenizeRequest(tokens=[1, 2**30]), metadata=mesh.metadata
+        )
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "tokens" in error_details(caught.value).violations
+
+
+async def test_over_long_prompt_names_the_context_size(mesh: Client) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await mesh.generate(text_request("lorem ipsum " * CONTEXT))
+    details = error_details(caught.value)
+    assert details.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert details.reason == "PROMPT_TOO_LONG"
+    assert details.metadata["context_size"] == str(CONTEXT)
+    assert int(details.metadata["prompt_tokens"]) > CONTEXT
+    assert "inputs" in details.violations
+
+
+async def test_bad_parameters_are_invalid_with_details(mesh: Client) -> None:
+    params = common_pb2.TextParameters(temperature=-1, top_p=2, max_tokens=0)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await mesh.generate(text_request(FRANCE, parameters=params))
+    details = error_details(caught.value)
+    assert details.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert {"text.temperature", "text.top_p", "text.max_tokens"} <= set(details.violations)
+
+
+async def test_cancel_mid_stream_stops_the_engine(mesh: Client, inference: Inference) -> None:
+    call = mesh.generation.GenerateStream(
+        generation_pb2.GenerateStreamRequest(
+            request=text_request(ESSAY, parameters=common_pb2.TextParameters(max_tokens=1500))
+        ),
+        metadata=mesh.metadata,
+    )
+    before = (await inference.info(SMOL)).model.details["generated_tokens"]
+    deltas = 0
+    async for response in call:
+        deltas += response.event.HasField("text_delta")
+        if deltas == 3:
+            break
+    call.cancel()
+    # Wait until the service released the model, then check the engine produces nothing more.
+    stopped_at = (await inference.until_idle(SMOL))["generated_tokens"]
+    await asyncio.sleep(0.5)
+    assert (await inference.info(SMOL)).model.details["generated_tokens"] == stopped_at
+    assert stopped_at - before < 1500
