@@ -96,16 +96,16 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
 
     async def intercept_service(
         self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
-    ) -> grpc.RpcMethodHandler | None:
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
         handler = await continuation(handler_call_details)
         if handler is None:
             return None
-        method: str = handler_call_details.method  # type: ignore[attr-defined]
+        method: str = handler_call_details.method
         service = method.split("/")[1] if method.count("/") == 2 else method
         if service in PUBLIC_SERVICES:
             return handler
         scope = SERVICE_SCOPES.get(service)
-        metadata = handler_call_details.invocation_metadata or ()  # type: ignore[attr-defined]
+        metadata = handler_call_details.invocation_metadata or ()
         key = presented_key(metadata)
 
         async def guard(_: grpc.aio.ServicerContext[Any, Any]) -> None:

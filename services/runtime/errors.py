@@ -60,7 +60,8 @@ class ServiceError(Exception):
             delay.FromNanoseconds(int(self.retry_after * 1e9))
             details.append(_pack(error_details_pb2.RetryInfo(retry_delay=delay)))
         proto = status_pb2.Status(code=self.code.value[0], message=self.message, details=details)
-        return rpc_status.to_status(proto)
+        status: grpc.Status = rpc_status.to_status(proto)
+        return status
 
 
 def _pack(message: object) -> any_pb2.Any:
@@ -128,7 +129,8 @@ class _RelayedError(ServiceError):
         metadata = self._error.trailing_metadata() or ()
         for key, value in metadata:
             if key == "grpc-status-details-bin" and isinstance(value, bytes):
-                return rpc_status.to_status(status_pb2.Status.FromString(value))
+                status: grpc.Status = rpc_status.to_status(status_pb2.Status.FromString(value))
+                return status
         return super().to_status()
 
 

@@ -17,13 +17,15 @@ from genmesh.runtime.errors import ServiceError
 
 log = logging.getLogger(__name__)
 
-Continuation = Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler | None]]
+Continuation = Callable[
+    [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]
+]
 Guard = Callable[[grpc.aio.ServicerContext[Any, Any]], Awaitable[None]]
 
 
 def wrap_handler(
-    handler: grpc.RpcMethodHandler, guard: Guard | None, method: str
-) -> grpc.RpcMethodHandler:
+    handler: grpc.RpcMethodHandler[Any, Any], guard: Guard | None, method: str
+) -> grpc.RpcMethodHandler[Any, Any]:
     """Runs `guard` before the behaviour and turns ServiceError (or a crash) into a status."""
 
     async def fail(context: grpc.aio.ServicerContext[Any, Any], exc: BaseException) -> None:
@@ -33,7 +35,7 @@ def wrap_handler(
         await context.abort(grpc.StatusCode.INTERNAL, f"internal error in {method}")
 
     if handler.unary_unary or handler.stream_unary:
-        inner = handler.unary_unary or handler.stream_unary
+        inner: Any = handler.unary_unary or handler.stream_unary
 
         async def unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             try:
@@ -56,7 +58,7 @@ def wrap_handler(
             response_serializer=handler.response_serializer,
         )
 
-    inner_stream = handler.unary_stream or handler.stream_stream
+    inner_stream: Any = handler.unary_stream or handler.stream_stream
 
     async def streaming(
         request: Any, context: grpc.aio.ServicerContext[Any, Any]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from typing import Literal
 
 from genmesh.ttt.engine import (
     ChatMessage,
@@ -41,7 +42,7 @@ class EchoEngine(TextEngine):
             if delay:
                 await asyncio.sleep(delay)
             last = index + 1 == min(len(text), params.max_tokens)
-            reason = None
+            reason: Literal["stop", "length"] | None = None
             if last:
                 reason = "stop" if len(text) <= params.max_tokens else "length"
             yield GenerationChunk(
