@@ -19,6 +19,8 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
+from genmesh.runtime.vault_settings import VaultSettings
+
 CONFIG_ENV = "GENMESH_CONFIG"
 
 
@@ -51,6 +53,10 @@ class ServiceSettings(BaseSettings):
     max_message_bytes: int = Field(default=16 * 1024 * 1024, gt=0)
     shutdown_grace_seconds: float = Field(default=10.0, ge=0)
     telemetry: TelemetrySettings = TelemetrySettings()
+    # More keys and the upstream provider secrets: from Vault when configured, else from this
+    # file and GENMESH_SECRET_<NAME> (see genmesh.runtime.secrets).
+    vault: VaultSettings | None = None
+    secrets_file: Path | None = None
 
     model_config = SettingsConfigDict(extra="forbid", populate_by_name=True)
 

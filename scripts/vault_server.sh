@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Builds a Vault-compatible server for the secrets tests into $GENMESH_CACHE/bin, once, and prints
+# its path. A binary named by GENMESH_VAULT_BIN (e.g. a packaged `bao` or `vault`) is used instead.
+#
+# OpenBao would be the natural choice, but it cannot come from the Go module proxy: its server
+# module (github.com/openbao/openbao) is not served there (HTTP 403 for every version and for
+# @v/list, likewise sdk/v2 and go-kms-wrapping/v2), and even where it is served its v2 tags are not
+# valid versions of a module path without /v2. HashiCorp Vault's module is served with all of its
+# dependencies, so we build that (BUSL-1.1: used here only as a local test server, not shipped).
+# Its go.mod points its api and sdk modules at ./api and ./sdk, which the module zip leaves out, so
+# `go install` refuses it: we copy the source out of the module cache, drop those replaces to use
+# the published api and sdk versions it already requires, and `go build`. Cold: ~9 min on 2 cores.
+set -euo pipefail
+if [ -n "${GENMESH_VAULT_BIN:-}" ]; then
+  echo "$GENMESH_VAULT_BIN"
+  exit 0
+fi
+version=v1.21.4
+cache=${GENMESH_CACHE:-$HOME/.cache/genmesh}
+bin="$cache/bin/vault-$version"
+if [ -x "$bin" ]; then
+  echo "$bin"
+  exit 0
+fi
+echo "building the Vault $version server from the Go module proxy (one time, several minutes)" >&2
+mkdir -p "$cache/bin"
+work=$(mktemp -d)
+trap 'chmod -R u+w "$work"; rm -rf "$work"' EXIT
+cd "$work"
+src=$(go mod download -json "github.com/hashicorp/vault@$version" |
+  sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')
+cp -r "$src" vault && chmod -R u+w vault
+cd vault
+go mod edit \
+  -dropreplace github.com/hashicorp/vault/api \
+  -dropreplace github.com/hashicorp/vault/api/auth/approle \
+  -dropreplace github.com/hashicorp/vault/api/auth/kubernetes \
+  -dropreplace github.com/hashicorp/vault/api/auth/userpass \
+  -dropreplace github.com/hashicorp/vault/sdk
+GOFLAGS="-mod=mod -buildvcs=false" go build -trimpath -ldflags="-s -w" -o "$bin.tmp" .
+mv "$bin.tmp" "$bin"
+echo "$bin"
