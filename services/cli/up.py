@@ -13,6 +13,7 @@ import ctypes
 import json
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
@@ -31,6 +32,7 @@ from genmesh.v1 import common_pb2
 
 PR_SET_PDEATHSIG = 1
 READY_TIMEOUT_S = 600.0
+GATEWAY_BUILD = Path(__file__).resolve().parents[1] / "gateway" / "build.sh"
 
 
 @dataclass(frozen=True)
@@ -95,12 +97,14 @@ def _die_with_parent() -> None:
 
 
 class Process:
-    def __init__(self, service: str, env: dict[str, str], log_dir: Path) -> None:
+    def __init__(
+        self, service: str, env: dict[str, str], log_dir: Path, command: list[str] | None = None
+    ) -> None:
         self.service = service
         self.log_path = log_dir / f"{service}.log"
         self.log: IO[bytes] = self.log_path.open("wb")
         self.popen = subprocess.Popen(
-            [sys.executable, "-m", "genmesh", "serve", service],
+            command or [sys.executable, "-m", "genmesh", "serve", service],
             env=env,
             stdout=subprocess.PIPE,
             stderr=self.log,
@@ -132,6 +136,18 @@ class Process:
         self.log.close()
 
 
+def build_gateway() -> str | None:
+    """The REST gateway binary, built with Go from the source tree; None when either is missing."""
+    if not GATEWAY_BUILD.is_file() or shutil.which("go") is None:
+        click.echo("REST gateway skipped: it needs Go and the genmesh source tree", err=True)
+        return None
+    click.echo("building the REST gateway...")
+    built = subprocess.run([str(GATEWAY_BUILD)], capture_output=True, text=True, check=False)
+    if built.returncode != 0:
+        raise click.ClickException(f"building the REST gateway failed:\n{built.stderr}")
+    return built.stdout.strip().splitlines()[-1]
+
+
 DEMO_PROGRAM = """\
 words = ["mesh", "sandbox", "parallel"]
 lengths = {w: len(w) for w in words}
@@ -159,9 +175,13 @@ async def demo(address: str, key: str) -> None:
 @click.option("--base-port", default=50051, show_default=True, help="Router port; others follow.")
 @click.option("--demo/--no-demo", "run_demo", default=True, help="Show a generation once up.")
 @click.option("--log-dir", type=click.Path(path_type=Path), default=None)
-def up(base_port: int, run_demo: bool, log_dir: Path | None) -> None:
+@click.option(
+    "--gateway-port", default=8080, show_default=True, help="REST gateway port; 0 disables it."
+)
+def up(base_port: int, run_demo: bool, log_dir: Path | None, gateway_port: int) -> None:
     """Run the whole mesh locally until Ctrl-C."""
     key = local_key()
+    gateway = build_gateway() if gateway_port else None
     run_dir = Path(tempfile.mkdtemp(prefix="genmesh-up-"))
     log_dir = log_dir or run_dir
     log_dir.mkdir(parents=True, exist_ok=True)
@@ -191,7 +211,14 @@ def up(base_port: int, run_demo: bool, log_dir: Path | None) -> None:
         processes.insert(0, router)
         router.wait_ready(deadline)
         address = f"127.0.0.1:{base_port}"
+        if gateway:
+            listen = f"127.0.0.1:{gateway_port}"
+            command = [gateway, f"-router={address}", f"-listen={listen}"]
+            processes.insert(0, Process("gateway", env, log_dir, command))
+            processes[0].wait_ready(deadline)
         click.echo(f"genmesh is up: router at {address} (logs in {log_dir})")
+        if gateway:
+            click.echo(f"  REST: http://{listen}/v1/...  (OpenAPI at http://{listen}/openapi.json)")
         origin = "from GENMESH_API_KEY" if os.environ.get("GENMESH_API_KEY") else f"in {key_file()}"
         click.echo(f"  API key: {key}  ({origin})")
         click.echo(
