@@ -205,6 +205,9 @@ def test_gpu_values_request_gpus_on_gpu_nodes(rendered_sets: dict[str, Rendered]
     for component in INFERENCE:
         spec = deployments[component]["spec"]["template"]["spec"]
         assert spec["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == 1
+        # No surge pod waiting forever for a GPU no node has spare.
+        strategy = deployments[component]["spec"]["strategy"]
+        assert strategy["rollingUpdate"] == {"maxSurge": 0, "maxUnavailable": 1}
         assert spec["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
         assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in spec[
             "tolerations"
