@@ -65,7 +65,9 @@ class Inference:
     metadata = (("x-api-key", INTERNAL_KEY),)
 
     def __init__(self, channel: grpc.aio.Channel) -> None:
-        self.stub = inference_pb2_grpc.InferenceServiceStub(channel)
+        self.stub: inference_pb2_grpc.InferenceServiceAsyncStub = (
+            inference_pb2_grpc.InferenceServiceStub(channel)
+        )
 
     async def info(self, model: str) -> inference_pb2.InferenceServiceGetModelInfoResponse:
         request = inference_pb2.InferenceServiceGetModelInfoRequest(model=model)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import grpc
 import pytest
 from google.protobuf import struct_pb2
@@ -11,8 +13,8 @@ from genmesh.v1 import common_pb2, inference_pb2
 from tests.ttt.conftest import Inference
 
 
-def infer(request: common_pb2.GenerateRequest) -> list[inference_pb2.InferRequest]:
-    return [inference_pb2.InferRequest(request=request)]
+def infer(request: common_pb2.GenerateRequest) -> Iterator[inference_pb2.InferRequest]:
+    return iter([inference_pb2.InferRequest(request=request)])
 
 
 def slow_echo(text: str, delay_ms: int) -> common_pb2.GenerateRequest:

@@ -34,13 +34,15 @@ def service(folder: Path) -> Iterator[ServiceProcess]:
 
 
 @pytest.fixture
-async def stub(service: ServiceProcess) -> AsyncIterator[inference_pb2_grpc.InferenceServiceStub]:
+async def stub(
+    service: ServiceProcess,
+) -> AsyncIterator[inference_pb2_grpc.InferenceServiceAsyncStub]:
     async with grpc.aio.insecure_channel(service.address) as channel:
         yield inference_pb2_grpc.InferenceServiceStub(channel)
 
 
 async def test_list_models_shows_loaded_and_found_models(
-    stub: inference_pb2_grpc.InferenceServiceStub,
+    stub: inference_pb2_grpc.InferenceServiceAsyncStub,
 ) -> None:
     response = await stub.ListModels(
         inference_pb2.InferenceServiceListModelsRequest(), metadata=METADATA
@@ -58,11 +60,11 @@ async def test_list_models_shows_loaded_and_found_models(
 
 
 async def test_model_info_of_a_folder_model(
-    stub: inference_pb2_grpc.InferenceServiceStub,
+    stub: inference_pb2_grpc.InferenceServiceAsyncStub,
 ) -> None:
     response = await stub.GetModelInfo(
         inference_pb2.InferenceServiceGetModelInfoRequest(model="smol-hf"), metadata=METADATA
     )
     assert response.model.max_output_tokens == 8192
     assert response.model.details["format"] == "hf"
-    assert response.model.details["path"].endswith("smol-hf")
+    assert str(response.model.details["path"]).endswith("smol-hf")
