@@ -7,8 +7,8 @@ Measures, side by side in one run against the deterministic echo engine:
 - streaming relay: characters/s of a long echo over GenerateStream and over NDJSON.
 
 Both clients are Python in this process, so the figures include each client's own cost; the
-ratios are what matter. By default it starts `genmesh up` on free ports; `--router`, `--gateway`
-and `--api-key` point it at a running mesh instead.
+ratios are what matter. It starts a ttt service with the echo engine, a router and the gateway
+on free ports; `--router`, `--gateway` and `--api-key` point it at a running mesh instead.
 """
 
 from __future__ import annotations
@@ -18,21 +18,22 @@ import contextlib
 import http.client
 import json
 import os
-import secrets
-import signal
-import socket
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import grpc
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 from genmesh.client import text_request
 from genmesh.v1 import common_pb2, generation_pb2, generation_pb2_grpc
+from tests.gateway.process import GatewayProcess
+from tests.support import API_KEY, ServiceProcess, echo_binding, router_config
 
 PROMPT = "genmesh benchmark"
 STREAM_CHARS = 4000
@@ -45,49 +46,19 @@ class Target:
     api_key: str
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def healthy(port: int) -> bool:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-    with contextlib.suppress(OSError), contextlib.closing(conn):
-        conn.request("GET", "/healthz")
-        return conn.getresponse().status == 200
-    return False
-
-
 @contextlib.contextmanager
-def mesh_up(timeout: float = 600) -> Iterator[Target]:
-    """`genmesh up` on free ports, stopped with SIGINT (its Ctrl-C) afterwards."""
-    base, gateway_port = free_port(), free_port()
-    key = "gm-bench-" + secrets.token_urlsafe(16)
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "genmesh",
-            "up",
-            "--no-demo",
-            f"--base-port={base}",
-            f"--gateway-port={gateway_port}",
-        ],
-        env={**os.environ, "GENMESH_API_KEY": key},
-        stdout=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + timeout
-        while not healthy(gateway_port):
-            if process.poll() is not None or time.monotonic() > deadline:
-                sys.exit("genmesh up did not bring the gateway up")
-            time.sleep(0.2)
-        yield Target(f"127.0.0.1:{base}", gateway_port, key)
-    finally:
-        process.send_signal(signal.SIGINT)
-        process.wait(60)
+def echo_mesh() -> Iterator[Target]:
+    """A ttt service with the echo engine, a router and the gateway, on free ports."""
+    with contextlib.ExitStack() as stack:
+        ttt = ServiceProcess("ttt", {})
+        stack.callback(ttt.terminate)
+        # A health-check interval (and timeout) that a loaded machine does not trip over.
+        config = router_config([echo_binding(ttt.address)], health_check_interval_seconds=2.0)
+        router = ServiceProcess("router", config)
+        stack.callback(router.terminate)
+        gateway = GatewayProcess(router.address)
+        stack.callback(gateway.terminate)
+        yield Target(router.address, gateway.port, API_KEY)
 
 
 class Grpc:
@@ -119,6 +90,17 @@ class Rest:
         if response.status != 200:
             sys.exit(f"{path}: HTTP {response.status}: {response.read()!r}")
         return response
+
+    def wait_healthy(self, timeout: float = 60) -> None:
+        """Until the router has seen an echo replica healthy (it checks on an interval)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.conn.request("GET", "/v1/bindings", headers=self.headers)
+            bindings = json.loads(self.conn.getresponse().read())["bindings"]
+            if any(b["name"] == "echo" and b["healthy_replicas"] for b in bindings):
+                return
+            time.sleep(0.1)
+        sys.exit("the echo binding never became healthy")
 
     def generate(self, body: dict[str, Any]) -> str:
         text: str = json.loads(self.post("/v1/generate", body).read())["outputs"][0]["text"]
@@ -158,6 +140,7 @@ def summarise(samples: list[float]) -> dict[str, float]:
 
 def run(target: Target, requests: int, rounds: int, streams: int) -> dict[str, Any]:
     direct, rest = Grpc(target), Rest(target)
+    rest.wait_healthy()
     request = text_request(PROMPT)
     body = {"task": "TASK_TEXT", "inputs": [{"text": PROMPT}]}
     assert direct.generate(request) == rest.generate(body) == PROMPT
@@ -241,7 +224,7 @@ def main() -> None:
         if args.router and args.gateway and args.api_key:
             target = Target(args.router, args.gateway, args.api_key)
         else:
-            target = stack.enter_context(mesh_up())
+            target = stack.enter_context(echo_mesh())
         results = run(target, args.requests, args.rounds, args.streams)
     if args.json:
         print(json.dumps(results, indent=2))

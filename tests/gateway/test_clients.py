@@ -13,7 +13,8 @@ from google.protobuf import json_format
 
 from genmesh.client import Client, text_request
 from genmesh.v1 import common_pb2
-from tests.gateway.conftest import ROOT, Mesh
+from tests.gateway.process import ROOT
+from tests.support import API_KEY, ServiceProcess
 
 PROMPT = "The same answer in every language."
 MAX_TOKENS = 16
@@ -51,9 +52,9 @@ def summary(response: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-async def python_answers(mesh: Mesh) -> dict[str, Any]:
+async def python_answers(router: ServiceProcess) -> dict[str, Any]:
     request = text_request(PROMPT, parameters=common_pb2.TextParameters(max_tokens=MAX_TOKENS))
-    async with Client(mesh.address, mesh.api_key) as client:
+    async with Client(router.address, API_KEY) as client:
         unary = await client.generate(request, timeout=60)
         streamed = ""
         final = common_pb2.GenerateResponse()
@@ -75,13 +76,13 @@ async def python_answers(mesh: Mesh) -> dict[str, Any]:
     }
 
 
-def client_answers(command: list[str], mesh: Mesh, dash: str) -> dict[str, Any]:
+def client_answers(command: list[str], router: ServiceProcess, dash: str) -> dict[str, Any]:
     """Runs an example client with --json and the same request as the Python one."""
     out = subprocess.run(
         [
             *command,
-            f"{dash}address={mesh.address}",
-            f"{dash}key={mesh.api_key}",
+            f"{dash}address={router.address}",
+            f"{dash}key={API_KEY}",
             f"{dash}max-tokens={MAX_TOKENS}",
             f"{dash}json",
             PROMPT,
@@ -99,21 +100,23 @@ def client_answers(command: list[str], mesh: Mesh, dash: str) -> dict[str, Any]:
     }
 
 
-async def test_go_client_matches_python(mesh: Mesh, go_client: list[str]) -> None:
-    expected = await python_answers(mesh)
+async def test_go_client_matches_python(router: ServiceProcess, go_client: list[str]) -> None:
+    expected = await python_answers(router)
     assert expected["generate"]["text"] == PROMPT[:MAX_TOKENS]
     assert expected["generate"]["finish_reason"] == "FINISH_REASON_LENGTH"
-    assert client_answers(go_client, mesh, "-") == expected
+    assert client_answers(go_client, router, "-") == expected
 
 
-async def test_node_client_matches_python(mesh: Mesh, node_client: list[str]) -> None:
-    assert client_answers(node_client, mesh, "--") == await python_answers(mesh)
+async def test_node_client_matches_python(router: ServiceProcess, node_client: list[str]) -> None:
+    assert client_answers(node_client, router, "--") == await python_answers(router)
 
 
-def test_clients_report_a_bad_key(mesh: Mesh, go_client: list[str], node_client: list[str]) -> None:
+def test_clients_report_a_bad_key(
+    router: ServiceProcess, go_client: list[str], node_client: list[str]
+) -> None:
     for command, dash in ((go_client, "-"), (node_client, "--")):
         out = subprocess.run(
-            [*command, f"{dash}address={mesh.address}", f"{dash}key=wrong", "hi"],
+            [*command, f"{dash}address={router.address}", f"{dash}key=wrong", "hi"],
             check=False,
             capture_output=True,
             text=True,

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.gateway.conftest import ROOT
+from tests.gateway.process import ROOT
 
 MODULES = (ROOT / "services/gateway", ROOT / "clients/go")
 
