@@ -55,6 +55,7 @@ chart-check: setup
 
 bench: setup
 	$(PY) bench/router_overhead.py
+	$(PY) bench/gateway.py
 
 clean:
 	rm -rf $(VENV) .cache
