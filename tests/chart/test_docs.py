@@ -17,10 +17,21 @@ SCHEMA: dict[str, Any] = json.loads((CHART / "values.schema.json").read_text())
 
 
 def resolve(node: dict[str, Any]) -> dict[str, Any]:
-    while "$ref" in node:
-        node = {**SCHEMA["$defs"][node["$ref"].removeprefix("#/$defs/")], **node}
-        del node["$ref"]
-    return node
+    """The node with its `$ref` chain folded in: properties merged, strictness kept."""
+    if "$ref" not in node:
+        return node
+    base = resolve(SCHEMA["$defs"][node["$ref"].removeprefix("#/$defs/")])
+    merged = {
+        **base,
+        **node,
+        "properties": {**base.get("properties", {}), **node.get("properties", {})},
+    }
+    del merged["$ref"]
+    return merged
+
+
+def is_strict(node: dict[str, Any]) -> bool:
+    return node.get("additionalProperties") is False or node.get("unevaluatedProperties") is False
 
 
 def undescribed(value: Any, node: dict[str, Any], path: str) -> list[str]:
@@ -28,7 +39,7 @@ def undescribed(value: Any, node: dict[str, Any], path: str) -> list[str]:
     node = resolve(node)
     if "type" not in node and "enum" not in node and "const" not in node and "anyOf" not in node:
         return [path]
-    if isinstance(value, dict) and node.get("additionalProperties") is False:
+    if isinstance(value, dict) and is_strict(node):
         return [
             missing
             for key, child in value.items()
@@ -56,7 +67,7 @@ def test_schema_is_strict_about_unknown_keys() -> None:
         node = resolve(node)
         if not isinstance(value, dict):
             return []
-        if node.get("additionalProperties") is False:
+        if is_strict(node):
             return [
                 p for k, v in value.items() for p in loose(v, node["properties"][k], f"{path}.{k}")
             ]
