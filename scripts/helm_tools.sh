@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Builds the chart tools from the Go module proxy and caches the binaries in $GENMESH_CACHE/bin:
-# helm (lint, template) and kube-score (policy lint). Pinned versions; a warm run only checks files.
+# helm (lint, template) and kube-score (policy lint; kube-linter's vanity module path,
+# golang.stackrox.io, is not served by the module proxy this project relies on). Pinned versions;
+# a warm run only checks files.
 # Prints nothing on success, so `make` output stays quiet. Usage: scripts/helm_tools.sh [bin-dir]
 set -euo pipefail
 HELM_VERSION=v3.22.0
