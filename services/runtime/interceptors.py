@@ -17,8 +17,9 @@ from genmesh.runtime.errors import ServiceError
 
 log = logging.getLogger(__name__)
 
+# Quoted: grpc.RpcMethodHandler is generic only in the type stubs, not at run time.
 Continuation = Callable[
-    [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]
+    [grpc.HandlerCallDetails], Awaitable["grpc.RpcMethodHandler[Any, Any] | None"]
 ]
 Guard = Callable[[grpc.aio.ServicerContext[Any, Any]], Awaitable[None]]
 
