@@ -1,9 +1,10 @@
-"""The typed Python client for genmesh's public API (asyncio), used by the CLI."""
+"""The typed Python clients for genmesh's public API: `Client` (asyncio, used by the CLI) and
+`SyncClient` (blocking, for scripts and threads), with the same methods over the same stubs."""
 
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -75,6 +76,16 @@ def text_request(
     )
 
 
+def key_metadata(api_key: str | None) -> tuple[tuple[str, str], ...]:
+    """The metadata every call carries: the given key, else the default one, if any."""
+    key = api_key or default_api_key()
+    return (("x-api-key", key),) if key else ()
+
+
+def execute_request(code: str, library: str) -> agent_pb2.ExecuteRequest:
+    return agent_pb2.ExecuteRequest(program=program_pb2.Program(code=code, library=library))
+
+
 class Client:
     """An authenticated channel to the router with a stub per public service."""
 
@@ -84,8 +95,7 @@ class Client:
         api_key: str | None = None,
         credentials: grpc.ChannelCredentials | None = None,
     ) -> None:
-        key = api_key or default_api_key()
-        self.metadata: tuple[tuple[str, str], ...] = (("x-api-key", key),) if key else ()
+        self.metadata = key_metadata(api_key)
         self.channel = (
             grpc.aio.secure_channel(address, credentials)
             if credentials
@@ -134,14 +144,82 @@ class Client:
     ) -> program_pb2.ProgramResult:
         """Runs a sandbox program that calls only server-side functions."""
         response = await self.agent.Execute(
-            agent_pb2.ExecuteRequest(program=program_pb2.Program(code=code, library=library)),
-            metadata=self.metadata,
-            timeout=timeout,
+            execute_request(code, library), metadata=self.metadata, timeout=timeout
         )
         return response.result
 
     async def list_bindings(self) -> list[catalog_pb2.Binding]:
         response = await self.catalog.ListBindings(
+            catalog_pb2.ListBindingsRequest(), metadata=self.metadata
+        )
+        return list(response.bindings)
+
+
+class SyncClient:
+    """The blocking counterpart of `Client`."""
+
+    def __init__(
+        self,
+        address: str = DEFAULT_ADDRESS,
+        api_key: str | None = None,
+        credentials: grpc.ChannelCredentials | None = None,
+    ) -> None:
+        self.metadata = key_metadata(api_key)
+        self.channel = (
+            grpc.secure_channel(address, credentials)
+            if credentials
+            else grpc.insecure_channel(address)
+        )
+        self.generation = generation_pb2_grpc.GenerationServiceStub(self.channel)
+        self.catalog = catalog_pb2_grpc.CatalogServiceStub(self.channel)
+        self.tokenizer = tokenizer_pb2_grpc.TokenizerServiceStub(self.channel)
+        self.agent = agent_pb2_grpc.AgentServiceStub(self.channel)
+
+    def __enter__(self) -> SyncClient:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def generate(
+        self, request: common_pb2.GenerateRequest, timeout: float | None = None
+    ) -> common_pb2.GenerateResponse:
+        return self.generation.Generate(request, metadata=self.metadata, timeout=timeout)
+
+    def generate_stream(
+        self, request: common_pb2.GenerateRequest, timeout: float | None = None
+    ) -> Iterator[common_pb2.StreamEvent]:
+        """The events as they arrive; closing the iterator early cancels the call."""
+        call = self.generation.GenerateStream(
+            generation_pb2.GenerateStreamRequest(request=request),
+            metadata=self.metadata,
+            timeout=timeout,
+        )
+        try:
+            for response in call:
+                yield response.event
+        finally:
+            call.cancel()
+
+    def execute(
+        self, code: str, library: str = "", timeout: float | None = None
+    ) -> program_pb2.ProgramResult:
+        """Runs a sandbox program that calls only server-side functions."""
+        response = self.agent.Execute(
+            execute_request(code, library), metadata=self.metadata, timeout=timeout
+        )
+        return response.result
+
+    def list_bindings(self) -> list[catalog_pb2.Binding]:
+        response = self.catalog.ListBindings(
             catalog_pb2.ListBindingsRequest(), metadata=self.metadata
         )
         return list(response.bindings)

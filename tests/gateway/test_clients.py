@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -11,7 +12,7 @@ from typing import Any
 import pytest
 from google.protobuf import json_format
 
-from genmesh.client import Client, text_request
+from genmesh.client import Client, SyncClient, text_request
 from genmesh.v1 import common_pb2
 from tests.gateway.process import ROOT
 from tests.support import API_KEY, ServiceProcess
@@ -52,28 +53,40 @@ def summary(response: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-async def python_answers(router: ServiceProcess) -> dict[str, Any]:
-    request = text_request(PROMPT, parameters=common_pb2.TextParameters(max_tokens=MAX_TOKENS))
-    async with Client(router.address, API_KEY) as client:
-        unary = await client.generate(request, timeout=60)
-        streamed = ""
-        final = common_pb2.GenerateResponse()
-        async for event in client.generate_stream(request, timeout=60):
-            if event.HasField("text_delta"):
-                streamed += event.text_delta.text
-            elif event.HasField("final"):
-                final = event.final
+def as_dict(response: common_pb2.GenerateResponse) -> dict[str, Any]:
+    return json_format.MessageToDict(
+        response, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+    )
 
-    def as_dict(response: common_pb2.GenerateResponse) -> dict[str, Any]:
-        return json_format.MessageToDict(
-            response, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
-        )
 
+def python_summary(
+    unary: common_pb2.GenerateResponse, events: list[common_pb2.StreamEvent]
+) -> dict[str, Any]:
+    final = next(e.final for e in events if e.HasField("final"))
     return {
         "generate": summary(as_dict(unary)),
-        "stream_text": streamed,
+        "stream_text": "".join(e.text_delta.text for e in events if e.HasField("text_delta")),
         "stream_final": summary(as_dict(final)),
     }
+
+
+def request() -> common_pb2.GenerateRequest:
+    return text_request(PROMPT, parameters=common_pb2.TextParameters(max_tokens=MAX_TOKENS))
+
+
+async def python_answers(router: ServiceProcess) -> dict[str, Any]:
+    """The asyncio client's answers, which the others must match."""
+    async with Client(router.address, API_KEY) as client:
+        unary = await client.generate(request(), timeout=60)
+        events = [event async for event in client.generate_stream(request(), timeout=60)]
+    return python_summary(unary, events)
+
+
+def python_sync_answers(router: ServiceProcess) -> dict[str, Any]:
+    with SyncClient(router.address, API_KEY) as client:
+        unary = client.generate(request(), timeout=60)
+        events = list(client.generate_stream(request(), timeout=60))
+    return python_summary(unary, events)
 
 
 def client_answers(command: list[str], router: ServiceProcess, dash: str) -> dict[str, Any]:
@@ -105,6 +118,10 @@ async def test_go_client_matches_python(router: ServiceProcess, go_client: list[
     assert expected["generate"]["text"] == PROMPT[:MAX_TOKENS]
     assert expected["generate"]["finish_reason"] == "FINISH_REASON_LENGTH"
     assert client_answers(go_client, router, "-") == expected
+
+
+async def test_python_sync_client_matches_asyncio(router: ServiceProcess) -> None:
+    assert await asyncio.to_thread(python_sync_answers, router) == await python_answers(router)
 
 
 async def test_node_client_matches_python(router: ServiceProcess, node_client: list[str]) -> None:
