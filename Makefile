@@ -44,7 +44,13 @@ typecheck: setup
 	mkdir -p .cache/typecheck && ln -sfn ../../services .cache/typecheck/genmesh
 	$(VENV)/bin/mypy -p genmesh $(if $(wildcard tests/*.py),tests bench)
 
-pytest: setup
+# The REST gateway, built before the tests that start it: a cold build downloads and compiles
+# grpc-gateway and grpc-go (minutes); Go's build cache makes a warm one take a second.
+.PHONY: gateway
+gateway:
+	services/gateway/build.sh >/dev/null
+
+pytest: setup gateway
 	$(VENV)/bin/pytest -q $(PYTEST_ARGS)
 
 # The Helm chart and the Dockerfiles, checked without a cluster or a Docker engine: helm and
