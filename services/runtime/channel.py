@@ -46,7 +46,69 @@ class _StreamStreamKey(_WithKey, grpc.aio.StreamStreamClientInterceptor):
 
 
 def key_interceptors(key: str) -> list[grpc.aio.ClientInterceptor]:
+    """For clients outside the mesh; mesh channels (`connect`) add the key without interceptors."""
     return [_UnaryUnaryKey(key), _UnaryStreamKey(key), _StreamUnaryKey(key), _StreamStreamKey(key)]
+
+
+Metadata = grpc.aio.Metadata | Sequence[tuple[str, str | bytes]] | None
+
+
+class _Stamped:
+    """A multicallable that adds the key and the W3C trace context to each call's metadata.
+
+    grpc.aio routes every message of an intercepted call through an extra task and queue, which
+    roughly halved the router's streaming relay rate; stamping metadata here keeps calls on
+    grpc's direct path.
+    """
+
+    def __init__(self, inner: Any, key: str | None) -> None:
+        self._inner = inner
+        self._key = key
+
+    def __call__(self, *args: Any, metadata: Metadata = None, **kwargs: Any) -> Any:
+        stamped = list(metadata or ())
+        if self._key:
+            stamped.append(("x-api-key", self._key))
+        stamped.extend(telemetry.trace_headers(stamped))
+        return self._inner(*args, metadata=stamped, **kwargs)
+
+
+class MeshChannel(grpc.aio.Channel):
+    """A channel to another mesh service whose calls carry the key and the trace context."""
+
+    def __init__(self, channel: grpc.aio.Channel, key: str | None) -> None:
+        self._channel = channel
+        self._key = key
+
+    async def __aenter__(self) -> MeshChannel:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self, grace: float | None = None) -> None:
+        await self._channel.close(grace)
+
+    def get_state(self, try_to_connect: bool = False) -> grpc.ChannelConnectivity:
+        return self._channel.get_state(try_to_connect)
+
+    async def wait_for_state_change(self, last_observed_state: grpc.ChannelConnectivity) -> None:
+        await self._channel.wait_for_state_change(last_observed_state)
+
+    async def channel_ready(self) -> None:
+        await self._channel.channel_ready()
+
+    def unary_unary(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        return _Stamped(self._channel.unary_unary(method, *args, **kwargs), self._key)
+
+    def unary_stream(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        return _Stamped(self._channel.unary_stream(method, *args, **kwargs), self._key)
+
+    def stream_unary(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        return _Stamped(self._channel.stream_unary(method, *args, **kwargs), self._key)
+
+    def stream_stream(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        return _Stamped(self._channel.stream_stream(method, *args, **kwargs), self._key)
 
 
 def channel_options(max_message_bytes: int) -> Sequence[tuple[str, Any]]:
@@ -63,9 +125,5 @@ def connect(
     address: str, api_key: str | None, max_message_bytes: int = 64 * 1024 * 1024
 ) -> grpc.aio.Channel:
     """An insecure channel to another mesh service (TLS terminates at the mesh's edge)."""
-    interceptors: list[grpc.aio.ClientInterceptor] = telemetry.client_interceptors()
-    if api_key:
-        interceptors.extend(key_interceptors(api_key))
-    return grpc.aio.insecure_channel(
-        address, options=channel_options(max_message_bytes), interceptors=interceptors
-    )
+    channel = grpc.aio.insecure_channel(address, options=channel_options(max_message_bytes))
+    return MeshChannel(channel, api_key)

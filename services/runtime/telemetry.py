@@ -6,11 +6,12 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from collections.abc import Sequence
 from typing import Any
 
 import grpc
-from opentelemetry import trace
-from opentelemetry.instrumentation.grpc import aio_client_interceptors, aio_server_interceptor
+from opentelemetry import propagate, trace
+from opentelemetry.instrumentation.grpc import aio_server_interceptor
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
@@ -66,7 +67,7 @@ class _TracingInterceptor(grpc.aio.ServerInterceptor):
     and its wrapper expects streaming handlers to be generators, which Health.Watch is not."""
 
     def __init__(self) -> None:
-        self._inner = aio_server_interceptor()
+        self._inner = aio_server_interceptor()  # type: ignore[no-untyped-call]
 
     async def intercept_service(self, continuation: Any, handler_call_details: Any) -> Any:
         if handler_call_details.method.startswith("/grpc.health.v1.Health/"):
@@ -78,8 +79,13 @@ def server_interceptor() -> grpc.aio.ServerInterceptor:
     return _TracingInterceptor()
 
 
-def client_interceptors() -> list[grpc.aio.ClientInterceptor]:
-    return list(aio_client_interceptors())
+def trace_headers(metadata: Sequence[tuple[str, Any]]) -> list[tuple[str, str]]:
+    """The current trace context as W3C headers, unless the metadata carries one already."""
+    if any(key == "traceparent" for key, _ in metadata):
+        return []
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier)
+    return list(carrier.items())
 
 
 def event(logger: logging.Logger, message: str, **fields: Any) -> None:
