@@ -16,6 +16,7 @@ import (
 	"google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
 
 	genmeshv1 "genmesh/gateway/gen/genmesh/v1"
 )
@@ -45,6 +46,22 @@ func outgoingHeaderMatcher(key string) (string, bool) {
 		return "", false
 	}
 	return runtime.MetadataHeaderPrefix + key, true
+}
+
+// trailersAsHeaders copies the router's own trailing metadata (x-request-id, x-timing-*) into
+// headers of unary responses, where plain HTTP clients see it; the RPC has ended by the time a
+// unary response is written, so the trailers are known. Streams start writing before that.
+func trailersAsHeaders(ctx context.Context, w http.ResponseWriter, _ proto.Message) error {
+	md, ok := runtime.ServerMetadataFromContext(ctx)
+	if !ok {
+		return nil
+	}
+	for key, values := range md.TrailerMD {
+		if strings.HasPrefix(key, "x-") && len(values) > 0 {
+			w.Header().Set(key, values[0])
+		}
+	}
+	return nil
 }
 
 // errorHandler writes the google.rpc.Status body with the mapped HTTP status, and on 401 a proper
@@ -84,6 +101,7 @@ func newHandler(ctx context.Context, conn *grpc.ClientConn, cfg config) (http.Ha
 		runtime.WithIncomingHeaderMatcher(incomingHeaderMatcher),
 		runtime.WithOutgoingHeaderMatcher(outgoingHeaderMatcher),
 		runtime.WithErrorHandler(errorHandler),
+		runtime.WithForwardResponseOption(trailersAsHeaders),
 		runtime.WithHealthzEndpoint(grpc_health_v1.NewHealthClient(conn)),
 	)
 	registrations := []func(context.Context, *runtime.ServeMux, *grpc.ClientConn) error{

@@ -16,6 +16,8 @@ def test_unary_generate(rest: Rest) -> None:
     response = rest.call("POST", "/v1/generate", text_request("hello gateway", request_id="rest-1"))
     assert response.status == 200
     assert response.headers["Content-Type"] == "application/json"
+    assert response.headers["X-Request-Id"] == "rest-1"
+    assert float(response.headers["X-Timing-Total-Ms"]) > 0
     body = response.body
     assert body["request_id"] == "rest-1"
     assert body["binding"] == "echo"
