@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import socket
 import subprocess
 import sys
+import urllib.request
 from typing import Any
 
 import grpc
@@ -315,17 +317,12 @@ def free_port_block(size: int) -> int:
 
 def test_up_brings_the_mesh_up_and_stops_cleanly(tmp_path: Any) -> None:
     base = free_port_block(10)
+    gateway_port = base + 9
     env = {**os.environ, "GENMESH_API_KEY": API_KEY}
     up = subprocess.Popen(
         [
-            sys.executable,
-            "-m",
-            "genmesh",
-            "up",
-            "--base-port",
-            str(base),
-            "--log-dir",
-            str(tmp_path),
+            *(sys.executable, "-m", "genmesh", "up", "--base-port", str(base)),
+            *("--gateway-port", str(gateway_port), "--log-dir", str(tmp_path)),
         ],
         env=env,
         stdout=subprocess.PIPE,
@@ -341,6 +338,11 @@ def test_up_brings_the_mesh_up_and_stops_cleanly(tmp_path: Any) -> None:
     output = "".join(lines)
     assert "text  > Hello from genmesh!" in output, output
     assert "agent > " in output, output
+    rest = urllib.request.Request(
+        f"http://127.0.0.1:{gateway_port}/v1/bindings", headers={"X-API-Key": API_KEY}
+    )
+    with urllib.request.urlopen(rest, timeout=30) as answer:
+        assert "echo" in [b["name"] for b in json.load(answer)["bindings"]]
     children = subprocess.run(
         ["pgrep", "-P", str(up.pid)], capture_output=True, text=True, check=False
     ).stdout.split()
