@@ -20,7 +20,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from genmesh.runtime import telemetry
+from genmesh.runtime import metrics, telemetry
 from genmesh.runtime.auth import AuthInterceptor, KeyStore, keys_from_settings
 from genmesh.runtime.channel import channel_options
 from genmesh.runtime.settings import ConfigError, ServiceSettings
@@ -126,8 +126,15 @@ async def serve(
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, runtime.request_stop)
     await runtime.start()
+    metrics_port = metrics.serve(settings.host, settings.metrics_port)
     announce(settings.service_name, runtime.port)
-    telemetry.event(log, "listening", service=settings.service_name, port=runtime.port)
+    telemetry.event(
+        log,
+        "listening",
+        service=settings.service_name,
+        port=runtime.port,
+        metrics_port=metrics_port,
+    )
     try:
         if startup:
             await startup()

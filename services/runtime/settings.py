@@ -53,6 +53,8 @@ class ServiceSettings(BaseSettings):
     max_message_bytes: int = Field(default=16 * 1024 * 1024, gt=0)
     shutdown_grace_seconds: float = Field(default=10.0, ge=0)
     telemetry: TelemetrySettings = TelemetrySettings()
+    # Port of the Prometheus /metrics endpoint (0: any free port); none when unset.
+    metrics_port: int | None = Field(default=None, ge=0, le=65535)
     # More keys and the upstream provider secrets: from Vault when configured, else from this
     # file and GENMESH_SECRET_<NAME> (see genmesh.runtime.secrets).
     vault: VaultSettings | None = None

@@ -1,22 +1,27 @@
-"""Tracing and logs. W3C trace context rides in gRPC metadata on every hop (the OpenTelemetry
-gRPC interceptors inject and extract it), so one request is one trace across the mesh."""
+"""Tracing, metrics and logs. W3C trace context rides in gRPC metadata on every hop (mesh
+channels inject it, the server interceptor extracts it), so one request is one trace across the
+mesh; spans go to the OTLP endpoint in the settings."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import grpc
 from opentelemetry import propagate, trace
-from opentelemetry.instrumentation.grpc import aio_server_interceptor
+from opentelemetry.propagators.textmap import Getter
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
+from genmesh.runtime import metrics
 from genmesh.runtime.settings import TelemetrySettings
+from genmesh.v1 import common_pb2, program_pb2
 
 _configured = False
 
@@ -62,17 +67,223 @@ def shutdown() -> None:
         provider.shutdown()
 
 
+_HEALTH = "/grpc.health.v1.Health/"
+_SANDBOX_EXECUTE = "/genmesh.v1.SandboxService/Execute"
+_OUTPUT_EVENTS = frozenset({"text_delta", "audio_chunk", "image_preview", "transcript"})
+_OPERATION = "generate_content"
+
+
+_GENERATION = frozenset(
+    {
+        "/genmesh.v1.GenerationService/Generate",
+        "/genmesh.v1.GenerationService/GenerateStream",
+        "/genmesh.v1.GenerationService/Converse",
+        "/genmesh.v1.InferenceService/Infer",
+    }
+)
+Metadata = Sequence[tuple[str, str | bytes]]
+
+
+class _MetadataGetter(Getter[Metadata]):
+    """Reads W3C headers from gRPC invocation metadata (a sequence of key/value pairs)."""
+
+    def get(self, carrier: Metadata, key: str) -> list[str] | None:
+        values = [v for k, v in carrier if k == key and isinstance(v, str)]
+        return values or None
+
+    def keys(self, carrier: Metadata) -> list[str]:
+        return [k for k, _ in carrier]
+
+
+class _Observed:
+    """One RPC's span and what its responses say: first output, final result, program result."""
+
+    def __init__(self, method: str, span: trace.Span) -> None:
+        self.method = method
+        self.span = span
+        self.start = time.monotonic()
+        self.first_output: float | None = None
+        self.final: common_pb2.GenerateResponse | None = None
+        self.program: program_pb2.ProgramResult | None = None
+
+    def see(self, message: Any) -> None:
+        """Cheap per message: a field check, then nothing once the outcome is known."""
+        if isinstance(message, common_pb2.GenerateResponse):
+            self.final = message
+            return
+        event = getattr(message, "event", None)
+        if isinstance(event, common_pb2.StreamEvent):
+            kind = event.WhichOneof("event")
+            if kind == "final":
+                self.final = event.final
+            elif self.first_output is None and kind in _OUTPUT_EVENTS:
+                self.first_output = time.monotonic()
+        elif self.method == _SANDBOX_EXECUTE and message.WhichOneof("message") == "result":
+            self.program = message.result
+
+    def end(self, code: grpc.StatusCode) -> None:
+        """Span attributes and metrics for the finished RPC."""
+        self.span.set_attribute("rpc.grpc.status_code", code.value[0])
+        if code != grpc.StatusCode.OK:
+            self.span.set_status(trace.StatusCode.ERROR, code.name)
+        if self.final is not None or self.method in _GENERATION:
+            self._generation(code)
+        if self.program is not None:
+            self._program(self.program)
+
+    def _generation(self, code: grpc.StatusCode) -> None:
+        final = self.final or common_pb2.GenerateResponse()
+        elapsed = time.monotonic() - self.start
+        model = final.model
+        usage = final.usage
+        attributes: dict[str, Any] = {
+            "gen_ai.operation.name": _OPERATION,
+            "gen_ai.usage.input_tokens": usage.prompt_tokens,
+            "gen_ai.usage.output_tokens": usage.completion_tokens,
+            "gen_ai.response.finish_reasons": [common_pb2.FinishReason.Name(final.finish_reason)],
+        }
+        for key, value in (
+            ("genmesh.request_id", final.request_id),
+            ("genmesh.binding", final.binding),
+            ("gen_ai.request.model", model),
+            ("gen_ai.response.model", model),
+        ):
+            if value:
+                attributes[key] = value
+        error = "" if code == grpc.StatusCode.OK else code.name
+        metrics.REQUEST_DURATION.labels(_OPERATION, model, error).observe(elapsed)
+        first: float | None = None
+        if self.first_output is not None:
+            first = self.first_output - self.start
+        elif final.timings.HasField("first_token"):
+            # A unary answer: the service timed its first output itself.
+            first = final.timings.first_token.ToTimedelta().total_seconds()
+        if first is not None:
+            attributes["genmesh.time_to_first_token_s"] = first
+            metrics.TIME_TO_FIRST_TOKEN.labels(_OPERATION, model).observe(first)
+            if usage.completion_tokens > 1:
+                per_token = (elapsed - first) / (usage.completion_tokens - 1)
+                metrics.TIME_PER_OUTPUT_TOKEN.labels(_OPERATION, model).observe(per_token)
+        if self.final is not None:
+            metrics.TOKEN_USAGE.labels(_OPERATION, model, "input").observe(usage.prompt_tokens)
+            metrics.TOKEN_USAGE.labels(_OPERATION, model, "output").observe(usage.completion_tokens)
+        self.span.set_attributes(attributes)
+
+    def _program(self, result: program_pb2.ProgramResult) -> None:
+        kind = result.error.kind
+        outcome = (
+            "ok"
+            if kind == program_pb2.ProgramError.KIND_UNSPECIFIED
+            else program_pb2.ProgramError.Kind.Name(kind).removeprefix("KIND_").lower()
+        )
+        metrics.SANDBOX_RUNS.labels(outcome).inc()
+        if kind == program_pb2.ProgramError.KIND_VIOLATION:
+            layer = "dialect" if result.error.type == "DialectError" else "runtime"
+            metrics.SANDBOX_VIOLATIONS.labels(layer).inc()
+        self.span.set_attributes(
+            {
+                "genmesh.sandbox.outcome": outcome,
+                "genmesh.sandbox.calls": len(result.call_log.calls),
+            }
+        )
+
+
 class _TracingInterceptor(grpc.aio.ServerInterceptor):
-    """OpenTelemetry's interceptor, except for health checks: they are not worth a span each,
-    and its wrapper expects streaming handlers to be generators, which Health.Watch is not."""
+    """A SERVER span per RPC, child of the caller's W3C context, plus the RPC's metrics.
+
+    Health checks are left alone: they are not worth a span each. Generation and sandbox
+    figures come from the responses (`_Observed`), so services need no code of their own.
+    """
 
     def __init__(self) -> None:
-        self._inner = aio_server_interceptor()  # type: ignore[no-untyped-call]
+        self._tracer = trace.get_tracer("genmesh")
+        self._getter = _MetadataGetter()
 
-    async def intercept_service(self, continuation: Any, handler_call_details: Any) -> Any:
-        if handler_call_details.method.startswith("/grpc.health.v1.Health/"):
-            return await continuation(handler_call_details)
-        return await self._inner.intercept_service(continuation, handler_call_details)
+    async def intercept_service(self, continuation: Any, details: Any) -> Any:
+        handler = await continuation(details)
+        if handler is None or details.method.startswith(_HEALTH):
+            return handler
+        method: str = details.method
+        parent = propagate.extract(details.invocation_metadata or (), getter=self._getter)
+        service, _, name = method.lstrip("/").partition("/")
+        attributes = {"rpc.system": "grpc", "rpc.service": service, "rpc.method": name}
+        tracer = self._tracer
+
+        def span() -> Any:
+            return tracer.start_as_current_span(
+                method.lstrip("/"),
+                context=parent,
+                kind=trace.SpanKind.SERVER,
+                attributes=attributes,
+                record_exception=False,
+                set_status_on_exception=False,
+            )
+
+        def code_of(context: Any, exc: BaseException | None) -> grpc.StatusCode:
+            if isinstance(exc, asyncio.CancelledError):
+                return grpc.StatusCode.CANCELLED
+            code = context.code()
+            if isinstance(code, grpc.StatusCode):
+                return code
+            return grpc.StatusCode.UNKNOWN if exc else grpc.StatusCode.OK
+
+        if handler.unary_unary or handler.stream_unary:
+            inner = handler.unary_unary or handler.stream_unary
+
+            async def unary(request: Any, context: Any) -> Any:
+                with span() as current:
+                    observed = _Observed(method, current)
+                    failure: BaseException | None = None
+                    try:
+                        response = await inner(request, context)
+                        observed.see(response)
+                        return response
+                    except BaseException as exc:
+                        failure = exc
+                        raise
+                    finally:
+                        observed.end(code_of(context, failure))
+
+            factory = (
+                grpc.unary_unary_rpc_method_handler
+                if handler.unary_unary
+                else grpc.stream_unary_rpc_method_handler
+            )
+            return factory(
+                unary,
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+
+        inner_stream = handler.unary_stream or handler.stream_stream
+        active = metrics.ACTIVE_STREAMS.labels(method.lstrip("/"))
+
+        async def streaming(request: Any, context: Any) -> AsyncIterator[Any]:
+            with span() as current:
+                observed = _Observed(method, current)
+                failure: BaseException | None = None
+                active.inc()
+                try:
+                    async for response in inner_stream(request, context):
+                        observed.see(response)
+                        yield response
+                except BaseException as exc:
+                    failure = exc
+                    raise
+                finally:
+                    active.dec()
+                    observed.end(code_of(context, failure))
+
+        factory_stream = (
+            grpc.unary_stream_rpc_method_handler
+            if handler.unary_stream
+            else grpc.stream_stream_rpc_method_handler
+        )
+        return factory_stream(
+            streaming,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
 
 
 def server_interceptor() -> grpc.aio.ServerInterceptor:

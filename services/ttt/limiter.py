@@ -13,7 +13,7 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from genmesh.runtime import errors
+from genmesh.runtime import errors, metrics
 
 _MIN_RETRY = 0.1
 
@@ -30,6 +30,7 @@ class Slots:
         self.active = 0
         self.waiting = 0
         self._mean_hold = 1.0
+        metrics.track_queue(name, lambda: self.waiting)
 
     def retry_after(self) -> float:
         """Seconds until a slot is likely free for a newcomer at the back of the queue."""
