@@ -256,14 +256,23 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
             with contextlib.suppress(BaseException):
                 await reader
 
+    async def run_server_program(
+        self, request_id: str, program: program_pb2.Program
+    ) -> AsyncIterator[sandbox_pb2.SandboxServiceExecuteResponse]:
+        """A program that calls only server-side functions: its logs, then its result.
+
+        Also how the router runs scripted personalities' workflows."""
+        self._check(program, unary=True)
+        queue: asyncio.Queue[SandboxRequest | None] = asyncio.Queue()
+        async for response in self._bridge(request_id, program, queue, client_calls=False):
+            yield response
+
     async def Execute(  # noqa: N802 - gRPC method name
         self, request: agent_pb2.ExecuteRequest, context: Context
     ) -> agent_pb2.ExecuteResponse:
-        self._check(request.program, unary=True)
         request_id = request.request_id or uuid.uuid4().hex
         context.set_trailing_metadata((("x-request-id", request_id),))
-        queue: asyncio.Queue[SandboxRequest | None] = asyncio.Queue()
-        async for response in self._bridge(request_id, request.program, queue, client_calls=False):
+        async for response in self.run_server_program(request_id, request.program):
             if response.WhichOneof("message") == "result":
                 return agent_pb2.ExecuteResponse(request_id=request_id, result=response.result)
         raise errors.unavailable("the sandbox ended the run without a result")

@@ -1,7 +1,9 @@
-"""Replicas of modality services: channels, health checks and round-robin selection.
+"""Replicas of modality services: channels, health checks, round-robin selection, admission.
 
-A background task checks every replica's health; selection skips replicas that failed their
-last check, so a replica that goes down stops receiving new requests within one interval.
+Each replica has its own watcher: it checks health every interval, and at once when the
+replica's connection changes state (a crashed process closes its sockets), so a replica that
+goes down stops receiving new requests well within a second. Selection skips replicas that
+failed their last check.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from genmesh.router.settings import TASKS, BindingConfig
 from genmesh.runtime import errors, telemetry
 from genmesh.runtime.channel import connect
-from genmesh.v1 import inference_pb2_grpc
+from genmesh.ttt.limiter import Slots
+from genmesh.v1 import common_pb2, inference_pb2_grpc
 
 log = logging.getLogger(__name__)
 INFERENCE_SERVICE = "genmesh.v1.InferenceService"
@@ -40,22 +43,37 @@ class Replica:
             healthy = response.status == health_pb2.HealthCheckResponse.SERVING
         except grpc.aio.AioRpcError:
             healthy = False
+        self._set(healthy)
+
+    def _set(self, healthy: bool) -> None:
         if healthy != self.healthy:
             telemetry.event(log, "replica health changed", address=self.address, healthy=healthy)
         self.healthy = healthy
 
     def mark_down(self) -> None:
-        self.healthy = False
+        """After a failed call: out of rotation until a health check says otherwise."""
+        self._set(False)
+
+    async def watch(self, interval: float) -> None:
+        """Checks health every `interval`, and immediately after a connection state change."""
+        while True:
+            state = self.channel.get_state(try_to_connect=False)
+            await self.check(interval)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.channel.wait_for_state_change(state), interval)
 
 
 class BindingRoute:
-    """A binding instance and its replicas."""
+    """A binding instance, its replicas and its admission control."""
 
     def __init__(self, config: BindingConfig, key: str | None) -> None:
         self.config = config
         self.name = config.name
         self.tasks = [TASKS[t] for t in config.tasks]
         self.replicas = [Replica(address, key) for address in config.addresses]
+        self.slots = Slots(
+            config.name, config.max_concurrent, config.max_queue, config.queue_timeout_seconds
+        )
         self._turn = itertools.count()
 
     def pick(self, exclude: Replica | None = None) -> Replica:
@@ -77,7 +95,7 @@ class Backends:
     def __init__(self, bindings: list[BindingConfig], key: str | None, interval: float) -> None:
         self.routes = {b.name: BindingRoute(b, key) for b in bindings}
         self.interval = interval
-        self._task: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
 
     def get(self, name: str) -> BindingRoute:
         route = self.routes.get(name)
@@ -88,28 +106,24 @@ class Backends:
     def default_for(self, task: int) -> BindingRoute:
         serving = [r for r in self.routes.values() if task in r.tasks]
         if not serving:
-            raise errors.not_found(
-                f"no binding serves task {task}", "binding", "(default)", "binding"
-            )
+            name = common_pb2.Task.Name(task)  # type: ignore[arg-type]
+            raise errors.not_found(f"no binding serves {name}", "binding", "(default)", "binding")
         return next((r for r in serving if r.config.default), serving[0])
 
-    async def check_all(self) -> None:
-        replicas = [r for route in self.routes.values() for r in route.replicas]
-        await asyncio.gather(*(r.check(self.interval) for r in replicas))
+    def replicas(self) -> list[Replica]:
+        return [r for route in self.routes.values() for r in route.replicas]
 
-    async def _watch(self) -> None:
-        while True:
-            await self.check_all()
-            await asyncio.sleep(self.interval)
+    async def check_all(self) -> None:
+        await asyncio.gather(*(r.check(self.interval) for r in self.replicas()))
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._watch())
+        self._tasks = [asyncio.create_task(r.watch(self.interval)) for r in self.replicas()]
 
     async def close(self) -> None:
-        if self._task:
-            self._task.cancel()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        for route in self.routes.values():
-            for replica in route.replicas:
-                await replica.channel.close()
+                await task
+        for replica in self.replicas():
+            await replica.channel.close()

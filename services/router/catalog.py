@@ -9,6 +9,8 @@ import grpc
 
 from genmesh.router.backends import Backends, BindingRoute
 from genmesh.router.dispatch import Context, translate
+from genmesh.router.functions import FunctionRegistry
+from genmesh.router.personalities import Personalities
 from genmesh.runtime import errors
 from genmesh.v1 import (
     catalog_pb2,
@@ -36,8 +38,12 @@ async def call_backend(route: BindingRoute, method: str, request: Any, context: 
 
 
 class CatalogService(catalog_pb2_grpc.CatalogServiceServicer):
-    def __init__(self, backends: Backends) -> None:
+    def __init__(
+        self, backends: Backends, personalities: Personalities, functions: FunctionRegistry
+    ) -> None:
         self.backends = backends
+        self.personalities = personalities
+        self.functions = functions
 
     async def ListBindings(  # noqa: N802 - gRPC method name
         self, request: catalog_pb2.ListBindingsRequest, context: Context
@@ -64,12 +70,14 @@ class CatalogService(catalog_pb2_grpc.CatalogServiceServicer):
     async def ListPersonalities(  # noqa: N802
         self, request: catalog_pb2.ListPersonalitiesRequest, context: Context
     ) -> catalog_pb2.ListPersonalitiesResponse:
-        return catalog_pb2.ListPersonalitiesResponse()
+        return catalog_pb2.ListPersonalitiesResponse(personalities=self.personalities.listed())
 
     async def ListFunctions(  # noqa: N802
         self, request: catalog_pb2.ListFunctionsRequest, context: Context
     ) -> catalog_pb2.ListFunctionsResponse:
-        return catalog_pb2.ListFunctionsResponse()
+        return catalog_pb2.ListFunctionsResponse(
+            functions=[f.info() for f in self.functions.by_name.values()]
+        )
 
     async def ListModels(  # noqa: N802
         self, request: catalog_pb2.ListModelsRequest, context: Context

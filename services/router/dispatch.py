@@ -1,8 +1,14 @@
-"""Resolving public requests to a binding and relaying the backend's Infer stream.
+"""Resolving public requests to a binding (or a scripted personality) and relaying the result.
 
-The relay forwards deadlines (as the backend call's timeout) and cancellation (closing the relay
-cancels the backend call, which stops the engine), and retries once on another replica when a
-replica is unavailable before it produced anything.
+Resolution merges parameters in the order binding defaults → personality → request (repeated
+fields such as stop sequences accumulate, so a personality's anti-prompts join the request's
+stops) and puts the personality's conditioning first among the system context.
+
+The relay waits for a slot of the binding (its concurrency limit and bounded queue), forwards
+deadlines (as the backend call's timeout) and cancellation (closing the relay cancels the
+backend call, which stops the engine), and retries once on another replica when a replica is
+unavailable before it produced anything (or at any point when the caller only wants the final
+result). A stream cut after output was relayed ends with UNAVAILABLE carrying the partial usage.
 """
 
 from __future__ import annotations
@@ -13,12 +19,17 @@ from dataclasses import dataclass
 from typing import Any
 
 import grpc
+from google.protobuf import struct_pb2
 
 from genmesh.router import validation
 from genmesh.router.backends import Backends, BindingRoute, Replica
+from genmesh.router.personalities import Personalities, Personality
+from genmesh.router.scripted import ScriptRun, ScriptRunner
+from genmesh.router.settings import PARAMETER_FIELDS, parameters_message
+from genmesh.router.source import EventSource
 from genmesh.runtime import errors
 from genmesh.runtime.errors import FieldViolation, ServiceError
-from genmesh.runtime.timing import Stopwatch, duration
+from genmesh.runtime.timing import duration
 from genmesh.v1 import common_pb2, inference_pb2
 
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -26,8 +37,11 @@ Context = grpc.aio.ServicerContext[Any, Any]
 
 @dataclass
 class Routed:
-    route: BindingRoute
+    """A resolved request: to a binding, or (route None) to a scripted personality."""
+
+    route: BindingRoute | None
     request: common_pb2.GenerateRequest
+    personality: Personality | None = None
 
 
 def translate(error: grpc.aio.AioRpcError, route: BindingRoute) -> ServiceError:
@@ -42,114 +56,192 @@ def translate(error: grpc.aio.AioRpcError, route: BindingRoute) -> ServiceError:
     return errors.from_rpc_error(error)
 
 
+def task_name(task: int) -> str:
+    return common_pb2.Task.Name(task)  # type: ignore[arg-type]
+
+
+def merge_parameters(
+    request: common_pb2.GenerateRequest, route: BindingRoute, personality: Personality | None
+) -> None:
+    """Fills the request's parameters: binding defaults, then personality, then request."""
+    field = PARAMETER_FIELDS[request.task]
+    given = request.WhichOneof("parameters")
+    if given and given != field:
+        raise errors.invalid_argument(
+            f"{given} parameters do not apply to {task_name(request.task)}",
+            FieldViolation(given, f"use '{field}' parameters for this task"),
+        )
+    merged = parameters_message(request.task, route.config.parameters)
+    if personality is not None:
+        merged.MergeFrom(personality.text_parameters())
+    if given:
+        merged.MergeFrom(getattr(request, field))
+    getattr(request, field).CopyFrom(merged)
+    if route.config.extra:
+        extra = struct_pb2.Struct()
+        extra.update(route.config.extra)
+        extra.MergeFrom(request.extra)
+        request.extra.CopyFrom(extra)
+
+
 class Dispatcher:
-    def __init__(self, backends: Backends, max_request_bytes: int) -> None:
+    def __init__(
+        self,
+        backends: Backends,
+        max_request_bytes: int,
+        personalities: Personalities | None = None,
+    ) -> None:
         self.backends = backends
         self.max_request_bytes = max_request_bytes
+        self.personalities = personalities or Personalities()
+        # Set once the AgentService exists (it calls back into this dispatcher).
+        self.scripts: ScriptRunner | None = None
 
     def resolve(self, request: common_pb2.GenerateRequest, needs_inputs: bool = True) -> Routed:
         resolved = common_pb2.GenerateRequest()
         resolved.CopyFrom(request)
         resolved.request_id = validation.request_id(request.request_id)
-        if resolved.binding:
-            route = self.backends.get(resolved.binding)
+        personality = self.personalities.get(resolved.personality) if resolved.personality else None
+        if personality is not None and personality.scripted:
+            validation.check_request(resolved, self.max_request_bytes, needs_inputs)
+            return Routed(None, resolved, personality)
+        binding = resolved.binding or (personality.config.binding if personality else "")
+        if binding:
+            route = self.backends.get(binding)
         else:
             route = self.backends.default_for(resolved.task or common_pb2.TASK_TEXT)
         if resolved.task == common_pb2.TASK_UNSPECIFIED:
             resolved.task = route.tasks[0]
         elif resolved.task not in route.tasks:
-            served = ", ".join(common_pb2.Task.Name(t) for t in route.tasks)
+            served = ", ".join(task_name(t) for t in route.tasks)
             raise errors.invalid_argument(
-                f"binding '{route.name}' does not serve {common_pb2.Task.Name(resolved.task)}",
+                f"binding '{route.name}' does not serve {task_name(resolved.task)}",
                 FieldViolation("task", f"binding '{route.name}' serves {served}"),
             )
-        if resolved.personality:
-            raise errors.not_found(
-                f"unknown personality '{resolved.personality}'",
-                "personality",
-                resolved.personality,
-                "personality",
+        if personality is not None and resolved.task != common_pb2.TASK_TEXT:
+            raise errors.invalid_argument(
+                f"personality '{personality.key}' applies to text generation only",
+                FieldViolation("personality", "use it with TASK_TEXT"),
             )
+        merge_parameters(resolved, route, personality)
+        conditioning = personality.conditioning() if personality else None
+        if conditioning is not None:
+            resolved.inputs.insert(0, conditioning)
         resolved.binding = route.name
-        resolved.model = resolved.model or route.config.model
+        resolved.model = (
+            resolved.model
+            or (personality.config.model if personality else "")
+            or route.config.model
+        )
         validation.check_request(resolved, self.max_request_bytes, needs_inputs)
-        return Routed(route, resolved)
+        return Routed(route, resolved, personality)
 
-    def relay(self, routed: Routed, context: Context) -> Relay:
-        return Relay(routed, context.time_remaining())
+    def source(self, routed: Routed, timeout: float | None) -> EventSource:
+        if routed.route is not None:
+            return Relay(routed.route, routed.request, timeout)
+        assert routed.personality is not None
+        if self.scripts is None:
+            raise errors.unavailable("scripted personalities need the sandbox service")
+        return ScriptRun(routed.personality, routed.request, self.scripts, timeout)
+
+    def relay(self, routed: Routed, context: Context) -> EventSource:
+        return self.source(routed, context.time_remaining())
 
     async def generate(
         self, request: common_pb2.GenerateRequest, timeout: float | None = None
     ) -> common_pb2.GenerateResponse:
         """A whole generation in-process (for sandbox programs' mesh functions)."""
-        return await Relay(self.resolve(request), timeout).result()
+        return await self.source(self.resolve(request), timeout).result()
 
 
-class Relay:
-    """One request's backend stream; iterate it for events, then read `trailing_metadata`."""
+class Relay(EventSource):
+    """One request's backend stream, after a slot of the binding is free."""
 
-    def __init__(self, routed: Routed, timeout: float | None) -> None:
-        self.routed = routed
+    def __init__(
+        self, route: BindingRoute, request: common_pb2.GenerateRequest, timeout: float | None
+    ) -> None:
+        super().__init__(request)
+        self.route = route
         self.timeout = timeout
-        self.clock = Stopwatch()
+        # True when the caller only wants the final result: a stream cut mid-way can restart.
+        self.restartable = False
+        self.deltas = 0
+        self.chars = 0
 
     def open(self, replica: Replica) -> grpc.aio.StreamStreamCall[Any, Any]:
         return replica.stub.Infer(timeout=self.timeout)
 
     async def result(self) -> common_pb2.GenerateResponse:
-        """Consumes the stream; the final event's result."""
-        final: common_pb2.GenerateResponse | None = None
-        async for event in self:
-            if event.HasField("final"):
-                final = event.final
-        if final is None:
-            raise errors.unavailable("the backend ended without a result")
-        return final
+        self.restartable = True
+        return await super().result()
 
     async def __aiter__(self) -> AsyncIterator[common_pb2.StreamEvent]:
-        route = self.routed.route
-        exclude: Replica | None = None
-        for attempt in range(2):
-            replica = route.pick(exclude)
-            call = self.open(replica)
-            started = False
-            try:
-                await call.write(inference_pb2.InferRequest(request=self.routed.request))
-                await call.done_writing()
-                async for response in call:
-                    started = True
-                    event = response.event
-                    if event.HasField("final"):
-                        self.finish(event.final)
-                    else:
-                        self.clock.first_output()
-                    yield event
-                return
-            except grpc.aio.AioRpcError as error:
-                retry = (
-                    error.code() == grpc.StatusCode.UNAVAILABLE
-                    and not started
-                    and attempt == 0
-                    and len(route.replicas) > 1
-                )
-                if not retry:
+        route = self.route
+        async with route.slots.slot():
+            self.clock.dequeued()
+            exclude: Replica | None = None
+            for attempt in range(2):
+                replica = route.pick(exclude)
+                call = self.open(replica)
+                started = False
+                self.deltas = self.chars = 0
+                try:
+                    await call.write(inference_pb2.InferRequest(request=self.request))
+                    await call.done_writing()
+                    async for response in call:
+                        started = True
+                        event = response.event
+                        if event.HasField("final"):
+                            self.finish(event.final)
+                        else:
+                            self.clock.first_output()
+                            self.count(event)
+                        yield event
+                    return
+                except grpc.aio.AioRpcError as error:
+                    unavailable = error.code() == grpc.StatusCode.UNAVAILABLE
+                    if unavailable:
+                        replica.mark_down()
+                    retry = (
+                        unavailable
+                        and attempt == 0
+                        and len(route.replicas) > 1
+                        and (not started or self.restartable)
+                    )
+                    if retry:
+                        exclude = replica
+                        continue
+                    if unavailable and started:
+                        raise self.interrupted(error) from None
                     raise translate(error, route) from None
-                replica.mark_down()
-                exclude = replica
-            finally:
-                call.cancel()
+                finally:
+                    call.cancel()
+
+    def count(self, event: common_pb2.StreamEvent) -> None:
+        if event.HasField("text_delta"):
+            self.deltas += 1
+            self.chars += len(event.text_delta.text) + len(event.text_delta.thoughts)
+        elif event.HasField("audio_chunk") or event.HasField("progress"):
+            self.deltas += 1
+
+    def interrupted(self, error: grpc.aio.AioRpcError) -> ServiceError:
+        """The stream broke after output went out: UNAVAILABLE with what was produced."""
+        return errors.unavailable(
+            f"binding '{self.route.name}' failed mid-stream: {error.details()}",
+            reason="STREAM_INTERRUPTED",
+            binding=self.route.name,
+            request_id=self.request.request_id,
+            completion_tokens=str(self.deltas),
+            output_chars=str(self.chars),
+        )
 
     def finish(self, final: common_pb2.GenerateResponse) -> None:
-        """Stamps the router's view on the backend's result: ids and client-side timings."""
-        final.request_id = self.routed.request.request_id
-        final.binding = self.routed.route.name
+        final.request_id = self.request.request_id
+        final.binding = self.route.name
         backend_queue = final.timings.queue.ToTimedelta().total_seconds()
         final.timings.CopyFrom(self.clock.timings(extra_queue_s=backend_queue))
         if self.clock.first_token_s is None:
             final.timings.first_token.CopyFrom(duration(self.clock.elapsed()))
-
-    def trailing_metadata(self) -> tuple[tuple[str, str], ...]:
-        return (("x-request-id", self.routed.request.request_id), *self.clock.metadata())
 
 
 def new_turn_id(value: str) -> str:

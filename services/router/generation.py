@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 import grpc
 
 from genmesh.router import validation
-from genmesh.router.dispatch import Context, Dispatcher, Relay, Routed, new_turn_id, translate
+from genmesh.router.dispatch import Context, Dispatcher, Routed, new_turn_id, translate
 from genmesh.runtime import errors
 from genmesh.runtime.errors import FieldViolation
 from genmesh.v1 import common_pb2, generation_pb2, generation_pb2_grpc, inference_pb2
@@ -31,7 +31,7 @@ class GenerationService(generation_pb2_grpc.GenerationServiceServicer):
         self, request: generation_pb2.GenerateStreamRequest, context: Context
     ) -> AsyncIterator[generation_pb2.GenerateStreamResponse]:
         relay = self.dispatcher.relay(self.dispatcher.resolve(request.request), context)
-        request_id = relay.routed.request.request_id
+        request_id = relay.request.request_id
         async for event in relay:
             yield generation_pb2.GenerateStreamResponse(request_id=request_id, event=event)
         context.set_trailing_metadata(relay.trailing_metadata())
@@ -48,7 +48,7 @@ class GenerationService(generation_pb2_grpc.GenerationServiceServicer):
         routed = self.dispatcher.resolve(first.config, needs_inputs=False)
         context.set_trailing_metadata((("x-request-id", routed.request.request_id),))
         conversation: AsyncIterator[generation_pb2.ConverseResponse]
-        if routed.request.task == common_pb2.TASK_TRANSCRIPTION:
+        if routed.route is not None and routed.request.task == common_pb2.TASK_TRANSCRIPTION:
             conversation = self._transcribe(routed, request_iterator, context)
         else:
             conversation = Conversation(self.dispatcher, routed, context).run(request_iterator)
@@ -63,28 +63,32 @@ class GenerationService(generation_pb2_grpc.GenerationServiceServicer):
     ) -> AsyncIterator[generation_pb2.ConverseResponse]:
         """Audio streamed in, transcripts streamed out, on one backend stream."""
         route = routed.route
-        call = route.pick().stub.Infer(timeout=context.time_remaining())
+        assert route is not None
         request_id = routed.request.request_id
+        async with route.slots.slot():
+            call = route.pick().stub.Infer(timeout=context.time_remaining())
 
-        async def forward() -> None:
-            await call.write(inference_pb2.InferRequest(request=routed.request))
-            async for message in requests:
-                kind = message.WhichOneof("message")
-                if kind == "audio":
-                    await call.write(inference_pb2.InferRequest(audio=message.audio))
-                elif kind == "control":
-                    await call.write(inference_pb2.InferRequest(control=message.control))
-            await call.done_writing()
+            async def forward() -> None:
+                await call.write(inference_pb2.InferRequest(request=routed.request))
+                async for message in requests:
+                    kind = message.WhichOneof("message")
+                    if kind == "audio":
+                        await call.write(inference_pb2.InferRequest(audio=message.audio))
+                    elif kind == "control":
+                        await call.write(inference_pb2.InferRequest(control=message.control))
+                await call.done_writing()
 
-        writer = asyncio.ensure_future(forward())
-        try:
-            async for response in call:
-                yield generation_pb2.ConverseResponse(request_id=request_id, event=response.event)
-        except grpc.aio.AioRpcError as error:
-            raise translate(error, route) from None
-        finally:
-            writer.cancel()
-            call.cancel()
+            writer = asyncio.ensure_future(forward())
+            try:
+                async for response in call:
+                    yield generation_pb2.ConverseResponse(
+                        request_id=request_id, event=response.event
+                    )
+            except grpc.aio.AioRpcError as error:
+                raise translate(error, route) from None
+            finally:
+                writer.cancel()
+                call.cancel()
 
 
 class Conversation:
@@ -134,7 +138,10 @@ class Conversation:
         del request.inputs[:]
         request.inputs.extend([*self.history, *turn.inputs])
         validation.check_request(request, self.dispatcher.max_request_bytes)
-        relay = Relay(Routed(self.routed.route, request), self.context.time_remaining())
+        relay = self.dispatcher.source(
+            Routed(self.routed.route, request, self.routed.personality),
+            self.context.time_remaining(),
+        )
         self.cancel.clear()
         events = aiter(relay)
         reply: list[str] = []

@@ -1,4 +1,4 @@
-"""Wires the router: backends, the public services, health."""
+"""Wires the router: backends, personalities, functions, the public services, keys, health."""
 
 from __future__ import annotations
 
@@ -6,11 +6,13 @@ from genmesh.router.agent import AgentService, ServerFunctions, mesh_functions
 from genmesh.router.backends import Backends
 from genmesh.router.catalog import CatalogService, TokenizerService
 from genmesh.router.dispatch import Dispatcher
+from genmesh.router.functions import FunctionRegistry
 from genmesh.router.generation import GenerationService
-from genmesh.router.settings import RouterSettings
+from genmesh.router.personalities import Personalities
+from genmesh.router.settings import load_router_settings
 from genmesh.runtime.channel import connect
-from genmesh.runtime.server import Service, serve, service_name
-from genmesh.runtime.settings import load_settings
+from genmesh.runtime.secrets import LiveSecrets, start_secrets
+from genmesh.runtime.server import Runtime, Service, serve, service_name
 from genmesh.v1 import (
     agent_pb2,
     agent_pb2_grpc,
@@ -24,18 +26,23 @@ from genmesh.v1 import (
 
 
 async def main() -> None:
-    settings = load_settings(RouterSettings)
+    settings = load_router_settings()
     backends = Backends(
         settings.bindings, settings.outgoing_key(), settings.health_check_interval_seconds
     )
-    dispatcher = Dispatcher(backends, settings.max_request_bytes)
-    generation = GenerationService(dispatcher)
-    catalog = CatalogService(backends)
-    tokenizer = TokenizerService(backends)
+    personalities = Personalities.discover(settings.personality_folders, settings.personalities)
+    dispatcher = Dispatcher(backends, settings.max_request_bytes, personalities)
+    functions = FunctionRegistry.discover(
+        settings.function_folders, mesh_functions(dispatcher.generate)
+    )
     agent = AgentService(
         connect(settings.sandbox_address, settings.outgoing_key()),
-        ServerFunctions(mesh_functions(dispatcher.generate)),
+        ServerFunctions(functions.callables()),
     )
+    dispatcher.scripts = agent
+    generation = GenerationService(dispatcher)
+    catalog = CatalogService(backends, personalities, functions)
+    tokenizer = TokenizerService(backends)
     services = [
         Service(
             service_name(generation_pb2, "GenerationService"),
@@ -54,8 +61,17 @@ async def main() -> None:
             lambda s: tokenizer_pb2_grpc.add_TokenizerServiceServicer_to_server(tokenizer, s),
         ),
     ]
+    runtimes: list[Runtime] = []
+    secrets: list[LiveSecrets] = []
 
     async def startup() -> None:
+        # Keys from Vault (or the secrets file) join the configured ones and are refreshed.
+        secrets.append(await start_secrets(settings, runtimes[0].keys))
         backends.start()
 
-    await serve(settings, services, startup=startup, shutdown=backends.close)
+    async def shutdown() -> None:
+        for live in secrets:
+            await live.aclose()
+        await backends.close()
+
+    await serve(settings, services, startup=startup, shutdown=shutdown, on_runtime=runtimes.append)
