@@ -1,7 +1,8 @@
 """Audio encoding, decoding and resampling with real codec libraries (libsndfile, FFmpeg, soxr).
 
 Raw PCM travels as headerless signed 16-bit little-endian mono; its media type names the layout
-explicitly (``audio/pcm;encoding=s16le;rate=16000``) because ``audio/L16`` means big-endian.
+explicitly (``audio/pcm;encoding=s16le;rate=16000``) because ``audio/L16`` means big-endian
+(RFC 2586), which is read too.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ WHISPER_RATE = 16000
 OPUS_RATES = (8000, 12000, 16000, 24000, 48000)
 MIN_RATE, MAX_RATE = 8000, 48000
 PCM_MIME = "audio/pcm"
+#: Raw PCM media types and their sample layout.
+RAW_PCM = {PCM_MIME: "<i2", "audio/l16": ">i2"}
 
 #: Media types accepted for whole-file transcription, by container.
 DECODABLE_MIME_TYPES = frozenset(
@@ -121,10 +124,13 @@ def encode(samples: Samples, rate: int, encoding: Encoding) -> bytes:
     return buf.getvalue()
 
 
-def pcm_s16le_to_float(data: bytes) -> Samples:
+def pcm_to_float(data: bytes, kind: str = PCM_MIME) -> Samples:
+    """Samples of raw 16-bit PCM of one of the RAW_PCM media types."""
     if len(data) % 2:
-        raise CodecError("raw PCM s16le needs an even number of bytes")
-    return (np.frombuffer(data, dtype="<i2").astype(np.float32) / 32768.0).astype(np.float32)
+        raise CodecError("raw 16-bit PCM needs an even number of bytes")
+    return (np.frombuffer(data, dtype=RAW_PCM[kind]).astype(np.float32) / 32768.0).astype(
+        np.float32
+    )
 
 
 def pcm_rate(params: dict[str, str], rate: int = 0) -> int:
@@ -143,8 +149,8 @@ def decode(data: bytes, mime: str, rate: int = WHISPER_RATE) -> Samples:
     Raises CodecError for unsupported media types and for bytes FFmpeg cannot decode.
     """
     kind, params = media_type(mime)
-    if kind == PCM_MIME:
-        return resample(pcm_s16le_to_float(data), pcm_rate(params), rate)
+    if kind in RAW_PCM:
+        return resample(pcm_to_float(data, kind), pcm_rate(params), rate)
     if kind not in DECODABLE_MIME_TYPES:
         raise CodecError(f"unsupported audio type {kind!r}")
     if not data:

@@ -488,9 +488,10 @@ class AudioInferenceService(inference_pb2_grpc.InferenceServiceServicer):
 
     @staticmethod
     def _chunk_samples(chunk: common_pb2.AudioChunk) -> Samples:
-        """Streamed audio is raw PCM s16le mono; the chunk's rate (default 16 kHz) is resampled."""
+        """Streamed audio is raw 16-bit mono PCM (``audio/pcm`` little-endian or ``audio/L16``
+        big-endian) at the chunk's rate (default 16 kHz), resampled for Whisper."""
         kind, params = codecs.media_type(chunk.mime_type or codecs.PCM_MIME)
-        if kind != codecs.PCM_MIME:
+        if kind not in codecs.RAW_PCM:
             raise invalid(
                 f"streamed audio must be raw PCM, not {kind!r}",
                 "audio.mime_type",
@@ -498,7 +499,7 @@ class AudioInferenceService(inference_pb2_grpc.InferenceServiceServicer):
             )
         try:
             rate = codecs.pcm_rate(params, chunk.sample_rate)
-            return codecs.resample(codecs.pcm_s16le_to_float(chunk.data), rate, WHISPER_RATE)
+            return codecs.resample(codecs.pcm_to_float(chunk.data, kind), rate, WHISPER_RATE)
         except CodecError as exc:
             raise invalid(str(exc), "audio") from None
 

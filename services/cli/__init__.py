@@ -14,6 +14,7 @@ import grpc
 from google.protobuf import json_format
 
 from genmesh.cli.agent import agent
+from genmesh.cli.audio import speak, transcribe
 from genmesh.cli.sandbox import sandbox
 from genmesh.cli.up import up
 from genmesh.client import DEFAULT_ADDRESS, Client, text_request
@@ -150,3 +151,5 @@ def catalog(address: str, api_key: str | None, what: str, as_json: bool) -> None
 main.add_command(up)
 main.add_command(agent)
 main.add_command(sandbox)
+main.add_command(speak)
+main.add_command(transcribe)

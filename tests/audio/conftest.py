@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import json
-import os
 import re
-import subprocess
-import sys
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -14,12 +10,11 @@ import grpc
 import jiwer
 import pytest
 import pytest_asyncio
-from google.rpc import error_details_pb2, status_pb2
 
-from genmesh.runtime.channel import key_interceptors
+from genmesh.runtime.channel import channel_options, key_interceptors
 from genmesh.v1 import common_pb2, inference_pb2, inference_pb2_grpc
+from tests.support import INTERNAL_KEY, ServiceProcess
 
-KEY = "audio-test-key"
 Events = list[common_pb2.StreamEvent]
 
 _ONES = [
@@ -73,17 +68,6 @@ def word_error_rate(reference: str, hypothesis: str) -> float:
     return rate
 
 
-def bad_request(error: grpc.aio.AioRpcError) -> error_details_pb2.BadRequest:
-    """The BadRequest detail of a failed call's google.rpc.Status."""
-    for key, value in error.trailing_metadata() or ():
-        if key == "grpc-status-details-bin" and isinstance(value, bytes):
-            for detail in status_pb2.Status.FromString(value).details:
-                found = error_details_pb2.BadRequest()
-                if detail.Unpack(found):
-                    return found
-    raise AssertionError(f"no BadRequest detail in {error!r}")
-
-
 def speech_request(text: str, **params: Any) -> common_pb2.GenerateRequest:
     return common_pb2.GenerateRequest(
         request_id="speak",
@@ -117,7 +101,7 @@ def transcription_request(
 
 
 async def infer(
-    stub: inference_pb2_grpc.InferenceServiceStub, request: common_pb2.GenerateRequest
+    stub: inference_pb2_grpc.InferenceServiceAsyncStub, request: common_pb2.GenerateRequest
 ) -> Events:
     """Runs one request to the end and returns every event, the final one last."""
     call = stub.Infer(iter([inference_pb2.InferRequest(request=request)]))
@@ -130,33 +114,19 @@ def final(events: Events) -> common_pb2.GenerateResponse:
 
 
 @pytest.fixture(scope="session")
-def audio_port() -> Iterator[int]:
-    env = {**os.environ, "GENMESH_INTERNAL_KEY": KEY, "GENMESH_AUDIO_PORT": "0"}
-    env.pop("GENMESH_CONFIG", None)
-    process = subprocess.Popen(
-        [sys.executable, "-m", "genmesh", "serve", "audio"],
-        env=env,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert process.stdout is not None
-    port = 0
-    for line in process.stdout:
-        event = json.loads(line) if line.startswith("{") else {}
-        if event.get("ready"):
-            port = int(event["port"])
-            break
-    assert port, "the audio service did not start"
-    yield port
+def audio() -> Iterator[ServiceProcess]:
+    process = ServiceProcess("audio", {})
+    yield process
     process.terminate()
-    process.wait(timeout=30)
 
 
 @pytest_asyncio.fixture(scope="session", loop_scope="session")
-async def stub(audio_port: int) -> AsyncIterator[inference_pb2_grpc.InferenceServiceStub]:
+async def stub(
+    audio: ServiceProcess,
+) -> AsyncIterator[inference_pb2_grpc.InferenceServiceAsyncStub]:
     async with grpc.aio.insecure_channel(
-        f"127.0.0.1:{audio_port}",
-        interceptors=key_interceptors(KEY),
-        options=[("grpc.max_receive_message_length", 64 << 20)],
+        audio.address,
+        interceptors=key_interceptors(INTERNAL_KEY),
+        options=channel_options(64 << 20),
     ) as channel:
         yield inference_pb2_grpc.InferenceServiceStub(channel)

@@ -26,7 +26,7 @@ SENTENCES = [
 
 
 async def test_speech_round_trips_through_recognition(
-    stub: inference_pb2_grpc.InferenceServiceStub,
+    stub: inference_pb2_grpc.InferenceServiceAsyncStub,
 ) -> None:
     text = " ".join(SENTENCES)
     speech = final(await infer(stub, speech_request(text)))
@@ -40,7 +40,7 @@ async def test_speech_round_trips_through_recognition(
 
 
 async def test_first_chunk_streams_before_the_last_sentence_is_synthesised(
-    stub: inference_pb2_grpc.InferenceServiceStub,
+    stub: inference_pb2_grpc.InferenceServiceAsyncStub,
 ) -> None:
     events = await infer(stub, speech_request(" ".join(SENTENCES)))
     kinds = [e.WhichOneof("event") for e in events]
@@ -60,7 +60,9 @@ async def test_first_chunk_streams_before_the_last_sentence_is_synthesised(
     assert len(whole) == sum(len(p) for p in pieces)
 
 
-async def test_every_format_and_rate_decodes(stub: inference_pb2_grpc.InferenceServiceStub) -> None:
+async def test_every_format_and_rate_decodes(
+    stub: inference_pb2_grpc.InferenceServiceAsyncStub,
+) -> None:
     text = "Hello from the speech service."
     expected = {
         common_pb2.AUDIO_FORMAT_WAV: ("audio/wav", 16000),
@@ -85,11 +87,11 @@ async def test_every_format_and_rate_decodes(stub: inference_pb2_grpc.InferenceS
     ).outputs[0]
     assert pcm.mime_type == "audio/pcm;encoding=s16le;rate=8000;channels=1"
     durations.append(len(np.frombuffer(pcm.data, dtype="<i2")) / 8000)
-    # Resampling and encoding keep the length of the speech (Opus pads a few milliseconds).
-    assert max(durations) - min(durations) < 0.1
+    # Every encoding holds the whole utterance; VITS varies phoneme durations from run to run.
+    assert max(durations) < 1.15 * min(durations)
 
 
-async def test_speed_changes_the_length(stub: inference_pb2_grpc.InferenceServiceStub) -> None:
+async def test_speed_changes_the_length(stub: inference_pb2_grpc.InferenceServiceAsyncStub) -> None:
     text = "Speaking rate is adjustable."
     lengths = []
     for speed in (0.5, 2.0):
@@ -98,7 +100,7 @@ async def test_speed_changes_the_length(stub: inference_pb2_grpc.InferenceServic
     assert lengths[0] > 2.5 * lengths[1]
 
 
-async def test_cancel_stops_synthesis(stub: inference_pb2_grpc.InferenceServiceStub) -> None:
+async def test_cancel_stops_synthesis(stub: inference_pb2_grpc.InferenceServiceAsyncStub) -> None:
     sentences = SENTENCES * 3
     call = stub.Infer()
     await call.write(inference_pb2.InferRequest(request=speech_request(" ".join(sentences))))

@@ -28,7 +28,7 @@ STREAMED = [
 RATE = 16000
 
 
-async def speak_pcm(stub: inference_pb2_grpc.InferenceServiceStub, text: str) -> np.ndarray:
+async def speak_pcm(stub: inference_pb2_grpc.InferenceServiceAsyncStub, text: str) -> np.ndarray:
     request = speech_request(text, format=common_pb2.AUDIO_FORMAT_PCM_S16LE, sample_rate=RATE)
     return np.frombuffer(final(await infer(stub, request)).outputs[0].data, dtype="<i2")
 
@@ -40,7 +40,7 @@ def encode(samples: np.ndarray, fmt: str, subtype: str | None = None) -> bytes:
 
 
 async def test_files_in_each_container_are_transcribed(
-    stub: inference_pb2_grpc.InferenceServiceStub,
+    stub: inference_pb2_grpc.InferenceServiceAsyncStub,
 ) -> None:
     pcm = await speak_pcm(stub, TEXT)
     speech = pcm.astype(np.float32) / 32768
@@ -64,7 +64,9 @@ async def test_files_in_each_container_are_transcribed(
         assert starts == sorted(starts)
 
 
-async def test_word_timestamps_and_data_uri(stub: inference_pb2_grpc.InferenceServiceStub) -> None:
+async def test_word_timestamps_and_data_uri(
+    stub: inference_pb2_grpc.InferenceServiceAsyncStub,
+) -> None:
     text = "Green bottles are standing on the wall."
     pcm = await speak_pcm(stub, text)
     uri = "data:audio/wav;base64," + base64.b64encode(encode(pcm, "WAV", "PCM_16")).decode()
@@ -80,7 +82,7 @@ async def test_word_timestamps_and_data_uri(stub: inference_pb2_grpc.InferenceSe
 
 
 async def test_streamed_speech_gets_partials_then_finals_before_the_end(
-    stub: inference_pb2_grpc.InferenceServiceStub,
+    stub: inference_pb2_grpc.InferenceServiceAsyncStub,
 ) -> None:
     pause = np.zeros(RATE * 3 // 2, dtype="<i2")  # longer than the 0.5 s that ends a segment
     sentences = [await speak_pcm(stub, s) for s in STREAMED]

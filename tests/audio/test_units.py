@@ -46,7 +46,8 @@ def test_streaming_vad_matches_whole_recording_scores(speech: np.ndarray) -> Non
     whole = get_vad_model()(audio.copy()).reshape(-1)
     vad = StreamingVad()
     sizes = [100, 1000, 7, WINDOW, 4096]
-    parts, start = [], 0
+    parts: list[np.ndarray] = []
+    start = 0
     while start < len(audio):
         size = sizes[len(parts) % len(sizes)]
         parts.append(vad.push(audio[start : start + size]))

@@ -1,0 +1,207 @@
+"""Audio service on CPU: speed of synthesis and recognition, and streaming latencies.
+
+Starts an audio service (or uses `--address` with `--api-key`) and measures, through its
+InferenceService as the router sees it:
+- TTS real-time factor (synthesis time / audio length; below 1 is faster than real time) and
+  time to the first audio chunk against the time to the whole result, for a paragraph;
+- STT real-time factor of a whole-file transcription of that paragraph;
+- streaming STT: speech sent at real-time pace in 100 ms chunks with pauses between sentences;
+  for each sentence, the time from its last speech sample being sent to its final transcript.
+  The segment only ends after the VAD's minimum silence (500 ms by default), which is part of
+  the figure, so it is reported as well.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import statistics
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+import soundfile as sf
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from genmesh.audio.settings import StreamingSettings
+from genmesh.v1 import common_pb2, inference_pb2, inference_pb2_grpc
+from tests.support import INTERNAL_KEY, ServiceProcess
+
+PARAGRAPH = [
+    "The museum opens at ten in the morning and closes at six in the evening.",
+    "Visitors can join a guided tour that starts every hour from the main hall.",
+    "Photography is allowed in most rooms, but please do not use a flash.",
+    "The cafe on the top floor serves lunch, coffee and a selection of cakes.",
+]
+RATE = 16000
+CHUNK = RATE // 10
+PAUSE_S = 1.5
+
+
+class Audio:
+    """Blocking calls to one audio service."""
+
+    def __init__(self, address: str, key: str) -> None:
+        self.channel = grpc.insecure_channel(
+            address, options=[("grpc.max_receive_message_length", 64 << 20)]
+        )
+        self.stub = inference_pb2_grpc.InferenceServiceStub(self.channel)
+        self.metadata = (("x-api-key", key),)
+
+    def infer(self, request: common_pb2.GenerateRequest) -> Iterator[common_pb2.StreamEvent]:
+        opening = iter([inference_pb2.InferRequest(request=request)])
+        for response in self.stub.Infer(opening, metadata=self.metadata):
+            yield response.event
+
+    def speak(self, text: str, **params: Any) -> tuple[dict[str, float], bytes]:
+        request = common_pb2.GenerateRequest(
+            task=common_pb2.TASK_SPEECH,
+            inputs=[common_pb2.InputItem(text=text)],
+            speech=common_pb2.SpeechParameters(**params),
+        )
+        start = time.perf_counter()
+        first = 0.0
+        for event in self.infer(request):
+            if event.HasField("audio_chunk") and not first:
+                first = time.perf_counter() - start
+            if event.HasField("final"):
+                total = time.perf_counter() - start
+                return {"first_chunk_s": first, "total_s": total}, event.final.outputs[0].data
+        raise RuntimeError("no final result")
+
+    def transcribe(self, wav: bytes) -> tuple[float, str]:
+        request = common_pb2.GenerateRequest(
+            task=common_pb2.TASK_TRANSCRIPTION,
+            inputs=[
+                common_pb2.InputItem(
+                    kind=common_pb2.CONTENT_KIND_AUDIO, data=wav, mime_type="audio/wav"
+                )
+            ],
+        )
+        start = time.perf_counter()
+        for event in self.infer(request):
+            if event.HasField("final"):
+                return time.perf_counter() - start, event.final.outputs[0].text
+        raise RuntimeError("no final result")
+
+    def stream(self, sentences: list[np.ndarray]) -> list[float]:
+        """Real-time paced streaming; seconds from each sentence's end to its final transcript."""
+        speech_ends: list[float] = []
+        pause = np.zeros(int(PAUSE_S * RATE), dtype="<i2")
+        done = threading.Event()
+
+        def requests() -> Iterator[inference_pb2.InferRequest]:
+            request = common_pb2.GenerateRequest(task=common_pb2.TASK_TRANSCRIPTION)
+            yield inference_pb2.InferRequest(request=request)
+            clock = time.perf_counter()
+            for samples in sentences:
+                for part, is_speech in ((samples, True), (pause, False)):
+                    for start in range(0, len(part), CHUNK):
+                        piece = part[start : start + CHUNK]
+                        clock += len(piece) / RATE
+                        time.sleep(max(clock - time.perf_counter(), 0))
+                        chunk = common_pb2.AudioChunk(
+                            data=piece.tobytes(), mime_type="audio/pcm", sample_rate=RATE
+                        )
+                        yield inference_pb2.InferRequest(audio=chunk)
+                    if is_speech:
+                        speech_ends.append(time.perf_counter())
+            end = common_pb2.Control(action=common_pb2.Control.ACTION_END_OF_INPUT)
+            yield inference_pb2.InferRequest(control=end)
+            done.wait()
+
+        finals: list[float] = []
+        try:
+            for response in self.stub.Infer(requests(), metadata=self.metadata):
+                event = response.event
+                if event.HasField("transcript") and event.transcript.is_final:
+                    finals.append(time.perf_counter())
+        finally:
+            done.set()
+        return [f - e for e, f in zip(speech_ends, finals, strict=False)]
+
+
+def pcm16(data: bytes) -> np.ndarray:
+    return np.frombuffer(data, dtype="<i2")
+
+
+def wav(samples: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    sf.write(buf, samples, RATE, format="WAV", subtype="PCM_16")
+    return buf.getvalue()
+
+
+def measure(audio: Audio, runs: int) -> dict[str, Any]:
+    text = " ".join(PARAGRAPH)
+    audio.speak("Warm up.")
+    tts: list[dict[str, float]] = []
+    pcm = common_pb2.AUDIO_FORMAT_PCM_S16LE
+    samples = np.zeros(0, dtype="<i2")
+    for _ in range(runs):
+        timing, data = audio.speak(text, format=pcm, sample_rate=RATE)
+        samples = pcm16(data)
+        timing["audio_s"] = len(samples) / RATE
+        tts.append(timing)
+    stt = [audio.transcribe(wav(samples))[0] for _ in range(runs)]
+    audio_s = tts[0]["audio_s"]
+    sentences = [pcm16(audio.speak(s, format=pcm, sample_rate=RATE)[1]) for s in PARAGRAPH]
+    latencies = audio.stream(sentences)
+    return {
+        "audio_seconds": round(audio_s, 2),
+        "tts_rtf": round(statistics.median(t["total_s"] / t["audio_s"] for t in tts), 3),
+        "tts_first_chunk_ms": round(statistics.median(t["first_chunk_s"] for t in tts) * 1000),
+        "tts_total_ms": round(statistics.median(t["total_s"] for t in tts) * 1000),
+        "stt_rtf": round(statistics.median(stt) / audio_s, 3),
+        "stt_total_ms": round(statistics.median(stt) * 1000),
+        "stream_final_latency_ms": [round(x * 1000) for x in latencies],
+        "stream_final_latency_p50_ms": round(statistics.median(latencies) * 1000),
+        "vad_min_silence_ms": StreamingSettings().min_silence_ms,
+        "runs": runs,
+    }
+
+
+def report(results: dict[str, Any]) -> None:
+    print(f"paragraph of {len(PARAGRAPH)} sentences, {results['audio_seconds']} s of speech")
+    print(f"TTS  real-time factor      {results['tts_rtf']:>8}")
+    print(f"TTS  first audio chunk     {results['tts_first_chunk_ms']:>8} ms")
+    print(f"TTS  whole paragraph       {results['tts_total_ms']:>8} ms")
+    print(f"STT  real-time factor      {results['stt_rtf']:>8}")
+    print(f"STT  whole paragraph       {results['stt_total_ms']:>8} ms")
+    print(
+        f"streaming STT, end of speech to final transcript: "
+        f"p50 {results['stream_final_latency_p50_ms']} ms "
+        f"(each: {results['stream_final_latency_ms']}; includes "
+        f"{results['vad_min_silence_ms']} ms of silence the VAD waits for)"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--address", help="a running audio service (default: start one)")
+    parser.add_argument("--api-key", default=INTERNAL_KEY, help="its internal key")
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    args = parser.parse_args()
+    with contextlib.ExitStack() as stack:
+        address = args.address
+        if not address:
+            service = ServiceProcess("audio", {})
+            stack.callback(service.terminate)
+            address = service.address
+        results = measure(Audio(address, args.api_key), args.runs)
+    if args.json:
+        print(json.dumps(results, indent=2))
+    else:
+        report(results)
+
+
+if __name__ == "__main__":
+    main()
