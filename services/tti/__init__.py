@@ -1,0 +1,1 @@
+"""The text-to-image service: diffusers pipelines behind InferenceService."""

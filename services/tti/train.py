@@ -1,0 +1,263 @@
+"""Trains genmesh's embedded text-to-image model and saves it as a diffusers pipeline folder.
+
+No pretrained text-to-image model can be fetched here, so genmesh grows a small one from
+procedurally drawn, captioned shape scenes (`genmesh.tti.shapes`). The result is an ordinary
+StableDiffusionPipeline (word-level tokenizer, tiny CLIP text encoder, a small AutoencoderKL that
+halves 32 px images to 16 px latents, a UNet2DConditionModel), so the engine loads it like any
+other diffusers model and image-to-image and inpainting come with it. Everything is seeded: the
+same seed, step count and thread count give the same weights.
+
+    python -m genmesh.tti.train OUT_DIR [--steps N] [--seed S]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from diffusers import (
+    AutoencoderKL,
+    DDPMScheduler,
+    DPMSolverMultistepScheduler,
+    StableDiffusionPipeline,
+    UNet2DConditionModel,
+)
+from diffusers.optimization import get_cosine_schedule_with_warmup
+from diffusers.training_utils import EMAModel
+from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
+from torch.nn import functional
+from transformers import CLIPTextConfig, CLIPTextModel, PreTrainedTokenizerFast
+
+from genmesh.tti import shapes
+
+log = logging.getLogger("genmesh.tti.train")
+
+PAD, UNK, EOS = "<pad>", "<unk>", "<eos>"
+TEXT_WIDTH = 64
+LATENT_CHANNELS = 4
+UNCONDITIONAL_FRACTION = 0.1
+
+
+def build_tokenizer() -> PreTrainedTokenizerFast:
+    """A word-level tokenizer over the caption vocabulary: every word is one token."""
+    vocab = {word: i for i, word in enumerate([PAD, UNK, EOS, *shapes.vocabulary()])}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token=UNK))
+    tok.normalizer = normalizers.Lowercase()
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    return PreTrainedTokenizerFast(  # type: ignore[no-untyped-call]
+        tokenizer_object=tok,
+        pad_token=PAD,
+        unk_token=UNK,
+        eos_token=EOS,
+        model_max_length=shapes.MAX_CAPTION_WORDS,
+    )
+
+
+def build_models(
+    tokenizer: PreTrainedTokenizerFast,
+) -> tuple[CLIPTextModel, AutoencoderKL, UNet2DConditionModel]:
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=TEXT_WIDTH,
+            intermediate_size=4 * TEXT_WIDTH,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            max_position_embeddings=shapes.MAX_CAPTION_WORDS,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            bos_token_id=tokenizer.eos_token_id,
+        )
+    )
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+        block_out_channels=(16, 32),
+        layers_per_block=1,
+        latent_channels=LATENT_CHANNELS,
+        norm_num_groups=8,
+        sample_size=shapes.IMAGE_SIZE,
+        mid_block_add_attention=False,
+    )
+    unet = UNet2DConditionModel(
+        sample_size=shapes.IMAGE_SIZE // 2,
+        in_channels=LATENT_CHANNELS,
+        out_channels=LATENT_CHANNELS,
+        layers_per_block=1,
+        block_out_channels=(32, 64, 64),
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=TEXT_WIDTH,
+        attention_head_dim=4,
+        norm_num_groups=8,
+    )
+    return text_encoder, vae, unet
+
+
+def make_dataset(size: int, seed: int) -> tuple[torch.Tensor, list[str]]:
+    """Rendered scenes in [-1, 1] (N, 3, H, W) with their captions."""
+    rng = random.Random(seed)
+    scenes = [shapes.sample_scene(rng) for _ in range(size)]
+    pixels = np.stack([np.asarray(shapes.render(scene, rng)) for scene in scenes])
+    images = torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+    return images, [scene.caption for scene in scenes]
+
+
+def train_autoencoder(
+    vae: AutoencoderKL, images: torch.Tensor, steps: int, batch: int, gen: torch.Generator
+) -> None:
+    """Teaches the one-level autoencoder to pass images through its latent space unchanged."""
+    opt = torch.optim.AdamW(vae.parameters(), lr=2e-3)
+    vae.train()
+    for step in range(steps):
+        x = images[torch.randint(len(images), (batch,), generator=gen)]
+        posterior = vae.encode(x).latent_dist
+        z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=gen)
+        loss = functional.mse_loss(vae.decode(z).sample, x) + 1e-6 * posterior.kl().mean()
+        opt.zero_grad(set_to_none=True)
+        torch.autograd.backward(loss)
+        opt.step()
+        if step % 100 == 0 or step == steps - 1:
+            log.info("autoencoder step %d/%d loss %.5f", step + 1, steps, loss.item())
+    vae.eval()
+
+
+@torch.no_grad()
+def encode_all(vae: AutoencoderKL, images: torch.Tensor) -> torch.Tensor:
+    return torch.cat([vae.encode(chunk).latent_dist.mean for chunk in torch.split(images, 512)])
+
+
+def train(
+    out: Path,
+    *,
+    steps: int,
+    seed: int,
+    dataset_size: int,
+    autoencoder_steps: int,
+    batch: int,
+    threads: int,
+) -> None:
+    torch.set_num_threads(threads)
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    started = time.monotonic()
+
+    tokenizer = build_tokenizer()
+    text_encoder, vae, unet = build_models(tokenizer)
+    images, captions = make_dataset(dataset_size, seed)
+    log.info("dataset: %d scenes in %.1fs", len(captions), time.monotonic() - started)
+
+    train_autoencoder(vae, images, autoencoder_steps, batch, gen)
+    latents = encode_all(vae, images)
+    # Latents scaled to unit variance, as the SD pipelines expect via the VAE's scaling_factor.
+    scaling = float(1.0 / latents.std())
+    vae.register_to_config(scaling_factor=scaling)
+    latents = latents * scaling
+    del images
+
+    def tokenize(texts: list[str]) -> torch.Tensor:
+        ids = tokenizer(
+            texts,
+            padding="max_length",
+            max_length=tokenizer.model_max_length,
+            truncation=True,
+            return_tensors="pt",
+        ).input_ids
+        assert isinstance(ids, torch.Tensor)
+        return ids
+
+    ids = tokenize(captions)
+    empty = tokenize([""])[0]
+
+    noise_scheduler = DDPMScheduler(
+        num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", steps_offset=1
+    )
+    params = [*unet.parameters(), *text_encoder.parameters()]
+    opt = torch.optim.AdamW(params, lr=1e-3, weight_decay=1e-2)
+    schedule = get_cosine_schedule_with_warmup(opt, min(100, steps // 10), steps)
+    ema = EMAModel(params, decay=0.995, use_ema_warmup=True)
+    unet.train()
+    text_encoder.train()
+    for step in range(steps):
+        idx = torch.randint(len(latents), (batch,), generator=gen)
+        x0, cond = latents[idx], ids[idx].clone()
+        drop = torch.rand(batch, generator=gen) < UNCONDITIONAL_FRACTION
+        cond[drop] = empty
+        noise = torch.randn(x0.shape, generator=gen)
+        t = torch.randint(noise_scheduler.config.num_train_timesteps, (batch,), generator=gen)
+        noisy = noise_scheduler.add_noise(x0, noise, t)
+        pred = unet(noisy, t, encoder_hidden_states=text_encoder(cond)[0]).sample
+        loss = functional.mse_loss(pred, noise)
+        opt.zero_grad(set_to_none=True)
+        torch.autograd.backward(loss)
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        schedule.step()
+        ema.step(params)
+        if step % 100 == 0 or step == steps - 1:
+            log.info(
+                "diffusion step %d/%d loss %.4f (%.0fs)",
+                step + 1,
+                steps,
+                loss.item(),
+                time.monotonic() - started,
+            )
+    ema.copy_to(params)
+
+    pipe = StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=DPMSolverMultistepScheduler.from_config(noise_scheduler.config),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.to(torch.float16)
+    pipe.save_pretrained(out, safe_serialization=True)
+    recipe = {
+        "steps": steps,
+        "seed": seed,
+        "dataset_size": dataset_size,
+        "autoencoder_steps": autoencoder_steps,
+        "batch": batch,
+        "threads": threads,
+        "seconds": round(time.monotonic() - started),
+    }
+    (out / "genmesh_training.json").write_text(json.dumps(recipe, indent=2) + "\n")
+    log.info("saved %s after %.0fs", out, time.monotonic() - started)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("out", type=Path, help="pipeline folder to write")
+    parser.add_argument("--steps", type=int, default=1500, help="diffusion training steps")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--dataset-size", type=int, default=20000)
+    parser.add_argument("--autoencoder-steps", type=int, default=300)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", force=True)
+    train(
+        args.out,
+        steps=args.steps,
+        seed=args.seed,
+        dataset_size=args.dataset_size,
+        autoencoder_steps=args.autoencoder_steps,
+        batch=args.batch,
+        threads=args.threads,
+    )
+
+
+if __name__ == "__main__":
+    main()
