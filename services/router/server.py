@@ -10,6 +10,7 @@ from genmesh.router.functions import FunctionRegistry
 from genmesh.router.generation import GenerationService
 from genmesh.router.personalities import Personalities
 from genmesh.router.settings import load_router_settings
+from genmesh.runtime import telemetry
 from genmesh.runtime.channel import connect
 from genmesh.runtime.secrets import LiveSecrets, start_secrets
 from genmesh.runtime.server import Runtime, Service, serve, service_name
@@ -27,6 +28,8 @@ from genmesh.v1 import (
 
 async def main() -> None:
     settings = load_router_settings()
+    # Discovery below reports what it skips; logs must be structured from the start.
+    telemetry.setup(settings.service_name, settings.telemetry)
     backends = Backends(
         settings.bindings, settings.outgoing_key(), settings.health_check_interval_seconds
     )

@@ -1,0 +1,73 @@
+"""Per-binding admission: a concurrency limit, a bounded queue and a queue timeout."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+
+import grpc
+import pytest
+
+from genmesh.client import Client, error_details, text_request
+from genmesh.v1 import common_pb2, generation_pb2
+from tests.router.mesh import slow
+from tests.support import API_KEY, ServiceProcess, echo_binding, router_config
+
+
+@pytest.fixture(scope="module")
+def narrow_router(ttt: ServiceProcess) -> Iterator[ServiceProcess]:
+    """One request at a time on the binding, one more may wait, for at most 1 s."""
+    binding = {
+        **echo_binding(ttt.address, name="narrow"),
+        "max_concurrent": 1,
+        "max_queue": 1,
+        "queue_timeout_seconds": 1.0,
+    }
+    process = ServiceProcess("router", router_config([binding]))
+    yield process
+    process.terminate()
+
+
+async def test_full_queue_and_queue_timeout_are_resource_exhausted(
+    narrow_router: ServiceProcess,
+) -> None:
+    async with Client(narrow_router.address, API_KEY) as client:
+        running = client.generation.GenerateStream(
+            generation_pb2.GenerateStreamRequest(request=slow("busy", delay_ms=50, repeat=100)),
+            metadata=client.metadata,
+        )
+        assert (await running.read()).event.HasField("text_delta")
+        waiting = asyncio.ensure_future(client.generate(text_request("waiting")))
+        await asyncio.sleep(0.2)  # let it take the one queue place
+
+        with pytest.raises(grpc.aio.AioRpcError) as full:
+            await client.generate(text_request("no room"))
+        details = error_details(full.value)
+        assert details.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert details.reason == "QUEUE_FULL"
+        assert details.retry_after is not None and details.retry_after > 0
+
+        with pytest.raises(grpc.aio.AioRpcError) as timed_out:
+            await waiting
+        details = error_details(timed_out.value)
+        assert details.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert details.reason == "QUEUE_TIMEOUT"
+        assert details.retry_after is not None and details.retry_after > 0
+        running.cancel()
+
+        # Once the slot is free again, requests are served.
+        response = await client.generate(text_request("served"))
+        assert response.outputs[0].text == "served"
+
+
+async def test_queue_time_is_reported(narrow_router: ServiceProcess) -> None:
+    async with Client(narrow_router.address, API_KEY) as client:
+        first = asyncio.ensure_future(client.generate(slow("ab", delay_ms=200, repeat=2)))
+        await asyncio.sleep(0.2)
+        second = await client.generate(text_request("after"))
+        assert (await first).outputs[0].text == "abab"
+    assert second.outputs[0].text == "after"
+    assert second.finish_reason == common_pb2.FINISH_REASON_STOP
+    # It waited for the first request's slot, and says so.
+    assert second.timings.queue.ToNanoseconds() > 0
+    assert second.timings.total.ToNanoseconds() >= second.timings.queue.ToNanoseconds()
