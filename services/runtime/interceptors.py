@@ -13,6 +13,7 @@ from typing import Any
 
 import grpc
 
+from genmesh.runtime import errors
 from genmesh.runtime.errors import ServiceError
 
 log = logging.getLogger(__name__)
@@ -24,10 +25,52 @@ Continuation = Callable[
 Guard = Callable[[grpc.aio.ServicerContext[Any, Any]], Awaitable[None]]
 
 
+class _Malformed:
+    """A request message that did not parse. grpc would answer UNKNOWN with the parser's
+    exception; the handler raises it as INVALID_ARGUMENT instead."""
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+    def refusal(self) -> ServiceError:
+        return errors.invalid_argument(
+            f"malformed request message: {self.error}", reason="MALFORMED_MESSAGE"
+        )
+
+
+def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    if deserializer is None:
+        return None
+
+    def deserialize(data: bytes) -> Any:
+        try:
+            return deserializer(data)
+        except Exception as exc:
+            return _Malformed(exc)
+
+    return deserialize
+
+
+async def _checked(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    async for request in requests:
+        if isinstance(request, _Malformed):
+            raise request.refusal()
+        yield request
+
+
+def _parsed(request: Any, streaming: bool) -> Any:
+    if streaming:
+        return _checked(request)
+    if isinstance(request, _Malformed):
+        raise request.refusal()
+    return request
+
+
 def wrap_handler(
     handler: grpc.RpcMethodHandler[Any, Any], guard: Guard | None, method: str
 ) -> grpc.RpcMethodHandler[Any, Any]:
     """Runs `guard` before the behaviour and turns ServiceError (or a crash) into a status."""
+    request_streaming = bool(handler.request_streaming)
 
     async def fail(context: grpc.aio.ServicerContext[Any, Any], exc: BaseException) -> None:
         if isinstance(exc, ServiceError):
@@ -42,7 +85,7 @@ def wrap_handler(
             try:
                 if guard:
                     await guard(context)
-                return await inner(request, context)
+                return await inner(_parsed(request, request_streaming), context)
             except (ServiceError, Exception) as exc:
                 if isinstance(exc, grpc.aio.AbortError):
                     raise
@@ -55,7 +98,7 @@ def wrap_handler(
         )
         return factory(
             unary,
-            request_deserializer=handler.request_deserializer,
+            request_deserializer=_tolerant(handler.request_deserializer),
             response_serializer=handler.response_serializer,
         )
 
@@ -67,7 +110,7 @@ def wrap_handler(
         try:
             if guard:
                 await guard(context)
-            responses = inner_stream(request, context)
+            responses = inner_stream(_parsed(request, request_streaming), context)
             if inspect.isawaitable(responses):
                 await responses  # a handler that writes with context.write()
                 return
@@ -85,6 +128,6 @@ def wrap_handler(
     )
     return factory_stream(
         streaming,
-        request_deserializer=handler.request_deserializer,
+        request_deserializer=_tolerant(handler.request_deserializer),
         response_serializer=handler.response_serializer,
     )
