@@ -15,6 +15,7 @@ from google.protobuf import json_format
 
 from genmesh.cli.agent import agent
 from genmesh.cli.audio import speak, transcribe
+from genmesh.cli.image import image
 from genmesh.cli.sandbox import sandbox
 from genmesh.cli.up import up
 from genmesh.client import DEFAULT_ADDRESS, Client, text_request
@@ -153,3 +154,4 @@ main.add_command(agent)
 main.add_command(sandbox)
 main.add_command(speak)
 main.add_command(transcribe)
+main.add_command(image)
