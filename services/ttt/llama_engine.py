@@ -136,11 +136,20 @@ class LlamaCppEngine(TextEngine):
         stop: threading.Event,
     ) -> None:
         """Runs in a worker thread and checks `stop` before every token."""
+        from llama_cpp.llama_cpp import llama_vocab_is_eog
+
         llm = self.llm
+        vocab = llm._model.vocab
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         first = True
         with self._lock:
-            llm.set_seed(params.seed if params.seed is not None else random.getrandbits(32))
+            if params.seed is None:
+                llm.set_seed(random.getrandbits(32))
+            else:
+                # Reusing a cached prompt prefix changes the numerics (and so the samples):
+                # a seeded request evaluates its prompt from scratch to be reproducible.
+                llm.set_seed(params.seed)
+                llm.reset()
             tokens = llm.generate(
                 prompt,
                 top_k=params.top_k,
@@ -155,7 +164,7 @@ class LlamaCppEngine(TextEngine):
                 for token in tokens:
                     if stop.is_set():
                         return
-                    if llm._model.token_is_eog(token):
+                    if llama_vocab_is_eog(vocab, token):
                         finish = "stop"
                         break
                     produced += 1

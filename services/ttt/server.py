@@ -18,6 +18,7 @@ async def main() -> None:
         spec.name: ServedModel(
             engines[spec.name],
             Slots(spec.name, spec.concurrency, spec.queue_size, spec.queue_timeout_seconds),
+            spec.system_prompt,
         )
         for spec in settings.models
     }

@@ -194,6 +194,13 @@ class ServedModel:
 
     engine: TextEngine
     slots: Slots
+    system_prompt: str = ""
+
+    def conversation(self, request: common_pb2.GenerateRequest) -> list[ChatMessage]:
+        messages = chat_messages(request)
+        if self.system_prompt and messages[0].role != "system":
+            return [ChatMessage("system", self.system_prompt), *messages]
+        return messages
 
 
 class TextInferenceService(inference_pb2_grpc.InferenceServiceServicer):
@@ -223,7 +230,7 @@ class TextInferenceService(inference_pb2_grpc.InferenceServiceServicer):
         request = await first_request(request_iterator)
         model = self.model(request.model)
         engine = model.engine
-        messages = chat_messages(request)
+        messages = model.conversation(request)
         params = sampling_params(request, engine.info())
         context.set_trailing_metadata((("x-request-id", request.request_id),))
         cancelled = asyncio.ensure_future(watch_cancel(request_iterator))

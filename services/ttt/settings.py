@@ -25,6 +25,9 @@ class ModelSpec(BaseModel):
     concurrency: int = Field(default=1, ge=1)
     queue_size: int = Field(default=64, ge=0)
     queue_timeout_seconds: float = Field(default=60.0, gt=0)
+    # Used when a request brings no system context (personality or input); empty keeps the
+    # chat template's own default. Small quantised models answer better with a plain one.
+    system_prompt: str = ""
 
 
 class TttSettings(ServiceSettings):

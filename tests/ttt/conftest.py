@@ -24,6 +24,7 @@ def smol_model(**overrides: Any) -> dict[str, Any]:
         "options": {"context_size": CONTEXT},
         "concurrency": 1,
         "queue_size": 4,
+        "system_prompt": "You are a helpful assistant.",
         **overrides,
     }
 

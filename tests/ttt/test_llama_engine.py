@@ -13,7 +13,10 @@ from genmesh.ttt.models import default_gguf
 
 pytest.importorskip("llama_cpp")
 
-FRANCE = [ChatMessage("user", "What is the capital of France?")]
+FRANCE = [
+    ChatMessage("system", "You are a helpful assistant."),
+    ChatMessage("user", "What is the capital of France?"),
+]
 
 
 @pytest.fixture(scope="module")
