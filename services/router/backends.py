@@ -41,7 +41,12 @@ class Replica:
                 health_pb2.HealthCheckRequest(service=INFERENCE_SERVICE), timeout=timeout
             )
             healthy = response.status == health_pb2.HealthCheckResponse.SERVING
-        except grpc.aio.AioRpcError:
+        except grpc.aio.AioRpcError as error:
+            # A late answer over a live connection means busy, not down: under load, marking
+            # the only replica down would refuse every request. Dead replicas close the socket.
+            connected = self.channel.get_state() == grpc.ChannelConnectivity.READY
+            if error.code() == grpc.StatusCode.DEADLINE_EXCEEDED and connected:
+                return
             healthy = False
         self._set(healthy)
 

@@ -9,7 +9,15 @@ from typing import Any, ClassVar, Literal
 import yaml
 from google.protobuf import json_format
 from google.protobuf.message import Message
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from genmesh.runtime.settings import CONFIG_ENV, ConfigError, ServiceSettings, load_settings
 from genmesh.v1 import common_pb2
@@ -67,12 +75,17 @@ class BindingConfig(BaseModel):
     max_queue: int = Field(default=1024, ge=0)
     queue_timeout_seconds: float = Field(default=30.0, gt=0)
 
-    @model_validator(mode="after")
-    def _checked(self) -> BindingConfig:
-        for address in self.addresses:
+    @field_validator("addresses")
+    @classmethod
+    def _host_port(cls, addresses: list[str]) -> list[str]:
+        for address in addresses:
             host, _, port = address.rpartition(":")
             if not host or not port.isdigit() or not 0 < int(port) < 65536:
-                raise ValueError(f"addresses: '{address}' is not host:port")
+                raise ValueError(f"'{address}' is not host:port")
+        return addresses
+
+    @model_validator(mode="after")
+    def _parameters_fit(self) -> BindingConfig:
         for task in self.tasks:
             parameters_message(TASKS[task], self.parameters)
         return self

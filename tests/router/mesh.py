@@ -1,13 +1,28 @@
-"""Helpers for router tests: requests for the echo engine, and reading error details."""
+"""Helpers for router tests: echo requests, waiting for settled state, and a call of every
+public RPC with the key scope it needs."""
 
 from __future__ import annotations
 
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
+
+import grpc
 
 from genmesh.client import text_request
-from genmesh.v1 import common_pb2
+from genmesh.v1 import (
+    agent_pb2,
+    agent_pb2_grpc,
+    catalog_pb2,
+    catalog_pb2_grpc,
+    common_pb2,
+    generation_pb2,
+    generation_pb2_grpc,
+    program_pb2,
+    tokenizer_pb2,
+    tokenizer_pb2_grpc,
+)
 
 
 def slow(prompt: str, delay_ms: int, repeat: int = 1, **fields: str) -> common_pb2.GenerateRequest:
@@ -26,3 +41,98 @@ async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 20.0
         if time.monotonic() > deadline:
             raise AssertionError("the condition did not hold in time")
         await asyncio.sleep(0.05)
+
+
+Call = Callable[[grpc.aio.Channel, tuple[tuple[str, str], ...]], Awaitable[Any]]
+PROMPT = text_request("scoped")
+PROGRAM = program_pb2.Program(code="1 + 1")
+
+
+async def drain(call: Any) -> None:
+    async for _ in call:
+        pass
+
+
+async def run_program(channel: grpc.aio.Channel, metadata: tuple[tuple[str, str], ...]) -> None:
+    start = agent_pb2.RunRequest(start=agent_pb2.RunStart(program=PROGRAM))
+    await drain(agent_pb2_grpc.AgentServiceStub(channel).Run(iter([start]), metadata=metadata))
+
+
+# Every public RPC, with the scope it needs (None: any valid key).
+CALLS: dict[str, tuple[str | None, Call]] = {
+    "GenerationService.Generate": (
+        "generate",
+        lambda ch, md: generation_pb2_grpc.GenerationServiceStub(ch).Generate(PROMPT, metadata=md),
+    ),
+    "GenerationService.GenerateStream": (
+        "generate",
+        lambda ch, md: drain(
+            generation_pb2_grpc.GenerationServiceStub(ch).GenerateStream(
+                generation_pb2.GenerateStreamRequest(request=PROMPT), metadata=md
+            )
+        ),
+    ),
+    "GenerationService.Converse": (
+        "generate",
+        lambda ch, md: drain(
+            generation_pb2_grpc.GenerationServiceStub(ch).Converse(
+                iter([generation_pb2.ConverseRequest(config=PROMPT)]), metadata=md
+            )
+        ),
+    ),
+    "TokenizerService.Tokenize": (
+        "generate",
+        lambda ch, md: tokenizer_pb2_grpc.TokenizerServiceStub(ch).Tokenize(
+            tokenizer_pb2.TokenizeRequest(text="hi"), metadata=md
+        ),
+    ),
+    "TokenizerService.Detokenize": (
+        "generate",
+        lambda ch, md: tokenizer_pb2_grpc.TokenizerServiceStub(ch).Detokenize(
+            tokenizer_pb2.DetokenizeRequest(tokens=[104]), metadata=md
+        ),
+    ),
+    "TokenizerService.CountTokens": (
+        "generate",
+        lambda ch, md: tokenizer_pb2_grpc.TokenizerServiceStub(ch).CountTokens(
+            tokenizer_pb2.CountTokensRequest(text="hi"), metadata=md
+        ),
+    ),
+    "AgentService.Run": ("agent", run_program),
+    "AgentService.Execute": (
+        "agent",
+        lambda ch, md: agent_pb2_grpc.AgentServiceStub(ch).Execute(
+            agent_pb2.ExecuteRequest(program=PROGRAM), metadata=md
+        ),
+    ),
+    "CatalogService.ListBindings": (
+        None,
+        lambda ch, md: catalog_pb2_grpc.CatalogServiceStub(ch).ListBindings(
+            catalog_pb2.ListBindingsRequest(), metadata=md
+        ),
+    ),
+    "CatalogService.ListPersonalities": (
+        None,
+        lambda ch, md: catalog_pb2_grpc.CatalogServiceStub(ch).ListPersonalities(
+            catalog_pb2.ListPersonalitiesRequest(), metadata=md
+        ),
+    ),
+    "CatalogService.ListFunctions": (
+        None,
+        lambda ch, md: catalog_pb2_grpc.CatalogServiceStub(ch).ListFunctions(
+            catalog_pb2.ListFunctionsRequest(), metadata=md
+        ),
+    ),
+    "CatalogService.ListModels": (
+        None,
+        lambda ch, md: catalog_pb2_grpc.CatalogServiceStub(ch).ListModels(
+            catalog_pb2.ListModelsRequest(), metadata=md
+        ),
+    ),
+    "CatalogService.GetModelInfo": (
+        None,
+        lambda ch, md: catalog_pb2_grpc.CatalogServiceStub(ch).GetModelInfo(
+            catalog_pb2.GetModelInfoRequest(binding="echo"), metadata=md
+        ),
+    ),
+}

@@ -36,7 +36,9 @@ async def test_full_queue_and_queue_timeout_are_resource_exhausted(
             generation_pb2.GenerateStreamRequest(request=slow("busy", delay_ms=50, repeat=100)),
             metadata=client.metadata,
         )
-        assert (await running.read()).event.HasField("text_delta")
+        first = await running.read()
+        assert isinstance(first, generation_pb2.GenerateStreamResponse)
+        assert first.event.HasField("text_delta")
         waiting = asyncio.ensure_future(client.generate(text_request("waiting")))
         await asyncio.sleep(0.2)  # let it take the one queue place
 

@@ -12,23 +12,13 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from genmesh.client import error_details
 from genmesh.v1 import (
-    catalog_pb2,
-    catalog_pb2_grpc,
-    common_pb2,
-    generation_pb2,
-    generation_pb2_grpc,
     inference_pb2,
     inference_pb2_grpc,
-    tokenizer_pb2,
-    tokenizer_pb2_grpc,
 )
+from tests.router.mesh import CALLS
 from tests.support import API_KEY, INTERNAL_KEY, ServiceProcess
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
-
-
-def prompt_request() -> common_pb2.GenerateRequest:
-    return common_pb2.GenerateRequest(inputs=[common_pb2.InputItem(text="ping")])
 
 
 async def _reflected_services(address: str, key: str) -> list[str]:
@@ -99,52 +89,11 @@ async def test_reflection_describes_the_contract(router: ServiceProcess) -> None
     assert methods == {"Generate", "GenerateStream", "Converse"}
 
 
-PUBLIC_CALLS = {
-    "Generate": lambda ch, md: generation_pb2_grpc.GenerationServiceStub(ch).Generate(
-        prompt_request(), metadata=md
-    ),
-    "GenerateStream": lambda ch, md: _drain(
-        generation_pb2_grpc.GenerationServiceStub(ch).GenerateStream(
-            generation_pb2.GenerateStreamRequest(request=prompt_request()), metadata=md
-        )
-    ),
-    "Converse": lambda ch, md: _drain(
-        generation_pb2_grpc.GenerationServiceStub(ch).Converse(
-            iter([generation_pb2.ConverseRequest(config=prompt_request())]), metadata=md
-        )
-    ),
-    "ListBindings": lambda ch, md: catalog_pb2_grpc.CatalogServiceStub(ch).ListBindings(
-        catalog_pb2.ListBindingsRequest(), metadata=md
-    ),
-    "ListPersonalities": lambda ch, md: catalog_pb2_grpc.CatalogServiceStub(ch).ListPersonalities(
-        catalog_pb2.ListPersonalitiesRequest(), metadata=md
-    ),
-    "ListFunctions": lambda ch, md: catalog_pb2_grpc.CatalogServiceStub(ch).ListFunctions(
-        catalog_pb2.ListFunctionsRequest(), metadata=md
-    ),
-    "ListModels": lambda ch, md: catalog_pb2_grpc.CatalogServiceStub(ch).ListModels(
-        catalog_pb2.ListModelsRequest(), metadata=md
-    ),
-    "GetModelInfo": lambda ch, md: catalog_pb2_grpc.CatalogServiceStub(ch).GetModelInfo(
-        catalog_pb2.GetModelInfoRequest(binding="echo"), metadata=md
-    ),
-    "Tokenize": lambda ch, md: tokenizer_pb2_grpc.TokenizerServiceStub(ch).Tokenize(
-        tokenizer_pb2.TokenizeRequest(text="hi"), metadata=md
-    ),
-    "Detokenize": lambda ch, md: tokenizer_pb2_grpc.TokenizerServiceStub(ch).Detokenize(
-        tokenizer_pb2.DetokenizeRequest(tokens=[104, 105]), metadata=md
-    ),
-    "CountTokens": lambda ch, md: tokenizer_pb2_grpc.TokenizerServiceStub(ch).CountTokens(
-        tokenizer_pb2.CountTokensRequest(text="hi"), metadata=md
-    ),
-}
+# Agent RPCs need a sandbox; they are accepted (with one) in test_scopes.
+WITHOUT_SANDBOX = sorted(name for name in CALLS if not name.startswith("AgentService."))
 
 
-async def _drain(call: object) -> list[object]:
-    return [item async for item in call]  # type: ignore[attr-defined]
-
-
-@pytest.mark.parametrize("method", sorted(PUBLIC_CALLS))
+@pytest.mark.parametrize("method", sorted(CALLS))
 @pytest.mark.parametrize(
     "metadata",
     [(), (("x-api-key", "wrong"),), (("authorization", "Bearer wrong"),)],
@@ -155,18 +104,18 @@ async def test_public_rpcs_reject_bad_keys(
 ) -> None:
     async with grpc.aio.insecure_channel(router.address) as channel:
         with pytest.raises(grpc.aio.AioRpcError) as failure:
-            await PUBLIC_CALLS[method](channel, metadata)
+            await CALLS[method][1](channel, metadata)
     details = error_details(failure.value)
     assert details.code == grpc.StatusCode.UNAUTHENTICATED
     assert details.reason == "API_KEY_INVALID"
 
 
-@pytest.mark.parametrize("method", sorted(PUBLIC_CALLS))
+@pytest.mark.parametrize("method", WITHOUT_SANDBOX)
 @pytest.mark.parametrize("header", ["x-api-key", "authorization"])
 async def test_public_rpcs_accept_the_key(router: ServiceProcess, method: str, header: str) -> None:
     value = API_KEY if header == "x-api-key" else f"Bearer {API_KEY}"
     async with grpc.aio.insecure_channel(router.address) as channel:
-        await PUBLIC_CALLS[method](channel, ((header, value),))
+        await CALLS[method][1](channel, ((header, value),))
 
 
 async def test_internal_service_needs_the_internal_scope(ttt: ServiceProcess) -> None:
