@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import urllib.request
 from collections.abc import AsyncIterator, Iterable, Iterator
@@ -40,6 +41,8 @@ T = TypeVar("T")
 TEXT_KINDS = (common_pb2.CONTENT_KIND_UNSPECIFIED, common_pb2.CONTENT_KIND_TEXT)
 SPOKEN_ROLES = (common_pb2.INPUT_ROLE_UNSPECIFIED, common_pb2.INPUT_ROLE_USER_PROMPT)
 FORMAT_NAMES = ["wav", "pcm_s16le", "flac", "ogg_opus"]
+#: A partial's language detection this sure settles the language of a stream.
+LANGUAGE_LOCK = 0.8
 
 
 async def in_thread(items: Iterator[T]) -> AsyncIterator[T]:
@@ -387,8 +390,7 @@ class AudioInferenceService(inference_pb2_grpc.InferenceServiceServicer):
         reader = asyncio.create_task(self._read_stream(requests, segmenter, queue, state))
         clock.dequeued()
         segments: list[Segment] = []
-        languages: dict[str, float] = {}  # language -> seconds of speech recognised in it
-        probability = 0.0
+        probability = 1.0 if options.language else 0.0
         finish = common_pb2.FINISH_REASON_STOP
         try:
             while (event := await queue.get()) is not None:
@@ -405,6 +407,10 @@ class AudioInferenceService(inference_pb2_grpc.InferenceServiceServicer):
                     )
                 if not pieces:
                     continue
+                if not options.language and (event.final or prob >= LANGUAGE_LOCK):
+                    # Detection costs a pass of the encoder: detect once, then keep the language.
+                    options = dataclasses.replace(options, language=language)
+                    probability = prob
                 clock.first_output()
                 segment = Segment(
                     pieces[0].start,
@@ -416,9 +422,6 @@ class AudioInferenceService(inference_pb2_grpc.InferenceServiceServicer):
                 if event.final:
                     segments.append(segment)
                     update.segment.CopyFrom(segment_proto(segment))
-                    languages[language] = languages.get(language, 0.0) + segment.end - segment.start
-                    if max(languages, key=languages.__getitem__) == language:
-                        probability = prob
                 yield respond(rid, transcript=update)
         finally:
             reader.cancel()
@@ -426,9 +429,8 @@ class AudioInferenceService(inference_pb2_grpc.InferenceServiceServicer):
                 await reader
         if state.cancelled:
             finish = common_pb2.FINISH_REASON_CANCELLED
-        language = options.language or max(languages, key=languages.__getitem__, default="")
         output = self._transcript_output(
-            language, probability, segments, segmenter.position / WHISPER_RATE
+            options.language, probability, segments, segmenter.position / WHISPER_RATE
         )
         yield self._final(request, self.stt.name, output, finish, clock)
 
