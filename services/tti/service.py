@@ -175,8 +175,12 @@ def resolve_job(
     )
     if not 0 <= guidance <= MAX_GUIDANCE:
         bad.append(FieldViolation("image.guidance_scale", f"must be in [0, {MAX_GUIDANCE:g}]"))
-    width = params.width or facts.default_width
-    height = params.height or facts.default_height
+    # An edit keeps its input's size (to a multiple of 8) unless asked otherwise.
+    base = (
+        inputs.init_image.size if inputs.init_image else (facts.default_width, facts.default_height)
+    )
+    width = params.width or max(SIZE_MULTIPLE, base[0] // SIZE_MULTIPLE * SIZE_MULTIPLE)
+    height = params.height or max(SIZE_MULTIPLE, base[1] // SIZE_MULTIPLE * SIZE_MULTIPLE)
     for name, value, limit in (
         ("width", width, limits.max_width),
         ("height", height, limits.max_height),

@@ -162,3 +162,28 @@ def measure(image: Image.Image) -> Reading:
     vertical = "top" if ys.mean() + 0.5 < half else "bottom"
     horizontal = "left" if xs.mean() + 0.5 < half else "right"
     return Reading(names[colour], shape, names[background], f"{vertical} {horizontal}")
+
+
+def evaluation_scenes(count: int, seed: int = 0) -> list[Scene]:
+    """Held-out scenes placed in a corner, so colour, shape and quadrant are all measurable."""
+    rng = random.Random(seed)
+    scenes = []
+    for _ in range(count):
+        scene = sample_scene(rng, held=True)
+        size = rng.choice(("small", "medium"))
+        scenes.append(
+            Scene(scene.colour, scene.shape, scene.background, size, rng.choice(QUADRANTS))
+        )
+    return scenes
+
+
+def adherence(pairs: list[tuple[Scene, Reading]]) -> dict[str, float]:
+    """The fraction of images whose measured shape colour, background, shape and quadrant match
+    what their prompt asked for."""
+    total = max(1, len(pairs))
+    return {
+        "colour": sum(r.colour == s.colour for s, r in pairs) / total,
+        "background": sum(r.background == s.background for s, r in pairs) / total,
+        "shape": sum(r.shape == s.shape for s, r in pairs) / total,
+        "quadrant": sum(r.quadrant == s.position for s, r in pairs) / total,
+    }

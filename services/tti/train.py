@@ -240,12 +240,12 @@ def train(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("out", type=Path, help="pipeline folder to write")
-    parser.add_argument("--steps", type=int, default=1500, help="diffusion training steps")
+    parser.add_argument("--steps", type=int, default=700, help="diffusion training steps")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--dataset-size", type=int, default=20000)
-    parser.add_argument("--autoencoder-steps", type=int, default=300)
+    parser.add_argument("--dataset-size", type=int, default=10000)
+    parser.add_argument("--autoencoder-steps", type=int, default=200)
     parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", force=True)
     train(
