@@ -52,7 +52,7 @@ gateway:
 	services/gateway/build.sh >/dev/null
 
 pytest: setup gateway
-	$(VENV)/bin/pytest -q $(PYTEST_ARGS)
+	$(VENV)/bin/pytest -q --ignore=tests/chart $(PYTEST_ARGS)
 
 # The Helm chart and the Dockerfiles, checked without a cluster or a Docker engine: helm and
 # kube-score are built from the Go module proxy once and cached in $GENMESH_CACHE/bin.
