@@ -124,6 +124,11 @@ def channel_options(max_message_bytes: int) -> Sequence[tuple[str, Any]]:
 def connect(
     address: str, api_key: str | None, max_message_bytes: int = 64 * 1024 * 1024
 ) -> grpc.aio.Channel:
-    """An insecure channel to another mesh service (TLS terminates at the mesh's edge)."""
-    channel = grpc.aio.insecure_channel(address, options=channel_options(max_message_bytes))
+    """An insecure channel to another mesh service (TLS terminates at the mesh's edge).
+
+    Round-robin spreads calls over every address a name resolves to, so one address naming a
+    headless Kubernetes Service balances across its pods.
+    """
+    options = [*channel_options(max_message_bytes), ("grpc.lb_policy_name", "round_robin")]
+    channel = grpc.aio.insecure_channel(address, options=options)
     return MeshChannel(channel, api_key)
