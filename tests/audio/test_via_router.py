@@ -1,4 +1,4 @@
-"""`genmesh speak` and `genmesh transcribe` against a real router in front of the audio service."""
+"""Through a real router in front of the audio service: the CLI and streamed recognition."""
 
 from __future__ import annotations
 
@@ -8,9 +8,12 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import grpc
+import numpy as np
 import pytest
 import soundfile as sf
 
+from genmesh.v1 import common_pb2, generation_pb2, generation_pb2_grpc
 from tests.audio.conftest import word_error_rate
 from tests.support import API_KEY, ServiceProcess, router_config
 
@@ -74,3 +77,31 @@ def test_errors_name_the_field(router: ServiceProcess, tmp_path: Path) -> None:
     heard = genmesh(router, "transcribe", str(broken))
     assert heard.returncode == 1
     assert "INVALID_ARGUMENT" in heard.stderr
+
+
+async def test_converse_streams_transcripts_of_streamed_audio(
+    router: ServiceProcess, tmp_path: Path
+) -> None:
+    out = tmp_path / "speech.pcm"
+    assert genmesh(router, "speak", TEXT, "-o", str(out), "--sample-rate", "16000").returncode == 0
+    speech = np.frombuffer(out.read_bytes(), dtype="<i2")
+    audio = np.concatenate([speech, np.zeros(16000, dtype="<i2")])
+    config = common_pb2.GenerateRequest(task=common_pb2.TASK_TRANSCRIPTION)
+    messages = [generation_pb2.ConverseRequest(config=config)]
+    for start in range(0, len(audio), 3200):
+        chunk = common_pb2.AudioChunk(
+            data=audio[start : start + 3200].tobytes(), mime_type="audio/pcm", sample_rate=16000
+        )
+        messages.append(generation_pb2.ConverseRequest(audio=chunk))
+    end = common_pb2.Control(action=common_pb2.Control.ACTION_END_OF_INPUT)
+    messages.append(generation_pb2.ConverseRequest(control=end))
+    async with grpc.aio.insecure_channel(router.address) as channel:
+        stub = generation_pb2_grpc.GenerationServiceStub(channel)
+        call = stub.Converse(iter(messages), metadata=(("x-api-key", API_KEY),))
+        events = [response.event async for response in call]
+    finals = [e.transcript for e in events if e.HasField("transcript") and e.transcript.is_final]
+    assert finals
+    assert events[-1].HasField("final")
+    result = events[-1].final.outputs[0]
+    assert [f.segment for f in finals] == list(result.transcript.segments)
+    assert word_error_rate(TEXT, result.text) <= 0.10, result.text
