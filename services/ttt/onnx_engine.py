@@ -121,9 +121,12 @@ class OnnxGenAIEngine(TextEngine):
         with self._lock:
             generator = og.Generator(model, search)
             generator.append_tokens(prompt)
-            while not generator.is_done() and produced < budget:
+            while produced < budget:
                 if stop.is_set():
                     return
+                if generator.is_done():  # after an end-of-sequence token
+                    finish = "stop"
+                    break
                 generator.generate_next_token()
                 token = int(generator.get_next_tokens()[0])
                 if token in self._eos:

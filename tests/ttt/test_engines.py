@@ -1,0 +1,167 @@
+"""Every CPU engine serves the same factual prompt sensibly, through the router.
+
+The remote engine talks to a real OpenAI-compatible server (llama-cpp-python's, on the same GGUF)
+that requires an API key, which reaches the engine through the provider-secret environment.
+"""
+
+from __future__ import annotations
+
+import secrets
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import grpc
+import pytest
+
+from genmesh.client import Client, error_details, text_request
+from genmesh.ttt.models import default_gguf, derived_model
+from genmesh.v1 import common_pb2, tokenizer_pb2
+from tests.support import API_KEY, ServiceProcess, router_config
+from tests.ttt.conftest import binding
+
+SYSTEM = "You are a helpful assistant."
+ENGINES = {
+    "llama": {"engine": "llama.cpp"},
+    "onnx": {"engine": "onnxruntime-genai"},
+    "hf": {"engine": "transformers"},
+}
+UPSTREAM_KEY = "sk-test-" + secrets.token_hex(8)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def openai_server() -> Iterator[str]:
+    pytest.importorskip("llama_cpp.server")
+    port = free_port()
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "llama_cpp.server",
+            "--model",
+            str(default_gguf()),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--api_key",
+            UPSTREAM_KEY,
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}/v1"
+    try:
+        for _ in range(600):
+            try:
+                request = urllib.request.Request(
+                    f"{url}/models", headers={"Authorization": f"Bearer {UPSTREAM_KEY}"}
+                )
+                with urllib.request.urlopen(request, timeout=1):
+                    break
+            except OSError:
+                assert process.poll() is None, "the OpenAI-compatible server exited"
+                time.sleep(0.2)
+        yield url
+    finally:
+        process.terminate()
+        process.wait(30)
+
+
+@pytest.fixture(scope="module")
+def engines_router(openai_server: str) -> Iterator[ServiceProcess]:
+    models: list[dict[str, Any]] = [
+        {"name": name, "system_prompt": SYSTEM, **spec} for name, spec in ENGINES.items()
+    ]
+    models.append(
+        {
+            "name": "remote",
+            "engine": "openai",
+            "system_prompt": SYSTEM,
+            "options": {
+                "base_url": openai_server,
+                "remote_model": "smollm2",
+                "api_key_secret": "upstream",
+                "context_size": 2048,
+            },
+        }
+    )
+    ttt = ServiceProcess(
+        "ttt", {"models": models}, extra_env={"GENMESH_SECRET_UPSTREAM": UPSTREAM_KEY}
+    )
+    names = [m["name"] for m in models]
+    router = ServiceProcess("router", router_config([binding(n, ttt.address, n) for n in names]))
+    yield router
+    router.terminate()
+    ttt.terminate()
+
+
+@pytest.fixture
+async def client(engines_router: ServiceProcess) -> AsyncIterator[Client]:
+    async with Client(engines_router.address, API_KEY) as connected:
+        yield connected
+
+
+@pytest.mark.parametrize("name", [*ENGINES, "remote"])
+async def test_engine_answers_the_capital_of_france(client: Client, name: str) -> None:
+    params = common_pb2.TextParameters(temperature=0, max_tokens=32)
+    request = text_request("What is the capital of France?", binding=name, parameters=params)
+    deltas = []
+    final = None
+    async for event in client.generate_stream(request):
+        if event.HasField("text_delta"):
+            deltas.append(event.text_delta.text)
+        elif event.HasField("final"):
+            final = event.final
+    assert final is not None
+    assert "Paris" in final.outputs[0].text
+    assert "".join(deltas) == final.outputs[0].text
+    assert final.finish_reason in (common_pb2.FINISH_REASON_STOP, common_pb2.FINISH_REASON_LENGTH)
+    assert final.usage.completion_tokens > 0
+    if name != "remote":  # llama.cpp's server sends no usage when streaming
+        assert final.usage.prompt_tokens > 5
+
+
+@pytest.mark.parametrize("name", ENGINES)
+async def test_engine_max_tokens_and_tokenizer(client: Client, name: str) -> None:
+    params = common_pb2.TextParameters(max_tokens=4)
+    response = await client.generate(
+        text_request("Write a long essay.", binding=name, parameters=params)
+    )
+    assert response.finish_reason == common_pb2.FINISH_REASON_LENGTH
+    assert response.usage.completion_tokens == 4
+    text = "Tokenizers split words, like 'unbelievable', into pieces."
+    tokens = await client.tokenizer.Tokenize(
+        tokenizer_pb2.TokenizeRequest(binding=name, text=text), metadata=client.metadata
+    )
+    assert "".join(tokens.pieces) == text
+    back = await client.tokenizer.Detokenize(
+        tokenizer_pb2.DetokenizeRequest(binding=name, tokens=tokens.tokens),
+        metadata=client.metadata,
+    )
+    assert back.text == text
+
+
+async def test_remote_engine_has_no_tokenizer(client: Client) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await client.tokenizer.Tokenize(
+            tokenizer_pb2.TokenizeRequest(binding="remote", text="hi"), metadata=client.metadata
+        )
+    details = error_details(caught.value)
+    assert details.code == grpc.StatusCode.UNIMPLEMENTED
+    assert details.reason == "TOKENIZER_UNAVAILABLE"
+
+
+def test_derived_models_exist() -> None:
+    assert (derived_model("onnx") / "genai_config.json").is_file()
+    assert (derived_model("hf") / "config.json").is_file()
