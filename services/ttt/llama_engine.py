@@ -15,7 +15,7 @@ import random
 import threading
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from genmesh.ttt.engine import (
     ChatMessage,
@@ -105,7 +105,7 @@ class LlamaCppEngine(TextEngine):
         if self._formatter is None:
             raise RuntimeError(f"model {self.name} is not loaded")
         response = self._formatter(
-            messages=[{"role": m.role, "content": m.content} for m in messages]
+            messages=cast(Any, [{"role": m.role, "content": m.content} for m in messages])
         )
         return str(response.prompt)
 
@@ -149,7 +149,7 @@ class LlamaCppEngine(TextEngine):
                 # Reusing a cached prompt prefix changes the numerics (and so the samples):
                 # a seeded request evaluates its prompt from scratch to be reproducible.
                 llm.set_seed(params.seed)
-                llm.reset()
+                cast(Any, llm).reset()  # untyped in llama-cpp-python
             tokens = llm.generate(
                 prompt,
                 top_k=params.top_k,
