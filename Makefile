@@ -61,8 +61,7 @@ chart-check: setup
 	$(VENV)/bin/pytest -q tests/chart
 
 bench: setup
-	$(PY) bench/router_overhead.py
-	$(PY) bench/gateway.py
+	$(PY) bench/report.py
 
 clean:
 	rm -rf $(VENV) .cache
