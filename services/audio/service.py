@@ -147,8 +147,11 @@ def audio_input(request: common_pb2.GenerateRequest) -> AudioInput | None:
     return AudioInput(f"{field}.data", item.data, item.mime_type)
 
 
+@dataclass
 class _StreamState:
-    cancelled = False
+    """Shared by a stream's reader and its transcriber."""
+
+    cancelled: bool = False
 
 
 class AudioInferenceService(inference_pb2_grpc.InferenceServiceServicer):
