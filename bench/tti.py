@@ -68,7 +68,7 @@ async def measure(address: str, runs: int) -> dict[str, Any]:
         },
         "two_concurrent": {
             "wall_seconds": both,
-            "vs_two_sequential": both / (2 * statistics.median(per_image)),
+            "wall_ratio_vs_two_sequential": both / (2 * statistics.median(per_image)),
             "queue_seconds": sorted(seconds(t.queue) for t in timings),
             "total_seconds": sorted(seconds(t.total) for t in timings),
         },
