@@ -98,6 +98,7 @@ class DiffusersEngine:
         self._text2img: Any = None
         self._img2img: Any = None
         self._inpaint: Any = None
+        self._facts: ModelFacts | None = None
 
     @property
     def loaded(self) -> bool:
@@ -114,10 +115,11 @@ class DiffusersEngine:
         self._inpaint = AutoPipelineForInpainting.from_pipe(pipe)
         for derived in (self._img2img, self._inpaint):
             derived.set_progress_bar_config(disable=True)
+        self._facts = self._read_facts(pipe)
         self._text2img = pipe
 
     def unload(self) -> None:
-        self._text2img = self._img2img = self._inpaint = None
+        self._text2img = self._img2img = self._inpaint = self._facts = None
         if self.device.startswith("cuda"):
             torch.cuda.empty_cache()
 
@@ -127,7 +129,11 @@ class DiffusersEngine:
         return self._text2img
 
     def facts(self) -> ModelFacts:
-        pipe = self._pipe()
+        if self._facts is None:
+            raise RuntimeError(f"model '{self.name}' is not loaded")
+        return self._facts
+
+    def _read_facts(self, pipe: Any) -> ModelFacts:
         scale = int(getattr(pipe, "vae_scale_factor", 8))
         sample = pipe.unet.config.sample_size if hasattr(pipe, "unet") else 64
         height, width = (sample, sample) if isinstance(sample, int) else sample
