@@ -64,24 +64,26 @@ class Paths:
         self.ttt_channel.close()
         self.router_channel.close()
 
-    def infer(self, request: common_pb2.GenerateRequest) -> int:
-        """Chunks received straight from the service, the final one included."""
-        chunks = 0
+    def infer(self, request: common_pb2.GenerateRequest) -> tuple[int, int]:
+        """Messages and characters received straight from the service."""
+        chunks = chars = 0
         opening = inference_pb2.InferRequest(request=request)
-        for _ in self.inference.Infer(iter([opening]), metadata=self.internal):
+        for response in self.inference.Infer(iter([opening]), metadata=self.internal):
             chunks += 1
-        return chunks
+            chars += len(response.event.text_delta.text)
+        return chunks, chars
 
     def generate(self, request: common_pb2.GenerateRequest) -> int:
         response = self.generation.Generate(request, metadata=self.public)
         return len(response.outputs[0].text)
 
-    def generate_stream(self, request: common_pb2.GenerateRequest) -> int:
-        chunks = 0
+    def generate_stream(self, request: common_pb2.GenerateRequest) -> tuple[int, int]:
+        chunks = chars = 0
         opening = generation_pb2.GenerateStreamRequest(request=request)
-        for _ in self.generation.GenerateStream(opening, metadata=self.public):
+        for response in self.generation.GenerateStream(opening, metadata=self.public):
             chunks += 1
-        return chunks
+            chars += len(response.event.text_delta.text)
+        return chunks, chars
 
 
 def echo_request(prompt: str, repeat: int = 1) -> common_pb2.GenerateRequest:
@@ -118,7 +120,7 @@ def summarise(samples: list[float]) -> dict[str, float]:
 
 def run(paths: Paths, requests: int, rounds: int, streams: int, repeat: int) -> dict[str, Any]:
     short = echo_request(PROMPT)
-    unary_calls: dict[str, Callable[[], int]] = {
+    unary_calls: dict[str, Callable[[], object]] = {
         "direct": lambda: paths.infer(short),
         "router": lambda: paths.generate(short),
     }
@@ -132,21 +134,25 @@ def run(paths: Paths, requests: int, rounds: int, streams: int, repeat: int) -> 
             unary[path] += timed(unary_calls[path], batch)
 
     long = echo_request(PROMPT, repeat)
-    stream_calls: dict[str, Callable[[], int]] = {
+    stream_calls: dict[str, Callable[[], tuple[int, int]]] = {
         "direct": lambda: paths.infer(long),
         "router": lambda: paths.generate_stream(long),
     }
     rates: dict[str, list[float]] = {"direct": [], "router": []}
+    char_rates: dict[str, list[float]] = {"direct": [], "router": []}
     for index in range(streams):
         order = ("direct", "router") if index % 2 == 0 else ("router", "direct")
         for path in order:
             start = time.perf_counter()
-            chunks = stream_calls[path]()
-            rates[path].append(chunks / (time.perf_counter() - start))
+            chunks, chars = stream_calls[path]()
+            elapsed = time.perf_counter() - start
+            rates[path].append(chunks / elapsed)
+            char_rates[path].append(chars / elapsed)
 
     results: dict[str, Any] = {
         "unary": {path: summarise(samples) for path, samples in unary.items()},
         "stream_chunks_per_s": {path: statistics.median(r) for path, r in rates.items()},
+        "stream_chars_per_s": {path: statistics.median(r) for path, r in char_rates.items()},
         "stream_chunks": len(PROMPT) * repeat,
     }
     u, s = results["unary"], results["stream_chunks_per_s"]
@@ -154,6 +160,8 @@ def run(paths: Paths, requests: int, rounds: int, streams: int, repeat: int) -> 
         "unary_p50_router_over_direct": u["router"]["p50_ms"] / u["direct"]["p50_ms"],
         "unary_p99_router_over_direct": u["router"]["p99_ms"] / u["direct"]["p99_ms"],
         "stream_router_over_direct": s["router"] / s["direct"],
+        "stream_chars_router_over_direct": results["stream_chars_per_s"]["router"]
+        / results["stream_chars_per_s"]["direct"],
     }
     results["targets"] = {
         "unary_p50_router_over_direct": f"<= {UNARY_TARGET}",
@@ -175,14 +183,17 @@ def report(results: dict[str, Any]) -> None:
             f"{r['mean_ms']:>9.3f}"
         )
     rates, ratios = results["stream_chunks_per_s"], results["ratios"]
+    chars = results["stream_chars_per_s"]
     print(
-        f"streaming ({results['stream_chunks']} chunks): direct {rates['direct']:.0f} chunks/s, "
-        f"router {rates['router']:.0f} chunks/s"
+        f"streaming ({results['stream_chunks']} characters): direct {rates['direct']:.0f} "
+        f"chunks/s ({chars['direct']:.0f} chars/s), router {rates['router']:.0f} chunks/s "
+        f"({chars['router']:.0f} chars/s)"
     )
     print(
         f"router/direct: unary p50 {ratios['unary_p50_router_over_direct']:.2f}x "
         f"(target <= {UNARY_TARGET}), p99 {ratios['unary_p99_router_over_direct']:.2f}x; "
-        f"streaming {ratios['stream_router_over_direct']:.2f}x (target >= {STREAM_TARGET})"
+        f"streaming {ratios['stream_router_over_direct']:.2f}x (target >= {STREAM_TARGET}), "
+        f"characters {ratios['stream_chars_router_over_direct']:.2f}x"
     )
     print("targets met" if results["met"] else "TARGETS MISSED")
 
