@@ -54,9 +54,12 @@ async def test_generation_metrics_follow_the_genai_conventions(traced: TracedMes
         assert value(process, "gen_ai_server_request_duration_seconds_count", **model) >= 3
         assert value(process, "gen_ai_server_time_to_first_token_seconds_count", **model) >= 3
         assert value(process, "gen_ai_server_time_per_output_token_seconds_count", **model) >= 3
-        assert value(
-            process, "gen_ai_server_request_duration_seconds_bucket", le="+Inf", error_type=""
-        ) >= 3
+        assert (
+            value(
+                process, "gen_ai_server_request_duration_seconds_bucket", le="+Inf", error_type=""
+            )
+            >= 3
+        )
 
 
 async def test_failed_generation_is_counted_with_its_error_type(traced: TracedMesh) -> None:
