@@ -18,7 +18,7 @@ from typing import Any
 
 import grpc
 
-from genmesh.runtime import errors
+from genmesh.runtime import errors, telemetry
 from genmesh.runtime.errors import FieldViolation
 from genmesh.sandbox import dialect
 from genmesh.sandbox.executor import py_from_value, value_from_py
@@ -51,13 +51,14 @@ class ServerFunctions:
 
     async def call(self, call: program_pb2.FunctionCall) -> program_pb2.FunctionResult:
         kwargs = {k: py_from_value(v) for k, v in call.arguments.fields.items()}
-        try:
-            value = await self.functions[call.name](**kwargs)
-            return program_pb2.FunctionResult(call_id=call.call_id, value=value_from_py(value))
-        except grpc.aio.AioRpcError as exc:
-            message = f"{exc.code().name}: {exc.details()}"
-        except Exception as exc:  # the program sees the failure where it uses the value
-            message = f"{type(exc).__name__}: {exc}"
+        with telemetry.span(f"callback {call.name}", **{"genmesh.function": call.name}):
+            try:
+                value = await self.functions[call.name](**kwargs)
+                return program_pb2.FunctionResult(call_id=call.call_id, value=value_from_py(value))
+            except grpc.aio.AioRpcError as exc:
+                message = f"{exc.code().name}: {exc.details()}"
+            except Exception as exc:  # the program sees the failure where it uses the value
+                message = f"{type(exc).__name__}: {exc}"
         return program_pb2.FunctionResult(call_id=call.call_id, error=message)
 
 

@@ -290,6 +290,11 @@ def server_interceptor() -> grpc.aio.ServerInterceptor:
     return _TracingInterceptor()
 
 
+def span(name: str, **attributes: str | int) -> Any:
+    """A span of this process's own work, child of the current one (a context manager)."""
+    return trace.get_tracer("genmesh").start_as_current_span(name, attributes=attributes)
+
+
 def trace_headers(metadata: Sequence[tuple[str, Any]]) -> list[tuple[str, str]]:
     """The current trace context as W3C headers, unless the metadata carries one already."""
     if any(key == "traceparent" for key, _ in metadata):

@@ -105,16 +105,24 @@ async def test_agent_run_traces_router_sandbox_and_callback(traced: TracedMesh) 
     execute = "genmesh.v1.AgentService/Execute"
     sandbox_name = "genmesh.v1.SandboxService/Execute"
     spans = traced.receiver.trace(
-        trace_id, having((ROUTER, execute), (SANDBOX, sandbox_name), (TTT, INFER))
+        trace_id,
+        having(
+            (ROUTER, execute),
+            (SANDBOX, sandbox_name),
+            (ROUTER, "callback generate_text"),
+            (TTT, INFER),
+        ),
     )
     router = named(spans, ROUTER, execute)
     sandbox = named(spans, SANDBOX, sandbox_name)
+    callback = named(spans, ROUTER, "callback generate_text")
     ttt = named(spans, TTT, INFER)
     assert router.parent_id == client_span
     assert sandbox.parent_id == router.span_id
-    ids = {s.span_id for s in spans}
-    assert ttt.parent_id in ids
-    assert sandbox.start_ns <= ttt.start_ns and ttt.end_ns <= sandbox.end_ns
+    assert callback.parent_id == router.span_id
+    assert ttt.parent_id == callback.span_id
+    assert callback.attributes["genmesh.function"] == "generate_text"
+    assert sandbox.start_ns <= callback.start_ns and callback.end_ns <= sandbox.end_ns
     assert sandbox.attributes["genmesh.sandbox.outcome"] == "ok"
     assert sandbox.attributes["genmesh.sandbox.calls"] == 1
     assert ttt.attributes["gen_ai.usage.output_tokens"] == len("from the sandbox")
