@@ -4,26 +4,37 @@
 #
 # OpenBao would be the natural choice, but it cannot come from the Go module proxy: its server
 # module (github.com/openbao/openbao) is not served there (HTTP 403 for every version and for
-# @v/list, likewise sdk/v2 and go-kms-wrapping/v2), and even where it is served its v2 tags are not
-# valid versions of a module path without /v2. HashiCorp Vault's module is served with all of its
+# @v/list, likewise sdk/v2 and go-kms-wrapping/v2); on the public proxy its v2.x tags are not valid
+# versions of a module path without /v2 (only commit pseudo-versions are), and its go.mod's replace
+# directives make `go install` refuse it. HashiCorp Vault's module is served with all of its
 # dependencies, so we build that (BUSL-1.1: used here only as a local test server, not shipped).
 # Its go.mod points its api and sdk modules at ./api and ./sdk, which the module zip leaves out, so
 # `go install` refuses it: we copy the source out of the module cache, drop those replaces to use
 # the published api and sdk versions it already requires, and `go build`. Cold: ~9 min on 2 cores.
+# With --path it only prints where the binary is or would be, without building.
 set -euo pipefail
 if [ -n "${GENMESH_VAULT_BIN:-}" ]; then
   echo "$GENMESH_VAULT_BIN"
   exit 0
 fi
-version=v1.21.4
+# The newest release whose tree matches the api and sdk releases its go.mod requires (1.21.4's
+# tree is ahead of sdk v0.20.0 and behind v0.21.0, so it compiles against neither).
+version=v1.21.0
 cache=${GENMESH_CACHE:-$HOME/.cache/genmesh}
 bin="$cache/bin/vault-$version"
+if [ "${1:-}" = --path ]; then
+  echo "$bin"
+  exit 0
+fi
+mkdir -p "$cache/bin"
+# Parallel callers wait for one build instead of each starting their own.
+exec 9>"$cache/bin/.vault-build.lock"
+flock 9
 if [ -x "$bin" ]; then
   echo "$bin"
   exit 0
 fi
 echo "building the Vault $version server from the Go module proxy (one time, several minutes)" >&2
-mkdir -p "$cache/bin"
 work=$(mktemp -d)
 trap 'chmod -R u+w "$work"; rm -rf "$work"' EXIT
 cd "$work"
