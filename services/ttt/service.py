@@ -274,7 +274,8 @@ class TextInferenceService(inference_pb2_grpc.InferenceServiceServicer):
                 answer.append(tail.text)
                 thoughts.append(tail.thoughts)
                 yield self._delta(request.request_id, tail.text, tail.thoughts)
-        except asyncio.CancelledError:
+        except (asyncio.CancelledError, GeneratorExit):
+            # GeneratorExit: the call ended while this stream waited for the client to read.
             outcome = "cancelled by client or deadline"
             raise
         finally:

@@ -3,6 +3,7 @@ logs a structured "generation ended" event saying why; the mesh keeps serving.""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 
 import grpc
@@ -38,3 +39,21 @@ async def test_deadline_stops_the_backend(router: ServiceProcess, ttt: ServicePr
         assert ended["completion_tokens"] < 1000
         response = await stub.Generate(text_request("on time"), metadata=KEY, timeout=30)
         assert response.outputs[0].text == "on time"
+
+
+async def test_cancel_of_a_stalled_stream_stops_the_backend(
+    router: ServiceProcess, ttt: ServiceProcess
+) -> None:
+    """The client stops reading, so the backend is blocked on flow control when it cancels."""
+    request_id = f"stalled-{uuid.uuid4().hex[:8]}"
+    request = text_request("z" * 100, request_id=request_id)
+    request.extra.update({"repeat": 10_000})
+    request.text.max_tokens = 1_000_000
+    async with grpc.aio.insecure_channel(router.address) as channel:
+        call = stream(channel, request)
+        await anext(aiter(call))
+        await asyncio.sleep(2)
+        call.cancel()
+        ended = ttt.wait_for_event("generation ended", request_id=request_id)
+        assert "cancel" in ended["outcome"]
+        assert ended["completion_tokens"] < 1_000_000
