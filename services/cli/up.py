@@ -51,11 +51,55 @@ COMPONENTS = (
         1,
         (
             {
+                "name": "smollm2",
+                "tasks": ["text"],
+                "engine": "llama.cpp",
+                "model": "smollm2-135m-instruct",
+                "description": "SmolLM2-135M-Instruct (GGUF) on llama.cpp",
+                "default": True,
+            },
+            {
                 "name": "echo",
                 "tasks": ["text"],
                 "engine": "echo",
                 "model": "echo",
-                "description": "deterministic echo engine",
+                "description": "deterministic echo engine, for overhead and load tests",
+            },
+        ),
+        {
+            "models": [
+                {"name": "smollm2-135m-instruct", "engine": "llama.cpp"},
+                {"name": "echo", "engine": "echo"},
+            ]
+        },
+    ),
+    Component(
+        "tti",
+        2,
+        (
+            {
+                "name": "shapes",
+                "tasks": ["image", "image_edit"],
+                "engine": "diffusers",
+                "description": "genmesh's own small text-to-image model (shapes and colours)",
+            },
+        ),
+    ),
+    Component(
+        "audio",
+        3,
+        (
+            {
+                "name": "piper",
+                "tasks": ["speech"],
+                "engine": "piper",
+                "description": "Piper VITS voice en_US-joe-medium",
+            },
+            {
+                "name": "whisper",
+                "tasks": ["transcription"],
+                "engine": "faster-whisper",
+                "description": "Whisper base (CTranslate2)",
             },
         ),
     ),
@@ -150,25 +194,64 @@ def build_gateway() -> str | None:
 
 DEMO_PROGRAM = """\
 words = ["mesh", "sandbox", "parallel"]
-lengths = {w: len(w) for w in words}
-reply = generate_text("Say hello to the sandbox.", max_tokens=24)
-{"lengths": lengths, "reply": reply}
+echoes = [generate_text(w, binding="echo") for w in words]
+{"lengths": {w: len(w) for w in words}, "echoes": echoes}
 """
 
 
-async def demo(address: str, key: str) -> None:
-    """One generation of each kind the mesh serves, and an agent run."""
+def _item(text: str) -> common_pb2.InputItem:
+    return common_pb2.InputItem(kind=common_pb2.CONTENT_KIND_TEXT, text=text)
+
+
+async def demo(address: str, key: str, out_dir: Path) -> None:
+    """One generation of each modality, a round trip through speech, and an agent run."""
     async with Client(address, key) as client:
-        request = text_request("Hello from genmesh!", parameters=common_pb2.TextParameters())
+        request = text_request("Hello! Who are you?", parameters=common_pb2.TextParameters(seed=1))
         click.echo("  text  > ", nl=False)
-        async for event in client.generate_stream(request, timeout=120):
+        async for event in client.generate_stream(request, timeout=300):
             if event.HasField("text_delta"):
                 click.echo(event.text_delta.text, nl=False)
         click.echo()
-        result = await client.execute(DEMO_PROGRAM, timeout=60)
-        click.echo(
-            f"  agent > {json_format.MessageToJson(result.value, indent=0)}".replace("\n", " ")
+        image = await client.generate(
+            common_pb2.GenerateRequest(
+                task=common_pb2.TASK_IMAGE,
+                inputs=[_item("a red circle on a blue background")],
+                image=common_pb2.ImageParameters(seed=7),
+            ),
+            timeout=600,
         )
+        image_path = out_dir / "demo.png"
+        image_path.write_bytes(image.outputs[0].data)
+        click.echo(f"  image > {image_path} ('a red circle on a blue background')")
+        speech = await client.generate(
+            common_pb2.GenerateRequest(
+                task=common_pb2.TASK_SPEECH,
+                inputs=[_item("Hello from the genmesh audio service.")],
+            ),
+            timeout=600,
+        )
+        speech_path = out_dir / "demo.wav"
+        speech_path.write_bytes(speech.outputs[0].data)
+        click.echo(f"  speak > {speech_path}")
+        heard = await client.generate(
+            common_pb2.GenerateRequest(
+                task=common_pb2.TASK_TRANSCRIPTION,
+                inputs=[
+                    common_pb2.InputItem(
+                        kind=common_pb2.CONTENT_KIND_AUDIO,
+                        role=common_pb2.INPUT_ROLE_INPUT_AUDIO,
+                        data=speech.outputs[0].data,
+                        mime_type=speech.outputs[0].mime_type,
+                    )
+                ],
+            ),
+            timeout=600,
+        )
+        click.echo(f"  heard > {heard.outputs[0].text.strip()}")
+        result = await client.execute(DEMO_PROGRAM, timeout=300)
+        if result.HasField("error"):
+            raise click.ClickException(f"agent demo failed: {result.error.message}")
+        click.echo(f"  agent > {json_format.MessageToJson(result.value, indent=None)}")
 
 
 @click.command()
@@ -226,7 +309,7 @@ def up(base_port: int, run_demo: bool, log_dir: Path | None, gateway_port: int) 
             f"{address} list"
         )
         if run_demo:
-            asyncio.run(demo(address, key))
+            asyncio.run(demo(address, key, log_dir))
         click.echo("Press Ctrl-C to stop.")
         while not stop["requested"]:
             for process in processes:

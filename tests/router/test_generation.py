@@ -336,8 +336,12 @@ def test_up_brings_the_mesh_up_and_stops_cleanly(tmp_path: Any) -> None:
         if "Press Ctrl-C" in line or up.poll() is not None:
             break
     output = "".join(lines)
-    assert "text  > Hello from genmesh!" in output, output
-    assert "agent > " in output, output
+    shown = {line[2:7].strip(): line[10:].strip() for line in lines if line[7:10] == " > "}
+    assert shown["text"], output
+    assert (tmp_path / "demo.png").read_bytes().startswith(b"\x89PNG"), output
+    assert (tmp_path / "demo.wav").read_bytes().startswith(b"RIFF"), output
+    assert "hello" in shown["heard"].lower(), output
+    assert json.loads(shown["agent"])["echoes"] == ["mesh", "sandbox", "parallel"], output
     rest = urllib.request.Request(
         f"http://127.0.0.1:{gateway_port}/v1/bindings", headers={"X-API-Key": API_KEY}
     )
