@@ -12,5 +12,6 @@ fi
 against=$(mktemp -d)
 trap 'rm -rf "$against"' EXIT
 git archive "$ref" protos buf.yaml | tar -x -C "$against"
-cp -r .cache/protodeps "$against/.cache/" 2>/dev/null || { mkdir -p "$against/.cache"; cp -r .cache/protodeps "$against/.cache/"; }
+mkdir -p "$against/.cache"
+cp -r .cache/protodeps "$against/.cache/protodeps"
 "$buf" breaking --against "$against"
