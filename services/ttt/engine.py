@@ -10,8 +10,10 @@ from __future__ import annotations
 import abc
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from pathlib import Path
+from typing import Any, Literal, TypeVar
 
+_T = TypeVar("_T")
 Role = Literal["system", "user", "assistant"]
 
 
@@ -100,3 +102,58 @@ class TextEngine(abc.ABC):
     @abc.abstractmethod
     def info(self) -> EngineModelInfo:
         """What the model is and can do."""
+
+
+class LocalEngine(TextEngine):
+    """An engine serving weights from a local path: what every such engine does alike (the output
+    cap, the token counter, the prompt budget, the model info) lives here once."""
+
+    engine: str
+
+    def __init__(self, path: Path, *, name: str, max_output_tokens: int = 0) -> None:
+        self.name = name
+        self._path = path
+        self._max_output_tokens = max_output_tokens
+        self.generated_tokens = 0
+
+    def _require(self, value: _T | None) -> _T:
+        """`value`, which exists only while the model is loaded."""
+        if value is None:
+            raise RuntimeError(f"model {self.name} is not loaded")
+        return value
+
+    @abc.abstractmethod
+    def prompt_tokens(self, messages: list[ChatMessage]) -> list[int]:
+        """The messages rendered with the model's chat template, as token ids."""
+
+    @abc.abstractmethod
+    def context_window(self) -> int:
+        """The loaded model's context size in tokens (0: unknown)."""
+
+    def prompt_and_budget(
+        self, messages: list[ChatMessage], params: SamplingParams
+    ) -> tuple[list[int], int]:
+        """The prompt's tokens and how many the generation may produce: what the request asks,
+        capped by the room the prompt leaves in the context and by the model's output cap."""
+        prompt = self.prompt_tokens(messages)
+        context = self.context_window()
+        if context and len(prompt) >= context:
+            raise PromptTooLongError(len(prompt), context)
+        budget = params.max_tokens
+        if context:
+            budget = min(budget, context - len(prompt))
+        if self._max_output_tokens:
+            budget = min(budget, self._max_output_tokens)
+        return prompt, budget
+
+    def _model_info(
+        self, context_size: int, details: dict[str, Any], size_bytes: int = 0
+    ) -> EngineModelInfo:
+        return EngineModelInfo(
+            name=self.name,
+            engine=self.engine,
+            context_size=context_size,
+            max_output_tokens=self._max_output_tokens or context_size,
+            size_bytes=size_bytes,
+            details={"path": str(self._path), "generated_tokens": self.generated_tokens, **details},
+        )

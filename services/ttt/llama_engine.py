@@ -13,7 +13,7 @@ import codecs
 import os
 import random
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
@@ -21,11 +21,9 @@ from genmesh.ttt.engine import (
     ChatMessage,
     EngineModelInfo,
     GenerationChunk,
-    PromptTooLongError,
     SamplingParams,
-    TextEngine,
 )
-from genmesh.ttt.threaded import stream_from_thread
+from genmesh.ttt.threaded import ThreadedEngine
 
 if TYPE_CHECKING:
     from llama_cpp import Llama
@@ -39,7 +37,7 @@ def default_threads() -> int:
     return max(1, (os.cpu_count() or 1) - 1)
 
 
-class LlamaCppEngine(TextEngine):
+class LlamaCppEngine(ThreadedEngine):
     """Serves one GGUF file with the model's own chat template."""
 
     engine = "llama.cpp"
@@ -53,16 +51,15 @@ class LlamaCppEngine(TextEngine):
         threads: int | None = None,
         max_output_tokens: int = 0,
     ) -> None:
-        self.name = name or model_path.stem
-        self._path = model_path
+        super().__init__(
+            model_path, name=name or model_path.stem, max_output_tokens=max_output_tokens
+        )
         self._context_size = context_size
         self._threads = threads or default_threads()
-        self._max_output_tokens = max_output_tokens
         self._llm: Llama | None = None
         self._formatter: Jinja2ChatFormatter | None = None
         # One context: generations are serialised; the lock is taken inside the worker thread.
         self._lock = threading.Lock()
-        self.generated_tokens = 0
 
     async def load(self) -> None:
         self._llm, self._formatter = await asyncio.to_thread(self._load)
@@ -103,15 +100,11 @@ class LlamaCppEngine(TextEngine):
 
     @property
     def llm(self) -> Llama:
-        if self._llm is None:
-            raise RuntimeError(f"model {self.name} is not loaded")
-        return self._llm
+        return self._require(self._llm)
 
     def render(self, messages: list[ChatMessage]) -> str:
         """The prompt text, rendered with the model's chat template."""
-        if self._formatter is None:
-            raise RuntimeError(f"model {self.name} is not loaded")
-        response = self._formatter(
+        response = self._require(self._formatter)(
             messages=cast(Any, [{"role": m.role, "content": m.content} for m in messages])
         )
         return str(response.prompt)
@@ -120,19 +113,8 @@ class LlamaCppEngine(TextEngine):
         """The templated prompt as token ids (the template writes the special tokens itself)."""
         return list(self.llm.tokenize(self.render(messages).encode(), add_bos=False, special=True))
 
-    def generate(
-        self, messages: list[ChatMessage], params: SamplingParams
-    ) -> AsyncIterator[GenerationChunk]:
-        prompt = self.prompt_tokens(messages)
-        context = self.llm.n_ctx()
-        if len(prompt) >= context:
-            raise PromptTooLongError(len(prompt), context)
-        budget = min(params.max_tokens, context - len(prompt))
-        if self._max_output_tokens:
-            budget = min(budget, self._max_output_tokens)
-        return stream_from_thread(
-            lambda emit, stop: self._produce(prompt, params, budget, emit, stop)
-        )
+    def context_window(self) -> int:
+        return int(self.llm.n_ctx())
 
     def _produce(
         self,
@@ -212,20 +194,15 @@ class LlamaCppEngine(TextEngine):
         llm = self._llm
         context = llm.n_ctx() if llm is not None else self._context_size
         meta = llm.metadata if llm is not None else {}
-        return EngineModelInfo(
-            name=self.name,
-            engine=self.engine,
-            context_size=context,
-            max_output_tokens=self._max_output_tokens or context,
+        return self._model_info(
+            context,
             size_bytes=self._path.stat().st_size,
             details={
-                "path": str(self._path),
                 "architecture": meta.get("general.architecture", ""),
                 "quantisation": _file_type(meta),
                 "trained_context": int(
                     meta.get(f"{meta.get('general.architecture')}.context_length", 0)
                 ),
-                "generated_tokens": self.generated_tokens,
                 "running": self._lock.locked(),
                 "loaded": llm is not None,
             },

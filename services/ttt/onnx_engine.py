@@ -12,7 +12,7 @@ import asyncio
 import json
 import random
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -20,17 +20,15 @@ from genmesh.ttt.engine import (
     ChatMessage,
     EngineModelInfo,
     GenerationChunk,
-    PromptTooLongError,
     SamplingParams,
-    TextEngine,
 )
-from genmesh.ttt.threaded import stream_from_thread
+from genmesh.ttt.threaded import ThreadedEngine
 
 if TYPE_CHECKING:
     import onnxruntime_genai as og
 
 
-class OnnxGenAIEngine(TextEngine):
+class OnnxGenAIEngine(ThreadedEngine):
     """Serves an onnxruntime-genai model folder."""
 
     engine = "onnxruntime-genai"
@@ -43,10 +41,8 @@ class OnnxGenAIEngine(TextEngine):
         provider: str = "cpu",
         max_output_tokens: int = 0,
     ) -> None:
-        self.name = name or path.name
-        self._path = path
+        super().__init__(path, name=name or path.name, max_output_tokens=max_output_tokens)
         self._provider = provider
-        self._max_output_tokens = max_output_tokens
         config = json.loads((path / "genai_config.json").read_text())
         self._context = int(config["model"].get("context_length", 0))
         eos = config["model"].get("eos_token_id", [])
@@ -54,7 +50,6 @@ class OnnxGenAIEngine(TextEngine):
         self._model: og.Model | None = None
         self._tokenizer: og.Tokenizer | None = None
         self._lock = threading.Lock()
-        self.generated_tokens = 0
 
     async def load(self) -> None:
         await asyncio.to_thread(self._load)
@@ -74,25 +69,16 @@ class OnnxGenAIEngine(TextEngine):
         self._tokenizer = None
 
     def _loaded(self) -> tuple[og.Model, og.Tokenizer]:
-        if self._model is None or self._tokenizer is None:
-            raise RuntimeError(f"model {self.name} is not loaded")
-        return self._model, self._tokenizer
+        return self._require(self._model), self._require(self._tokenizer)
 
-    def generate(
-        self, messages: list[ChatMessage], params: SamplingParams
-    ) -> AsyncIterator[GenerationChunk]:
+    def prompt_tokens(self, messages: list[ChatMessage]) -> list[int]:
         _, tokenizer = self._loaded()
         conversation = json.dumps([{"role": m.role, "content": m.content} for m in messages])
         text = tokenizer.apply_chat_template(conversation, add_generation_prompt=True)
-        prompt = [int(t) for t in tokenizer.encode(text)]
-        if len(prompt) >= self._context:
-            raise PromptTooLongError(len(prompt), self._context)
-        budget = min(params.max_tokens, self._context - len(prompt))
-        if self._max_output_tokens:
-            budget = min(budget, self._max_output_tokens)
-        return stream_from_thread(
-            lambda emit, stop: self._produce(prompt, params, budget, emit, stop)
-        )
+        return [int(t) for t in tokenizer.encode(text)]
+
+    def context_window(self) -> int:
+        return self._context
 
     def _produce(
         self,
@@ -163,16 +149,11 @@ class OnnxGenAIEngine(TextEngine):
         return text
 
     def info(self) -> EngineModelInfo:
-        return EngineModelInfo(
-            name=self.name,
-            engine=self.engine,
-            context_size=self._context,
-            max_output_tokens=self._max_output_tokens or self._context,
+        return self._model_info(
+            self._context,
             size_bytes=sum(p.stat().st_size for p in self._path.rglob("*") if p.is_file()),
             details={
-                "path": str(self._path),
                 "provider": self._provider,
-                "generated_tokens": self.generated_tokens,
                 "loaded": self._model is not None,
             },
         )

@@ -152,21 +152,18 @@ async def watch_cancel(requests: AsyncIterator[inference_pb2.InferRequest]) -> N
 
 def entry_info_proto(entry: ModelEntry) -> common_pb2.ModelInfo:
     """A model found in the models folder but not loaded: what its metadata says."""
-    details = common_pb2.ModelInfo().details
-    details.update({"path": str(entry.path), "format": entry.format, **entry.details})
     engine = {"gguf": "llama.cpp", "onnx": "onnxruntime-genai", "hf": "transformers"}
-    return common_pb2.ModelInfo(
+    info = EngineModelInfo(
         name=entry.name,
         engine=engine[entry.format],
-        tasks=[common_pb2.TASK_TEXT],
         context_size=entry.context_size,
         max_output_tokens=entry.context_size,
         supports_vision=entry.supports_vision,
         supports_audio=entry.supports_audio,
-        loaded=False,
         size_bytes=entry.size_bytes,
-        details=details,
+        details={"path": str(entry.path), "format": entry.format, **entry.details},
     )
+    return model_info_proto(info, loaded=False)
 
 
 def start_generation(

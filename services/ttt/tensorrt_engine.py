@@ -16,9 +16,8 @@ from genmesh.ttt.engine import (
     ChatMessage,
     EngineModelInfo,
     GenerationChunk,
-    PromptTooLongError,
+    LocalEngine,
     SamplingParams,
-    TextEngine,
 )
 
 if TYPE_CHECKING:
@@ -35,7 +34,7 @@ def available() -> bool:
     return bool(torch.cuda.is_available())
 
 
-class TensorRTLLMEngine(TextEngine):
+class TensorRTLLMEngine(LocalEngine):
     """Serves a Hugging Face checkpoint or a built TensorRT-LLM engine folder."""
 
     engine = "tensorrt-llm"
@@ -43,12 +42,9 @@ class TensorRTLLMEngine(TextEngine):
     def __init__(
         self, path: Path, *, name: str | None = None, max_output_tokens: int = 0, **llm_args: Any
     ) -> None:
-        self.name = name or path.name
-        self._path = path
-        self._max_output_tokens = max_output_tokens
+        super().__init__(path, name=name or path.name, max_output_tokens=max_output_tokens)
         self._llm_args = llm_args
         self._llm: LLM | None = None
-        self.generated_tokens = 0
 
     async def load(self) -> None:
         if not available():
@@ -64,34 +60,32 @@ class TensorRTLLMEngine(TextEngine):
 
     @property
     def llm(self) -> LLM:
-        if self._llm is None:
-            raise RuntimeError(f"model {self.name} is not loaded")
-        return self._llm
+        return self._require(self._llm)
 
-    def _context_size(self) -> int:
+    def context_window(self) -> int:
         return int(getattr(self.llm.args, "max_seq_len", 0) or 0)
 
-    def generate(
-        self, messages: list[ChatMessage], params: SamplingParams
-    ) -> AsyncIterator[GenerationChunk]:
-        tokenizer = self.llm.tokenizer
-        prompt: list[int] = tokenizer.apply_chat_template(
+    def prompt_tokens(self, messages: list[ChatMessage]) -> list[int]:
+        prompt: list[int] = self.llm.tokenizer.apply_chat_template(
             [{"role": m.role, "content": m.content} for m in messages],
             add_generation_prompt=True,
             tokenize=True,
         )
-        context = self._context_size()
-        if context and len(prompt) >= context:
-            raise PromptTooLongError(len(prompt), context)
-        return self._stream(prompt, params)
+        return prompt
+
+    def generate(
+        self, messages: list[ChatMessage], params: SamplingParams
+    ) -> AsyncIterator[GenerationChunk]:
+        prompt, budget = self.prompt_and_budget(messages, params)
+        return self._stream(prompt, params, budget)
 
     async def _stream(
-        self, prompt: list[int], params: SamplingParams
+        self, prompt: list[int], params: SamplingParams, budget: int
     ) -> AsyncIterator[GenerationChunk]:
         from tensorrt_llm import SamplingParams as TrtSampling
 
         sampling = TrtSampling(
-            max_tokens=min(params.max_tokens, self._max_output_tokens or params.max_tokens),
+            max_tokens=budget,
             temperature=params.temperature,
             top_p=params.top_p,
             top_k=params.top_k or None,
@@ -129,11 +123,5 @@ class TensorRTLLMEngine(TextEngine):
         return text
 
     def info(self) -> EngineModelInfo:
-        context = self._context_size() if self._llm is not None else 0
-        return EngineModelInfo(
-            name=self.name,
-            engine=self.engine,
-            context_size=context,
-            max_output_tokens=self._max_output_tokens or context,
-            details={"path": str(self._path), "generated_tokens": self.generated_tokens},
-        )
+        context = self.context_window() if self._llm is not None else 0
+        return self._model_info(context, details={})

@@ -8,10 +8,13 @@ between tokens, which is what makes a client cancel stop the engine within one t
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import threading
 from collections.abc import AsyncIterator, Callable
 from typing import TypeVar, cast
+
+from genmesh.ttt.engine import ChatMessage, GenerationChunk, LocalEngine, SamplingParams
 
 T = TypeVar("T")
 Work = Callable[[Callable[[T], None], threading.Event], None]
@@ -56,3 +59,27 @@ async def stream_from_thread(work: Work[T]) -> AsyncIterator[T]:
             yield cast(T, item)
     finally:
         stop.set()
+
+
+class ThreadedEngine(LocalEngine):
+    """A local engine whose token loop blocks: each generation runs `_produce` in its own thread."""
+
+    def generate(
+        self, messages: list[ChatMessage], params: SamplingParams
+    ) -> AsyncIterator[GenerationChunk]:
+        prompt, budget = self.prompt_and_budget(messages, params)
+        return stream_from_thread(
+            lambda emit, stop: self._produce(prompt, params, budget, emit, stop)
+        )
+
+    @abc.abstractmethod
+    def _produce(
+        self,
+        prompt: list[int],
+        params: SamplingParams,
+        budget: int,
+        emit: Callable[[GenerationChunk], None],
+        stop: threading.Event,
+    ) -> None:
+        """Emits up to `budget` tokens, then a chunk with the finish reason; returns early once
+        `stop` is set (checked between tokens)."""

@@ -11,7 +11,7 @@ import asyncio
 import os
 import random
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
@@ -19,11 +19,9 @@ from genmesh.ttt.engine import (
     ChatMessage,
     EngineModelInfo,
     GenerationChunk,
-    PromptTooLongError,
     SamplingParams,
-    TextEngine,
 )
-from genmesh.ttt.threaded import stream_from_thread
+from genmesh.ttt.threaded import ThreadedEngine
 
 if TYPE_CHECKING:
     import torch
@@ -32,7 +30,7 @@ if TYPE_CHECKING:
 Emit = Callable[[GenerationChunk], None]
 
 
-class TransformersEngine(TextEngine):
+class TransformersEngine(ThreadedEngine):
     """Serves a model folder or GGUF file with transformers on CPU (or `device`)."""
 
     engine = "transformers"
@@ -46,15 +44,16 @@ class TransformersEngine(TextEngine):
         threads: int | None = None,
         max_output_tokens: int = 0,
     ) -> None:
-        self.name = name or (path.stem if path.is_file() else path.name)
-        self._path = path
+        super().__init__(
+            path,
+            name=name or (path.stem if path.is_file() else path.name),
+            max_output_tokens=max_output_tokens,
+        )
         self._device = device
         self._threads = threads or os.cpu_count() or 1
-        self._max_output_tokens = max_output_tokens
         self._model: PreTrainedModel | None = None
         self._tokenizer: PreTrainedTokenizerBase | None = None
         self._lock = threading.Lock()
-        self.generated_tokens = 0
 
     async def load(self) -> None:
         await asyncio.to_thread(self._load)
@@ -80,37 +79,22 @@ class TransformersEngine(TextEngine):
 
     @property
     def model(self) -> PreTrainedModel:
-        if self._model is None:
-            raise RuntimeError(f"model {self.name} is not loaded")
-        return self._model
+        return self._require(self._model)
 
     @property
     def tokenizer(self) -> PreTrainedTokenizerBase:
-        if self._tokenizer is None:
-            raise RuntimeError(f"model {self.name} is not loaded")
-        return self._tokenizer
+        return self._require(self._tokenizer)
 
-    def _context_size(self) -> int:
+    def context_window(self) -> int:
         return int(getattr(self.model.config, "max_position_embeddings", 0) or 0)
 
-    def generate(
-        self, messages: list[ChatMessage], params: SamplingParams
-    ) -> AsyncIterator[GenerationChunk]:
+    def prompt_tokens(self, messages: list[ChatMessage]) -> list[int]:
         conversation = [{"role": m.role, "content": m.content} for m in messages]
-        prompt = cast(
+        return cast(
             "list[int]",
             self.tokenizer.apply_chat_template(
                 conversation, add_generation_prompt=True, tokenize=True, return_dict=False
             ),
-        )
-        context = self._context_size()
-        if context and len(prompt) >= context:
-            raise PromptTooLongError(len(prompt), context)
-        budget = min(params.max_tokens, context - len(prompt)) if context else params.max_tokens
-        if self._max_output_tokens:
-            budget = min(budget, self._max_output_tokens)
-        return stream_from_thread(
-            lambda emit, stop: self._produce(prompt, params, budget, emit, stop)
         )
 
     def _produce(
@@ -168,18 +152,13 @@ class TransformersEngine(TextEngine):
         return str(self.tokenizer.decode(tokens))
 
     def info(self) -> EngineModelInfo:
-        context = self._context_size() if self._model is not None else 0
+        context = self.context_window() if self._model is not None else 0
         files = [self._path] if self._path.is_file() else list(self._path.rglob("*"))
-        return EngineModelInfo(
-            name=self.name,
-            engine=self.engine,
-            context_size=context,
-            max_output_tokens=self._max_output_tokens or context,
+        return self._model_info(
+            context,
             size_bytes=sum(f.stat().st_size for f in files if f.is_file()),
             details={
-                "path": str(self._path),
                 "device": self._device,
-                "generated_tokens": self.generated_tokens,
                 "loaded": self._model is not None,
             },
         )
