@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import mimetypes
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import NoReturn
 
 import click
 import grpc
@@ -42,13 +44,36 @@ address_option = click.option(
 key_option = click.option("--api-key", envvar="GENMESH_API_KEY", default=None)
 
 
-def fail(error: grpc.aio.AioRpcError) -> None:
+def fail(error: grpc.aio.AioRpcError) -> NoReturn:
     """One line per problem, naming the field at fault, and exit status 1."""
     details = error_details(error)
     click.echo(f"error: {details.code.name}: {details.message}", err=True)
     for field, description in details.violations.items():
         click.echo(f"  {field}: {description}", err=True)
     raise SystemExit(1)
+
+
+def stream_to_final(
+    address: str,
+    api_key: str | None,
+    request: common_pb2.GenerateRequest,
+    progress: Callable[[common_pb2.StreamEvent], None],
+) -> common_pb2.GenerateResponse:
+    """Streams REQUEST, showing each event through PROGRESS as it arrives, and returns the final
+    response; a failed call exits with its details."""
+
+    async def run() -> common_pb2.GenerateResponse:
+        async with Client(address, api_key) as client:
+            async for event in client.generate_stream(request):
+                if event.HasField("final"):
+                    return event.final
+                progress(event)
+        raise click.ClickException("the stream ended without a result")
+
+    try:
+        return asyncio.run(run())
+    except grpc.aio.AioRpcError as error:
+        fail(error)
 
 
 @click.command()
@@ -91,21 +116,12 @@ def speak(
         ),
     )
 
-    async def run() -> common_pb2.GenerateResponse:
-        async with Client(address, api_key) as client:
-            async for event in client.generate_stream(request):
-                if event.HasField("audio_chunk"):
-                    chunk = event.audio_chunk
-                    click.echo(f"[{chunk.sequence + 1}] {chunk.text}", err=True)
-                elif event.HasField("final"):
-                    return event.final
-        raise click.ClickException("the stream ended without a result")
+    def progress(event: common_pb2.StreamEvent) -> None:
+        if event.HasField("audio_chunk"):
+            chunk = event.audio_chunk
+            click.echo(f"[{chunk.sequence + 1}] {chunk.text}", err=True)
 
-    try:
-        result = asyncio.run(run())
-    except grpc.aio.AioRpcError as error:
-        fail(error)
-    audio = result.outputs[0]
+    audio = stream_to_final(address, api_key, request, progress).outputs[0]
     output.write_bytes(audio.data)
     click.echo(f"wrote {output} ({audio.mime_type}, {len(audio.data)} bytes)", err=True)
 
@@ -144,21 +160,13 @@ def transcribe(
         transcription=common_pb2.TranscriptionParameters(language=language, word_timestamps=words),
     )
 
-    async def run() -> common_pb2.GenerateResponse:
-        async with Client(address, api_key) as client:
-            async for event in client.generate_stream(request):
-                if event.HasField("transcript") and not as_json:
-                    segment = event.transcript.segment
-                    start = segment.start.ToTimedelta().total_seconds()
-                    end = segment.end.ToTimedelta().total_seconds()
-                    click.echo(f"[{start:7.2f} - {end:7.2f}] {segment.text}")
-                elif event.HasField("final"):
-                    return event.final
-        raise click.ClickException("the stream ended without a result")
+    def progress(event: common_pb2.StreamEvent) -> None:
+        if event.HasField("transcript") and not as_json:
+            segment = event.transcript.segment
+            start = segment.start.ToTimedelta().total_seconds()
+            end = segment.end.ToTimedelta().total_seconds()
+            click.echo(f"[{start:7.2f} - {end:7.2f}] {segment.text}")
 
-    try:
-        result = asyncio.run(run())
-    except grpc.aio.AioRpcError as error:
-        fail(error)
+    result = stream_to_final(address, api_key, request, progress)
     if as_json:
         sys.stdout.write(json_format.MessageToJson(result) + "\n")

@@ -203,6 +203,16 @@ def _item(text: str) -> common_pb2.InputItem:
     return common_pb2.InputItem(kind=common_pb2.CONTENT_KIND_TEXT, text=text)
 
 
+async def _generate_to_file(
+    client: Client, request: common_pb2.GenerateRequest, path: Path
+) -> common_pb2.OutputItem:
+    """Runs one generation and writes its output to PATH (images and speech take a while on CPU:
+    a generous timeout)."""
+    response = await client.generate(request, timeout=600)
+    await asyncio.to_thread(path.write_bytes, response.outputs[0].data)
+    return response.outputs[0]
+
+
 async def demo(address: str, key: str, out_dir: Path) -> None:
     """One generation of each modality, a round trip through speech, and an agent run."""
     async with Client(address, key) as client:
@@ -212,26 +222,26 @@ async def demo(address: str, key: str, out_dir: Path) -> None:
             if event.HasField("text_delta"):
                 click.echo(event.text_delta.text, nl=False)
         click.echo()
-        image = await client.generate(
+        image_path = out_dir / "demo.png"
+        await _generate_to_file(
+            client,
             common_pb2.GenerateRequest(
                 task=common_pb2.TASK_IMAGE,
                 inputs=[_item("a red circle on a blue background")],
                 image=common_pb2.ImageParameters(seed=7),
             ),
-            timeout=600,
+            image_path,
         )
-        image_path = out_dir / "demo.png"
-        image_path.write_bytes(image.outputs[0].data)
         click.echo(f"  image > {image_path} ('a red circle on a blue background')")
-        speech = await client.generate(
+        speech_path = out_dir / "demo.wav"
+        speech = await _generate_to_file(
+            client,
             common_pb2.GenerateRequest(
                 task=common_pb2.TASK_SPEECH,
                 inputs=[_item("Hello from the genmesh audio service.")],
             ),
-            timeout=600,
+            speech_path,
         )
-        speech_path = out_dir / "demo.wav"
-        speech_path.write_bytes(speech.outputs[0].data)
         click.echo(f"  speak > {speech_path}")
         heard = await client.generate(
             common_pb2.GenerateRequest(
@@ -240,8 +250,8 @@ async def demo(address: str, key: str, out_dir: Path) -> None:
                     common_pb2.InputItem(
                         kind=common_pb2.CONTENT_KIND_AUDIO,
                         role=common_pb2.INPUT_ROLE_INPUT_AUDIO,
-                        data=speech.outputs[0].data,
-                        mime_type=speech.outputs[0].mime_type,
+                        data=speech.data,
+                        mime_type=speech.mime_type,
                     )
                 ],
             ),
