@@ -177,8 +177,14 @@ def train(
     ids = tokenize(captions)
     empty = tokenize([""])[0]
 
+    # The cosine schedule ends at almost pure noise; predicting v rather than the noise keeps
+    # the model's estimate of the clean image stable there (epsilon prediction amplifies its
+    # errors by 1/sqrt(alpha_bar), which made samples diverge).
     noise_scheduler = DDPMScheduler(
-        num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", steps_offset=1
+        num_train_timesteps=1000,
+        beta_schedule="squaredcos_cap_v2",
+        prediction_type="v_prediction",
+        steps_offset=1,
     )
     params = [*unet.parameters(), *text_encoder.parameters()]
     opt = torch.optim.AdamW(params, lr=1e-3, weight_decay=1e-2)
@@ -195,7 +201,7 @@ def train(
         t = torch.randint(noise_scheduler.config.num_train_timesteps, (batch,), generator=gen)
         noisy = noise_scheduler.add_noise(x0, noise, t)
         pred = unet(noisy, t, encoder_hidden_states=text_encoder(cond)[0]).sample
-        loss = functional.mse_loss(pred, noise)
+        loss = functional.mse_loss(pred, noise_scheduler.get_velocity(x0, noise, t))
         opt.zero_grad(set_to_none=True)
         torch.autograd.backward(loss)
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -217,7 +223,9 @@ def train(
         text_encoder=text_encoder,
         tokenizer=tokenizer,
         unet=unet,
-        scheduler=DPMSolverMultistepScheduler.from_config(noise_scheduler.config),
+        scheduler=DPMSolverMultistepScheduler.from_config(
+            noise_scheduler.config, lambda_min_clipped=-5.1
+        ),
         safety_checker=None,
         feature_extractor=None,
         requires_safety_checker=False,
