@@ -115,3 +115,22 @@ def echo_binding(*addresses: str, name: str = "echo") -> dict[str, Any]:
         "engine": "echo",
         "model": "echo",
     }
+
+
+def run_genmesh(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 300
+) -> subprocess.CompletedProcess[str]:
+    """`genmesh ARGS` as a user runs it, with its exit status and output captured."""
+    return subprocess.run(
+        [sys.executable, "-m", "genmesh", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def run_cli(router: ServiceProcess, *args: str) -> subprocess.CompletedProcess[str]:
+    """A `genmesh` client command against ROUTER with the test key."""
+    return run_genmesh(*args, "--address", router.address, "--api-key", API_KEY)

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,7 +13,7 @@ import soundfile as sf
 
 from genmesh.v1 import common_pb2, generation_pb2, generation_pb2_grpc
 from tests.audio.conftest import word_error_rate
-from tests.support import API_KEY, ServiceProcess, router_config
+from tests.support import API_KEY, ServiceProcess, router_config, run_cli
 
 TEXT = "The train leaves at half past seven. Please bring your ticket."
 
@@ -36,45 +34,35 @@ def router(audio: ServiceProcess) -> Iterator[ServiceProcess]:
     process.terminate()
 
 
-def genmesh(router: ServiceProcess, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "genmesh", *args, "--address", router.address, "--api-key", API_KEY],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-
-
 def test_speak_then_transcribe(router: ServiceProcess, tmp_path: Path) -> None:
     out = tmp_path / "speech.flac"
-    spoken = genmesh(router, "speak", TEXT, "-o", str(out), "--voice", "en_US-joe-medium")
+    spoken = run_cli(router, "speak", TEXT, "-o", str(out), "--voice", "en_US-joe-medium")
     assert spoken.returncode == 0, spoken.stderr
     assert "[1] The train leaves at half past seven." in spoken.stderr
     assert "[2] Please bring your ticket." in spoken.stderr
     info = sf.info(str(out))
     assert info.format == "FLAC"
     assert info.samplerate == 22050
-    heard = genmesh(router, "transcribe", str(out), "--json", "--words")
+    heard = run_cli(router, "transcribe", str(out), "--json", "--words")
     assert heard.returncode == 0, heard.stderr
     result = json.loads(heard.stdout)
     output = result["outputs"][0]
     assert output["transcript"]["language"] == "en"
     assert word_error_rate(TEXT, output["text"]) <= 0.10, output["text"]
     assert all(s["words"] for s in output["transcript"]["segments"])
-    plain = genmesh(router, "transcribe", str(out))
+    plain = run_cli(router, "transcribe", str(out))
     assert plain.returncode == 0, plain.stderr
     assert "train" in plain.stdout.lower()
 
 
 def test_errors_name_the_field(router: ServiceProcess, tmp_path: Path) -> None:
-    spoken = genmesh(router, "speak", "Hello.", "-o", str(tmp_path / "x.wav"), "--speed", "9")
+    spoken = run_cli(router, "speak", "Hello.", "-o", str(tmp_path / "x.wav"), "--speed", "9")
     assert spoken.returncode == 1
     assert "INVALID_ARGUMENT" in spoken.stderr
     assert "speech.speed" in spoken.stderr
     broken = tmp_path / "broken.wav"
     broken.write_bytes(b"RIFF" + bytes(100))
-    heard = genmesh(router, "transcribe", str(broken))
+    heard = run_cli(router, "transcribe", str(broken))
     assert heard.returncode == 1
     assert "INVALID_ARGUMENT" in heard.stderr
 
@@ -83,7 +71,7 @@ async def test_converse_streams_transcripts_of_streamed_audio(
     router: ServiceProcess, tmp_path: Path
 ) -> None:
     out = tmp_path / "speech.pcm"
-    assert genmesh(router, "speak", TEXT, "-o", str(out), "--sample-rate", "16000").returncode == 0
+    assert run_cli(router, "speak", TEXT, "-o", str(out), "--sample-rate", "16000").returncode == 0
     speech = np.frombuffer(out.read_bytes(), dtype="<i2")
     audio = np.concatenate([speech, np.zeros(16000, dtype="<i2")])
     config = common_pb2.GenerateRequest(task=common_pb2.TASK_TRANSCRIPTION)

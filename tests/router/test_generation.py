@@ -17,7 +17,7 @@ import pytest
 
 from genmesh.client import Client, error_details, text_request
 from genmesh.v1 import common_pb2, generation_pb2
-from tests.support import API_KEY, ServiceProcess, echo_binding, router_config
+from tests.support import API_KEY, ServiceProcess, echo_binding, router_config, run_genmesh
 
 
 def slow(prompt: str, delay_ms: int, repeat: int = 1) -> common_pb2.GenerateRequest:
@@ -276,28 +276,14 @@ async def test_sigterm_drains_an_in_flight_stream(ttt: ServiceProcess) -> None:
 
 def test_bad_setting_fails_startup_naming_the_field(tmp_path: Any) -> None:
     env = {**os.environ, "GENMESH_API_KEY": API_KEY, "GENMESH_ROUTER_PORT": "not-a-port"}
-    done = subprocess.run(
-        [sys.executable, "-m", "genmesh", "serve", "router"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    done = run_genmesh("serve", "router", env=env, timeout=60)
     assert done.returncode == 2
     assert "router.port" in done.stderr
     assert "Traceback" not in done.stderr
     config = tmp_path / "mesh.yaml"
     config.write_text("router:\n  bindings:\n    - name: x\n      tasks: [text]\n")
     env = {**os.environ, "GENMESH_API_KEY": API_KEY, "GENMESH_CONFIG": str(config)}
-    done = subprocess.run(
-        [sys.executable, "-m", "genmesh", "serve", "router"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    done = run_genmesh("serve", "router", env=env, timeout=60)
     assert done.returncode == 2
     assert "router.bindings.0.addresses" in done.stderr
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,7 +9,7 @@ import pytest
 from PIL import Image
 
 from genmesh.tti import shapes
-from tests.support import API_KEY, ServiceProcess, router_config
+from tests.support import ServiceProcess, router_config, run_cli
 
 
 @pytest.fixture(scope="module")
@@ -28,19 +26,9 @@ def router(tti: ServiceProcess) -> Iterator[ServiceProcess]:
     process.terminate()
 
 
-def genmesh(router: ServiceProcess, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "genmesh", *args, "--address", router.address, "--api-key", API_KEY],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-
-
 def test_image_then_inpaint_it(router: ServiceProcess, tmp_path: Path) -> None:
     out = tmp_path / "circle.png"
-    made = genmesh(
+    made = run_cli(
         router,
         "image",
         "a red circle on a blue background",
@@ -60,7 +48,7 @@ def test_image_then_inpaint_it(router: ServiceProcess, tmp_path: Path) -> None:
     mask = tmp_path / "mask.png"
     Image.new("L", (48, 48), 255).save(mask)
     edited = tmp_path / "edited.webp"
-    done = genmesh(
+    done = run_cli(
         router,
         "image",
         "a green square",
@@ -82,7 +70,7 @@ def test_image_then_inpaint_it(router: ServiceProcess, tmp_path: Path) -> None:
 
 def test_several_images_get_numbered_files(router: ServiceProcess, tmp_path: Path) -> None:
     out = tmp_path / "shape.jpg"
-    made = genmesh(
+    made = run_cli(
         router, "image", "a white triangle", "-o", str(out), "--steps", "2", "--count", "2"
     )
     assert made.returncode == 0, made.stderr
@@ -91,7 +79,7 @@ def test_several_images_get_numbered_files(router: ServiceProcess, tmp_path: Pat
 
 
 def test_bad_size_names_the_field(router: ServiceProcess, tmp_path: Path) -> None:
-    failed = genmesh(
+    failed = run_cli(
         router, "image", "a red circle", "-o", str(tmp_path / "x.png"), "--size", "30x32"
     )
     assert failed.returncode == 1
