@@ -126,6 +126,7 @@ async def test_converse_cancel_stops_the_turn_and_keeps_the_stream(client: Clien
     await call.write(generation_pb2.ConverseRequest(config=config))
     await call.write(turn("x" * 100, "slow"))
     first = await call.read()
+    assert isinstance(first, generation_pb2.ConverseResponse)
     assert first.event.HasField("text_delta")
     await call.write(
         generation_pb2.ConverseRequest(
@@ -134,8 +135,8 @@ async def test_converse_cancel_stops_the_turn_and_keeps_the_stream(client: Clien
     )
     await call.write(turn("next", "after"))
     await call.done_writing()
-    rest = []
-    while (response := await call.read()) != grpc.aio.EOF:
+    rest: list[generation_pb2.ConverseResponse] = []
+    while isinstance(response := await call.read(), generation_pb2.ConverseResponse):
         rest.append(response)
     finals = {r.turn_id: r.event.final for r in rest if r.event.HasField("final")}
     assert finals["after"].outputs[0].text == "next"
