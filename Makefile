@@ -51,8 +51,14 @@ typecheck: setup
 gateway:
 	services/gateway/build.sh >/dev/null
 
-pytest: setup gateway
+pytest: setup vault-server gateway
 	$(VENV)/bin/pytest -q --ignore=tests/chart $(PYTEST_ARGS)
+
+# A Vault-compatible server for the runtime secrets tests, built once from the Go module proxy
+# into $GENMESH_CACHE/bin (scripts/vault_server.sh says why it is Vault rather than OpenBao).
+.PHONY: vault-server
+vault-server:
+	scripts/vault_server.sh >/dev/null
 
 # The Helm chart and the Dockerfiles, checked without a cluster or a Docker engine: helm and
 # kube-score are built from the Go module proxy once and cached in $GENMESH_CACHE/bin.

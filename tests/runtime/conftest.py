@@ -145,6 +145,8 @@ class TokenReviewStub:
             "iss": "https://kubernetes.default.svc.cluster.local",
             "aud": ["https://kubernetes.default.svc.cluster.local"],
             "sub": f"system:serviceaccount:{namespace}:{account}",
+            "iat": int(time.time()) - 60,
+            "nbf": int(time.time()) - 60,
             "exp": int(time.time()) + 3600,
             "kubernetes.io": {
                 "namespace": namespace,

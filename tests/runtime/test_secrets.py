@@ -213,8 +213,9 @@ def test_kubernetes_auth_logs_in_through_token_review_and_again_when_revoked(
     # A service account the cluster no longer vouches for cannot read anything.
     revoke_logins(vault, mount)
     jwt_file.write_text(token_review.issue("genmesh", "router", valid=False))
-    with pytest.raises(SecretsError, match="service account jwt not valid"):
+    with pytest.raises(SecretsError, match="permission denied"):
         provider.fetch()
+    assert token_review.reviews == 3
 
 
 def test_kubernetes_auth_rejects_an_unbound_service_account(
