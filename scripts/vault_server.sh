@@ -10,7 +10,8 @@
 # dependencies, so we build that (BUSL-1.1: used here only as a local test server, not shipped).
 # Its go.mod points its api and sdk modules at ./api and ./sdk, which the module zip leaves out, so
 # `go install` refuses it: we copy the source out of the module cache, drop those replaces to use
-# the published api and sdk versions it already requires, and `go build`. Cold: ~9 min on 2 cores.
+# the published api and sdk versions it already requires, and `go build`. It
+# compiles ~2,600 packages: 38 min on 2 busy cores here, with part of the tree already cached.
 # With --path it only prints where the binary is or would be, without building.
 set -euo pipefail
 if [ -n "${GENMESH_VAULT_BIN:-}" ]; then
