@@ -96,7 +96,7 @@ class _SectionYamlSource(YamlConfigSettingsSource):
         self._section = section
         super().__init__(settings_cls, yaml_file=path)
 
-    def _read_file(self, file_path: Path) -> dict[str, Any]:
+    def _read_file(self, file_path: Any) -> dict[str, Any]:
         data = super()._read_file(file_path)
         section = data.get(self._section) or {}
         if not isinstance(section, dict):
