@@ -19,7 +19,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from genmesh.router.settings import TASKS, BindingConfig
 from genmesh.runtime import errors, telemetry
 from genmesh.runtime.channel import connect
-from genmesh.ttt.limiter import Slots
+from genmesh.runtime.limiter import Slots
 from genmesh.v1 import common_pb2, inference_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -77,7 +77,11 @@ class BindingRoute:
         self.tasks = [TASKS[t] for t in config.tasks]
         self.replicas = [Replica(address, key) for address in config.addresses]
         self.slots = Slots(
-            config.name, config.max_concurrent, config.max_queue, config.queue_timeout_seconds
+            config.name,
+            config.max_concurrent,
+            config.max_queue,
+            config.queue_timeout_seconds,
+            kind="binding",
         )
         self._turn = itertools.count()
 

@@ -6,12 +6,12 @@ import asyncio
 
 import torch
 
+from genmesh.runtime.limiter import Slots
 from genmesh.runtime.server import Service, serve, service_name
 from genmesh.runtime.settings import load_settings
 from genmesh.tti.engine import DiffusersEngine
 from genmesh.tti.service import ImageInferenceService, ServedModel
 from genmesh.tti.settings import TtiSettings
-from genmesh.ttt.limiter import Slots
 from genmesh.v1 import inference_pb2, inference_pb2_grpc
 
 

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from genmesh.runtime.limiter import Slots
 from genmesh.runtime.server import Service, serve, service_name
 from genmesh.runtime.settings import load_settings
-from genmesh.ttt.limiter import Slots
 from genmesh.ttt.registry import create_engine
 from genmesh.ttt.service import ServedModel, TextInferenceService
 from genmesh.ttt.settings import TttSettings

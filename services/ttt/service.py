@@ -20,6 +20,7 @@ from google.protobuf import json_format
 
 from genmesh.runtime import errors, telemetry
 from genmesh.runtime.errors import FieldViolation
+from genmesh.runtime.limiter import Slots
 from genmesh.runtime.timing import Stopwatch
 from genmesh.ttt.engine import (
     ChatMessage,
@@ -29,7 +30,6 @@ from genmesh.ttt.engine import (
     SamplingParams,
     TextEngine,
 )
-from genmesh.ttt.limiter import Slots
 from genmesh.ttt.models import ModelEntry, scan
 from genmesh.ttt.textstream import StopMatcher, ThinkSplitter
 from genmesh.v1 import common_pb2, inference_pb2, inference_pb2_grpc

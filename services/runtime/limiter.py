@@ -21,8 +21,11 @@ _MIN_RETRY = 0.1
 class Slots:
     """`concurrency` running at once, at most `queue_size` waiting, each at most `timeout` s."""
 
-    def __init__(self, name: str, concurrency: int, queue_size: int, timeout: float) -> None:
+    def __init__(
+        self, name: str, concurrency: int, queue_size: int, timeout: float, kind: str = "model"
+    ) -> None:
         self.name = name
+        self.kind = kind
         self.concurrency = concurrency
         self.queue_size = queue_size
         self.timeout = timeout
@@ -42,7 +45,7 @@ class Slots:
         arrived = time.perf_counter()
         if self._free.locked() and self.waiting >= self.queue_size:
             raise errors.resource_exhausted(
-                f"model '{self.name}' is busy: {self.active} running, {self.waiting} queued",
+                f"{self.kind} '{self.name}' is busy: {self.active} running, {self.waiting} queued",
                 self.retry_after(),
             )
         self.waiting += 1
@@ -50,7 +53,7 @@ class Slots:
             await asyncio.wait_for(self._free.acquire(), self.timeout)
         except TimeoutError:
             raise errors.resource_exhausted(
-                f"model '{self.name}' is busy: no slot within {self.timeout:g} s",
+                f"{self.kind} '{self.name}' is busy: no slot within {self.timeout:g} s",
                 self.retry_after(),
                 reason="QUEUE_TIMEOUT",
             ) from None
