@@ -12,8 +12,7 @@ from genmesh.router.personalities import Personalities
 from genmesh.router.settings import load_router_settings
 from genmesh.runtime import telemetry
 from genmesh.runtime.channel import connect
-from genmesh.runtime.secrets import LiveSecrets, start_secrets
-from genmesh.runtime.server import Runtime, Service, serve, service_name
+from genmesh.runtime.server import Service, serve, service_name
 from genmesh.v1 import (
     agent_pb2,
     agent_pb2_grpc,
@@ -64,17 +63,8 @@ async def main() -> None:
             lambda s: tokenizer_pb2_grpc.add_TokenizerServiceServicer_to_server(tokenizer, s),
         ),
     ]
-    runtimes: list[Runtime] = []
-    secrets: list[LiveSecrets] = []
 
     async def startup() -> None:
-        # Keys from Vault (or the secrets file) join the configured ones and are refreshed.
-        secrets.append(await start_secrets(settings, runtimes[0].keys))
         backends.start()
 
-    async def shutdown() -> None:
-        for live in secrets:
-            await live.aclose()
-        await backends.close()
-
-    await serve(settings, services, startup=startup, shutdown=shutdown, on_runtime=runtimes.append)
+    await serve(settings, services, startup=startup, shutdown=backends.close)

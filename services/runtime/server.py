@@ -23,6 +23,7 @@ from grpc_reflection.v1alpha import reflection
 from genmesh.runtime import metrics, telemetry
 from genmesh.runtime.auth import AuthInterceptor, KeyStore, keys_from_settings
 from genmesh.runtime.channel import channel_options
+from genmesh.runtime.secrets import start_secrets
 from genmesh.runtime.settings import ConfigError, ServiceSettings
 
 log = logging.getLogger(__name__)
@@ -55,11 +56,6 @@ class Runtime:
         self.settings = settings
         self.services = services
         self.keys = KeyStore(keys_from_settings(settings))
-        if not len(self.keys):
-            raise ConfigError(
-                f"{settings.service_name}: no API key configured; set GENMESH_API_KEY "
-                "(or GENMESH_INTERNAL_KEY for internal services) or api_keys in the config file"
-            )
         self.health = health.aio.HealthServicer()
         self.server = grpc.aio.server(
             interceptors=[telemetry.server_interceptor(), AuthInterceptor(self.keys)],
@@ -120,6 +116,15 @@ async def serve(
     """Runs the services until SIGTERM or SIGINT."""
     telemetry.setup(settings.service_name, settings.telemetry)
     runtime = Runtime(settings, services)
+    # Keys from Vault (or the secrets file) join the configured ones and are refreshed.
+    secrets = await start_secrets(settings, runtime.keys)
+    if not len(runtime.keys):
+        await secrets.aclose()
+        raise ConfigError(
+            f"{settings.service_name}: no API key configured; set GENMESH_API_KEY "
+            "(or GENMESH_INTERNAL_KEY for internal services), api_keys in the config file, "
+            "or Vault"
+        )
     if on_runtime:
         on_runtime(runtime)
     loop = asyncio.get_running_loop()
@@ -145,6 +150,7 @@ async def serve(
         telemetry.event(log, "draining", service=settings.service_name)
     finally:
         await runtime.stop()
+        await secrets.aclose()
         if shutdown:
             await shutdown()
         telemetry.event(log, "stopped", service=settings.service_name)
