@@ -24,6 +24,8 @@ from genmesh.v1 import common_pb2, inference_pb2_grpc
 
 log = logging.getLogger(__name__)
 INFERENCE_SERVICE = "genmesh.v1.InferenceService"
+MIN_CHECK_TIMEOUT_S = 2.0
+HUNG_AFTER_LATE_CHECKS = 3
 
 
 class Replica:
@@ -34,6 +36,7 @@ class Replica:
         self._health = health_pb2_grpc.HealthStub(self.channel)
         # Optimistic until the first check, so a cold router does not refuse its first calls.
         self.healthy = True
+        self._late = 0
 
     async def check(self, timeout: float) -> None:
         try:
@@ -41,12 +44,16 @@ class Replica:
                 health_pb2.HealthCheckRequest(service=INFERENCE_SERVICE), timeout=timeout
             )
             healthy = response.status == health_pb2.HealthCheckResponse.SERVING
+            self._late = 0
         except grpc.aio.AioRpcError as error:
-            # A late answer over a live connection means busy, not down: under load, marking
-            # the only replica down would refuse every request. Dead replicas close the socket.
+            # One late answer over a live connection means busy, not down: under load, marking
+            # the only replica down would refuse every request. Dead replicas close the socket;
+            # a hung one (a stopped process) keeps it open but misses every check.
             connected = self.channel.get_state() == grpc.ChannelConnectivity.READY
             if error.code() == grpc.StatusCode.DEADLINE_EXCEEDED and connected:
-                return
+                self._late += 1
+                if self._late < HUNG_AFTER_LATE_CHECKS:
+                    return
             healthy = False
         self._set(healthy)
 
@@ -63,7 +70,7 @@ class Replica:
         """Checks health every `interval`, and immediately after a connection state change."""
         while True:
             state = self.channel.get_state(try_to_connect=False)
-            await self.check(interval)
+            await self.check(max(interval, MIN_CHECK_TIMEOUT_S))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.channel.wait_for_state_change(state), interval)
 

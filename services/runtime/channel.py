@@ -111,13 +111,21 @@ class MeshChannel(grpc.aio.Channel):
         return _Stamped(self._channel.stream_stream(method, *args, **kwargs), self._key)
 
 
+KEEPALIVE_MS = 10_000
+
+
 def channel_options(max_message_bytes: int) -> Sequence[tuple[str, Any]]:
+    """Options for both ends. Keepalive pings every 10 s, even between calls, so a peer that hangs
+    with its connection open (a stopped process, a dead node) is noticed within 15 s; servers
+    accept pings that often."""
     return [
         ("grpc.max_send_message_length", max_message_bytes),
         ("grpc.max_receive_message_length", max_message_bytes),
-        ("grpc.keepalive_time_ms", 30_000),
-        ("grpc.keepalive_timeout_ms", 10_000),
+        ("grpc.keepalive_time_ms", KEEPALIVE_MS),
+        ("grpc.keepalive_timeout_ms", KEEPALIVE_MS // 2),
+        ("grpc.keepalive_permit_without_calls", 1),
         ("grpc.http2.max_pings_without_data", 0),
+        ("grpc.http2.min_ping_interval_without_data_ms", KEEPALIVE_MS // 2),
     ]
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import socket
 from collections.abc import Iterator
 
@@ -139,4 +140,26 @@ async def test_no_healthy_replica_is_unavailable_with_retry_info(
             assert details.metadata == {"binding": "pair"}
             assert details.retry_after is not None
     finally:
+        router.terminate()
+
+
+async def test_a_hung_replica_leaves_the_rotation(replicas: list[ServiceProcess]) -> None:
+    """A stopped process keeps its sockets open; keepalive pings still find it out."""
+    hung = replicas[0]
+    router = pair_router(replicas)
+    try:
+        async with Client(router.address, API_KEY) as client:
+            hung.popen.send_signal(signal.SIGSTOP)
+
+            async def one_left() -> bool:
+                return await healthy_replicas(client) == 1
+
+            await eventually(one_left, timeout=60)
+            served = [
+                (await client.generate(text_request("still here"), timeout=10)).model
+                for _ in range(4)
+            ]
+            assert served == ["echo-b"] * 4
+    finally:
+        hung.popen.send_signal(signal.SIGCONT)
         router.terminate()
