@@ -13,7 +13,7 @@ from typing import Any
 import grpc
 
 from genmesh.runtime import errors
-from genmesh.runtime.interceptors import Continuation, wrap_handler
+from genmesh.runtime.interceptors import CallGate, Continuation, wrap_handler
 from genmesh.runtime.settings import ApiKey, ServiceSettings
 
 ADMIN = "admin"
@@ -91,8 +91,9 @@ def presented_key(metadata: Iterable[tuple[str, str | bytes]]) -> str | None:
 class AuthInterceptor(grpc.aio.ServerInterceptor):
     """Checks the key and its scope, and translates errors, for every handler."""
 
-    def __init__(self, keys: KeyStore) -> None:
+    def __init__(self, keys: KeyStore, gate: CallGate | None = None) -> None:
         self.keys = keys
+        self.gate = gate
 
     async def intercept_service(
         self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
@@ -121,4 +122,4 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
                     f"key '{record.name}' lacks the '{scope}' scope needed for {service}", scope
                 )
 
-        return wrap_handler(handler, guard, method)
+        return wrap_handler(handler, guard, method, self.gate)

@@ -6,6 +6,8 @@ streaming kind around a behaviour wrapper.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import inspect
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -66,23 +68,71 @@ def _parsed(request: Any, streaming: bool) -> Any:
     return request
 
 
+class CallGate:
+    """Counts the calls in flight and, once closed for shutdown, refuses new ones with
+    UNAVAILABLE while the open ones finish (grpc itself would cancel them without a word)."""
+
+    def __init__(self) -> None:
+        self.closed = False
+        self.active = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def enter(self) -> None:
+        if self.closed:
+            raise errors.unavailable("the server is shutting down", reason="SHUTTING_DOWN")
+        self.active += 1
+        self._idle.clear()
+
+    def leave(self) -> None:
+        self.active -= 1
+        if not self.active:
+            self._idle.set()
+
+    async def drain(self, timeout: float) -> None:
+        self.closed = True
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._idle.wait(), timeout)
+
+
+def _end_with(context: grpc.aio.ServicerContext[Any, Any], status: grpc.Status) -> None:
+    """Ends a call with `status` without raising, which a bidi stream needs: aborting one
+    whose client is still writing can surface as INTERNAL instead."""
+    context.set_code(status.code)
+    context.set_details(status.details)
+    context.set_trailing_metadata(status.trailing_metadata)
+
+
 def wrap_handler(
-    handler: grpc.RpcMethodHandler[Any, Any], guard: Guard | None, method: str
+    handler: grpc.RpcMethodHandler[Any, Any],
+    guard: Guard | None,
+    method: str,
+    gate: CallGate | None = None,
 ) -> grpc.RpcMethodHandler[Any, Any]:
-    """Runs `guard` before the behaviour and turns ServiceError (or a crash) into a status."""
+    """Runs `guard` before the behaviour, counts the call at `gate`, and turns ServiceError (or
+    a crash) into a status."""
     request_streaming = bool(handler.request_streaming)
 
-    async def fail(context: grpc.aio.ServicerContext[Any, Any], exc: BaseException) -> None:
+    def status_of(exc: BaseException) -> grpc.Status:
         if isinstance(exc, ServiceError):
-            await context.abort_with_status(exc.to_status())
+            return exc.to_status()
         log.exception("unhandled error in %s", method, exc_info=exc)
-        await context.abort(grpc.StatusCode.INTERNAL, f"internal error in {method}")
+        return errors.ServiceError(
+            grpc.StatusCode.INTERNAL, f"internal error in {method}", "INTERNAL"
+        ).to_status()
+
+    async def fail(context: grpc.aio.ServicerContext[Any, Any], exc: BaseException) -> None:
+        await context.abort_with_status(status_of(exc))
 
     if handler.unary_unary or handler.stream_unary:
         inner: Any = handler.unary_unary or handler.stream_unary
 
         async def unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            entered = False
             try:
+                if gate:
+                    gate.enter()
+                    entered = True
                 if guard:
                     await guard(context)
                 return await inner(_parsed(request, request_streaming), context)
@@ -90,6 +140,9 @@ def wrap_handler(
                 if isinstance(exc, grpc.aio.AbortError):
                     raise
                 await fail(context, exc)
+            finally:
+                if entered and gate:
+                    gate.leave()
 
         factory = (
             grpc.unary_unary_rpc_method_handler
@@ -107,7 +160,11 @@ def wrap_handler(
     async def streaming(
         request: Any, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[Any]:
+        entered = False
         try:
+            if gate:
+                gate.enter()
+                entered = True
             if guard:
                 await guard(context)
             responses = inner_stream(_parsed(request, request_streaming), context)
@@ -119,7 +176,10 @@ def wrap_handler(
         except (ServiceError, Exception) as exc:
             if isinstance(exc, grpc.aio.AbortError):
                 raise
-            await fail(context, exc)
+            _end_with(context, status_of(exc))
+        finally:
+            if entered and gate:
+                gate.leave()
 
     factory_stream = (
         grpc.unary_stream_rpc_method_handler

@@ -12,6 +12,7 @@ import json
 import logging
 import signal
 import sys
+import time
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -23,6 +24,7 @@ from grpc_reflection.v1alpha import reflection
 from genmesh.runtime import metrics, telemetry
 from genmesh.runtime.auth import AuthInterceptor, KeyStore, keys_from_settings
 from genmesh.runtime.channel import channel_options
+from genmesh.runtime.interceptors import CallGate
 from genmesh.runtime.secrets import start_secrets
 from genmesh.runtime.settings import ConfigError, ServiceSettings
 
@@ -56,9 +58,10 @@ class Runtime:
         self.settings = settings
         self.services = services
         self.keys = KeyStore(keys_from_settings(settings))
+        self.gate = CallGate()
         self.health = health.aio.HealthServicer()
         self.server = grpc.aio.server(
-            interceptors=[telemetry.server_interceptor(), AuthInterceptor(self.keys)],
+            interceptors=[telemetry.server_interceptor(), AuthInterceptor(self.keys, self.gate)],
             options=[
                 *channel_options(settings.max_message_bytes),
                 ("grpc.so_reuseport", 0),
@@ -94,8 +97,13 @@ class Runtime:
         await self._stopping.wait()
 
     async def stop(self) -> None:
+        """NOT_SERVING, refuse new calls with UNAVAILABLE, let open ones finish within the
+        grace period, then stop (cancelling whatever is left)."""
         await self.health.enter_graceful_shutdown()
-        await self.server.stop(self.settings.shutdown_grace_seconds)
+        grace = self.settings.shutdown_grace_seconds
+        started = time.monotonic()
+        await self.gate.drain(grace)
+        await self.server.stop(max(0.0, grace - (time.monotonic() - started)))
 
 
 def announce(service: str, port: int, **fields: object) -> None:
