@@ -248,9 +248,9 @@ def train(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("out", type=Path, help="pipeline folder to write")
-    parser.add_argument("--steps", type=int, default=700, help="diffusion training steps")
+    parser.add_argument("--steps", type=int, default=1800, help="diffusion training steps")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--dataset-size", type=int, default=10000)
+    parser.add_argument("--dataset-size", type=int, default=20000)
     parser.add_argument("--autoencoder-steps", type=int, default=200)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--threads", type=int, default=2)
