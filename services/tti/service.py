@@ -25,11 +25,11 @@ from PIL import Image, UnidentifiedImageError
 
 from genmesh.runtime import errors, telemetry
 from genmesh.runtime.errors import FieldViolation
+from genmesh.runtime.inference import first_request, watch_cancel
 from genmesh.runtime.limiter import Slots
 from genmesh.runtime.timing import Stopwatch
 from genmesh.tti.engine import ENGINE, DiffusersEngine, Done, ImageJob, Step
 from genmesh.tti.settings import ImageModelSpec, Limits
-from genmesh.ttt.service import first_request, watch_cancel
 from genmesh.v1 import common_pb2, inference_pb2, inference_pb2_grpc
 
 log = logging.getLogger(__name__)

@@ -20,6 +20,7 @@ from google.protobuf import json_format
 
 from genmesh.runtime import errors, telemetry
 from genmesh.runtime.errors import FieldViolation
+from genmesh.runtime.inference import first_request, watch_cancel
 from genmesh.runtime.limiter import Slots
 from genmesh.runtime.timing import Stopwatch
 from genmesh.ttt.engine import (
@@ -125,29 +126,6 @@ def model_info_proto(info: EngineModelInfo, loaded: bool = True) -> common_pb2.M
         size_bytes=info.size_bytes,
         details=details,
     )
-
-
-async def first_request(
-    requests: AsyncIterator[inference_pb2.InferRequest],
-) -> common_pb2.GenerateRequest:
-    """The opening message of an Infer stream, which must carry the request."""
-    first = await anext(requests, None)
-    if first is None or first.WhichOneof("message") != "request":
-        raise errors.invalid_argument(
-            "the first Infer message must be a request",
-            FieldViolation("request", "must be set on the first message"),
-        )
-    return first.request
-
-
-async def watch_cancel(requests: AsyncIterator[inference_pb2.InferRequest]) -> None:
-    """Returns when the caller sends Control CANCEL (or closes its side)."""
-    async for message in requests:
-        if message.WhichOneof("message") == "control" and (
-            message.control.action == common_pb2.Control.ACTION_CANCEL
-        ):
-            return
-    await asyncio.Event().wait()
 
 
 def entry_info_proto(entry: ModelEntry) -> common_pb2.ModelInfo:
