@@ -6,9 +6,8 @@ from genmesh.audio.service import AudioInferenceService
 from genmesh.audio.settings import AudioSettings
 from genmesh.audio.stt import WhisperSTT
 from genmesh.audio.tts import PiperTTS
-from genmesh.runtime.server import Service, serve, service_name
+from genmesh.runtime.server import inference_service, serve
 from genmesh.runtime.settings import load_settings
-from genmesh.v1 import inference_pb2, inference_pb2_grpc
 
 
 async def main() -> None:
@@ -16,14 +15,8 @@ async def main() -> None:
     servicer = AudioInferenceService(
         PiperTTS(), WhisperSTT(cpu_threads=settings.cpu_threads), settings
     )
-    name = service_name(inference_pb2, "InferenceService")
     await serve(
         settings,
-        [
-            Service(
-                name,
-                lambda s: inference_pb2_grpc.add_InferenceServiceServicer_to_server(servicer, s),
-            )
-        ],
+        [inference_service(servicer)],
         startup=servicer.load,
     )

@@ -27,6 +27,7 @@ from genmesh.runtime.channel import channel_options
 from genmesh.runtime.interceptors import CallGate
 from genmesh.runtime.secrets import start_secrets
 from genmesh.runtime.settings import ConfigError, ServiceSettings
+from genmesh.v1 import inference_pb2, inference_pb2_grpc
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,14 @@ class Service:
 
 
 Hook = Callable[[], Awaitable[None]]
+
+
+def inference_service(servicer: inference_pb2_grpc.InferenceServiceServicer) -> Service:
+    """The internal InferenceService every modality service hosts."""
+    return Service(
+        service_name(inference_pb2, "InferenceService"),
+        lambda server: inference_pb2_grpc.add_InferenceServiceServicer_to_server(servicer, server),
+    )
 
 
 def service_name(module: object, service: str) -> str:

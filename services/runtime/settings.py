@@ -124,3 +124,17 @@ def load_settings(cls: type[S], **overrides: Any) -> S:
             got = "" if secret else f" (got {err.get('input')!r})"
             lines.append(f"  {cls.service_name}.{field}: {err['msg']}{got}")
         raise ConfigError("\n".join(lines)) from None
+
+
+def choose_default(names: list[str], default: str) -> str:
+    """Validates a model list and its default (the first when unset), for services that host
+    several models."""
+    if not names:
+        raise ValueError("models: at least one model is needed")
+    if len(set(names)) != len(names):
+        raise ValueError(f"models: duplicate names in {names}")
+    if not default:
+        return names[0]
+    if default not in names:
+        raise ValueError(f"default_model '{default}' is not one of {names}")
+    return default

@@ -7,12 +7,11 @@ import asyncio
 import torch
 
 from genmesh.runtime.limiter import Slots
-from genmesh.runtime.server import Service, serve, service_name
+from genmesh.runtime.server import inference_service, serve
 from genmesh.runtime.settings import load_settings
 from genmesh.tti.engine import DiffusersEngine
 from genmesh.tti.service import ImageInferenceService, ServedModel
 from genmesh.tti.settings import TtiSettings
-from genmesh.v1 import inference_pb2, inference_pb2_grpc
 
 
 async def main() -> None:
@@ -37,15 +36,9 @@ async def main() -> None:
         for model in models.values():
             model.engine.unload()
 
-    name = service_name(inference_pb2, "InferenceService")
     await serve(
         settings,
-        [
-            Service(
-                name,
-                lambda s: inference_pb2_grpc.add_InferenceServiceServicer_to_server(servicer, s),
-            )
-        ],
+        [inference_service(servicer)],
         startup=startup,
         shutdown=shutdown,
     )

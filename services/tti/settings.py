@@ -7,7 +7,7 @@ from typing import ClassVar
 
 from pydantic import BaseModel, Field, model_validator
 
-from genmesh.runtime.settings import ServiceSettings
+from genmesh.runtime.settings import ServiceSettings, choose_default
 
 EMBEDDED_MODEL = "genmesh-shapes"
 EMBEDDED_PATH = Path(__file__).parent / "models" / EMBEDDED_MODEL
@@ -48,13 +48,5 @@ class TtiSettings(ServiceSettings):
 
     @model_validator(mode="after")
     def _default_is_known(self) -> TtiSettings:
-        names = [m.name for m in self.models]
-        if not names:
-            raise ValueError("models: at least one model is needed")
-        if len(set(names)) != len(names):
-            raise ValueError(f"models: duplicate names in {names}")
-        if not self.default_model:
-            self.default_model = names[0]
-        elif self.default_model not in names:
-            raise ValueError(f"default_model '{self.default_model}' is not one of {names}")
+        self.default_model = choose_default([m.name for m in self.models], self.default_model)
         return self

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 from genmesh.runtime.limiter import Slots
-from genmesh.runtime.server import Service, serve, service_name
+from genmesh.runtime.server import inference_service, serve
 from genmesh.runtime.settings import load_settings
 from genmesh.ttt.registry import create_engine
 from genmesh.ttt.service import ServedModel, TextInferenceService
 from genmesh.ttt.settings import TttSettings
-from genmesh.v1 import inference_pb2, inference_pb2_grpc
 
 
 async def main() -> None:
@@ -32,15 +31,9 @@ async def main() -> None:
         for engine in engines.values():
             await engine.unload()
 
-    name = service_name(inference_pb2, "InferenceService")
     await serve(
         settings,
-        [
-            Service(
-                name,
-                lambda s: inference_pb2_grpc.add_InferenceServiceServicer_to_server(servicer, s),
-            )
-        ],
+        [inference_service(servicer)],
         startup=startup,
         shutdown=shutdown,
     )

@@ -8,7 +8,7 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, Field, model_validator
 
-from genmesh.runtime.settings import ServiceSettings
+from genmesh.runtime.settings import ServiceSettings, choose_default
 
 
 class ModelSpec(BaseModel):
@@ -41,13 +41,5 @@ class TttSettings(ServiceSettings):
 
     @model_validator(mode="after")
     def _default_is_known(self) -> TttSettings:
-        names = [m.name for m in self.models]
-        if not names:
-            raise ValueError("models: at least one model is needed")
-        if len(set(names)) != len(names):
-            raise ValueError(f"models: duplicate names in {names}")
-        if not self.default_model:
-            self.default_model = names[0]
-        elif self.default_model not in names:
-            raise ValueError(f"default_model '{self.default_model}' is not one of {names}")
+        self.default_model = choose_default([m.name for m in self.models], self.default_model)
         return self
