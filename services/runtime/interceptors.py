@@ -124,25 +124,30 @@ def wrap_handler(
     async def fail(context: grpc.aio.ServicerContext[Any, Any], exc: BaseException) -> None:
         await context.abort_with_status(status_of(exc))
 
+    @contextlib.asynccontextmanager
+    async def admitted(context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[None]:
+        """Counts the call at the gate (refused once it is closed) and runs the guard."""
+        if gate:
+            gate.enter()
+        try:
+            if guard:
+                await guard(context)
+            yield
+        finally:
+            if gate:
+                gate.leave()
+
     if handler.unary_unary or handler.stream_unary:
         inner: Any = handler.unary_unary or handler.stream_unary
 
         async def unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-            entered = False
             try:
-                if gate:
-                    gate.enter()
-                    entered = True
-                if guard:
-                    await guard(context)
-                return await inner(_parsed(request, request_streaming), context)
+                async with admitted(context):
+                    return await inner(_parsed(request, request_streaming), context)
             except (ServiceError, Exception) as exc:
                 if isinstance(exc, grpc.aio.AbortError):
                     raise
                 await fail(context, exc)
-            finally:
-                if entered and gate:
-                    gate.leave()
 
         factory = (
             grpc.unary_unary_rpc_method_handler
@@ -160,26 +165,18 @@ def wrap_handler(
     async def streaming(
         request: Any, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[Any]:
-        entered = False
         try:
-            if gate:
-                gate.enter()
-                entered = True
-            if guard:
-                await guard(context)
-            responses = inner_stream(_parsed(request, request_streaming), context)
-            if inspect.isawaitable(responses):
-                await responses  # a handler that writes with context.write()
-                return
-            async for response in responses:
-                yield response
+            async with admitted(context):
+                responses = inner_stream(_parsed(request, request_streaming), context)
+                if inspect.isawaitable(responses):
+                    await responses  # a handler that writes with context.write()
+                    return
+                async for response in responses:
+                    yield response
         except (ServiceError, Exception) as exc:
             if isinstance(exc, grpc.aio.AbortError):
                 raise
             _end_with(context, status_of(exc))
-        finally:
-            if entered and gate:
-                gate.leave()
 
     factory_stream = (
         grpc.unary_stream_rpc_method_handler
