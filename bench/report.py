@@ -131,7 +131,11 @@ def plot(run: Run, out: Path) -> None:
         if not values:
             continue
         fig, axis = plt.subplots(figsize=(8, 0.4 * len(values) + 1.2))
-        axis.barh(list(values), [float(v) for v in values.values()], color="#4c72b0")
+        widths = [float(v) for v in values.values()]
+        axis.barh(list(values), widths, color="#4c72b0")
+        positive = [w for w in widths if w > 0]
+        if positive and max(positive) > 100 * min(positive):
+            axis.set_xscale("log")  # e.g. sub-millisecond figures next to one-second ones
         axis.invert_yaxis()
         axis.set_xlabel(label)
         axis.set_title(f"{run.name}: {label}")

@@ -1,26 +1,35 @@
-"""Sandbox benchmarks: per-run latency with full isolation, and implicit parallelism.
+"""Sandbox benchmarks: genmesh beside pydantic-monty and smolagents, in one run.
 
-Measures, in one run:
-- a trivial program (`1 + 1`): p50/p90 in the executor (in process), through SandboxService over
-  gRPC, and end to end through an AgentService (the router's servicer) in front of it;
-- ten independent host calls that each take 100 ms, against the same calls declared ordered
-  (which the sandbox never overlaps), i.e. the sequential baseline;
-- the trivial program in smolagents' LocalPythonExecutor (in process, no OS isolation) when
-  installed.
+Measures, side by side:
+- a trivial program (`1 + 1`), start to result, p50/p95: genmesh in the executor (in process),
+  through SandboxService over gRPC and through an AgentService (the router's servicer) in front
+  of it; pydantic-monty in a fresh session per program and in one warm session; smolagents'
+  LocalPythonExecutor;
+- ten independent host calls that each take 100 ms: genmesh overlaps them implicitly (the
+  program is a plain loop) and, as the sequential baseline, runs them one by one when they are
+  declared ordered; pydantic-monty overlaps async host functions only when the program gathers
+  them with `asyncio.gather`, and runs them in turn when it awaits each one; smolagents calls
+  its (synchronous) tools one after another.
+
+The systems isolate code very differently (ISOLATION below, printed with the figures), so the
+latencies compare the price of each kind of isolation rather than like with like.
 
 Targets (DESIGN.md section 4): trivial p50 <= 10 ms end to end; ten 100 ms calls <= 150 ms.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import inspect
 import json
 import os
 import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
+from importlib import metadata
 from typing import Any
 
 import grpc
@@ -34,12 +43,41 @@ from genmesh.v1 import agent_pb2, agent_pb2_grpc, program_pb2, sandbox_pb2, sand
 
 KEY = "bench-key"
 RUNS = 200
+TRIVIAL = "1 + 1"
 TEN = "rs = [work(i) for i in range(10)]\nsum(r for r in rs)"
+# Monty's host functions are coroutines in the sandbox: each call must be awaited, and only
+# asyncio.gather overlaps them.
+MONTY_IN_TURN = "rs = [await work(i) for i in range(10)]\nsum(rs)"
+MONTY_GATHER = "import asyncio\nrs = await asyncio.gather(*[work(i) for i in range(10)])\nsum(rs)"
+TRIVIAL_TARGET_MS = 10
+TEN_TARGET_MS = 150
+
+ISOLATION = {
+    "genmesh": "a checked Python dialect in a fresh pre-forked child per run: new network "
+    "namespace, unprivileged user, rlimits, no_new_privs, Landlock, seccomp",
+    "pydantic-monty": "a Python interpreter written in Rust, in a pooled worker subprocess "
+    "(reused across sessions): code reaches only the functions, files and OS calls the host "
+    "passes in; the subprocess contains crashes; no OS confinement (seccomp, Landlock, "
+    "namespaces) of the worker",
+    "smolagents": "LocalPythonExecutor: an AST interpreter in the host process with an import "
+    "allow-list; no process or OS isolation",
+}
+PARALLELISM = {
+    "genmesh": "implicit: the plain loop's independent calls overlap",
+    "pydantic-monty": "explicit: only asyncio.gather in the program overlaps calls",
+    "smolagents": "none: tools are synchronous and run one after another",
+}
 
 
 async def work(i: int) -> int:
     """A 100 ms host function."""
     await asyncio.sleep(0.1)
+    return i
+
+
+def blocking_work(i: int) -> int:
+    """The same host function for smolagents, whose tools are synchronous."""
+    time.sleep(0.1)
     return i
 
 
@@ -49,22 +87,22 @@ class Host:
         return program_pb2.FunctionResult(call_id=call.call_id, value=value_from_py(value))
 
 
-def summary(samples: list[float]) -> str:
-    ordered = sorted(samples)
-    p50 = statistics.median(ordered) * 1e3
-    p90 = ordered[int(len(ordered) * 0.9)] * 1e3
-    return f"p50 {p50:7.2f} ms   p90 {p90:7.2f} ms   (n={len(samples)})"
-
-
-async def timed(action: Callable[[], Awaitable[Any]], runs: int = RUNS) -> list[float]:
-    for _ in range(5):
-        await action()
+async def timed(action: Callable[[], Any], runs: int = RUNS, warmup: int = 5) -> dict[str, Any]:
+    """p50/p95 of `action` (plain or async) after `warmup` unmeasured runs."""
     samples = []
-    for _ in range(runs):
+    for index in range(warmup + runs):
         start = time.perf_counter()
-        await action()
-        samples.append(time.perf_counter() - start)
-    return samples
+        result = action()
+        if inspect.isawaitable(result):
+            await result
+        if index >= warmup:
+            samples.append(time.perf_counter() - start)
+    ordered = sorted(samples)
+    return {
+        "p50_ms": statistics.median(ordered) * 1e3,
+        "p95_ms": ordered[min(len(ordered) - 1, int(len(ordered) * 0.95))] * 1e3,
+        "n": len(samples),
+    }
 
 
 def start_sandbox_service() -> tuple[subprocess.Popen[str], int]:
@@ -95,40 +133,19 @@ async def via_service(stub: Any, program: program_pb2.Program) -> program_pb2.Pr
     raise RuntimeError("no result")
 
 
-def peers() -> list[str]:
-    lines = []
-    # pydantic-monty 1.x runs code in a pool of worker subprocesses behind a new session API;
-    # it is not measured here yet.
-    lines.append("pydantic-monty: not measured (1.x API not wired into this benchmark)")
-    try:
-        from smolagents import local_python_executor  # type: ignore[import-untyped, import-not-found, unused-ignore]
-
-        executor = local_python_executor.LocalPythonExecutor(additional_authorized_imports=[])
-        executor.send_tools({})
-        samples = []
-        for _ in range(RUNS):
-            start = time.perf_counter()
-            executor("1 + 1")
-            samples.append(time.perf_counter() - start)
-        lines.append(f"smolagents LocalPythonExecutor (in process): {summary(samples)}")
-    except Exception as exc:
-        lines.append(f"smolagents: not measured ({type(exc).__name__}: {exc})")
-    return lines
-
-
-async def main() -> None:
-    trivial = program_pb2.Program(code="1 + 1")
+async def measure_genmesh(trivial: dict[str, Any], ten: dict[str, Any]) -> str:
+    """Fills in genmesh's figures; returns the isolation layers not in force."""
+    program = program_pb2.Program(code=TRIVIAL)
     stubs = "def work(i=0): ..."
     parallel = program_pb2.Program(code=TEN, client_functions=stubs)
-    sequential = program_pb2.Program(code=TEN, client_functions=stubs, ordered_functions=["work"])
+    ordered = program_pb2.Program(code=TEN, client_functions=stubs, ordered_functions=["work"])
 
     executor = Executor()
     await executor.start()
-    missing = [layer["name"] for layer in executor.missing_layers()]
-    print(f"isolation layers missing: {missing or 'none'}")
-    in_process = await timed(lambda: executor.run(trivial, Host()))
-    par = await timed(lambda: executor.run(parallel, Host()), runs=10)
-    seq = await timed(lambda: executor.run(sequential, Host()), runs=3)
+    missing = ", ".join(str(layer["name"]) for layer in executor.missing_layers()) or "none"
+    trivial["genmesh_executor"] = await timed(lambda: executor.run(program, Host()))
+    ten["genmesh_implicit_parallel"] = await timed(lambda: executor.run(parallel, Host()), runs=10)
+    ten["genmesh_ordered"] = await timed(lambda: executor.run(ordered, Host()), runs=3, warmup=1)
     await executor.stop()
 
     process, port = start_sandbox_service()
@@ -137,7 +154,7 @@ async def main() -> None:
             f"127.0.0.1:{port}", interceptors=key_interceptors(KEY)
         ) as channel:
             stub = sandbox_pb2_grpc.SandboxServiceStub(channel)
-            direct = await timed(lambda: via_service(stub, trivial))
+            trivial["genmesh_sandbox_service"] = await timed(lambda: via_service(stub, program))
             server = grpc.aio.server(
                 interceptors=[AuthInterceptor(KeyStore([ApiKey(name="b", sha256=digest(KEY))]))]
             )
@@ -150,29 +167,146 @@ async def main() -> None:
                 f"127.0.0.1:{agent_port}", interceptors=key_interceptors(KEY)
             ) as router:
                 agent = agent_pb2_grpc.AgentServiceStub(router)
-                request = agent_pb2.ExecuteRequest(program=trivial)
-                routed = await timed(lambda: agent.Execute(request))
-                ten = program_pb2.Program(code=TEN)
-                routed_ten = await timed(
-                    lambda: agent.Execute(agent_pb2.ExecuteRequest(program=ten)), runs=10
-                )
+                request = agent_pb2.ExecuteRequest(program=program)
+                trivial["genmesh_agent_service"] = await timed(lambda: agent.Execute(request))
+                routed = agent_pb2.ExecuteRequest(program=program_pb2.Program(code=TEN))
+                ten["genmesh_agent_service"] = await timed(lambda: agent.Execute(routed), runs=10)
             await server.stop(None)
     finally:
         process.terminate()
         process.wait()
+    return missing
 
-    p50 = statistics.median
-    print(f"trivial, executor in process:        {summary(in_process)}")
-    print(f"trivial, SandboxService over gRPC:   {summary(direct)}")
-    print(f"trivial, through AgentService:       {summary(routed)}   target p50 <= 10 ms")
-    print(f"ten 100 ms calls, implicit parallel: {summary(par)}   target <= 150 ms")
-    print(f"ten 100 ms calls, through AgentService: {summary(routed_ten)}")
-    print(f"ten 100 ms calls, ordered (sequential): {summary(seq)}")
-    print(f"speed-up parallel vs sequential: {p50(seq) / p50(par):.1f}x")
-    print(f"AgentService vs direct SandboxService (trivial p50): {p50(routed) / p50(direct):.2f}x")
-    for line in peers():
-        print(line)
+
+async def measure_monty(trivial: dict[str, Any], ten: dict[str, Any]) -> str:
+    """Fills in pydantic-monty's figures through its asyncio API; returns its version."""
+    from pydantic_monty import AsyncMonty
+
+    async with AsyncMonty() as pool:
+
+        async def fresh(code: str) -> Any:
+            async with pool.checkout() as session:
+                return await session.feed_run(code, external_lookup={"work": work})
+
+        for code, expected in ((TRIVIAL, 2), (MONTY_IN_TURN, 45), (MONTY_GATHER, 45)):
+            if (got := await fresh(code)) != expected:
+                raise RuntimeError(f"monty returned {got!r} for {code!r}")
+        trivial["monty_fresh_session"] = await timed(lambda: fresh(TRIVIAL))
+        async with pool.checkout() as session:
+            trivial["monty_warm_session"] = await timed(lambda: session.feed_run(TRIVIAL))
+        ten["monty_gather"] = await timed(lambda: fresh(MONTY_GATHER), runs=10)
+        ten["monty_awaited_in_turn"] = await timed(lambda: fresh(MONTY_IN_TURN), runs=3, warmup=1)
+    return metadata.version("pydantic-monty")
+
+
+async def measure_smolagents(trivial: dict[str, Any], ten: dict[str, Any]) -> str:
+    """Fills in smolagents' figures (LocalPythonExecutor); returns its version."""
+    from smolagents import local_python_executor  # type: ignore[import-untyped]
+
+    executor = local_python_executor.LocalPythonExecutor(additional_authorized_imports=[])
+    executor.send_tools({"work": blocking_work})
+    if (got := executor(TEN).output) != 45:
+        raise RuntimeError(f"smolagents returned {got!r}")
+    trivial["smolagents"] = await timed(lambda: executor(TRIVIAL))
+    ten["smolagents_sequential"] = await timed(lambda: executor(TEN), runs=3, warmup=1)
+    return metadata.version("smolagents")
+
+
+async def run() -> dict[str, Any]:
+    trivial: dict[str, Any] = {}
+    ten: dict[str, Any] = {}
+    missing = await measure_genmesh(trivial, ten)
+    versions: dict[str, str] = {}
+    not_measured: dict[str, str] = {}
+    for name, measure in (("pydantic-monty", measure_monty), ("smolagents", measure_smolagents)):
+        try:
+            versions[name] = await measure(trivial, ten)
+        except Exception as exc:
+            not_measured[name] = f"{type(exc).__name__}: {exc}"
+
+    def ratio(slow: dict[str, Any] | None, fast: dict[str, Any] | None) -> float | None:
+        return slow["p50_ms"] / fast["p50_ms"] if slow and fast else None
+
+    ratios = {
+        "genmesh_ordered_over_parallel": ratio(
+            ten["genmesh_ordered"], ten["genmesh_implicit_parallel"]
+        ),
+        "monty_in_turn_over_gather": ratio(
+            ten.get("monty_awaited_in_turn"), ten.get("monty_gather")
+        ),
+        "agent_service_over_sandbox_service_trivial_p50": ratio(
+            trivial["genmesh_agent_service"], trivial["genmesh_sandbox_service"]
+        ),
+    }
+    met = (
+        trivial["genmesh_agent_service"]["p50_ms"] <= TRIVIAL_TARGET_MS
+        and ten["genmesh_implicit_parallel"]["p50_ms"] <= TEN_TARGET_MS
+    )
+    return {
+        "isolation_layers_missing": missing,
+        "trivial": trivial,
+        "ten_calls": ten,
+        "ratios": {key: value for key, value in ratios.items() if value is not None},
+        "targets": {
+            "trivial.genmesh_agent_service.p50_ms": f"<= {TRIVIAL_TARGET_MS}",
+            "ten_calls.genmesh_implicit_parallel.p50_ms": f"<= {TEN_TARGET_MS}",
+        },
+        "met": met,
+        "versions": versions,
+        "not_measured": not_measured,
+        "parallelism": PARALLELISM,
+        "isolation": ISOLATION,
+    }
+
+
+LABELS = {
+    "genmesh_executor": "genmesh, executor in process",
+    "genmesh_sandbox_service": "genmesh, SandboxService over gRPC",
+    "genmesh_agent_service": "genmesh, through AgentService",
+    "monty_fresh_session": "pydantic-monty, fresh session each",
+    "monty_warm_session": "pydantic-monty, one warm session",
+    "smolagents": "smolagents LocalPythonExecutor",
+    "genmesh_implicit_parallel": "genmesh, implicit parallel",
+    "genmesh_ordered": "genmesh, declared ordered",
+    "monty_gather": "pydantic-monty, asyncio.gather",
+    "monty_awaited_in_turn": "pydantic-monty, awaited in turn",
+    "smolagents_sequential": "smolagents, in turn",
+}
+
+
+def report(results: dict[str, Any]) -> None:
+    print(f"genmesh isolation layers missing: {results['isolation_layers_missing']}")
+    for section, title in (("trivial", "trivial program"), ("ten_calls", "ten 100 ms calls")):
+        print(f"\n{title:<40}{'p50 ms':>9}{'p95 ms':>9}{'n':>5}")
+        for key, figure in results[section].items():
+            target = results["targets"].get(f"{section}.{key}.p50_ms")
+            print(
+                f"{LABELS[key]:<40}{figure['p50_ms']:>9.2f}{figure['p95_ms']:>9.2f}"
+                f"{figure['n']:>5}   {f'target p50 {target} ms' if target else ''}"
+            )
+    print()
+    for key, value in results["ratios"].items():
+        print(f"{key}: {value:.2f}x")
+    print("targets met" if results["met"] else "TARGETS MISSED")
+    for name, reason in results["not_measured"].items():
+        print(f"{name}: NOT MEASURED ({reason})")
+    print("\nversions: " + ", ".join(f"{k} {v}" for k, v in results["versions"].items()))
+    for name, how in results["parallelism"].items():
+        print(f"parallel host calls, {name}: {how}")
+    for name, how in results["isolation"].items():
+        print(f"isolation, {name}: {how}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    args = parser.parse_args()
+    results = asyncio.run(run())
+    if args.json:
+        print(json.dumps(results, indent=2))
+    else:
+        report(results)
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    main()
