@@ -19,6 +19,7 @@ type config struct {
 	routerServerName string
 	corsOrigins      []string
 	maxBodyBytes     int64
+	otlpEndpoint     string
 }
 
 func parseConfig(args []string) (config, error) {
@@ -51,6 +52,9 @@ func parseConfig(args []string) (config, error) {
 		"comma-separated origins allowed by CORS, or *; empty disables CORS (env GENMESH_GATEWAY_CORS_ORIGINS)")
 	fs.Int64Var(&c.maxBodyBytes, "max-body-bytes", maxBody,
 		"largest request body accepted, in bytes (env GENMESH_GATEWAY_MAX_BODY_BYTES)")
+	fs.StringVar(&c.otlpEndpoint, "otlp-endpoint", otlpEndpointFromEnv(),
+		"OTLP/gRPC endpoint spans are exported to, host:port (plaintext) or an http(s) URL; none when empty "+
+			"(env GENMESH_GATEWAY_OTLP_ENDPOINT, else OTEL_EXPORTER_OTLP_TRACES_ENDPOINT or OTEL_EXPORTER_OTLP_ENDPOINT)")
 	if err := errors.Join(errs...); err != nil {
 		return c, err
 	}
@@ -59,6 +63,9 @@ func parseConfig(args []string) (config, error) {
 	}
 	if c.maxBodyBytes <= 0 {
 		return c, errors.New("max-body-bytes must be positive")
+	}
+	if err := checkEndpoint(c.otlpEndpoint); err != nil {
+		return c, fmt.Errorf("otlp-endpoint %w", err)
 	}
 	if c.routerCA != "" || c.routerServerName != "" {
 		c.routerTLS = true
@@ -69,6 +76,16 @@ func parseConfig(args []string) (config, error) {
 		}
 	}
 	return c, nil
+}
+
+// otlpEndpointFromEnv is the gateway's own setting, else the standard OpenTelemetry variables.
+func otlpEndpointFromEnv() string {
+	for _, name := range []string{"GENMESH_GATEWAY_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT"} {
+		if v := os.Getenv(name); v != "" {
+			return v
+		}
+	}
+	return ""
 }
 
 func envOr(name, fallback string) string {

@@ -24,17 +24,11 @@ import (
 //go:embed openapi/genmesh.swagger.json
 var openAPIDocument []byte
 
-// forwardedHeaders are HTTP headers passed to the router as gRPC metadata under these keys:
-// the API key (Authorization is forwarded by grpc-gateway itself) and W3C trace context.
-var forwardedHeaders = map[string]string{
-	"X-Api-Key":   "x-api-key",
-	"Traceparent": "traceparent",
-	"Tracestate":  "tracestate",
-}
-
+// incomingHeaderMatcher passes the API key to the router as gRPC metadata; grpc-gateway forwards
+// Authorization itself, and the tracing (tracing.go) sends the W3C trace context of its own span.
 func incomingHeaderMatcher(key string) (string, bool) {
-	if md, ok := forwardedHeaders[textproto.CanonicalMIMEHeaderKey(key)]; ok {
-		return md, true
+	if textproto.CanonicalMIMEHeaderKey(key) == "X-Api-Key" {
+		return "x-api-key", true
 	}
 	return runtime.DefaultHeaderMatcher(key)
 }
@@ -93,8 +87,8 @@ func newMarshaler() runtime.Marshaler {
 }
 
 // newHandler serves the REST bindings of the public services over conn, plus /healthz (the
-// router's gRPC health) and /openapi.json.
-func newHandler(ctx context.Context, conn *grpc.ClientConn, cfg config) (http.Handler, error) {
+// router's gRPC health) and /openapi.json, each request in a span of t.
+func newHandler(ctx context.Context, conn *grpc.ClientConn, cfg config, t tracing) (http.Handler, error) {
 	marshaler := newMarshaler()
 	mux := runtime.NewServeMux(
 		runtime.WithMarshalerOption(runtime.MIMEWildcard, marshaler),
@@ -102,6 +96,8 @@ func newHandler(ctx context.Context, conn *grpc.ClientConn, cfg config) (http.Ha
 		runtime.WithOutgoingHeaderMatcher(outgoingHeaderMatcher),
 		runtime.WithErrorHandler(errorHandler),
 		runtime.WithForwardResponseOption(trailersAsHeaders),
+		runtime.WithForwardResponseOption(spanRequestID),
+		runtime.WithMiddlewares(nameByRoute),
 		runtime.WithHealthzEndpoint(grpc_health_v1.NewHealthClient(conn)),
 	)
 	registrations := []func(context.Context, *runtime.ServeMux, *grpc.ClientConn) error{
@@ -127,11 +123,11 @@ func newHandler(ctx context.Context, conn *grpc.ClientConn, cfg config) (http.Ha
 		handler = cors.New(cors.Options{
 			AllowedOrigins: cfg.corsOrigins,
 			AllowedMethods: []string{http.MethodGet, http.MethodPost},
-			AllowedHeaders: []string{"Content-Type", "X-API-Key", "Authorization", "Traceparent", "Tracestate"},
+			AllowedHeaders: []string{"Content-Type", "X-API-Key", "Authorization", "Traceparent", "Tracestate", "Baggage"},
 			MaxAge:         600,
 		}).Handler(handler)
 	}
-	return handler, nil
+	return t.serverHandler(handler), nil
 }
 
 // limitBody refuses bodies over limit: at once with 413 when the length is declared, and as a

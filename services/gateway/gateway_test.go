@@ -20,6 +20,10 @@ import (
 	"testing"
 	"time"
 
+	"go.opentelemetry.io/otel/attribute"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/sdk/trace/tracetest"
+	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/health"
@@ -43,6 +47,51 @@ func (metadataCatalog) ListBindings(ctx context.Context, _ *genmeshv1.ListBindin
 		}
 	}
 	return response, nil
+}
+
+// tracedGeneration answers Generate with the request's id and records the traceparent it got.
+type tracedGeneration struct {
+	genmeshv1.UnimplementedGenerationServiceServer
+	traceparents chan string
+}
+
+func (g tracedGeneration) Generate(ctx context.Context, request *genmeshv1.GenerateRequest) (*genmeshv1.GenerateResponse, error) {
+	md, _ := metadata.FromIncomingContext(ctx)
+	g.traceparents <- strings.Join(md.Get("traceparent"), ",")
+	return &genmeshv1.GenerateResponse{RequestId: request.GetRequestId()}, nil
+}
+
+// startRouter serves a router stand-in (catalog, generation, health) on loopback and returns its
+// address; generation reports the trace context of each call on the returned channel.
+func startRouter(t *testing.T, opts ...grpc.ServerOption) (string, <-chan string) {
+	t.Helper()
+	traceparents := make(chan string, 8)
+	server := grpc.NewServer(opts...)
+	genmeshv1.RegisterCatalogServiceServer(server, metadataCatalog{})
+	genmeshv1.RegisterGenerationServiceServer(server, tracedGeneration{traceparents: traceparents})
+	grpc_health_v1.RegisterHealthServer(server, health.NewServer())
+	listener, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() { _ = server.Serve(listener) }()
+	t.Cleanup(server.Stop)
+	return listener.Addr().String(), traceparents
+}
+
+// gatewayHandler is the gateway's handler in front of the router in cfg, traced by tr.
+func gatewayHandler(t *testing.T, cfg config, tr tracing) http.Handler {
+	t.Helper()
+	conn, err := dialRouter(cfg, tr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	handler, err := newHandler(context.Background(), conn, cfg, tr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return handler
 }
 
 // selfSigned writes a certificate for "router.test" and returns the server credentials and the
@@ -81,36 +130,16 @@ func selfSigned(t *testing.T) (credentials.TransportCredentials, string) {
 // and reports the router's health.
 func TestTLSRouterAndMetadata(t *testing.T) {
 	serverCreds, caFile := selfSigned(t)
-	server := grpc.NewServer(grpc.Creds(serverCreds))
-	genmeshv1.RegisterCatalogServiceServer(server, metadataCatalog{})
-	grpc_health_v1.RegisterHealthServer(server, health.NewServer())
-	listener, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	go func() { _ = server.Serve(listener) }()
-	t.Cleanup(server.Stop)
+	router, _ := startRouter(t, grpc.Creds(serverCreds))
 
-	cfg, err := parseConfig([]string{"-router=" + listener.Addr().String(), "-router-ca=" + caFile, "-router-server-name=router.test"})
+	cfg, err := parseConfig([]string{"-router=" + router, "-router-ca=" + caFile, "-router-server-name=router.test"})
 	if err != nil {
 		t.Fatal(err)
 	}
 	if !cfg.routerTLS {
 		t.Fatal("-router-ca should imply TLS")
 	}
-	creds, err := routerCredentials(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	conn, err := grpc.NewClient(cfg.router, grpc.WithTransportCredentials(creds))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { conn.Close() })
-	handler, err := newHandler(context.Background(), conn, cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
+	handler := gatewayHandler(t, cfg, noTracing)
 	gateway := httptest.NewServer(handler)
 	t.Cleanup(gateway.Close)
 
@@ -154,32 +183,13 @@ func TestTLSRouterAndMetadata(t *testing.T) {
 // router's certificate is refused and the client gets 503 with a Status body.
 func TestUntrustedRouterIsUnavailable(t *testing.T) {
 	serverCreds, _ := selfSigned(t)
-	server := grpc.NewServer(grpc.Creds(serverCreds))
-	genmeshv1.RegisterCatalogServiceServer(server, metadataCatalog{})
-	listener, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	go func() { _ = server.Serve(listener) }()
-	t.Cleanup(server.Stop)
+	router, _ := startRouter(t, grpc.Creds(serverCreds))
 
-	cfg, err := parseConfig([]string{"-router=" + listener.Addr().String(), "-router-tls", "-router-server-name=router.test"})
+	cfg, err := parseConfig([]string{"-router=" + router, "-router-tls", "-router-server-name=router.test"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	creds, err := routerCredentials(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	conn, err := grpc.NewClient(cfg.router, grpc.WithTransportCredentials(creds))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { conn.Close() })
-	handler, err := newHandler(context.Background(), conn, cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
+	handler := gatewayHandler(t, cfg, noTracing)
 	recorder := httptest.NewRecorder()
 	handler.ServeHTTP(recorder, httptest.NewRequest(http.MethodGet, "/v1/bindings", nil))
 	if recorder.Code != http.StatusServiceUnavailable || !strings.Contains(recorder.Body.String(), `"code":14`) {
@@ -188,6 +198,9 @@ func TestUntrustedRouterIsUnavailable(t *testing.T) {
 }
 
 func TestConfigFromEnvironment(t *testing.T) {
+	for _, name := range []string{"GENMESH_GATEWAY_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT"} {
+		t.Setenv(name, "")
+	}
 	t.Setenv("GENMESH_GATEWAY_ROUTER", "router:1234")
 	t.Setenv("GENMESH_GATEWAY_CORS_ORIGINS", "http://a.example, http://b.example")
 	t.Setenv("GENMESH_GATEWAY_MAX_BODY_BYTES", "1024")
@@ -199,8 +212,115 @@ func TestConfigFromEnvironment(t *testing.T) {
 		len(cfg.corsOrigins) != 2 || cfg.corsOrigins[1] != "http://b.example" || cfg.routerTLS {
 		t.Errorf("unexpected config %+v", cfg)
 	}
+	if cfg.otlpEndpoint != "" {
+		t.Errorf("no OTLP endpoint was configured, got %q", cfg.otlpEndpoint)
+	}
+	t.Setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4317")
+	if cfg, err := parseConfig(nil); err != nil || cfg.otlpEndpoint != "http://collector:4317" {
+		t.Errorf("OTEL_EXPORTER_OTLP_ENDPOINT: %q, %v", cfg.otlpEndpoint, err)
+	}
+	t.Setenv("GENMESH_GATEWAY_OTLP_ENDPOINT", "otel.monitoring:4317")
+	if cfg, err := parseConfig(nil); err != nil || cfg.otlpEndpoint != "otel.monitoring:4317" {
+		t.Errorf("GENMESH_GATEWAY_OTLP_ENDPOINT should win: %q, %v", cfg.otlpEndpoint, err)
+	}
+	for _, endpoint := range []string{"collector", "ftp://collector:4317", "http://"} {
+		if _, err := parseConfig([]string{"-otlp-endpoint=" + endpoint}); err == nil {
+			t.Errorf("-otlp-endpoint=%s should be an error", endpoint)
+		}
+	}
 	t.Setenv("GENMESH_GATEWAY_ROUTER_TLS", "maybe")
 	if _, err := parseConfig(nil); err == nil {
 		t.Error("a malformed GENMESH_GATEWAY_ROUTER_TLS should be an error")
+	}
+}
+
+// recordingGateway is the gateway in front of a router stand-in, its spans kept in the recorder.
+func recordingGateway(t *testing.T) (http.Handler, *tracetest.SpanRecorder, <-chan string) {
+	t.Helper()
+	recorder := tracetest.NewSpanRecorder()
+	provider := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(recorder))
+	t.Cleanup(func() { _ = provider.Shutdown(context.Background()) })
+	router, traceparents := startRouter(t)
+	cfg, err := parseConfig([]string{"-router=" + router})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return gatewayHandler(t, cfg, tracing{provider: provider, propagator: w3cPropagator}), recorder, traceparents
+}
+
+// TestRequestSpans checks the gateway's part in a trace: a server span named after the route,
+// child of the caller's context, with the route, status and request id; a client span for the
+// router call under it, whose context is what the router receives; no spans for /healthz.
+func TestRequestSpans(t *testing.T) {
+	handler, recorder, traceparents := recordingGateway(t)
+	gateway := httptest.NewServer(handler)
+	t.Cleanup(gateway.Close)
+
+	const traceID, callerSpan = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+	request, _ := http.NewRequest(http.MethodPost, gateway.URL+"/v1/generate", strings.NewReader(`{"request_id": "r-42"}`))
+	request.Header.Set("Traceparent", "00-"+traceID+"-"+callerSpan+"-01")
+	response, err := http.DefaultClient.Do(request)
+	if err != nil {
+		t.Fatal(err)
+	}
+	response.Body.Close()
+	if response.StatusCode != http.StatusOK {
+		t.Fatalf("status %d", response.StatusCode)
+	}
+	health, err := http.Get(gateway.URL + "/healthz")
+	if err != nil {
+		t.Fatal(err)
+	}
+	health.Body.Close()
+
+	spans := recorder.Ended()
+	if len(spans) != 2 {
+		t.Fatalf("want the request's server and client spans only, got %d: %v", len(spans), spans)
+	}
+	server, client := spans[1], spans[0]
+	if server.Name() != "POST /v1/generate" || server.SpanKind() != trace.SpanKindServer {
+		t.Errorf("server span %q (%v)", server.Name(), server.SpanKind())
+	}
+	if server.SpanContext().TraceID().String() != traceID || server.Parent().SpanID().String() != callerSpan {
+		t.Errorf("server span in trace %s under %s, want %s under %s",
+			server.SpanContext().TraceID(), server.Parent().SpanID(), traceID, callerSpan)
+	}
+	attributes := map[attribute.Key]attribute.Value{}
+	for _, kv := range server.Attributes() {
+		attributes[kv.Key] = kv.Value
+	}
+	for key, want := range map[attribute.Key]string{"http.route": "/v1/generate", "genmesh.request_id": "r-42"} {
+		if got := attributes[key].Emit(); got != want {
+			t.Errorf("%s = %q, want %q", key, got, want)
+		}
+	}
+	if got := attributes["http.response.status_code"].AsInt64(); got != http.StatusOK {
+		t.Errorf("http.response.status_code = %d", got)
+	}
+	if client.Name() != "genmesh.v1.GenerationService/Generate" || client.SpanKind() != trace.SpanKindClient ||
+		client.Parent().SpanID() != server.SpanContext().SpanID() {
+		t.Errorf("client span %q (%v) under %s, want under the server span %s",
+			client.Name(), client.SpanKind(), client.Parent().SpanID(), server.SpanContext().SpanID())
+	}
+	want := "00-" + traceID + "-" + client.SpanContext().SpanID().String() + "-01"
+	if got := <-traceparents; got != want {
+		t.Errorf("router got traceparent %q, want %q", got, want)
+	}
+}
+
+// TestSpanNames checks that spans take the route's template, and only the method without a route.
+func TestSpanNames(t *testing.T) {
+	handler, recorder, _ := recordingGateway(t)
+	for path, want := range map[string]string{"/v1/models/echo/info": "GET /v1/models/{binding}/info", "/v2/nothing": "GET"} {
+		handler.ServeHTTP(httptest.NewRecorder(), httptest.NewRequest(http.MethodGet, path, nil))
+		var names []string
+		for _, span := range recorder.Ended() {
+			if span.SpanKind() == trace.SpanKindServer {
+				names = append(names, span.Name())
+			}
+		}
+		if len(names) == 0 || names[len(names)-1] != want {
+			t.Errorf("%s: server spans %v, want the last named %q", path, names, want)
+		}
 	}
 }

@@ -45,20 +45,25 @@ func run(cfg config) error {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 
-	creds, err := routerCredentials(cfg)
+	tracer, stopTracing, err := newTracing(ctx, cfg.otlpEndpoint)
 	if err != nil {
 		return err
 	}
-	conn, err := grpc.NewClient(cfg.router,
-		grpc.WithTransportCredentials(creds),
-		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(maxMessageBytes), grpc.MaxCallSendMsgSize(maxMessageBytes)),
-	)
+	// Runs last: the spans of the requests drained below are flushed before the process exits.
+	defer func() {
+		flushCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if err := stopTracing(flushCtx); err != nil {
+			slog.Warn("flushing spans", "error", err)
+		}
+	}()
+	conn, err := dialRouter(cfg, tracer)
 	if err != nil {
-		return fmt.Errorf("router %s: %w", cfg.router, err)
+		return err
 	}
 	defer conn.Close()
 
-	handler, err := newHandler(ctx, conn, cfg)
+	handler, err := newHandler(ctx, conn, cfg, tracer)
 	if err != nil {
 		return err
 	}
@@ -67,7 +72,8 @@ func run(cfg config) error {
 		return err
 	}
 	srv := &http.Server{Handler: handler, ReadHeaderTimeout: 10 * time.Second}
-	slog.Info("gateway serving", "listen", listener.Addr().String(), "router", cfg.router, "tls", cfg.routerTLS)
+	slog.Info("gateway serving", "listen", listener.Addr().String(), "router", cfg.router, "tls", cfg.routerTLS,
+		"otlp_endpoint", cfg.otlpEndpoint)
 	announce(listener.Addr().(*net.TCPAddr).Port)
 
 	served := make(chan error, 1)
@@ -91,6 +97,23 @@ func run(cfg config) error {
 func announce(port int) {
 	line, _ := json.Marshal(map[string]any{"event": "listening", "service": "gateway", "port": port, "ready": true})
 	fmt.Println(string(line))
+}
+
+// dialRouter opens the channel to the router (connected lazily), each call traced by t.
+func dialRouter(cfg config, t tracing) (*grpc.ClientConn, error) {
+	creds, err := routerCredentials(cfg)
+	if err != nil {
+		return nil, err
+	}
+	conn, err := grpc.NewClient(cfg.router,
+		grpc.WithTransportCredentials(creds),
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(maxMessageBytes), grpc.MaxCallSendMsgSize(maxMessageBytes)),
+		grpc.WithStatsHandler(t.clientHandler()),
+	)
+	if err != nil {
+		return nil, fmt.Errorf("router %s: %w", cfg.router, err)
+	}
+	return conn, nil
 }
 
 func routerCredentials(cfg config) (credentials.TransportCredentials, error) {

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import tempfile
 from pathlib import Path
@@ -21,11 +22,13 @@ def build_gateway() -> Path:
 class GatewayProcess:
     """The gateway in front of `router`; it announces its port in the services' ready line."""
 
-    def __init__(self, router: str, *flags: str) -> None:
+    def __init__(self, router: str, *flags: str, env: dict[str, str] | None = None) -> None:
         self.log_path = Path(tempfile.mkdtemp(prefix="genmesh-gateway-")) / "stderr.log"
         command = [str(build_gateway()), f"-router={router}", "-listen=127.0.0.1:0", *flags]
         with self.log_path.open("wb") as log:
-            self.popen = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=log)
+            self.popen = subprocess.Popen(
+                command, stdout=subprocess.PIPE, stderr=log, env={**os.environ, **(env or {})}
+            )
         assert self.popen.stdout is not None
         ready = json.loads(self.popen.stdout.readline() or "{}")
         if not ready.get("ready"):

@@ -92,6 +92,7 @@ class Receiver(trace_service_pb2_grpc.TraceServiceServicer):
 @dataclass(frozen=True)
 class TracedMesh:
     receiver: Receiver
+    otlp_endpoint: str
     ttt: ServiceProcess
     sandbox: ServiceProcess
     router: ServiceProcess
@@ -138,6 +139,6 @@ def traced(receiver: tuple[Receiver, str]) -> Iterator[TracedMesh]:
     sandbox = ServiceProcess("sandbox", observed, TRACING_ENV)
     config = router_config([echo_binding(ttt.address)], sandbox_address=sandbox.address, **observed)
     router = ServiceProcess("router", config, TRACING_ENV)
-    yield TracedMesh(spans, ttt, sandbox, router)
+    yield TracedMesh(spans, endpoint, ttt, sandbox, router)
     for process in (router, sandbox, ttt):
         process.terminate()

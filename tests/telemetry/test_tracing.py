@@ -19,9 +19,10 @@ from genmesh.v1 import (
 )
 from tests.gateway.process import GatewayProcess
 from tests.support import API_KEY
-from tests.telemetry.conftest import Span, TracedMesh, new_trace
+from tests.telemetry.conftest import TRACING_ENV, Span, TracedMesh, new_trace
 
 ROUTER, TTT, SANDBOX = "genmesh-router", "genmesh-ttt", "genmesh-sandbox"
+GATEWAY = "genmesh-gateway"
 GENERATE = "genmesh.v1.GenerationService/Generate"
 INFER = "genmesh.v1.InferenceService/Infer"
 
@@ -130,13 +131,17 @@ async def test_agent_run_traces_router_sandbox_and_callback(traced: TracedMesh) 
 
 @pytest.fixture(scope="module")
 def gateway(traced: TracedMesh) -> Iterator[GatewayProcess]:
-    process = GatewayProcess(traced.router.address)
+    process = GatewayProcess(
+        traced.router.address, f"-otlp-endpoint={traced.otlp_endpoint}", env=TRACING_ENV
+    )
     yield process
     process.terminate()
 
 
-def test_rest_request_joins_the_callers_trace(traced: TracedMesh, gateway: GatewayProcess) -> None:
-    """client → gateway → router → ttt: the gateway forwards the W3C header it was given."""
+def test_rest_request_is_one_trace_client_gateway_router_ttt(
+    traced: TracedMesh, gateway: GatewayProcess
+) -> None:
+    """client → gateway (its request span, then its call to the router) → router → ttt."""
     trace_id, client_span, header = new_trace()
     body = {"task": "TASK_TEXT", "inputs": [{"text": "over rest"}], "request_id": "traced-rest"}
     conn = http.client.HTTPConnection("127.0.0.1", gateway.port, timeout=30)
@@ -150,8 +155,25 @@ def test_rest_request_joins_the_callers_trace(traced: TracedMesh, gateway: Gatew
     assert response.status == 200, response.read()
     conn.close()
 
-    spans = traced.receiver.trace(trace_id, having((ROUTER, GENERATE), (TTT, INFER)))
+    spans = traced.receiver.trace(
+        trace_id,
+        having(
+            (GATEWAY, "POST /v1/generate"), (GATEWAY, GENERATE), (ROUTER, GENERATE), (TTT, INFER)
+        ),
+    )
+    request = named(spans, GATEWAY, "POST /v1/generate")
+    call = named(spans, GATEWAY, GENERATE)
     router = named(spans, ROUTER, GENERATE)
-    assert router.parent_id == client_span
-    assert named(spans, TTT, INFER).parent_id == router.span_id
+    ttt = named(spans, TTT, INFER)
+    assert (request.parent_id, request.kind) == (client_span, "SPAN_KIND_SERVER")
+    assert (call.parent_id, call.kind) == (request.span_id, "SPAN_KIND_CLIENT")
+    assert router.parent_id == call.span_id
+    assert ttt.parent_id == router.span_id
+    assert request.start_ns <= router.start_ns and router.end_ns <= request.end_ns
+    assert request.attributes["http.request.method"] == "POST"
+    assert request.attributes["http.route"] == "/v1/generate"
+    assert request.attributes["http.response.status_code"] == 200
+    assert request.attributes["genmesh.request_id"] == "traced-rest"
+    assert call.attributes["rpc.method"] == GENERATE
+    assert call.attributes["rpc.response.status_code"] == "OK"
     assert_generation(router, "traced-rest", "over rest")
