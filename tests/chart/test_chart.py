@@ -22,6 +22,7 @@ from tests.chart.conftest import (
     run,
     template,
 )
+from tests.gateway.process import GatewayProcess
 
 # Custom resources have no schema in Kubernetes itself; nothing else may go unvalidated.
 CUSTOM_RESOURCES = {("monitoring.coreos.com/v1", "ServiceMonitor")}
@@ -187,6 +188,19 @@ def test_generated_config_loads_with_the_service_settings(
             settings = load_settings(cls)
         assert settings.port == container["ports"][0]["containerPort"], rendered.name
         assert settings.host == "0.0.0.0", rendered.name
+
+
+def test_gateway_starts_with_the_rendered_flags(rendered_sets: dict[str, Rendered]) -> None:
+    """The real gateway binary accepts every flag each value set renders for it (listen and
+    router addresses aside, which point into the cluster)."""
+    for rendered in rendered_sets.values():
+        deployment = rendered.deployments().get("gateway")
+        if deployment is None:
+            continue
+        args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+        flags = [a for a in args if not a.startswith(("--listen=", "--router="))]
+        gateway = GatewayProcess("127.0.0.1:9", *flags)
+        gateway.terminate()
 
 
 def test_gpu_values_request_gpus_on_gpu_nodes(rendered_sets: dict[str, Rendered]) -> None:
