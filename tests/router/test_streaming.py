@@ -1,0 +1,174 @@
+"""GenerateStream relays the backend stream faithfully, merging text deltas only when they wait.
+
+The router reads the backend ahead of the client; text deltas that pile up while the client is
+slow go out merged (see genmesh.router.generation). These tests pin down what must not change:
+the text and the thoughts, their order, the final event (last, separate, with usage and finish
+reason) and cancellation reaching the engine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import grpc
+import pytest
+
+from genmesh.client import Client, text_request
+from genmesh.router.generation import READ_AHEAD, coalesced
+from genmesh.v1 import common_pb2, generation_pb2, generation_pb2_grpc
+from tests.support import API_KEY, ServiceProcess
+
+KEY = (("x-api-key", API_KEY),)
+# A client that takes in at most about one message ahead of what it has read: with BDP probing
+# off, the router's writes wait for every read, as they would for a slow client on a slow link.
+SMALL_WINDOW = [("grpc.http2.bdp_probe", 0), ("grpc.http2.lookahead_bytes", 1)]
+
+
+def echo(prompt: str, repeat: int = 1) -> common_pb2.GenerateRequest:
+    request = text_request(prompt, parameters=common_pb2.TextParameters(max_tokens=1_000_000))
+    request.extra.update({"repeat": repeat})
+    return request
+
+
+def text_of(events: list[common_pb2.StreamEvent]) -> str:
+    return "".join(e.text_delta.text for e in events)
+
+
+def assert_final_last(events: list[common_pb2.StreamEvent], text: str) -> None:
+    """Every event but the last is a text delta; the last is the final result, alone."""
+    *deltas, last = events
+    assert all(e.WhichOneof("event") == "text_delta" for e in deltas)
+    assert last.WhichOneof("event") == "final"
+    final = last.final
+    assert final.outputs[0].text == text
+    assert final.finish_reason == common_pb2.FINISH_REASON_STOP
+    assert final.usage.completion_tokens == len(text)
+    assert final.usage.prompt_tokens > 0
+
+
+async def slow_reader(
+    router: ServiceProcess, request: common_pb2.GenerateRequest
+) -> list[common_pb2.StreamEvent]:
+    """Reads the first event, stalls while the backend keeps producing, then reads the rest."""
+    async with grpc.aio.insecure_channel(router.address, options=SMALL_WINDOW) as channel:
+        stub = generation_pb2_grpc.GenerationServiceStub(channel)
+        opening = generation_pb2.GenerateStreamRequest(request=request)
+        responses = aiter(stub.GenerateStream(opening, metadata=KEY, timeout=120))
+        first = await anext(responses)
+        await asyncio.sleep(0.5)
+        return [first.event, *[r.event async for r in responses]]
+
+
+async def test_long_stream_text_adds_up_to_the_whole_echo(client: Client) -> None:
+    prompt = "the whole echo, every character of it; "
+    events = [e async for e in client.generate_stream(echo(prompt, repeat=200))]
+    assert text_of(events[:-1]) == prompt * 200
+    assert_final_last(events, prompt * 200)
+
+
+async def test_a_slow_client_gets_fewer_larger_deltas_with_the_same_text(
+    router: ServiceProcess,
+) -> None:
+    prompt = "0123456789"
+    events = await slow_reader(router, echo(prompt, repeat=300))
+    deltas = events[:-1]
+    assert text_of(deltas) == prompt * 300
+    assert len(deltas) < len(prompt) * 300
+    assert max(len(e.text_delta.text) for e in deltas) > 1
+    assert max(len(e.text_delta.text) for e in deltas) <= READ_AHEAD
+    assert_final_last(events, prompt * 300)
+
+
+async def test_merged_thoughts_stay_ahead_of_the_answer(router: ServiceProcess) -> None:
+    thoughts, answer = "t" * 400, "a" * 400
+    events = await slow_reader(router, echo(f"<think>{thoughts}</think>{answer}"))
+    deltas = [e.text_delta for e in events[:-1]]
+    assert "".join(d.thoughts for d in deltas) == thoughts
+    assert "".join(d.text for d in deltas) == answer
+    first_answer = next(i for i, d in enumerate(deltas) if d.text)
+    assert not any(d.thoughts for d in deltas[first_answer + 1 :])
+    assert events[-1].final.outputs[0].thoughts == thoughts
+
+
+async def test_cancelling_a_fast_stream_reaches_the_engine(
+    client: Client, ttt: ServiceProcess
+) -> None:
+    """The router reads ahead of the client; a cancel must still stop the backend."""
+    request = echo("fast and long ", repeat=100_000)
+    request.request_id = "coalesce-cancel-1"
+    opening = generation_pb2.GenerateStreamRequest(request=request)
+    call = client.generation.GenerateStream(opening, metadata=client.metadata)
+    received = 0
+    async for _ in call:
+        received += 1
+        if received == 50:
+            break
+    call.cancel()
+    ended = ttt.wait_for_event("generation ended", request_id="coalesce-cancel-1")
+    assert ended["outcome"] == "cancelled by client or deadline"
+    assert ended["completion_tokens"] < len("fast and long ") * 100_000
+
+
+def delta(text: str = "", thoughts: str = "") -> common_pb2.StreamEvent:
+    return common_pb2.StreamEvent(text_delta=common_pb2.TextDelta(text=text, thoughts=thoughts))
+
+
+async def source(
+    events: list[common_pb2.StreamEvent], closed: list[bool]
+) -> AsyncIterator[common_pb2.StreamEvent]:
+    try:
+        for event in events:
+            yield event
+    finally:
+        closed.append(True)
+
+
+async def test_a_consumer_that_keeps_up_gets_every_delta_as_it_came() -> None:
+    async def paced() -> AsyncIterator[common_pb2.StreamEvent]:
+        for text in "abc":
+            yield delta(text)
+            await asyncio.sleep(0)
+
+    assert [e async for e in coalesced(paced())] == [delta("a"), delta("b"), delta("c")]
+
+
+async def test_waiting_text_deltas_merge_and_nothing_else_does() -> None:
+    progress = common_pb2.StreamEvent(progress=common_pb2.Progress(step=1, total_steps=2))
+    final = common_pb2.StreamEvent(final=common_pb2.GenerateResponse(request_id="r"))
+    events = [delta("a"), delta("b"), delta("c"), progress, delta("d"), delta("e"), final]
+    got = [e async for e in coalesced(source(events, []))]
+    assert got == [delta("abc"), progress, delta("de"), final]
+
+
+async def test_thoughts_after_answer_text_are_not_merged_into_it() -> None:
+    events = [delta("x"), delta(thoughts="p"), delta(thoughts="q"), delta("r"), delta(thoughts="s")]
+    got = [e async for e in coalesced(source(events, []))]
+    assert [(e.text_delta.thoughts, e.text_delta.text) for e in got] == [
+        ("", "x"),
+        ("pq", "r"),
+        ("s", ""),
+    ]
+
+
+async def test_an_error_comes_after_the_events_before_it() -> None:
+    async def failing() -> AsyncIterator[common_pb2.StreamEvent]:
+        yield delta("a")
+        yield delta("b")
+        raise RuntimeError("backend gone")
+
+    received: list[common_pb2.StreamEvent] = []
+    with pytest.raises(RuntimeError, match="backend gone"):
+        async for event in coalesced(failing()):
+            received.append(event)
+    assert text_of(received) == "ab"
+
+
+async def test_closing_early_closes_the_source() -> None:
+    closed: list[bool] = []
+    events = coalesced(source([delta(str(i)) for i in range(READ_AHEAD * 4)], closed))
+    await anext(events)
+    await events.aclose()
+    for _ in range(10):
+        await asyncio.sleep(0)
+    assert closed == [True]
