@@ -167,6 +167,11 @@ def wrap_handler(
     ) -> AsyncIterator[Any]:
         try:
             async with admitted(context):
+                if request_streaming:
+                    # Headers go out as soon as a bidi call is admitted, so a client can wait
+                    # for them before writing: writing into a call that is being refused can
+                    # turn its status into INTERNAL on the client side (grpc.aio does this).
+                    await context.send_initial_metadata(())
                 responses = inner_stream(_parsed(request, request_streaming), context)
                 if inspect.isawaitable(responses):
                     await responses  # a handler that writes with context.write()

@@ -53,9 +53,20 @@ async def drain(call: Any) -> None:
         pass
 
 
+async def opened(call: Any, first: Any) -> None:
+    """Runs a bidi call that takes one message: the router sends headers once it admits a call,
+    so waiting for them means the message is never written into a call being refused (which
+    grpc.aio can report as INTERNAL instead of the refusal)."""
+    await call.initial_metadata()
+    if not call.done():
+        await call.write(first)
+        await call.done_writing()
+    await drain(call)
+
+
 async def run_program(channel: grpc.aio.Channel, metadata: tuple[tuple[str, str], ...]) -> None:
     start = agent_pb2.RunRequest(start=agent_pb2.RunStart(program=PROGRAM))
-    await drain(agent_pb2_grpc.AgentServiceStub(channel).Run(iter([start]), metadata=metadata))
+    await opened(agent_pb2_grpc.AgentServiceStub(channel).Run(metadata=metadata), start)
 
 
 # Every public RPC, with the scope it needs (None: any valid key).
@@ -74,10 +85,9 @@ CALLS: dict[str, tuple[str | None, Call]] = {
     ),
     "GenerationService.Converse": (
         "generate",
-        lambda ch, md: drain(
-            generation_pb2_grpc.GenerationServiceStub(ch).Converse(
-                iter([generation_pb2.ConverseRequest(config=PROMPT)]), metadata=md
-            )
+        lambda ch, md: opened(
+            generation_pb2_grpc.GenerationServiceStub(ch).Converse(metadata=md),
+            generation_pb2.ConverseRequest(config=PROMPT),
         ),
     ),
     "TokenizerService.Tokenize": (
