@@ -44,7 +44,7 @@ def test_stream_is_ndjson_read_line_by_line(rest: Rest) -> None:
         assert response.headers["Content-Type"] == "application/x-ndjson"
         events = [json.loads(line)["result"]["event"] for line in response]
     deltas = [e["text_delta"]["text"] for e in events if "text_delta" in e]
-    assert deltas == ["a", "b", "c"]
+    assert deltas and "".join(deltas) == "abc"  # deltas may arrive merged when the reader lags
     assert events[-1]["final"]["outputs"][0]["text"] == "abc"
 
 
