@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import builtins
+import contextlib
 import inspect
 import marshal
 import os
@@ -412,6 +413,14 @@ class Run:
         body = wire.read_exact(self.fd, wire.size(wire.read_exact(self.fd, wire.HEADER.size)))
         return wire.decode(body, object_hook=Dict)
 
+    def linger(self) -> None:
+        """Waits for the service to hang up (it kills this child once it has read "done").
+        Exiting first, with the service's late call results still unread here, would reset
+        the connection, and the service could lose the "done" message it had not read yet."""
+        with contextlib.suppress(OSError):
+            while os.read(self.fd, 1 << 16):
+                pass
+
     def stop(self, error: SandboxStop) -> NoReturn:
         self.stopped = error
         raise error
@@ -638,4 +647,6 @@ def execute(template: Template, fd: int) -> NoReturn:
         except BaseException:
             status = 4
     sys.stdout.flush()
+    if status == 0:
+        RUN.linger()
     os._exit(status)
