@@ -2,7 +2,7 @@
 
 No pretrained text-to-image model can be fetched here, so genmesh grows a small one from
 procedurally drawn, captioned shape scenes (`genmesh.tti.shapes`). The result is an ordinary
-StableDiffusionPipeline (word-level tokenizer, tiny CLIP text encoder, a small AutoencoderKL that
+StableDiffusionPipeline (word-level tokenizer, tiny CLIP text encoder, a small AutoencoderTiny that
 halves 32 px images to 16 px latents, a UNet2DConditionModel), so the engine loads it like any
 other diffusers model and image-to-image and inpainting come with it. Everything is seeded: the
 same seed, step count and thread count give the same weights.
@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from diffusers import (
-    AutoencoderKL,
+    AutoencoderTiny,
     DDPMScheduler,
     DPMSolverMultistepScheduler,
     StableDiffusionPipeline,
@@ -61,7 +61,7 @@ def build_tokenizer() -> PreTrainedTokenizerFast:
 
 def build_models(
     tokenizer: PreTrainedTokenizerFast,
-) -> tuple[CLIPTextModel, AutoencoderKL, UNet2DConditionModel]:
+) -> tuple[CLIPTextModel, AutoencoderTiny, UNet2DConditionModel]:
     text_encoder = CLIPTextModel(
         CLIPTextConfig(
             vocab_size=len(tokenizer),
@@ -75,17 +75,14 @@ def build_models(
             bos_token_id=tokenizer.eos_token_id,
         )
     )
-    vae = AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
-        block_out_channels=(16, 32),
-        layers_per_block=1,
+    # AutoencoderTiny rather than AutoencoderKL: without GroupNorm its reconstructions of colour
+    # pairs it was not trained on keep their corners (held-out shape round trip 0.84 vs 0.65).
+    vae = AutoencoderTiny(
+        encoder_block_out_channels=(32, 32),
+        decoder_block_out_channels=(32, 32),
+        num_encoder_blocks=(1, 2),
+        num_decoder_blocks=(2, 1),
         latent_channels=LATENT_CHANNELS,
-        norm_num_groups=8,
-        sample_size=shapes.IMAGE_SIZE,
-        mid_block_add_attention=False,
     )
     unet = UNet2DConditionModel(
         sample_size=shapes.IMAGE_SIZE // 2,
@@ -93,8 +90,14 @@ def build_models(
         out_channels=LATENT_CHANNELS,
         layers_per_block=1,
         block_out_channels=(32, 64, 64),
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        # Cross-attention only at 4x4, where a token can pick a quadrant; the pooled caption
+        # scales and shifts every residual block instead, which costs a third less per step
+        # than cross-attention at 8x8 and so buys more steps in the time budget.
+        down_block_types=("DownBlock2D", "DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D", "UpBlock2D"),
+        addition_embed_type="text",
+        addition_embed_type_num_heads=4,
+        resnet_time_scale_shift="scale_shift",
         cross_attention_dim=TEXT_WIDTH,
         attention_head_dim=4,
         norm_num_groups=8,
@@ -112,27 +115,27 @@ def make_dataset(size: int, seed: int) -> tuple[torch.Tensor, list[str]]:
 
 
 def train_autoencoder(
-    vae: AutoencoderKL, images: torch.Tensor, steps: int, batch: int, gen: torch.Generator
+    vae: AutoencoderTiny, images: torch.Tensor, steps: int, batch: int, gen: torch.Generator
 ) -> None:
     """Teaches the one-level autoencoder to pass images through its latent space unchanged."""
     opt = torch.optim.AdamW(vae.parameters(), lr=2e-3)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
     vae.train()
     for step in range(steps):
         x = images[torch.randint(len(images), (batch,), generator=gen)]
-        posterior = vae.encode(x).latent_dist
-        z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=gen)
-        loss = functional.mse_loss(vae.decode(z).sample, x) + 1e-6 * posterior.kl().mean()
+        loss = functional.mse_loss(vae.decode(vae.encode(x).latents).sample, x)
         opt.zero_grad(set_to_none=True)
         torch.autograd.backward(loss)
         opt.step()
+        schedule.step()
         if step % 100 == 0 or step == steps - 1:
             log.info("autoencoder step %d/%d loss %.5f", step + 1, steps, loss.item())
     vae.eval()
 
 
 @torch.no_grad()
-def encode_all(vae: AutoencoderKL, images: torch.Tensor) -> torch.Tensor:
-    return torch.cat([vae.encode(chunk).latent_dist.mean for chunk in torch.split(images, 512)])
+def encode_all(vae: AutoencoderTiny, images: torch.Tensor) -> torch.Tensor:
+    return torch.cat([vae.encode(chunk).latents for chunk in torch.split(images, 512)])
 
 
 def train(
@@ -248,10 +251,10 @@ def train(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("out", type=Path, help="pipeline folder to write")
-    parser.add_argument("--steps", type=int, default=1800, help="diffusion training steps")
+    parser.add_argument("--steps", type=int, default=5000, help="diffusion training steps")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--dataset-size", type=int, default=20000)
-    parser.add_argument("--autoencoder-steps", type=int, default=200)
+    parser.add_argument("--autoencoder-steps", type=int, default=1200)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
