@@ -1,7 +1,8 @@
 """The training script on a short run: it writes a pipeline folder the tti service serves.
 
 The full run (`python -m genmesh.tti.train`) made the embedded model; CI checks the script's
-path end to end in a few steps instead.
+path end to end in a few steps instead, and that the embedded model's recorded recipe is the
+script's default one.
 """
 
 from __future__ import annotations
@@ -16,15 +17,17 @@ import grpc
 import pytest
 
 from genmesh.runtime.channel import key_interceptors
+from genmesh.tti.settings import EMBEDDED_PATH
+from genmesh.tti.train import Recipe
 from genmesh.v1 import inference_pb2_grpc
 from tests.support import INTERNAL_KEY, ServiceProcess
 from tests.tti.conftest import images, infer, request
 
+SHORT = ["--steps", "3", "--autoencoder-steps", "2", "--dataset-size", "64", "--batch", "8"]
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("train") / "fresh"
-    args = ["--steps", "3", "--autoencoder-steps", "2", "--dataset-size", "64", "--batch", "8"]
+
+def run_training(out: Path, *args: str) -> str:
+    """Runs the script to completion and returns its log."""
     run = subprocess.run(
         [sys.executable, "-m", "genmesh.tti.train", str(out), *args],
         capture_output=True,
@@ -33,6 +36,17 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
         check=False,
     )
     assert run.returncode == 0, run.stderr
+    return run.stderr
+
+
+def weights(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*.safetensors")}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("train") / "fresh"
+    run_training(out, *SHORT)
     return out
 
 
@@ -53,3 +67,25 @@ async def test_a_short_training_run_gives_a_servable_pipeline(
         stub = inference_pb2_grpc.InferenceServiceStub(channel)
         [image] = images(await infer(stub, request("a red circle", steps=2, seed=0)))
     assert image.size == (32, 32)
+
+
+def test_the_same_seed_gives_the_same_weights(trained: Path, tmp_path: Path) -> None:
+    run_training(tmp_path / "again", *SHORT)
+    assert weights(tmp_path / "again") == weights(trained)
+    run_training(tmp_path / "other", *SHORT, "--seed", "1")
+    assert weights(tmp_path / "other") != weights(trained)
+
+
+def test_a_folder_trained_with_the_same_recipe_is_kept(tmp_path: Path) -> None:
+    out = tmp_path / "cached"
+    run_training(out, *SHORT)
+    written = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
+    assert "already holds" in run_training(out, *SHORT)
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()} == written
+    assert "already holds" not in run_training(out, *SHORT, "--force")
+    assert "already holds" not in run_training(out, *SHORT[:-1], "4")
+    assert json.loads((out / "genmesh_training.json").read_text())["batch"] == 4
+
+
+def test_the_embedded_model_was_trained_with_the_scripts_defaults() -> None:
+    assert Recipe.of(EMBEDDED_PATH) == Recipe()
