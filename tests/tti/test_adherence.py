@@ -8,8 +8,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-import pytest
-
 from genmesh.tti import shapes
 from tests.tti.conftest import images, infer, request
 
@@ -20,12 +18,6 @@ PROMPTS = 24
 IMAGES_PER_PROMPT = 2
 
 
-@pytest.mark.xfail(
-    reason="the embedded model measured colour 0.96, background 1.0, shape 0.52, quadrant 1.0 "
-    "on these prompts: shape is below the 0.6 target (small squares come out with rounded "
-    "corners and read as circles)",
-    strict=False,
-)
 async def test_held_out_prompts_are_followed(stub: Stub) -> None:
     pairs = []
     for index, scene in enumerate(shapes.evaluation_scenes(PROMPTS)):
@@ -35,3 +27,5 @@ async def test_held_out_prompts_are_followed(stub: Stub) -> None:
     print(f"prompt adherence on {len(pairs)} held-out images: {scores}")
     assert scores["colour"] >= 0.8 and scores["background"] >= 0.8, scores
     assert scores["shape"] >= 0.6, scores
+    # Position has no target of its own; this catches a model that ignores it (chance is 0.25).
+    assert scores["quadrant"] >= 0.5, scores
