@@ -231,7 +231,7 @@ def train(out: Path, recipe: Recipe, *, force: bool = False) -> None:
         # Min-SNR weighting (v-prediction form): a plain v loss is dominated by the nearly
         # clean and nearly pure-noise steps, whose targets are mostly unpredictable noise;
         # weighting them down spends the steps on the middle noise levels, where the outline
-        # of the shape is decided (held-out shape adherence 0.52 -> 0.71).
+        # of the shape is decided (held-out shape adherence 0.52 -> 0.66 over 288 images).
         snr = compute_snr(noise_scheduler, t)
         weight = snr.clamp(max=SNR_GAMMA) / (snr + 1)
         error = functional.mse_loss(

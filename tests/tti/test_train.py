@@ -7,7 +7,7 @@ script's default one.
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -24,6 +24,7 @@ from tests.support import INTERNAL_KEY, ServiceProcess
 from tests.tti.conftest import images, infer, request
 
 SHORT = ["--steps", "3", "--autoencoder-steps", "2", "--dataset-size", "64", "--batch", "8"]
+SHORT_RECIPE = Recipe(steps=3, autoencoder_steps=2, dataset_size=64, batch=8)
 
 
 def run_training(out: Path, *args: str) -> str:
@@ -60,7 +61,7 @@ def fresh_tti(trained: Path) -> Iterator[ServiceProcess]:
 async def test_a_short_training_run_gives_a_servable_pipeline(
     trained: Path, fresh_tti: ServiceProcess
 ) -> None:
-    assert json.loads((trained / "genmesh_training.json").read_text())["steps"] == 3
+    assert Recipe.of(trained) == SHORT_RECIPE
     async with grpc.aio.insecure_channel(
         fresh_tti.address, interceptors=key_interceptors(INTERNAL_KEY)
     ) as channel:
@@ -84,7 +85,7 @@ def test_a_folder_trained_with_the_same_recipe_is_kept(tmp_path: Path) -> None:
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()} == written
     assert "already holds" not in run_training(out, *SHORT, "--force")
     assert "already holds" not in run_training(out, *SHORT[:-1], "4")
-    assert json.loads((out / "genmesh_training.json").read_text())["batch"] == 4
+    assert Recipe.of(out) == dataclasses.replace(SHORT_RECIPE, batch=4)
 
 
 def test_the_embedded_model_was_trained_with_the_scripts_defaults() -> None:
