@@ -17,7 +17,7 @@ import socket
 import sys
 from typing import Any, NoReturn
 
-from genmesh.sandbox import interpreter, jail
+from genmesh.sandbox import child, jail
 
 
 def _send(ctrl: socket.socket, message: dict[str, Any], fds: list[int] | None = None) -> None:
@@ -65,7 +65,7 @@ def _spawn(
     *,
     ctrl: socket.socket,
     run_fd: int,
-    template: interpreter.Template,
+    template: child.Template,
     limits: jail.JailLimits,
     layers: dict[str, jail.Layer],
     seccomp: Any,
@@ -76,7 +76,7 @@ def _spawn(
             signal.set_wakeup_fd(-1)
             signal.signal(signal.SIGCHLD, signal.SIG_DFL)
             fd = jail.enter(run_fd, limits, layers, seccomp)
-            interpreter.execute(template, fd)
+            child.execute(template, fd)
         except BaseException:
             os._exit(5)
     os.close(run_fd)
@@ -103,7 +103,7 @@ def main() -> NoReturn:
     ctrl = socket.socket(fileno=int(sys.argv[1]))
     limits = jail.JailLimits(**json.loads(sys.argv[2]))
     network = jail.leave_network()
-    template = interpreter.Template()
+    template = child.Template()
     seccomp = jail.build_seccomp()
     layers = jail.probe_layers(network, seccomp)
     layers["self_test"] = _self_test(limits, layers, seccomp)

@@ -1,4 +1,4 @@
-"""The dialect's runtime inside a sandbox child: pending host calls, attribute dicts, limits.
+"""The child-side runtime of the dialect: pending host calls, attribute dicts, guards, limits.
 
 A host call sends its message to the service at once and returns a `Pending` placeholder; the
 rewritten program resolves it (`__r`) only where the value is used, reading replies off the pipe
