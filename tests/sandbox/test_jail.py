@@ -1,6 +1,5 @@
-"""The OS layers alone: raw Python in a jailed child, with the dialect's rules out of the way.
-
-These check what would stop a program that got past the dialect and the restricted runtime.
+"""The OS layers alone: `jail.enter` in a fresh process, with the dialect's rules out of the way,
+and the layers the service reports. test_jail_raw.py attacks the real zygote's children.
 """
 
 from __future__ import annotations
@@ -56,3 +55,9 @@ async def test_every_layer_is_reported(executor: Executor) -> None:
     names = [layer["name"] for layer in executor.layers]
     assert names == list(jail.LAYERS)
     assert not executor.missing_layers(), executor.missing_layers()
+    details = {layer["name"]: layer["detail"] for layer in executor.layers}
+    assert details["seccomp"].startswith("default deny")
+    assert details["self_test"] == (
+        "Landlock alone denied a file; the whole jail denied a file; "
+        "an unlisted syscall (getcwd) got EPERM; socket() killed the child"
+    )
