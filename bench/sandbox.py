@@ -38,7 +38,8 @@ from genmesh.router.agent import AgentService, ServerFunctions
 from genmesh.runtime.auth import AuthInterceptor, KeyStore, digest
 from genmesh.runtime.channel import key_interceptors
 from genmesh.runtime.settings import ApiKey
-from genmesh.sandbox.executor import Executor, py_from_value, value_from_py
+from genmesh.runtime.values import py_from_value, value_from_py
+from genmesh.sandbox.executor import Executor
 from genmesh.v1 import agent_pb2, agent_pb2_grpc, program_pb2, sandbox_pb2, sandbox_pb2_grpc
 
 KEY = "bench-key"

@@ -20,8 +20,8 @@ import grpc
 from google.protobuf import json_format
 
 from genmesh.client import DEFAULT_ADDRESS, Client
+from genmesh.runtime.values import py_from_struct, py_from_value, value_from_py
 from genmesh.sandbox import dialect
-from genmesh.sandbox.executor import py_from_value, value_from_py
 from genmesh.v1 import agent_pb2, program_pb2
 
 
@@ -46,13 +46,15 @@ async def answer(
     fn = functions.get(call.name)
     if fn is None:
         return program_pb2.FunctionResult(call_id=call.call_id, error=f"no function {call.name}")
-    kwargs = {k: py_from_value(v) for k, v in call.arguments.fields.items()}
     try:
+        kwargs = py_from_struct(call.arguments, "arguments")
         if inspect.iscoroutinefunction(fn):
             value = await fn(**kwargs)
         else:
             value = await asyncio.to_thread(fn, **kwargs)
-        return program_pb2.FunctionResult(call_id=call.call_id, value=value_from_py(value))
+        return program_pb2.FunctionResult(
+            call_id=call.call_id, value=value_from_py(value, "result")
+        )
     except Exception as exc:
         return program_pb2.FunctionResult(
             call_id=call.call_id, error=f"{type(exc).__name__}: {exc}"
@@ -121,7 +123,8 @@ def report(result: program_pb2.ProgramResult) -> dict[str, Any]:
 def print_error(error: program_pb2.ProgramError) -> None:
     kind = program_pb2.ProgramError.Kind.Name(error.kind).removeprefix("KIND_").lower()
     where = f" (line {error.line})" if error.line else ""
-    click.echo(f"error: {kind}: {error.type}: {error.message}{where}", err=True)
+    rule = f" [rule: {error.rule}]" if error.rule else ""
+    click.echo(f"error: {kind}: {error.type}: {error.message}{where}{rule}", err=True)
 
 
 @click.group()

@@ -11,17 +11,26 @@ import click
 from google.protobuf import json_format
 
 from genmesh.cli.agent import print_error
+from genmesh.runtime.values import py_from_value
 from genmesh.sandbox import replay as replaying
-from genmesh.sandbox.executor import Executor, py_from_value
+from genmesh.sandbox.executor import Executor, program_violations
 from genmesh.v1 import program_pb2
 
 
 def load_call_log(path: Path) -> program_pb2.CallLog:
     """A call log from a file: a bare CallLog, a ProgramResult or `agent run --json` output."""
-    data = json.loads(path.read_text())
-    if "call_log" in data:
-        data = data["call_log"]
-    return json_format.ParseDict(data, program_pb2.CallLog(), ignore_unknown_fields=True)
+    try:
+        data = json.loads(path.read_text())
+        if isinstance(data, dict) and "call_log" in data:
+            data = data["call_log"]
+        call_log = json_format.ParseDict(data, program_pb2.CallLog(), ignore_unknown_fields=True)
+    except (ValueError, TypeError, json_format.ParseError) as exc:
+        raise click.ClickException(f"{path} is not a call log: {exc}") from None
+    problems = program_violations(call_log.program)
+    if problems:
+        details = "; ".join(f"{v.field}: {v.description}" for v in problems)
+        raise click.ClickException(f"{path} holds a program that cannot run: {details}")
+    return call_log
 
 
 @click.group()

@@ -18,10 +18,9 @@ from typing import Any
 
 import grpc
 
-from genmesh.runtime import errors, telemetry
+from genmesh.runtime import errors, telemetry, values
 from genmesh.runtime.errors import FieldViolation
 from genmesh.sandbox import dialect
-from genmesh.sandbox.executor import py_from_value, value_from_py
 from genmesh.v1 import (
     agent_pb2,
     agent_pb2_grpc,
@@ -50,11 +49,14 @@ class ServerFunctions:
         return name in self.functions
 
     async def call(self, call: program_pb2.FunctionCall) -> program_pb2.FunctionResult:
-        kwargs = {k: py_from_value(v) for k, v in call.arguments.fields.items()}
+        """The function's answer, or the error the program sees; never raises."""
         with telemetry.span(f"callback {call.name}", **{"genmesh.function": call.name}):
             try:
+                kwargs = values.py_from_struct(call.arguments, "arguments")
                 value = await self.functions[call.name](**kwargs)
-                return program_pb2.FunctionResult(call_id=call.call_id, value=value_from_py(value))
+                return program_pb2.FunctionResult(
+                    call_id=call.call_id, value=values.value_from_py(value, "result")
+                )
             except grpc.aio.AioRpcError as exc:
                 message = f"{exc.code().name}: {exc.details()}"
             except Exception as exc:  # the program sees the failure where it uses the value
@@ -165,6 +167,33 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
                 FieldViolation("program.client_functions", "must be empty for Execute"),
             )
 
+    @staticmethod
+    async def _client_names(program: program_pb2.Program) -> set[str]:
+        """The functions the client answers itself. Their declarations are parsed in a thread,
+        beside the router's other streams, and refused when oversized; the sandbox checks the
+        rest of the program."""
+        if not program.client_functions.strip():
+            return set()
+        size = len(program.client_functions.encode("utf-8"))
+        if size > dialect.MAX_SOURCE_BYTES:
+            raise errors.invalid_argument(
+                "the client functions are too large",
+                FieldViolation(
+                    "program.client_functions",
+                    f"{size} bytes is more than the limit of {dialect.MAX_SOURCE_BYTES}",
+                ),
+            )
+        try:
+            stubs = await asyncio.to_thread(
+                dialect.parse_stubs, program.client_functions, "<client_functions>"
+            )
+        except dialect.DialectError as exc:
+            raise errors.invalid_argument(
+                f"the client functions cannot be declared: {exc}",
+                FieldViolation("program.client_functions", str(exc)),
+            ) from None
+        return {stub.name for stub in stubs}
+
     async def _bridge(
         self,
         request_id: str,
@@ -178,8 +207,8 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         start = sandbox_pb2.SandboxStart(
             request_id=request_id, program=program, server_functions=self.functions.source
         )
+        client_names = await self._client_names(program)
         await sandbox_requests.put(SandboxRequest(start=start))
-        client_names = {s.name for s in dialect.parse_stubs(program.client_functions)}
 
         async def feed() -> AsyncIterator[SandboxRequest]:
             while (item := await sandbox_requests.get()) is not None:

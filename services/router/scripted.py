@@ -24,8 +24,20 @@ from genmesh.router.personalities import Personality
 from genmesh.router.source import EventSource
 from genmesh.runtime import errors
 from genmesh.runtime.timing import duration
-from genmesh.sandbox.executor import py_from_value, value_from_py
+from genmesh.runtime.values import py_from_value, value_from_py
 from genmesh.v1 import common_pb2, program_pb2, sandbox_pb2
+
+Kind = program_pb2.ProgramError.Kind
+
+# How a failed workflow fails the request. The workflow is the personality's program, not the
+# client's, so a program that raised or broke a rule is a broken precondition of the request.
+STATUS_OF_KIND = {
+    Kind.KIND_TIMEOUT: grpc.StatusCode.DEADLINE_EXCEEDED,
+    Kind.KIND_MEMORY: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    Kind.KIND_LIMIT: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    Kind.KIND_CANCELLED: grpc.StatusCode.CANCELLED,
+    Kind.KIND_CRASHED: grpc.StatusCode.UNAVAILABLE,
+}
 
 KINDS = {
     "image/": common_pb2.CONTENT_KIND_IMAGE,
@@ -78,18 +90,13 @@ def outputs_from(value: Any) -> list[common_pb2.OutputItem]:
 
 
 def workflow_failed(personality: str, error: program_pb2.ProgramError) -> errors.ServiceError:
-    """A failed workflow: a timeout is the deadline's doing; anything else is reported with the
-    line and the error, never a trace from the sandbox."""
+    """A failed workflow, with the status STATUS_OF_KIND gives it, reported with the line and
+    the error, never a trace from the sandbox."""
     where = f" at line {error.line}" if error.line else ""
-    kind = program_pb2.ProgramError.Kind.Name(error.kind).removeprefix("KIND_").lower()
+    kind = Kind.Name(error.kind).removeprefix("KIND_").lower()
     detail = f"{error.type}: {error.message}" if error.type else error.message
-    code = (
-        grpc.StatusCode.DEADLINE_EXCEEDED
-        if error.kind == program_pb2.ProgramError.KIND_TIMEOUT
-        else grpc.StatusCode.FAILED_PRECONDITION
-    )
     return errors.ServiceError(
-        code,
+        STATUS_OF_KIND.get(error.kind, grpc.StatusCode.FAILED_PRECONDITION),
         f"personality '{personality}' workflow failed{where}: {detail}",
         reason="WORKFLOW_FAILED",
         metadata={"personality": personality, "kind": kind, "line": str(error.line)},

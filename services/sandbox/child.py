@@ -1,119 +1,44 @@
-"""The child-side runtime of the dialect: pending host calls, attribute dicts, guards, limits.
+"""The child-side runtime of the dialect: pending host calls, attribute dicts, the guard, limits.
 
 A host call sends its message to the service at once and returns a `Pending` placeholder; the
 rewritten program resolves it (`__r`) only where the value is used, reading replies off the pipe
 in whatever order the host finishes them. One thread, no async: overlap comes from sending calls
 before waiting on any of them.
+
+Every attribute the program reads or writes passes the guard (`__attr`, `__store`), which applies
+the rules of `policy.py`; the modules the program sees are the views that file lists.
 """
 
 from __future__ import annotations
 
+import _string  # type: ignore[import-not-found]  # the parser behind str.format
 import base64
 import builtins
 import contextlib
 import inspect
+import json
 import marshal
 import os
+import re
 import resource
 import string
 import sys
+import time
 import traceback
 import types
-from collections.abc import Callable, Iterable
+import warnings
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NoReturn
 
-from genmesh.sandbox import wire
-from genmesh.sandbox.dialect import (
-    ALLOWED_MODULES,
-    FORBIDDEN_ATTRIBUTES,
-    FORMAT_METHODS,
-    LIBRARY_FILE,
-    PROGRAM_FILE,
-    RESULT_NAME,
-)
+from genmesh.runtime import values
+from genmesh.sandbox import dialect, policy, wire
+from genmesh.sandbox.dialect import LIBRARY_FILE, PROGRAM_FILE, RESULT_NAME
 
 DIALECT_FILES = frozenset({PROGRAM_FILE, LIBRARY_FILE})
 
 # Container methods that store values without looking at them: pending calls may pass through,
 # so `results.append(search(q))` in a loop fans out instead of waiting each time.
 _PASS_METHODS = frozenset({"append", "insert", "extend", "setdefault", "update"})
-
-SAFE_BUILTINS = [
-    "abs",
-    "all",
-    "any",
-    "ascii",
-    "bin",
-    "bool",
-    "bytes",
-    "callable",
-    "chr",
-    "complex",
-    "divmod",
-    "enumerate",
-    "filter",
-    "float",
-    "format",
-    "frozenset",
-    "hash",
-    "hex",
-    "int",
-    "isinstance",
-    "issubclass",
-    "iter",
-    "len",
-    "list",
-    "map",
-    "max",
-    "min",
-    "next",
-    "oct",
-    "ord",
-    "pow",
-    "range",
-    "repr",
-    "reversed",
-    "round",
-    "set",
-    "slice",
-    "sorted",
-    "str",
-    "sum",
-    "tuple",
-    "zip",
-    "bytearray",
-    "id",
-    "Exception",
-    "ArithmeticError",
-    "AssertionError",
-    "AttributeError",
-    "IndexError",
-    "KeyError",
-    "LookupError",
-    "NameError",
-    "NotImplementedError",
-    "OverflowError",
-    "RecursionError",
-    "RuntimeError",
-    "StopIteration",
-    "TypeError",
-    "UnicodeError",
-    "ValueError",
-    "ZeroDivisionError",
-    "True",
-    "False",
-    "None",
-]
-
-# Attributes of whitelisted modules that interpret strings as attribute names or reach
-# internals; the rest of each module's public surface is exposed.
-_MODULE_DENY = {
-    "operator": {"attrgetter", "methodcaller"},
-    "functools": {"update_wrapper", "wraps", "singledispatch", "singledispatchmethod"},
-    "string": {"Formatter"},
-    "json": {"JSONDecoder", "JSONEncoder", "load", "dump", "decoder", "encoder", "scanner"},
-    "random": {"SystemRandom"},
-}
 
 
 class HostError(Exception):
@@ -124,6 +49,7 @@ class SandboxStop(BaseException):
     """Ends the run; a BaseException so `except Exception` in a program cannot swallow it."""
 
     kind = "crashed"
+    rule = ""  # the broken rule of policy.RULES, for violations
 
 
 class LimitExceeded(SandboxStop):
@@ -131,19 +57,40 @@ class LimitExceeded(SandboxStop):
 
 
 class Violation(SandboxStop):
+    """The program broke a rule of `policy.py` at run time."""
+
     kind = "violation"
+
+    def __init__(self, rule: str, subject: str) -> None:
+        super().__init__(f"{subject} is refused: {policy.RULES[rule]}")
+        self.rule = rule
+
+
+def _refuse(rule: str, subject: str) -> NoReturn:
+    """Stops the run for good: should a `finally` swallow the violation, the next call raises
+    it again."""
+    RUN.stop(Violation(rule, subject))
+
+
+def _dict_key(mapping: Dict, name: str) -> Any:
+    """An attribute dict's key read as an attribute (no dict method has that name)."""
+    if name.startswith("_"):
+        raise AttributeError(name)  # C code probing for protocols, e.g. `__fspath__`
+    try:
+        return mapping[name]
+    except KeyError:
+        raise AttributeError(f"no key or attribute {name!r}") from None
 
 
 class Dict(dict[Any, Any]):
-    """A dict whose keys can also be read and written as attributes, like JavaScript objects."""
+    """A dict whose keys can also be read and written as attributes, like JavaScript objects.
+
+    Dict methods win over keys, so a host value cannot shadow `keys` or `get`."""
 
     __slots__ = ()
 
     def __getattr__(self, name: str) -> Any:
-        try:
-            return self[name]
-        except KeyError:
-            raise AttributeError(f"no key or attribute {name!r}") from None
+        return _dict_key(self, name)
 
     def __setattr__(self, name: str, value: Any) -> None:
         self[name] = value
@@ -174,9 +121,10 @@ class Pending:
         return self._value
 
     def __getattr__(self, name: str) -> Any:
+        """Reached from C code only: the program's own reads resolve in the guard first."""
         if name.startswith("_"):
             raise AttributeError(name)
-        return getattr(self._get(), name)
+        return get_attribute(self._get(), name)
 
     def __repr__(self) -> str:
         return repr(self._get())
@@ -269,19 +217,48 @@ class HostFunction:
         return f"<host function {self._name}{self._signature}>"
 
 
-def to_json(value: Any, depth: int = 0) -> Any:
-    """A JSON-compatible copy of a program value; unknown types become their `str`."""
-    if depth > 100:
-        raise ValueError("value is nested too deeply")
-    if value is None or isinstance(value, bool | int | float | str):
+def to_json(value: Any, root: str = "arguments") -> Any:
+    """A JSON-compatible copy of a program value on its way out; unknown types become their
+    `str`. What cannot cross the wire (see `values`) raises InvalidValueError where the program
+    sent it, naming the part under `root`."""
+    try:
+        return _json(value, 0)
+    except values.InvalidValueError as exc:
+        raise exc.under(root) from None
+
+
+def _json(value: Any, depth: int) -> Any:
+    if value is None or isinstance(value, bool):
         return value
+    if isinstance(value, int | float):
+        return values.number(value)
+    if isinstance(value, str):
+        return values.text(value)
     if isinstance(value, Pending):
-        return to_json(value._get(), depth)
+        return _json(value._get(), depth)
     if isinstance(value, dict):
-        return {str(k): to_json(v, depth + 1) for k, v in value.items()}
+        inner = values.nest(depth)
+        out = {}
+        for k, v in value.items():
+            try:
+                name = values.text(k if isinstance(k, str) else str(k))
+            except values.InvalidValueError as exc:
+                raise exc.under(f"[{k!r}]") from None
+            try:
+                out[name] = _json(v, inner)
+            except values.InvalidValueError as exc:
+                raise exc.under(values.member(name)) from None
+        return out
     if isinstance(value, list | tuple | set | frozenset) or type(value).__name__ == "deque":
-        return [to_json(v, depth + 1) for v in value]
-    return str(value)
+        inner = values.nest(depth)
+        items = []
+        for i, v in enumerate(value):
+            try:
+                items.append(_json(v, inner))
+            except values.InvalidValueError as exc:
+                raise exc.under(i) from None
+        return items
+    return values.text(str(value))
 
 
 def resolve(value: Any) -> Any:
@@ -308,48 +285,151 @@ def _deep(value: Any, seen: set[int]) -> Any:
     return value
 
 
-_FORMATTER = string.Formatter()
+class ModuleView(types.ModuleType):
+    """A pre-imported module as programs see it: only the members `policy.MODULES` lists."""
 
 
-def _field_attributes(field: str) -> list[str]:
-    """The attribute names a replacement field walks: `0.a[k].b` -> ['a', 'b']."""
-    attrs: list[str] = []
-    i = 0
-    while i < len(field):
-        if field[i] == "[":
-            i = field.find("]", i)
-            if i < 0:
-                break
-        elif field[i] == ".":
-            end = i + 1
-            while end < len(field) and field[end] not in ".[":
-                end += 1
-            attrs.append(field[i + 1 : end])
-            i = end - 1
-        i += 1
-    return attrs
+def _no_member(module: str) -> Callable[[str], Any]:
+    """A view's module `__getattr__` (PEP 562), called only for members it does not hold."""
+
+    def missing(name: str) -> Any:
+        if name.startswith("_"):
+            raise AttributeError(name)  # C code probing, e.g. `__spec__` for the repr
+        _refuse("module-member", f"{module}.{name}")
+
+    return missing
 
 
-def _check_format(template: Any) -> None:
-    """Rejects format strings that walk attributes the dialect forbids (`{0.__class__}`)."""
-    if not isinstance(template, str):
-        return
+class FormatMethod:
+    """`str.format`/`str.format_map` as the guard hands them out when their template (bound, or
+    the first argument of the unbound method) walks attributes: the walks go through the guard
+    when the method runs, whoever calls it (`map`, `functools.partial`, a json `default`)."""
+
+    __slots__ = ("_mapping", "_template")
+
+    def __init__(self, template: str | None, mapping: bool) -> None:
+        self._template = template
+        self._mapping = mapping
+
+    def __call__(self, *args: Any, **kwargs: Any) -> str:
+        template = self._template
+        if template is None:
+            if not args or not isinstance(args[0], str):
+                raise TypeError("str.format needs a string template as its first argument")
+            template, *rest = args
+            args = tuple(rest)
+        if self._mapping:
+            (mapping,) = args
+            if not _walks(template):
+                return template.format_map(mapping)
+            return _FORMATTER.vformat(template, (), mapping)
+        if not _walks(template):
+            return template.format(*args, **kwargs)
+        return _FORMATTER.vformat(template, args, kwargs)
+
+    def __repr__(self) -> str:
+        method = "format_map" if self._mapping else "format"
+        return f"<method {method} of str>"
+
+
+def _walks(template: str) -> bool:
+    """Whether a replacement field of `template` (nested specs too) reads an attribute."""
+    if "." not in template:
+        return False
     try:
-        fields = list(_FORMATTER.parse(template))
+        fields = list(_string.formatter_parser(template))
     except ValueError:
-        return  # str.format will raise the same error itself
-    for _, field, spec, _ in fields:
-        if field is None:
-            continue
-        for attr in _field_attributes(field):
-            if attr.startswith("_") or attr in FORBIDDEN_ATTRIBUTES:
-                raise Violation(f"format string reaches attribute {attr!r}")
-        if spec:
-            _check_format(spec)
+        return True  # str.format would walk the fields before the error: take the guarded path
+    return any(
+        field is not None and ("." in field or (spec and _walks(spec)))
+        for _, field, spec, _ in fields
+    )
+
+
+class _GuardedFormatter(string.Formatter):
+    """Formats like `str.format`, reading each attribute of a replacement field via the guard."""
+
+    def get_field(
+        self, field_name: str, args: Sequence[Any], kwargs: Mapping[str, Any]
+    ) -> tuple[Any, str | int]:
+        first, rest = _string.formatter_field_name_split(field_name)
+        value = self.get_value(first, args, kwargs)
+        for is_attribute, key in rest:
+            value = get_attribute(value, key) if is_attribute else resolve(value)[key]
+        return value, first
+
+
+_FORMATTER = _GuardedFormatter()
+
+_PLAIN = policy.Read.PLAIN
+_DICT = policy.Read.DICT
+_STR = policy.Read.STR
+_CLASS = policy.Read.CLASS
+_EXCEPTION = policy.Read.EXCEPTION
+
+# How the guard reads each kind of object, filled in from policy.read_rule as kinds turn up. The
+# runtime's own kinds are ruled here: attribute dicts read keys, module views are plain objects
+# (they hold only reviewed members), and nothing else of the runtime has public attributes.
+_READ: dict[type, policy.Read] = {Dict: _DICT, ModuleView: _PLAIN}
+_DICT_METHODS = frozenset(name for name in dir(dict) if not name.startswith("_"))
+# Attribute names that passed policy.attribute_rule: one set lookup instead of the checks.
+_ALLOWED_NAMES: set[str] = set()
+_WRITABLE = {kind: frozenset(names) for kind, names in policy.WRITABLE_ATTRIBUTES.items()}
+
+
+def get_attribute(obj: Any, name: str) -> Any:
+    """`__attr`, the guard: every attribute read of a program (and of C code on its behalf).
+
+    Resolves a pending value, then checks the name and the kind of object by `policy.py`; format
+    methods come back as `FormatMethod`s when their template walks attributes."""
+    kind = type(obj)
+    if kind is Pending:
+        obj = obj._get()
+        kind = type(obj)
+    if name not in _ALLOWED_NAMES:
+        rule = policy.attribute_rule(name)
+        if rule is not None:
+            _refuse(rule, f"attribute {name!r}")
+        _ALLOWED_NAMES.add(name)
+    read = _READ.get(kind)
+    if read is None:
+        read = _READ[kind] = policy.read_rule(kind)
+    if read is _PLAIN:
+        return getattr(obj, name)
+    if read is _DICT:
+        return getattr(obj, name) if name in _DICT_METHODS else _dict_key(obj, name)
+    if read is _STR:
+        value = getattr(obj, name)
+        if name in policy.FORMAT_ATTRIBUTES and _walks(obj):
+            return FormatMethod(obj, name == "format_map")
+        return value
+    if read is _CLASS:
+        value = getattr(obj, name)
+        if name in policy.FORMAT_ATTRIBUTES and issubclass(obj, str):
+            return FormatMethod(None, name == "format_map")
+        return value
+    if read is _EXCEPTION:
+        if name in policy.EXCEPTION_ATTRIBUTES:
+            return getattr(obj, name)
+        _refuse("exception-attribute", f"attribute {name!r} of {kind.__name__}")
+    _refuse("unreadable-type", f"attribute {name!r} of a {kind.__name__}")
+
+
+def store_target(obj: Any, name: str) -> Any:
+    """`__store`: the object of an attribute write or delete, if the policy lets it take one."""
+    kind = type(obj)
+    if kind is Pending:
+        obj = obj._get()
+        kind = type(obj)
+    if kind is Dict or name in _WRITABLE.get(kind, ()):
+        return obj
+    _refuse("attribute-store", f"attribute {name!r} of a {kind.__name__}")
 
 
 def call(fn: Any, /, *args: Any, **kwargs: Any) -> Any:
-    """`__call`: every call in a program. Host functions dispatch; others see resolved values."""
+    """`__call`: every call in a program. Host functions dispatch; others see resolved values.
+
+    It checks nothing: every callable a program can hold is safe to call from C (policy.py)."""
     run = RUN
     if run.stopped is not None:
         raise run.stopped
@@ -363,14 +443,10 @@ def call(fn: Any, /, *args: Any, **kwargs: Any) -> Any:
         return fn(*args, **kwargs)
     if kind is types.BuiltinMethodType:
         owner = fn.__self__
-        if fn.__name__ in FORMAT_METHODS and isinstance(owner, str):
-            _check_format(owner)
-        elif fn.__name__ in _PASS_METHODS and isinstance(owner, list | dict):
+        if fn.__name__ in _PASS_METHODS and isinstance(owner, list | dict):
             return fn(*args, **kwargs)
-        elif run.pending_made:
+        if run.pending_made:
             _deep(owner, set())
-    elif fn is str.format or fn is str.format_map:
-        _check_format(resolve(args[0]) if args else None)
     if run.pending_made:
         seen: set[int] = set()
         args = tuple(_deep(a, seen) for a in args)
@@ -387,6 +463,15 @@ def _program_line() -> int:
     return 0
 
 
+# Printed lines travel in batches: a batch leaves once it holds LOG_BATCH_BYTES, when a line is
+# printed LOG_BATCH_SECONDS or more after the last batch left, and whenever the child sends a
+# call, waits for an answer or ends, so output keeps its place among the calls and never waits
+# behind a blocked child. (One thread and no timers: lines printed just before a long stretch of
+# silent computation leave when it ends.)
+LOG_BATCH_BYTES = 32 << 10
+LOG_BATCH_SECONDS = 0.02
+
+
 class Run:
     """One program run in this child: the pipe to the service, pending calls and limits."""
 
@@ -398,20 +483,41 @@ class Run:
         self.last_ordered: Pending | None = None
         self.max_calls = 0
         self.max_output = 0
+        self.max_lines = 0
         self.output = 0
-        self.line_buffer = ""
+        self.lines = 0
+        self.batch: list[str] = []  # printed lines not sent yet
+        self.batch_bytes = 0
+        self.partial: list[str] = []  # the pieces of the line being printed
+        self.batch_sent = 0.0  # when the last batch left
         self.stopped: SandboxStop | None = None
 
     def send(self, message: dict[str, Any]) -> None:
-        try:
-            frame = wire.encode(message)
-        except wire.FrameError as exc:
-            self.stop(LimitExceeded(str(exc)))
-        wire.write_all(self.fd, frame)
+        """Sends `message`, behind the printed lines still waiting (in one write)."""
+        wire.write_all(self.fd, self._batch_frame() + self._encode(message))
 
     def receive(self) -> dict[str, Any]:
+        """The service's next message; printed lines still waiting leave first, as this blocks."""
+        if self.batch:
+            wire.write_all(self.fd, self._batch_frame())
         body = wire.read_exact(self.fd, wire.size(wire.read_exact(self.fd, wire.HEADER.size)))
         return wire.decode(body, object_hook=Dict)
+
+    def _encode(self, message: dict[str, Any]) -> bytes:
+        try:
+            return wire.encode(message)
+        except wire.FrameError as exc:
+            self.stop(LimitExceeded(str(exc)))
+
+    def _batch_frame(self) -> bytes:
+        """The frame of the printed lines waiting, which it takes out of the batch."""
+        if not self.batch:
+            return b""
+        text = "\n".join(self.batch)
+        self.batch.clear()
+        self.batch_bytes = 0
+        self.batch_sent = time.monotonic()
+        return self._encode({"t": "log", "text": text})
 
     def linger(self) -> None:
         """Waits for the service to hang up (it kills this child once it has read "done").
@@ -476,19 +582,37 @@ class Run:
             pending._done = True
 
     def write(self, text: str) -> None:
+        """Printed text: complete lines join the batch, counted against the byte and line caps."""
         if self.output + len(text) > self.max_output:
             self.stop(LimitExceeded(f"more than {self.max_output} bytes of output"))
-        self.output += len(text.encode("utf-8", "replace"))
+        size = len(text) if text.isascii() else len(text.encode("utf-8", "replace"))
+        self.output += size
         if self.output > self.max_output:
             self.stop(LimitExceeded(f"more than {self.max_output} bytes of output"))
-        *lines, self.line_buffer = (self.line_buffer + text).split("\n")
-        for line in lines:
-            self.send({"t": "log", "text": line})
+        if "\n" not in text:
+            self.partial.append(text)  # joined once the line ends, not once per piece
+            return
+        first, *rest = text.split("\n")
+        self.partial.append(first)
+        lines = ["".join(self.partial), *rest[:-1]]
+        self.partial = [rest[-1]] if rest[-1] else []
+        self.lines += len(lines)
+        if self.lines > self.max_lines:
+            self.stop(LimitExceeded(f"more than {self.max_lines} lines of output"))
+        self.batch += lines
+        self.batch_bytes += size
+        if (
+            self.batch_bytes >= LOG_BATCH_BYTES
+            or time.monotonic() - self.batch_sent >= LOG_BATCH_SECONDS
+        ):
+            wire.write_all(self.fd, self._batch_frame())
 
     def flush(self) -> None:
-        if self.line_buffer:
-            self.send({"t": "log", "text": self.line_buffer})
-            self.line_buffer = ""
+        """Moves the unfinished last line into the batch (the run is ending), within the cap."""
+        if self.partial and self.lines < self.max_lines:
+            self.lines += 1
+            self.batch.append("".join(self.partial))
+        self.partial = []
 
 
 RUN = Run()
@@ -501,23 +625,66 @@ def _print(*values: Any, sep: str | None = " ", end: str | None = "\n") -> None:
     )
 
 
-def _json_loads(text: str | bytes) -> Any:
-    import json
+def _json_dumps(
+    obj: Any,
+    *,
+    skipkeys: bool = False,
+    ensure_ascii: bool = True,
+    allow_nan: bool = True,
+    indent: int | str | None = None,
+    separators: tuple[str, str] | None = None,
+    default: Callable[[Any], Any] | None = None,
+    sort_keys: bool = False,
+) -> str:
+    return json.dumps(
+        obj,
+        skipkeys=skipkeys,
+        ensure_ascii=ensure_ascii,
+        allow_nan=allow_nan,
+        indent=indent,
+        separators=separators,
+        default=default,
+        sort_keys=sort_keys,
+    )
 
+
+def _json_loads(text: str | bytes) -> Any:
     return json.loads(text, object_hook=Dict)
 
 
-def _module_view(name: str) -> types.ModuleType:
-    """A copy of a whitelisted module with only its safe public attributes."""
+def _without_debug(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """`fn` (a function of `re` with a `flags` parameter), refusing re.DEBUG in any spelling."""
+    position = list(inspect.signature(fn).parameters).index("flags")
+
+    def checked(*args: Any, **kwargs: Any) -> Any:
+        flags = kwargs.get("flags", args[position] if len(args) > position else 0)
+        if flags & re.DEBUG:
+            _refuse("regex-debug", f"re.{fn.__name__} with re.DEBUG")
+        return fn(*args, **kwargs)
+
+    checked.__name__ = checked.__qualname__ = fn.__name__
+    checked.__doc__ = fn.__doc__
+    return checked
+
+
+# The runtime's versions of view members, as policy.REPLACED_MEMBERS lists them.
+_REPLACEMENTS: dict[tuple[str, str], Callable[..., Any]] = {
+    ("json", "dumps"): _json_dumps,
+    ("json", "loads"): _json_loads,
+    **{
+        ("re", name): _without_debug(getattr(re, name))
+        for module, name in policy.REPLACED_MEMBERS
+        if module == "re"
+    },
+}
+
+
+def _module_view(name: str) -> ModuleView:
     module = sys.modules[name]
-    view = types.ModuleType(name, module.__doc__)
-    deny = _MODULE_DENY.get(name, set())
-    for attr, value in vars(module).items():
-        if attr.startswith("_") or attr in deny or isinstance(value, types.ModuleType):
-            continue
-        setattr(view, attr, value)
-    if name == "json":
-        view.loads = _json_loads  # type: ignore[attr-defined]
+    view = ModuleView(name, module.__doc__)
+    view.__getattr__ = _no_member(name)  # type: ignore[method-assign]
+    for member in policy.MODULES[name]:
+        setattr(view, member, _REPLACEMENTS.get((name, member)) or getattr(module, member))
     return view
 
 
@@ -538,8 +705,6 @@ def _warm_up() -> None:
         __import__(lazy)
     import datetime
     import decimal
-    import json
-    import re
     import statistics
     import textwrap
 
@@ -555,16 +720,22 @@ def _warm_up() -> None:
     traceback.extract_tb(None)
 
 
+# The builtins the runtime provides, as policy.RUNTIME_BUILTINS lists them.
+RUNTIME_BUILTINS: dict[str, Any] = {"dict": Dict, "print": _print, "HostError": HostError}
+
+
 class Template:
     """What every child starts from: prepared once in the pre-warmed parent, before forking."""
 
     def __init__(self) -> None:
-        for name in ALLOWED_MODULES:
+        for name in policy.ALLOWED_MODULES:
             __import__(name)
         _warm_up()
-        self.modules = {name: _module_view(name) for name in ALLOWED_MODULES}
-        self.builtins: dict[str, Any] = {n: getattr(builtins, n) for n in SAFE_BUILTINS}
-        self.builtins.update(dict=Dict, print=_print, HostError=HostError)
+        # A warning would go to the process's own stderr, around the output cap.
+        warnings.simplefilter("ignore")
+        self.modules = {name: _module_view(name) for name in policy.ALLOWED_MODULES}
+        self.builtins: dict[str, Any] = {n: getattr(builtins, n) for n in policy.BUILTINS}
+        self.builtins.update(RUNTIME_BUILTINS)
 
     def namespace(self, start: dict[str, Any]) -> dict[str, Any]:
         ordered = set(start.get("ordered", []))
@@ -574,6 +745,8 @@ class Template:
             __r=resolve,
             __call=call,
             __D=Dict,
+            __attr=get_attribute,
+            __store=store_target,
             __stub=lambda spec: HostFunction(spec, spec["name"] in ordered),
         )
         for spec in start.get("stubs", []):
@@ -597,22 +770,63 @@ def _apply_limits(limits: dict[str, Any]) -> None:
     sys.setrecursionlimit(int(limits.get("recursion") or 1000))
 
 
-def _error(kind: str, exc: BaseException) -> dict[str, Any]:
-    line = 0
-    for frame in traceback.extract_tb(exc.__traceback__):
-        if frame.filename in DIALECT_FILES:
-            line = frame.lineno or 0
-    return {"kind": kind, "type": type(exc).__name__, "message": str(exc), "line": line}
+# Longest error message sent back; the rest of a huge one would only crowd the call log.
+MAX_MESSAGE = 4096
+
+
+def _error(exc: BaseException) -> dict[str, Any]:
+    """The "done" message's account of `exc`: the kind as a word (the service maps it to the
+    proto's enum), the type, message, program line and broken rule."""
+    if isinstance(exc, dialect.DialectError):
+        type_ = "SyntaxError" if exc.rule == "syntax" else "DialectError"
+        message, line, rule = exc.message, exc.line, exc.rule
+    else:
+        type_, message, line = type(exc).__name__, str(exc), 0
+        rule = exc.rule if isinstance(exc, SandboxStop) else ""
+        for frame in traceback.extract_tb(exc.__traceback__):
+            if frame.filename in DIALECT_FILES:
+                line = frame.lineno or 0
+    if len(message) > MAX_MESSAGE:
+        message = message[:MAX_MESSAGE] + "..."
+    return {"kind": _classify(exc), "type": type_, "message": message, "line": line, "rule": rule}
 
 
 def _classify(exc: BaseException) -> str:
     if isinstance(exc, SandboxStop):
         return exc.kind
+    if isinstance(exc, dialect.DialectError):
+        return "exception" if exc.rule == "syntax" else "violation"
+    if isinstance(exc, values.ValueTooLargeError):
+        return "limit"
+    if isinstance(exc, values.InvalidValueError):
+        return "value"
     if isinstance(exc, MemoryError):
         return "memory"
     if isinstance(exc, PermissionError):
         return "violation"
     return "exception"
+
+
+def _load(start: dict[str, Any]) -> list[types.CodeType]:
+    """The library's and the program's code, in the order they run, and the host stubs in
+    `start["stubs"]`. Sources are validated and compiled here, in the jailed child and under the
+    run's limits, so neither a huge program nor a bug in the parser costs the service anything.
+    A sender may instead send code it compiled itself (`program`, `library`: marshalled, base64)
+    with the stubs; only a harness that runs raw code past the dialect on purpose does."""
+    source = start.get("source")
+    if source is None:
+        blobs = (start.get("library") or "", start["program"])
+        return [marshal.loads(base64.b64decode(blob)) for blob in blobs if blob]
+    stubs = dialect.parse_stubs(source["client_functions"], "<client_functions>")
+    stubs += dialect.parse_stubs(source["server_functions"], "<server_functions>")
+    dialect.validate_globals(start.get("globals") or {})
+    program = dialect.compile_module(source["code"], PROGRAM_FILE, implicit_return=True)
+    codes = [program.code]
+    if source["library"].strip():
+        library = dialect.compile_module(source["library"], LIBRARY_FILE, implicit_return=False)
+        codes.insert(0, library.code)
+    start["stubs"] = [stub.to_json() for stub in stubs]
+    return codes
 
 
 def execute(template: Template, fd: int) -> NoReturn:
@@ -624,26 +838,27 @@ def execute(template: Template, fd: int) -> NoReturn:
         limits = start.get("limits") or {}
         RUN.max_calls = int(limits.get("max_calls") or 1000)
         RUN.max_output = int(limits.get("max_output_bytes") or 1 << 20)
+        RUN.max_lines = int(limits.get("max_output_lines") or 10_000)
         _apply_limits(limits)
+        codes = _load(start)
         import random
 
         random.seed(0)  # replay must reproduce the run, so randomness is the same every run
         ns = template.namespace(start)
-        codes: Iterable[str] = (start.get("library") or "", start["program"])
-        for blob in codes:
-            if blob:
-                exec(marshal.loads(base64.b64decode(blob)), ns)
+        for code in codes:
+            exec(code, ns)
         result = ns.get(RESULT_NAME)
         RUN.wait_for(None)
+        value = to_json(_deep(result, set()), "result")
         RUN.flush()
-        RUN.send({"t": "done", "value": to_json(_deep(result, set()))})
+        RUN.send({"t": "done", "value": value})
     except (EOFError, wire.FrameError):
         status = 3
     except BaseException as exc:
         RUN.stopped = RUN.stopped or SandboxStop("stopped")
         try:
             RUN.flush()
-            RUN.send({"t": "done", "error": _error(_classify(exc), exc)})
+            RUN.send({"t": "done", "error": _error(exc)})
         except BaseException:
             status = 4
     sys.stdout.flush()

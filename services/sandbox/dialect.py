@@ -1,12 +1,14 @@
 """Validation and rewriting of the llmPython dialect.
 
-Code is parsed with `ast`, checked against the dialect's rules and rewritten before any of it runs,
-so a program that breaks a rule never starts and the error names the line and the rule. The
+Code is parsed with `ast`, checked against the rules of `policy.py` and rewritten before any of it
+runs, so a program that breaks a rule never starts and the error names the line and the rule. The
 rewrite is what gives the dialect its features without the program ever seeing them:
 
 - every call goes through ``__call`` (host stubs dispatch without blocking, other callees get
   resolved arguments), and every place that *uses* a value wraps it in ``__r`` (which waits for a
   pending host call), so independent host calls overlap and dependent ones wait;
+- every attribute read ``x.a`` becomes ``__attr(x, "a")`` and the object of every attribute write
+  or delete becomes ``__store(x, "a")``: the runtime guard sees every attribute path;
 - dict displays and comprehensions build ``__D`` dicts, which allow JavaScript-style attribute
   access;
 - the last top-level expression is stored in ``__result__`` (implicit return);
@@ -25,102 +27,19 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from genmesh.sandbox import policy
+
 PROGRAM_FILE = "<program>"
 LIBRARY_FILE = "<library>"
 
-# Modules pre-imported into every program's root namespace (there is no import statement).
-ALLOWED_MODULES = (
-    "json",
-    "math",
-    "re",
-    "datetime",
-    "itertools",
-    "collections",
-    "statistics",
-    "random",
-    "string",
-    "functools",
-    "operator",
-    "decimal",
-    "fractions",
-    "textwrap",
-)
-
-# Builtins that recover internals, reflect on objects or touch the outside world.
-FORBIDDEN_NAMES = frozenset(
-    {
-        "eval",
-        "exec",
-        "compile",
-        "open",
-        "input",
-        "breakpoint",
-        "help",
-        "getattr",
-        "setattr",
-        "delattr",
-        "hasattr",
-        "globals",
-        "locals",
-        "vars",
-        "dir",
-        "type",
-        "object",
-        "super",
-        "classmethod",
-        "staticmethod",
-        "property",
-        "memoryview",
-        "exit",
-        "quit",
-    }
-)
-
-# Attributes without underscores that still lead to frames, code or globals.
-FORBIDDEN_ATTRIBUTES = frozenset(
-    {
-        "gi_frame",
-        "gi_code",
-        "gi_yieldfrom",
-        "gi_running",
-        "gi_suspended",
-        "cr_frame",
-        "cr_code",
-        "cr_await",
-        "cr_origin",
-        "ag_frame",
-        "ag_code",
-        "ag_await",
-        "f_back",
-        "f_builtins",
-        "f_code",
-        "f_globals",
-        "f_locals",
-        "f_trace",
-        "f_lasti",
-        "tb_frame",
-        "tb_next",
-        "tb_lasti",
-        "co_code",
-        "co_consts",
-        "co_names",
-        "func_globals",
-        "func_code",
-        "mro",
-        "with_traceback",
-    }
-)
-
-# Methods that interpret a string as attribute paths; they may only be called directly, so the
-# runtime can check the format string before it runs.
-FORMAT_METHODS = frozenset({"format", "format_map"})
-
-MAX_SOURCE_BYTES = 1 << 20
+MAX_SOURCE_BYTES = 256 << 10  # programs are a few KiB; this much compiles in 1-4 s of CPU
 
 _RUNTIME_RESOLVE = "__r"
 _RUNTIME_CALL = "__call"
 _RUNTIME_DICT = "__D"
 _RUNTIME_STUB = "__stub"
+_RUNTIME_ATTRIBUTE = "__attr"
+_RUNTIME_STORE = "__store"
 RESULT_NAME = "__result__"
 
 
@@ -208,7 +127,7 @@ def stub_from_def(node: ast.FunctionDef) -> Stub:
             return False, None
         try:
             return True, ast.literal_eval(expr)
-        except ValueError:
+        except (ValueError, TypeError):  # TypeError: an unhashable key, as in `{[1]: 2}`
             raise _fail(
                 "stub-default", f"default of {name!r} in stub {node.name!r} is not a literal", expr
             ) from None
@@ -227,48 +146,37 @@ def stub_from_def(node: ast.FunctionDef) -> Stub:
     return Stub(node.name, tuple(params), ast.get_docstring(node) or "")
 
 
-_FORBIDDEN_NODES: dict[type[ast.AST], tuple[str, str]] = {
-    ast.Import: ("import", "imports are not allowed; modules are pre-imported"),
-    ast.ImportFrom: ("import", "imports are not allowed; modules are pre-imported"),
-    ast.Global: ("global", "global statements are not allowed"),
-    ast.Nonlocal: ("global", "nonlocal statements are not allowed"),
-    ast.ClassDef: ("class", "class definitions are not allowed"),
-    ast.AsyncFunctionDef: ("async", "async code is not needed: calls run in parallel"),
-    ast.Await: ("async", "async code is not needed: calls run in parallel"),
-    ast.AsyncFor: ("async", "async code is not needed: calls run in parallel"),
-    ast.AsyncWith: ("async", "async code is not needed: calls run in parallel"),
-    ast.Yield: ("generator", "yield is not allowed"),
-    ast.YieldFrom: ("generator", "yield is not allowed"),
-}
-
-
 class _Validator(ast.NodeVisitor):
     """Rejects everything outside the dialect; the first offence wins."""
 
     def _name(self, name: str | None, node: ast.AST, what: str) -> None:
-        if name is None:
-            return
-        if name.startswith("_"):
-            raise _fail("underscore-name", f"{what} {name!r} starts with an underscore", node)
-        if name in FORBIDDEN_NAMES:
-            raise _fail("forbidden-name", f"{name!r} is not available in the dialect", node)
+        rule = None if name is None else policy.name_rule(name)
+        if rule is not None:
+            raise _fail(rule, f"{what} {name!r} is refused: {policy.RULES[rule]}", node)
+
+    def _attribute(self, name: str, node: ast.AST, pattern: bool = False) -> None:
+        rule = policy.pattern_rule(name) if pattern else policy.attribute_rule(name)
+        if rule is not None:
+            raise _fail(rule, f"attribute {name!r} is refused: {policy.RULES[rule]}", node)
+
+    def _pattern_name(self, node: ast.expr) -> None:
+        """A dotted name in a pattern, read in C without the guard: `case datetime.date():`."""
+        while isinstance(node, ast.Attribute):
+            self._attribute(node.attr, node, pattern=True)
+            node = node.value
+        self.visit(node)
 
     def generic_visit(self, node: ast.AST) -> None:
-        hit = _FORBIDDEN_NODES.get(type(node))
-        if hit:
-            raise _fail(hit[0], hit[1], node)
+        rule = policy.FORBIDDEN_SYNTAX.get(type(node))
+        if rule is not None:
+            raise _fail(rule, policy.RULES[rule], node)
         super().generic_visit(node)
 
     def visit_Name(self, node: ast.Name) -> None:
         self._name(node.id, node, "name")
 
     def visit_Attribute(self, node: ast.Attribute) -> None:
-        if node.attr.startswith("_"):
-            raise _fail(
-                "underscore-attribute", f"attribute {node.attr!r} starts with an underscore", node
-            )
-        if node.attr in FORBIDDEN_ATTRIBUTES:
-            raise _fail("internal-attribute", f"attribute {node.attr!r} is not allowed", node)
+        self._attribute(node.attr, node)
         self.generic_visit(node)
 
     def visit_FunctionDef(self, node: ast.FunctionDef) -> None:
@@ -300,34 +208,15 @@ class _Validator(ast.NodeVisitor):
         self._name(node.rest, node, "pattern name")
         self.generic_visit(node)
 
+    def visit_MatchValue(self, node: ast.MatchValue) -> None:
+        self._pattern_name(node.value)
+
     def visit_MatchClass(self, node: ast.MatchClass) -> None:
-        for attr in node.kwd_attrs:
-            if attr.startswith("_") or attr in FORBIDDEN_ATTRIBUTES:
-                raise _fail(
-                    "underscore-attribute", f"pattern attribute {attr!r} is not allowed", node
-                )
-        self.generic_visit(node)
-
-
-class _FormatRefs(ast.NodeVisitor):
-    """Finds `.format`/`.format_map` used other than as the callee of a call."""
-
-    def visit_Call(self, node: ast.Call) -> None:
-        if isinstance(node.func, ast.Attribute) and node.func.attr in FORMAT_METHODS:
-            self.visit(node.func.value)
-        else:
-            self.visit(node.func)
-        for child in [*node.args, *node.keywords]:
-            self.visit(child)
-
-    def visit_Attribute(self, node: ast.Attribute) -> None:
-        if node.attr in FORMAT_METHODS:
-            raise _fail(
-                "format-reference",
-                f"{node.attr!r} may only be called directly, e.g. s.{node.attr}(...)",
-                node,
-            )
-        self.generic_visit(node)
+        self._pattern_name(node.cls)
+        for name in node.kwd_attrs:
+            self._attribute(name, node, pattern=True)
+        for pattern in [*node.patterns, *node.kwd_patterns]:
+            self.visit(pattern)
 
 
 # Node types whose value may be a pending host call; only these need resolving where used.
@@ -340,7 +229,6 @@ _CONSUMED: dict[type[ast.AST], tuple[str, ...]] = {
     ast.BoolOp: ("values",),
     ast.Compare: ("left", "comparators"),
     ast.IfExp: ("test",),
-    ast.Attribute: ("value",),
     ast.Subscript: ("value", "slice"),
     ast.Slice: ("lower", "upper", "step"),
     ast.If: ("test",),
@@ -399,6 +287,22 @@ class _Rewriter(ast.NodeTransformer):
         )
         return ast.copy_location(call, node)
 
+    def visit_Attribute(self, node: ast.Attribute) -> ast.AST:
+        self.generic_visit(node)
+        name = ast.copy_location(ast.Constant(node.attr), node)
+        if isinstance(node.ctx, ast.Load):
+            return _runtime(_RUNTIME_ATTRIBUTE, [node.value, name], node)
+        node.value = _runtime(_RUNTIME_STORE, [node.value, name], node.value)
+        return node
+
+    def visit_MatchValue(self, node: ast.MatchValue) -> ast.AST:
+        return node  # a dotted name must stay one; the validator checked it with pattern_rule
+
+    def visit_MatchClass(self, node: ast.MatchClass) -> ast.AST:
+        node.patterns = [self.visit(p) for p in node.patterns]
+        node.kwd_patterns = [self.visit(p) for p in node.kwd_patterns]
+        return node
+
     def visit_Dict(self, node: ast.Dict) -> ast.AST:
         self.generic_visit(node)
         node.keys = [k if k is None else _resolve(k) for k in node.keys]
@@ -454,7 +358,6 @@ def parse(source: str, filename: str = PROGRAM_FILE) -> ast.Module:
     try:
         tree = ast.parse(source, filename=filename)
         _Validator().visit(tree)
-        _FormatRefs().visit(tree)
     except SyntaxError as exc:
         raise DialectError("syntax", f"{exc.msg}", exc.lineno or 0) from None
     except (RecursionError, MemoryError):
@@ -502,7 +405,7 @@ def parse_stubs(source: str, filename: str = "<functions>") -> list[Stub]:
 def validate_globals(names: Iterable[str]) -> None:
     """Rejects predefined variables whose names the program could not write itself."""
     for name in names:
-        if not name.isidentifier() or name.startswith("_") or name in FORBIDDEN_NAMES:
+        if not name.isidentifier() or policy.name_rule(name) is not None:
             raise DialectError("globals", f"variable name {name!r} is not allowed", 0)
 
 

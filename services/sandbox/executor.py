@@ -1,32 +1,37 @@
 """Runs programs in jailed children, from the service's side (asyncio, no gRPC).
 
-The executor validates and compiles a program (a program that breaks a rule never reaches a
-child), takes a pre-forked child from the zygote, streams the child's host calls to a `Host` as
-concurrent tasks, answers the child as results come back, and builds the call log. The wall-clock
-deadline is enforced here with SIGKILL through a pidfd, so a runaway child cannot outlive it.
+The executor takes a pre-forked child from the zygote and sends it the program's sources (the
+child validates and compiles them itself, under the run's limits, so a huge or hostile program
+costs the service's event loop nothing), streams the child's host calls to a `Host` as
+concurrent tasks, answers the child as results come back, and builds the call log.
+
+Every run ends with a result, whatever fails. The wall-clock deadline kills the child through its
+pidfd; a watchdog a little later ends the run whatever the executor itself is waiting for; values
+that cannot cross the wire end it with a coded error naming them; anything unexpected is logged
+and reported as a crash. On every path the child is killed and its socket released before the
+next run can reuse the file descriptor.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import json
 import logging
-import marshal
 import math
 import os
 import signal
 import socket
-import sys
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from google.protobuf import json_format, struct_pb2
+from google.protobuf import duration_pb2, struct_pb2
 
+from genmesh.runtime import values
+from genmesh.runtime.errors import FieldViolation
 from genmesh.sandbox import dialect, jail, wire
 from genmesh.v1 import program_pb2
 
@@ -34,15 +39,21 @@ log = logging.getLogger(__name__)
 
 Kind = program_pb2.ProgramError.Kind
 
-_KINDS: dict[str, Kind.ValueType] = {
+# The child names the kind of its failure with a word (it has no protobuf); this is the one place
+# those words are read. A word not listed here is a crash.
+CHILD_KINDS: dict[str, Kind.ValueType] = {
     "exception": Kind.KIND_EXCEPTION,
     "timeout": Kind.KIND_TIMEOUT,
     "memory": Kind.KIND_MEMORY,
     "limit": Kind.KIND_LIMIT,
     "violation": Kind.KIND_VIOLATION,
-    "cancelled": Kind.KIND_CANCELLED,
-    "crashed": Kind.KIND_CRASHED,
+    "value": Kind.KIND_INVALID_VALUE,
 }
+
+# How long after the wall-clock limit the watchdog ends a run that has not ended by itself.
+WATCHDOG_GRACE = 2.0
+# How long a child that hung up may take to report its exit status through the zygote.
+EXIT_WAIT = 5.0
 
 
 class Host(Protocol):
@@ -62,8 +73,12 @@ class RunLimits:
     cpu_seconds: int = 10
     max_calls: int = 1000
     max_output_bytes: int = 1 << 20
+    max_output_lines: int = 10_000
     memory_bytes: int = 1 << 30
     recursion: int = 1000
+    # The call log (program, calls, results, printed output, result) travels in the run's last
+    # message, which must stay under the services' 16 MiB message limit.
+    max_record_bytes: int = 12 << 20
 
     def merged(self, asked: program_pb2.Limits) -> RunLimits:
         def low(mine: float, theirs: float) -> float:
@@ -76,66 +91,75 @@ class RunLimits:
             ),
             max_calls=int(low(self.max_calls, asked.max_calls)),
             max_output_bytes=int(low(self.max_output_bytes, asked.max_output_bytes)),
+            max_output_lines=int(low(self.max_output_lines, asked.max_output_lines)),
             memory_bytes=int(low(self.memory_bytes, asked.max_memory_bytes)),
             recursion=self.recursion,
+            max_record_bytes=self.max_record_bytes,
         )
 
 
-def py_from_value(value: struct_pb2.Value) -> Any:
-    """A protobuf Value as plain Python, with integral numbers as ints (JSON has one number)."""
-    return _ints(json_format.MessageToDict(value))
+def program_violations(program: program_pb2.Program) -> list[FieldViolation]:
+    """What makes a program unrunnable before any child sees it: a source over the size cap, or
+    globals that cannot cross the wire. The service refuses these with INVALID_ARGUMENT."""
+    found = []
+    for name in ("code", "library", "client_functions"):
+        size = len(getattr(program, name).encode("utf-8"))
+        if size > dialect.MAX_SOURCE_BYTES:
+            found.append(
+                FieldViolation(
+                    f"program.{name}",
+                    f"{size} bytes is more than the limit of {dialect.MAX_SOURCE_BYTES}",
+                )
+            )
+    try:
+        values.py_from_struct(program.globals, "program.globals")
+    except values.InvalidValueError as exc:
+        found.append(FieldViolation(exc.path, exc.problem))
+    return found
 
 
-def _ints(value: Any) -> Any:
-    if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
-        return int(value)
-    if isinstance(value, dict):
-        return {k: _ints(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_ints(v) for v in value]
-    return value
-
-
-def value_from_py(value: Any) -> struct_pb2.Value:
-    """Plain Python (JSON-compatible) as a protobuf Value; non-finite numbers become strings."""
-    out = struct_pb2.Value()
-    json_format.ParseDict(_finite(value), out)
-    return out
-
-
-def _finite(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    if isinstance(value, dict):
-        return {str(k): _finite(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_finite(v) for v in value]
-    if isinstance(value, str):
-        return value.encode("utf-8", "replace").decode("utf-8")
-    return value
-
-
-def _duration(seconds: float) -> Any:
-    from google.protobuf import duration_pb2
-
+def _duration(seconds: float) -> duration_pb2.Duration:
     d = duration_pb2.Duration()
     d.FromNanoseconds(int(seconds * 1e9))
     return d
 
 
-def error(kind: str, message: str, type_: str = "", line: int = 0) -> program_pb2.ProgramError:
+def error(
+    kind: Kind.ValueType, message: str, type_: str = "", line: int = 0, rule: str = ""
+) -> program_pb2.ProgramError:
     """A structured program failure."""
-    return program_pb2.ProgramError(kind=_KINDS[kind], type=type_, message=message, line=line)
+    return program_pb2.ProgramError(kind=kind, type=type_, message=message, line=line, rule=rule)
 
 
-@dataclass
+def uncrossable(exc: values.InvalidValueError, where: str = "") -> program_pb2.ProgramError:
+    """The failure of a run whose value could not cross the wire: too large is a limit, anything
+    else an invalid value. The message names the value and the part of it."""
+    kind = (
+        Kind.KIND_LIMIT if isinstance(exc, values.ValueTooLargeError) else Kind.KIND_INVALID_VALUE
+    )
+    return error(kind, f"{where}: {exc}" if where else str(exc), type(exc).__name__)
+
+
+@dataclass(eq=False)
 class Child:
-    """A forked, jailed child waiting for its program."""
+    """A forked, jailed child waiting for its program, and everything of it the service holds.
+
+    `close` releases them in one order on every path: the child is killed, the transport stops
+    watching the socket (an abort, so no buffered write keeps it alive), and only then is the
+    socket closed. Closing the socket under a live transport left the event loop watching a file
+    descriptor number that the next child's socket reused, and that child's messages were never
+    read."""
 
     pid: int
     pidfd: int
     sock: socket.socket
     exited: asyncio.Future[int]
+    writer: asyncio.StreamWriter | None = None
+
+    async def connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """The stream to the child; `close` releases it."""
+        reader, self.writer = await asyncio.open_unix_connection(sock=self.sock)
+        return reader, self.writer
 
     def kill(self) -> None:
         with contextlib.suppress(ProcessLookupError, OSError):
@@ -143,12 +167,20 @@ class Child:
 
     def close(self) -> None:
         self.kill()
-        with contextlib.suppress(OSError):
-            os.close(self.pidfd)
+        if self.writer is not None:
+            self.writer.transport.abort()
+            self.writer = None
         self.sock.close()
+        if self.pidfd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(self.pidfd)
+            self.pidfd = -1
 
 
 PARENT_DIED = -1  # exit status reported for children whose parent (the zygote) died
+
+# A spawned child as the zygote reports it: pid, pidfd and the future of its exit status.
+_Spawned = tuple[int, int, asyncio.Future[int]]
 
 
 class ZygoteGoneError(Exception):
@@ -164,7 +196,7 @@ class Zygote:
         self.process: asyncio.subprocess.Process | None = None
         self._sock: socket.socket | None = None
         self._ready: asyncio.Future[list[dict[str, Any]]] | None = None
-        self._spawning: deque[asyncio.Future[tuple[int, int]]] = deque()
+        self._spawning: deque[asyncio.Future[_Spawned]] = deque()
         self._exits: dict[int, asyncio.Future[int]] = {}
 
     @property
@@ -175,11 +207,10 @@ class Zygote:
         loop = asyncio.get_running_loop()
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self.process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "genmesh.sandbox.zygote",
-            str(theirs.fileno()),
-            json.dumps(asdict(self.limits)),
+            *jail.zygote_command(theirs.fileno(), self.limits),
+            env=jail.zygote_environment(),
+            cwd="/",
+            stdin=asyncio.subprocess.DEVNULL,
             pass_fds=[theirs.fileno()],
         )
         theirs.close()
@@ -208,12 +239,12 @@ class Zygote:
                 self._ready.set_result(message["layers"])
             elif kind == "spawned":
                 pid = int(message["pid"])
-                self._exits[pid] = asyncio.get_running_loop().create_future()
+                status = self._exits[pid] = asyncio.get_running_loop().create_future()
                 waiter = self._spawning.popleft()
                 if waiter.done():
                     os.close(fds[0])
                 else:
-                    waiter.set_result((pid, fds[0]))
+                    waiter.set_result((pid, fds[0], status))
             elif kind == "exit":
                 exited = self._exits.pop(int(message["pid"]), None)
                 if exited is not None and not exited.done():
@@ -242,14 +273,21 @@ class Zygote:
         if self._sock is None:
             raise ZygoteGoneError("the sandbox parent process is not running")
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        waiter: asyncio.Future[tuple[int, int]] = asyncio.get_running_loop().create_future()
-        self._spawning.append(waiter)
         try:
             socket.send_fds(self._sock, [b'{"t":"spawn"}'], [theirs.fileno()])
+        except OSError as exc:
+            ours.close()
+            raise ZygoteGoneError(f"the sandbox parent process cannot be reached: {exc}") from None
         finally:
             theirs.close()
-        pid, pidfd = await waiter
-        return Child(pid, pidfd, ours, self._exits[pid])
+        waiter: asyncio.Future[_Spawned] = asyncio.get_running_loop().create_future()
+        self._spawning.append(waiter)
+        try:
+            pid, pidfd, exited = await waiter
+        except BaseException:
+            ours.close()  # the child reads end-of-file and exits
+            raise
+        return Child(pid, pidfd, ours, exited)
 
     async def stop(self) -> None:
         if self._sock is not None:
@@ -260,42 +298,81 @@ class Zygote:
             await self.process.wait()
 
 
-@dataclass
+@dataclass(eq=False)
 class _Run:
-    """The state of one run on the service side."""
+    """One run on the service side: its child, host and call log, and what it has used."""
 
     started: float
     child: Child
     writer: asyncio.StreamWriter
     host: Host
     log: program_pb2.CallLog
+    limits: RunLimits
+    record_bytes: int = 0
+    output_bytes: int = 0
+    output_lines: int = 0
+    failure: program_pb2.ProgramError | None = None
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
     def since(self) -> float:
         return time.monotonic() - self.started
 
+    def stop(self, failure: program_pb2.ProgramError) -> None:
+        """Ends the run with `failure` (the first one stands) and kills the child."""
+        if self.failure is None:
+            self.failure = failure
+        self.child.kill()
 
-def _signal_error(status: int, killed_by_us: bool, limits: RunLimits) -> program_pb2.ProgramError:
-    if killed_by_us:
-        return error("timeout", f"wall-clock limit of {limits.wall_seconds:g}s reached")
+    def charge(self, size: int) -> None:
+        """Counts `size` bytes into the call log, ending the run when it outgrows its cap."""
+        self.record_bytes += size
+        if self.record_bytes > self.limits.max_record_bytes:
+            self.stop(
+                error(
+                    Kind.KIND_LIMIT,
+                    f"the run's call log (calls, results and output) grew past "
+                    f"{self.limits.max_record_bytes} bytes",
+                )
+            )
+
+    def task_done(self, task: asyncio.Task[None]) -> None:
+        self.tasks.discard(task)
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            log.error("answering a host call failed", exc_info=exc)
+            self.stop(error(Kind.KIND_CRASHED, "the sandbox failed while answering a host call"))
+
+
+def _signal_error(status: int, limits: RunLimits) -> program_pb2.ProgramError:
     if status == PARENT_DIED:
-        return error("crashed", "the sandbox parent process died during the run")
+        return error(Kind.KIND_CRASHED, "the sandbox parent process died during the run")
     if os.WIFSIGNALED(status):
         sig = os.WTERMSIG(status)
         if sig == signal.SIGXCPU:
-            return error("timeout", f"CPU limit of {limits.cpu_seconds}s reached")
+            return error(Kind.KIND_TIMEOUT, f"CPU limit of {limits.cpu_seconds}s reached")
         if sig == signal.SIGSYS:
-            return error("violation", "the program made a forbidden system call and was killed")
+            return error(
+                Kind.KIND_VIOLATION, "the program made a forbidden system call and was killed"
+            )
         if sig == signal.SIGKILL:
-            return error("memory", "the program was killed (out of memory or over a limit)")
-        return error("crashed", f"the sandbox child died on signal {signal.Signals(sig).name}")
+            return error(Kind.KIND_MEMORY, "the program was killed (out of memory or over a limit)")
+        return error(
+            Kind.KIND_CRASHED, f"the sandbox child died on signal {signal.Signals(sig).name}"
+        )
     return error(
-        "crashed", f"the sandbox child exited with status {os.waitstatus_to_exitcode(status)}"
+        Kind.KIND_CRASHED,
+        f"the sandbox child exited with status {os.waitstatus_to_exitcode(status)}",
     )
 
 
+def _int32(value: Any) -> int:
+    """An int field of a child's message; anything else makes the message malformed."""
+    if type(value) is not int or not 0 <= value < 2**31:
+        raise wire.FrameError(f"expected a small non-negative integer, got {value!r:.40}")
+    return value
+
+
 class Executor:
-    """Compiles programs and runs each in a fresh jailed child."""
+    """Runs each program in a fresh jailed child."""
 
     def __init__(self, limits: RunLimits | None = None, *, require_isolation: bool = False) -> None:
         self.limits = limits or RunLimits()
@@ -343,11 +420,10 @@ class Executor:
                 await self.zygote.start()
                 self._spare = None
             spare, self._spare = self._spare, asyncio.create_task(self.zygote.spawn())
-        child: Child | None = None
-        if spare is not None:
-            with contextlib.suppress(ZygoteGoneError):
-                child = await spare
+        child = await _take(spare) if spare is not None else None
         if child is None or child.exited.done():
+            if child is not None:
+                child.close()
             child = await self.zygote.spawn()
         return child
 
@@ -359,55 +435,78 @@ class Executor:
         server_functions: str = "",
         on_log: LogSink | None = None,
     ) -> program_pb2.ProgramResult:
-        """Runs `program`; its host calls go to `host`. Never raises for program failures."""
+        """Runs `program`; its host calls go to `host`. Every failure, expected or not, comes back
+        as the result's error; only cancellation propagates, after the child is killed."""
         started = time.monotonic()
         call_log = program_pb2.CallLog(program=program, server_functions=server_functions)
         limits = self.limits.merged(program.limits)
+        value: struct_pb2.Value | None = None
+        failure: program_pb2.ProgramError | None
+        watchdog = asyncio.timeout(limits.wall_seconds + WATCHDOG_GRACE)
         try:
-            start = self._start_message(program, server_functions, limits)
-        except dialect.DialectError as exc:
-            kind, type_ = (
-                ("exception", "SyntaxError")
-                if exc.rule == "syntax"
-                else ("violation", "DialectError")
-            )
-            rejected = error(kind, f"{exc.message} [rule: {exc.rule}]", type_, exc.line)
-            return self._finish(call_log, started, None, rejected)
+            async with watchdog:
+                value, failure = await self._run(
+                    program, host, server_functions, limits, on_log, call_log, started
+                )
+        except Exception as exc:
+            if isinstance(exc, TimeoutError) and watchdog.expired():
+                failure = error(
+                    Kind.KIND_TIMEOUT,
+                    f"wall-clock limit of {limits.wall_seconds:g}s reached; the watchdog ended "
+                    "the run",
+                )
+            else:
+                log.exception("a sandbox run failed unexpectedly")
+                failure = error(
+                    Kind.KIND_CRASHED,
+                    "the sandbox failed while running the program (the service logged why)",
+                )
+        return self._finish(call_log, started, value, failure)
+
+    async def _run(
+        self,
+        program: program_pb2.Program,
+        host: Host,
+        server_functions: str,
+        limits: RunLimits,
+        on_log: LogSink | None,
+        call_log: program_pb2.CallLog,
+        started: float,
+    ) -> tuple[struct_pb2.Value | None, program_pb2.ProgramError | None]:
+        try:
+            frame = wire.encode(self._start_message(program, server_functions, limits))
+        except values.InvalidValueError as exc:
+            return None, uncrossable(exc)
+        except wire.FrameError as exc:
+            return None, error(Kind.KIND_LIMIT, f"the program is too large to start: {exc}")
         child = await self._acquire()
         try:
-            reader, writer = await asyncio.open_unix_connection(sock=child.sock)
-            run = _Run(started, child, writer, host, call_log)
-            writer.write(wire.encode(start))
-            value, failure = await self._drive(run, reader, limits, on_log)
+            reader, writer = await child.connect()
+            run = _Run(started, child, writer, host, call_log, limits)
+            run.charge(call_log.ByteSize())
+            writer.write(frame)
+            return await self._drive(run, reader, on_log)
         finally:
             child.close()
-        return self._finish(call_log, started, value, failure)
 
     @staticmethod
     def _start_message(
         program: program_pb2.Program, server_functions: str, limits: RunLimits
     ) -> dict[str, Any]:
-        stubs = dialect.parse_stubs(program.client_functions, "<client_functions>")
-        stubs += dialect.parse_stubs(server_functions, "<server_functions>")
-        globals_ = json_format.MessageToDict(program.globals) if program.globals.fields else {}
-        dialect.validate_globals(globals_)
-        code = dialect.compile_module(program.code, dialect.PROGRAM_FILE, implicit_return=True)
-        library = ""
-        if program.library.strip():
-            lib = dialect.compile_module(
-                program.library, dialect.LIBRARY_FILE, implicit_return=False
-            )
-            library = base64.b64encode(marshal.dumps(lib.code)).decode()
         return {
             "t": "start",
-            "program": base64.b64encode(marshal.dumps(code.code)).decode(),
-            "library": library,
-            "stubs": [s.to_json() for s in stubs],
+            "source": {
+                "code": program.code,
+                "library": program.library,
+                "client_functions": program.client_functions,
+                "server_functions": server_functions,
+            },
             "ordered": list(program.ordered_functions),
-            "globals": _ints(globals_),
+            "globals": values.py_from_struct(program.globals, "globals"),
             "limits": {
                 "max_calls": limits.max_calls,
                 "max_output_bytes": limits.max_output_bytes,
+                "max_output_lines": limits.max_output_lines,
                 "cpu_seconds": limits.cpu_seconds,
                 "memory_bytes": limits.memory_bytes,
                 "recursion": limits.recursion,
@@ -415,107 +514,178 @@ class Executor:
         }
 
     async def _drive(
-        self,
-        run: _Run,
-        reader: asyncio.StreamReader,
-        limits: RunLimits,
-        on_log: LogSink | None,
-    ) -> tuple[Any, program_pb2.ProgramError | None]:
-        killed = False
+        self, run: _Run, reader: asyncio.StreamReader, on_log: LogSink | None
+    ) -> tuple[struct_pb2.Value | None, program_pb2.ProgramError | None]:
+        """Reads the child until it is done, hangs up or runs out of time."""
+        deadline = run.started + run.limits.wall_seconds
         try:
-            async with asyncio.timeout(limits.wall_seconds):
-                while True:
+            async with asyncio.timeout(deadline - time.monotonic()):
+                while run.failure is None:
                     header = await reader.readexactly(wire.HEADER.size)
                     message = wire.decode(await reader.readexactly(wire.size(header)))
                     kind = message.get("t")
                     if kind == "call":
                         self._dispatch(run, message)
                     elif kind == "log":
-                        line = program_pb2.LogLine(text=_finite(str(message.get("text", ""))))
-                        line.at.CopyFrom(_duration(run.since()))
-                        run.log.logs.append(line)
-                        if on_log is not None:
-                            await on_log(line)
+                        await self._log(run, message, on_log)
                     elif kind == "done":
-                        if "error" in message:
-                            e = message["error"]
-                            return None, error(
-                                str(e.get("kind", "exception"))
-                                if e.get("kind") in _KINDS
-                                else "crashed",
-                                _finite(str(e.get("message", ""))),
-                                _finite(str(e.get("type", ""))),
-                                int(e.get("line") or 0),
-                            )
-                        return message.get("value"), None
+                        return self._done(run, message)
                     else:
-                        raise wire.FrameError(f"unexpected message {kind!r}")
+                        raise wire.FrameError(f"unexpected message {kind!r:.40}")
         except TimeoutError:
-            killed = True
-            run.child.kill()
+            run.stop(
+                error(
+                    Kind.KIND_TIMEOUT, f"wall-clock limit of {run.limits.wall_seconds:g}s reached"
+                )
+            )
         except (asyncio.IncompleteReadError, ConnectionError):
-            pass
+            pass  # the child hung up: its exit status says why
         except wire.FrameError as exc:
-            run.child.kill()
-            return None, error("violation", f"the child sent a malformed message: {exc}")
-        except asyncio.CancelledError:
-            run.child.kill()
-            raise
+            run.stop(error(Kind.KIND_VIOLATION, f"the child sent a malformed message: {exc}"))
         finally:
-            for task in run.tasks:
+            for task in list(run.tasks):
                 task.cancel()
+        if run.failure is not None:
+            return None, run.failure
         try:
-            status = await asyncio.wait_for(asyncio.shield(run.child.exited), timeout=5)
-        except (TimeoutError, ZygoteGoneError):
-            return None, error("crashed", "the sandbox child vanished")
-        return None, _signal_error(status, killed, limits)
+            status = await asyncio.wait_for(asyncio.shield(run.child.exited), EXIT_WAIT)
+        except TimeoutError:
+            return None, error(Kind.KIND_CRASHED, "the sandbox child vanished")
+        return None, _signal_error(status, run.limits)
+
+    async def _log(self, run: _Run, message: dict[str, Any], on_log: LogSink | None) -> None:
+        """Printed lines from the child (a batch, joined by newlines), counted against the caps
+        again here: a child whose runtime was subverted does not enforce them."""
+        text = message.get("text")
+        if not isinstance(text, str):
+            raise wire.FrameError("log text is not a string")
+        text = values.display(text)
+        run.output_lines += text.count("\n") + 1
+        run.output_bytes += len(text.encode("utf-8"))
+        if run.output_lines > run.limits.max_output_lines:
+            run.stop(
+                error(Kind.KIND_LIMIT, f"more than {run.limits.max_output_lines} lines of output")
+            )
+            return
+        if run.output_bytes > run.limits.max_output_bytes:
+            run.stop(
+                error(Kind.KIND_LIMIT, f"more than {run.limits.max_output_bytes} bytes of output")
+            )
+            return
+        line = program_pb2.LogLine(text=text, at=_duration(run.since()))
+        run.log.logs.append(line)
+        run.charge(line.ByteSize())
+        if on_log is not None:
+            await on_log(line)
+
+    @staticmethod
+    def _done(
+        run: _Run, message: dict[str, Any]
+    ) -> tuple[struct_pb2.Value | None, program_pb2.ProgramError | None]:
+        if "error" in message:
+            failure = message["error"]
+            if not isinstance(failure, dict):
+                raise wire.FrameError("the error is not an object")
+            return None, error(
+                CHILD_KINDS.get(str(failure.get("kind")), Kind.KIND_CRASHED),
+                values.display(str(failure.get("message", ""))),
+                values.display(str(failure.get("type", ""))),
+                _int32(failure.get("line", 0)),
+                values.display(str(failure.get("rule", ""))),
+            )
+        try:
+            value = values.value_from_py(message.get("value"), "result")
+        except values.InvalidValueError as exc:
+            return None, uncrossable(exc)
+        run.charge(2 * value.ByteSize())  # it is both the result and the call log's copy
+        return (None, run.failure) if run.failure is not None else (value, None)
 
     def _dispatch(self, run: _Run, message: dict[str, Any]) -> None:
+        args = message.get("args")
+        if not isinstance(args, dict):
+            raise wire.FrameError("call arguments are not an object")
         call = program_pb2.FunctionCall(
-            call_id=int(message["id"]),
-            name=str(message["name"]),
-            source=_finite(str(message.get("source", ""))),
-            line=int(message.get("line") or 0),
+            call_id=_int32(message.get("id")),
+            name=values.display(str(message.get("name", ""))),
+            source=values.display(str(message.get("source", ""))),
+            line=_int32(message.get("line", 0)),
         )
-        call.arguments.update(_finite(message.get("args") or {}))
-        record = run.log.calls.add(call=call)
-        record.started.CopyFrom(_duration(run.since()))
+        try:
+            call.arguments.CopyFrom(values.struct_from_py(args, "arguments"))
+        except values.InvalidValueError as exc:
+            run.stop(uncrossable(exc, f"call {call.call_id} to {call.name}()"))
+            return
+        record = run.log.calls.add(call=call, started=_duration(run.since()))
+        run.charge(record.ByteSize())
         began = time.monotonic()
 
         async def answer() -> None:
             try:
                 result = await run.host.call(call)
-            except Exception as exc:  # a host bug must not take the run down silently
+            except Exception as exc:  # a host bug fails this call, not the run
+                log.warning("host function %s failed", call.name, exc_info=True)
                 result = program_pb2.FunctionResult(error=f"host error: {exc}")
             result.call_id = call.call_id
-            reply: dict[str, Any] = {"t": "result", "id": call.call_id}
-            if result.WhichOneof("outcome") == "error":
-                reply["error"] = result.error
-            else:
-                reply["value"] = py_from_value(result.value) if result.HasField("value") else None
+            frame, result = self._reply(result)
             record.result.CopyFrom(result)
             record.duration.CopyFrom(_duration(time.monotonic() - began))
+            run.charge(record.result.ByteSize())
             with contextlib.suppress(ConnectionError, RuntimeError):
-                run.writer.write(wire.encode(reply))
+                run.writer.write(frame)
 
         task = asyncio.create_task(answer())
         run.tasks.add(task)
-        task.add_done_callback(run.tasks.discard)
+        task.add_done_callback(run.task_done)
+
+    @staticmethod
+    def _reply(
+        result: program_pb2.FunctionResult,
+    ) -> tuple[bytes, program_pb2.FunctionResult]:
+        """The child's frame for a host's answer, and the answer as the call log keeps it. An
+        answer that cannot cross fails the call, in the log too, so a replay fails it alike."""
+        reply: dict[str, Any] = {"t": "result", "id": result.call_id}
+        try:
+            if result.WhichOneof("outcome") == "error":
+                reply["error"] = result.error
+            else:
+                reply["value"] = (
+                    values.py_from_value(result.value, "result")
+                    if result.HasField("value")
+                    else None
+                )
+            return wire.encode(reply), result
+        except (values.InvalidValueError, wire.FrameError) as exc:
+            failed = program_pb2.FunctionResult(
+                call_id=result.call_id, error=f"the host's answer cannot cross: {exc}"
+            )
+            return wire.encode({**reply, "error": failed.error}), failed
 
     @staticmethod
     def _finish(
         call_log: program_pb2.CallLog,
         started: float,
-        value: Any,
+        value: struct_pb2.Value | None,
         failure: program_pb2.ProgramError | None,
     ) -> program_pb2.ProgramResult:
         result = program_pb2.ProgramResult()
         if failure is not None:
             result.error.CopyFrom(failure)
             call_log.error.CopyFrom(failure)
-        else:
-            result.value.CopyFrom(value_from_py(value))
-            call_log.result.CopyFrom(result.value)
+        elif value is not None:
+            result.value.CopyFrom(value)
+            call_log.result.CopyFrom(value)
         result.call_log.CopyFrom(call_log)
         result.duration.CopyFrom(_duration(time.monotonic() - started))
         return result
+
+
+async def _take(spare: asyncio.Task[Child]) -> Child | None:
+    """The pre-forked child, if its spawn worked; released if the run is cancelled meanwhile."""
+    try:
+        return await spare
+    except ZygoteGoneError:
+        return None
+    except asyncio.CancelledError:
+        if spare.done() and not spare.cancelled() and spare.exception() is None:
+            spare.result().close()
+        raise

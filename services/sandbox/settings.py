@@ -17,7 +17,10 @@ class SandboxSettings(ServiceSettings):
     wall_seconds: float = Field(default=30.0, gt=0)
     cpu_seconds: int = Field(default=10, gt=0)
     max_calls: int = Field(default=1000, gt=0)
-    max_output_bytes: int = Field(default=1 << 20, gt=0)
+    # A printed line crosses to the service in one frame, where JSON may escape each byte into
+    # six: 2 MiB keeps the largest possible line within the 16 MiB frame limit.
+    max_output_bytes: int = Field(default=1 << 20, gt=0, le=2 << 20)
+    max_output_lines: int = Field(default=10_000, gt=0)
     memory_bytes: int = Field(default=1 << 30, ge=64 << 20)
     recursion: int = Field(default=1000, ge=100, le=10_000)
     # Refuse to start unless every isolation layer is in force (production); by default a
@@ -30,6 +33,7 @@ class SandboxSettings(ServiceSettings):
             cpu_seconds=self.cpu_seconds,
             max_calls=self.max_calls,
             max_output_bytes=self.max_output_bytes,
+            max_output_lines=self.max_output_lines,
             memory_bytes=self.memory_bytes,
             recursion=self.recursion,
         )

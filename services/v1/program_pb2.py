@@ -26,7 +26,7 @@ from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18genmesh/v1/program.proto\x12\ngenmesh.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\"\xab\x01\n\x07Program\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0f\n\x07library\x18\x02 \x01(\t\x12\x18\n\x10\x63lient_functions\x18\x03 \x01(\t\x12\x19\n\x11ordered_functions\x18\x04 \x03(\t\x12(\n\x07globals\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\"\n\x06limits\x18\x06 \x01(\x0b\x32\x12.genmesh.v1.Limits\"\xaa\x01\n\x06Limits\x12,\n\twall_time\x18\x01 \x01(\x0b\x32\x19.google.protobuf.Duration\x12+\n\x08\x63pu_time\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x11\n\tmax_calls\x18\x03 \x01(\x05\x12\x18\n\x10max_output_bytes\x18\x04 \x01(\x03\x12\x18\n\x10max_memory_bytes\x18\x05 \x01(\x03\"w\n\x0c\x46unctionCall\x12\x0f\n\x07\x63\x61ll_id\x18\x01 \x01(\x05\x12\x0c\n\x04name\x18\x02 \x01(\t\x12*\n\targuments\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x0e\n\x06source\x18\x04 \x01(\t\x12\x0c\n\x04line\x18\x05 \x01(\x05\"f\n\x0e\x46unctionResult\x12\x0f\n\x07\x63\x61ll_id\x18\x01 \x01(\x05\x12\'\n\x05value\x18\x02 \x01(\x0b\x32\x16.google.protobuf.ValueH\x00\x12\x0f\n\x05\x65rror\x18\x03 \x01(\tH\x00\x42\t\n\x07outcome\">\n\x07LogLine\x12\x0c\n\x04text\x18\x01 \x01(\t\x12%\n\x02\x61t\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\"\x88\x02\n\x0cProgramError\x12+\n\x04kind\x18\x01 \x01(\x0e\x32\x1d.genmesh.v1.ProgramError.Kind\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\x12\x0c\n\x04line\x18\x04 \x01(\x05\"\x9d\x01\n\x04Kind\x12\x14\n\x10KIND_UNSPECIFIED\x10\x00\x12\x12\n\x0eKIND_EXCEPTION\x10\x01\x12\x10\n\x0cKIND_TIMEOUT\x10\x02\x12\x0f\n\x0bKIND_MEMORY\x10\x03\x12\x0e\n\nKIND_LIMIT\x10\x04\x12\x12\n\x0eKIND_VIOLATION\x10\x05\x12\x12\n\x0eKIND_CANCELLED\x10\x06\x12\x10\n\x0cKIND_CRASHED\x10\x07\"\xb9\x01\n\nCallRecord\x12&\n\x04\x63\x61ll\x18\x01 \x01(\x0b\x32\x18.genmesh.v1.FunctionCall\x12*\n\x06result\x18\x02 \x01(\x0b\x32\x1a.genmesh.v1.FunctionResult\x12*\n\x07started\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12+\n\x08\x64uration\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\"\xe4\x01\n\x07\x43\x61llLog\x12$\n\x07program\x18\x01 \x01(\x0b\x32\x13.genmesh.v1.Program\x12\x18\n\x10server_functions\x18\x02 \x01(\t\x12%\n\x05\x63\x61lls\x18\x03 \x03(\x0b\x32\x16.genmesh.v1.CallRecord\x12&\n\x06result\x18\x04 \x01(\x0b\x32\x16.google.protobuf.Value\x12\'\n\x05\x65rror\x18\x05 \x01(\x0b\x32\x18.genmesh.v1.ProgramError\x12!\n\x04logs\x18\x06 \x03(\x0b\x32\x13.genmesh.v1.LogLine\"\xb3\x01\n\rProgramResult\x12%\n\x05value\x18\x01 \x01(\x0b\x32\x16.google.protobuf.Value\x12\'\n\x05\x65rror\x18\x02 \x01(\x0b\x32\x18.genmesh.v1.ProgramError\x12%\n\x08\x63\x61ll_log\x18\x03 \x01(\x0b\x32\x13.genmesh.v1.CallLog\x12+\n\x08\x64uration\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Durationb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18genmesh/v1/program.proto\x12\ngenmesh.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\"\xab\x01\n\x07Program\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0f\n\x07library\x18\x02 \x01(\t\x12\x18\n\x10\x63lient_functions\x18\x03 \x01(\t\x12\x19\n\x11ordered_functions\x18\x04 \x03(\t\x12(\n\x07globals\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\"\n\x06limits\x18\x06 \x01(\x0b\x32\x12.genmesh.v1.Limits\"\xc4\x01\n\x06Limits\x12,\n\twall_time\x18\x01 \x01(\x0b\x32\x19.google.protobuf.Duration\x12+\n\x08\x63pu_time\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x11\n\tmax_calls\x18\x03 \x01(\x05\x12\x18\n\x10max_output_bytes\x18\x04 \x01(\x03\x12\x18\n\x10max_memory_bytes\x18\x05 \x01(\x03\x12\x18\n\x10max_output_lines\x18\x06 \x01(\x05\"w\n\x0c\x46unctionCall\x12\x0f\n\x07\x63\x61ll_id\x18\x01 \x01(\x05\x12\x0c\n\x04name\x18\x02 \x01(\t\x12*\n\targuments\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x0e\n\x06source\x18\x04 \x01(\t\x12\x0c\n\x04line\x18\x05 \x01(\x05\"f\n\x0e\x46unctionResult\x12\x0f\n\x07\x63\x61ll_id\x18\x01 \x01(\x05\x12\'\n\x05value\x18\x02 \x01(\x0b\x32\x16.google.protobuf.ValueH\x00\x12\x0f\n\x05\x65rror\x18\x03 \x01(\tH\x00\x42\t\n\x07outcome\">\n\x07LogLine\x12\x0c\n\x04text\x18\x01 \x01(\t\x12%\n\x02\x61t\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\"\xae\x02\n\x0cProgramError\x12+\n\x04kind\x18\x01 \x01(\x0e\x32\x1d.genmesh.v1.ProgramError.Kind\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\x12\x0c\n\x04line\x18\x04 \x01(\x05\x12\x0c\n\x04rule\x18\x05 \x01(\t\"\xb5\x01\n\x04Kind\x12\x14\n\x10KIND_UNSPECIFIED\x10\x00\x12\x12\n\x0eKIND_EXCEPTION\x10\x01\x12\x10\n\x0cKIND_TIMEOUT\x10\x02\x12\x0f\n\x0bKIND_MEMORY\x10\x03\x12\x0e\n\nKIND_LIMIT\x10\x04\x12\x12\n\x0eKIND_VIOLATION\x10\x05\x12\x12\n\x0eKIND_CANCELLED\x10\x06\x12\x10\n\x0cKIND_CRASHED\x10\x07\x12\x16\n\x12KIND_INVALID_VALUE\x10\x08\"\xb9\x01\n\nCallRecord\x12&\n\x04\x63\x61ll\x18\x01 \x01(\x0b\x32\x18.genmesh.v1.FunctionCall\x12*\n\x06result\x18\x02 \x01(\x0b\x32\x1a.genmesh.v1.FunctionResult\x12*\n\x07started\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12+\n\x08\x64uration\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\"\xe4\x01\n\x07\x43\x61llLog\x12$\n\x07program\x18\x01 \x01(\x0b\x32\x13.genmesh.v1.Program\x12\x18\n\x10server_functions\x18\x02 \x01(\t\x12%\n\x05\x63\x61lls\x18\x03 \x03(\x0b\x32\x16.genmesh.v1.CallRecord\x12&\n\x06result\x18\x04 \x01(\x0b\x32\x16.google.protobuf.Value\x12\'\n\x05\x65rror\x18\x05 \x01(\x0b\x32\x18.genmesh.v1.ProgramError\x12!\n\x04logs\x18\x06 \x03(\x0b\x32\x13.genmesh.v1.LogLine\"\xb3\x01\n\rProgramResult\x12%\n\x05value\x18\x01 \x01(\x0b\x32\x16.google.protobuf.Value\x12\'\n\x05\x65rror\x18\x02 \x01(\x0b\x32\x18.genmesh.v1.ProgramError\x12%\n\x08\x63\x61ll_log\x18\x03 \x01(\x0b\x32\x13.genmesh.v1.CallLog\x12+\n\x08\x64uration\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Durationb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,21 +36,21 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PROGRAM']._serialized_start=103
   _globals['_PROGRAM']._serialized_end=274
   _globals['_LIMITS']._serialized_start=277
-  _globals['_LIMITS']._serialized_end=447
-  _globals['_FUNCTIONCALL']._serialized_start=449
-  _globals['_FUNCTIONCALL']._serialized_end=568
-  _globals['_FUNCTIONRESULT']._serialized_start=570
-  _globals['_FUNCTIONRESULT']._serialized_end=672
-  _globals['_LOGLINE']._serialized_start=674
-  _globals['_LOGLINE']._serialized_end=736
-  _globals['_PROGRAMERROR']._serialized_start=739
-  _globals['_PROGRAMERROR']._serialized_end=1003
-  _globals['_PROGRAMERROR_KIND']._serialized_start=846
-  _globals['_PROGRAMERROR_KIND']._serialized_end=1003
-  _globals['_CALLRECORD']._serialized_start=1006
-  _globals['_CALLRECORD']._serialized_end=1191
-  _globals['_CALLLOG']._serialized_start=1194
-  _globals['_CALLLOG']._serialized_end=1422
-  _globals['_PROGRAMRESULT']._serialized_start=1425
-  _globals['_PROGRAMRESULT']._serialized_end=1604
+  _globals['_LIMITS']._serialized_end=473
+  _globals['_FUNCTIONCALL']._serialized_start=475
+  _globals['_FUNCTIONCALL']._serialized_end=594
+  _globals['_FUNCTIONRESULT']._serialized_start=596
+  _globals['_FUNCTIONRESULT']._serialized_end=698
+  _globals['_LOGLINE']._serialized_start=700
+  _globals['_LOGLINE']._serialized_end=762
+  _globals['_PROGRAMERROR']._serialized_start=765
+  _globals['_PROGRAMERROR']._serialized_end=1067
+  _globals['_PROGRAMERROR_KIND']._serialized_start=886
+  _globals['_PROGRAMERROR_KIND']._serialized_end=1067
+  _globals['_CALLRECORD']._serialized_start=1070
+  _globals['_CALLRECORD']._serialized_end=1255
+  _globals['_CALLLOG']._serialized_start=1258
+  _globals['_CALLLOG']._serialized_end=1486
+  _globals['_PROGRAMRESULT']._serialized_start=1489
+  _globals['_PROGRAMRESULT']._serialized_end=1668
 # @@protoc_insertion_point(module_scope)

@@ -80,12 +80,15 @@ class Limits(_message.Message):
     MAX_CALLS_FIELD_NUMBER: _builtins.int
     MAX_OUTPUT_BYTES_FIELD_NUMBER: _builtins.int
     MAX_MEMORY_BYTES_FIELD_NUMBER: _builtins.int
+    MAX_OUTPUT_LINES_FIELD_NUMBER: _builtins.int
     max_calls: _builtins.int
     """Largest number of host calls."""
     max_output_bytes: _builtins.int
     """Largest amount of printed output, in bytes."""
     max_memory_bytes: _builtins.int
     """Largest address space, in bytes."""
+    max_output_lines: _builtins.int
+    """Largest number of printed lines."""
     @_builtins.property
     def wall_time(self) -> _duration_pb2.Duration:
         """Wall-clock time for the whole run."""
@@ -102,10 +105,11 @@ class Limits(_message.Message):
         max_calls: _builtins.int = ...,
         max_output_bytes: _builtins.int = ...,
         max_memory_bytes: _builtins.int = ...,
+        max_output_lines: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["cpu_time", b"cpu_time", "wall_time", b"wall_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cpu_time", b"cpu_time", "max_calls", b"max_calls", "max_memory_bytes", b"max_memory_bytes", "max_output_bytes", b"max_output_bytes", "wall_time", b"wall_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cpu_time", b"cpu_time", "max_calls", b"max_calls", "max_memory_bytes", b"max_memory_bytes", "max_output_bytes", b"max_output_bytes", "max_output_lines", b"max_output_lines", "wall_time", b"wall_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -187,17 +191,22 @@ Global___FunctionResult: _TypeAlias = FunctionResult  # noqa: Y015
 
 @_typing.final
 class LogLine(_message.Message):
-    """A line the program printed."""
+    """Output the program printed: one line, or several printed close together and sent as one
+    message (output is batched by size and time, so a program printing many short lines does not
+    cost a message per line).
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
     TEXT_FIELD_NUMBER: _builtins.int
     AT_FIELD_NUMBER: _builtins.int
     text: _builtins.str
-    """The text, without the trailing newline."""
+    """The lines, joined by "\\n", without the last line's trailing newline. A lone surrogate the
+    program printed arrives as "?".
+    """
     @_builtins.property
     def at(self) -> _duration_pb2.Duration:
-        """Time since the run started."""
+        """When the sandbox service received the text, since the run started."""
 
     def __init__(
         self,
@@ -215,7 +224,7 @@ Global___LogLine: _TypeAlias = LogLine  # noqa: Y015
 
 @_typing.final
 class ProgramError(_message.Message):
-    """Why a program did not produce a value."""
+    """Why a program did not produce a value. Every run that fails ends with one, whatever failed."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -234,13 +243,22 @@ class ProgramError(_message.Message):
         KIND_MEMORY: ProgramError._Kind.ValueType  # 3
         """The memory limit was reached."""
         KIND_LIMIT: ProgramError._Kind.ValueType  # 4
-        """The output or call-count limit was reached."""
+        """A limit on output (bytes or lines), host calls or the size of a value or of the call log
+        was reached.
+        """
         KIND_VIOLATION: ProgramError._Kind.ValueType  # 5
-        """The program tried something the sandbox forbids at run time."""
+        """The program broke a rule of the dialect, before or while it ran; `rule` names it."""
         KIND_CANCELLED: ProgramError._Kind.ValueType  # 6
         """The run was cancelled."""
         KIND_CRASHED: ProgramError._Kind.ValueType  # 7
-        """The sandbox process died."""
+        """The sandbox failed: its child died or the service met an unexpected error, which it
+        logged; the run was cleaned up.
+        """
+        KIND_INVALID_VALUE: ProgramError._Kind.ValueType  # 8
+        """A value could not cross between the program and its host: an integer beyond the range of
+        a double, a non-finite number, a string with a lone surrogate, or nesting too deep. The
+        message names the value and the part of it.
+        """
 
     class Kind(_Kind, metaclass=_KindEnumTypeWrapper):
         """The category of failure."""
@@ -254,18 +272,28 @@ class ProgramError(_message.Message):
     KIND_MEMORY: ProgramError.Kind.ValueType  # 3
     """The memory limit was reached."""
     KIND_LIMIT: ProgramError.Kind.ValueType  # 4
-    """The output or call-count limit was reached."""
+    """A limit on output (bytes or lines), host calls or the size of a value or of the call log
+    was reached.
+    """
     KIND_VIOLATION: ProgramError.Kind.ValueType  # 5
-    """The program tried something the sandbox forbids at run time."""
+    """The program broke a rule of the dialect, before or while it ran; `rule` names it."""
     KIND_CANCELLED: ProgramError.Kind.ValueType  # 6
     """The run was cancelled."""
     KIND_CRASHED: ProgramError.Kind.ValueType  # 7
-    """The sandbox process died."""
+    """The sandbox failed: its child died or the service met an unexpected error, which it
+    logged; the run was cleaned up.
+    """
+    KIND_INVALID_VALUE: ProgramError.Kind.ValueType  # 8
+    """A value could not cross between the program and its host: an integer beyond the range of
+    a double, a non-finite number, a string with a lone surrogate, or nesting too deep. The
+    message names the value and the part of it.
+    """
 
     KIND_FIELD_NUMBER: _builtins.int
     TYPE_FIELD_NUMBER: _builtins.int
     MESSAGE_FIELD_NUMBER: _builtins.int
     LINE_FIELD_NUMBER: _builtins.int
+    RULE_FIELD_NUMBER: _builtins.int
     kind: Global___ProgramError.Kind.ValueType
     """The category of failure."""
     type: _builtins.str
@@ -274,6 +302,10 @@ class ProgramError(_message.Message):
     """Human-readable message."""
     line: _builtins.int
     """Line in the program, when known."""
+    rule: _builtins.str
+    """The rule the program broke, for violations: a rule of the dialect checked before the run
+    (e.g. "import") or of the runtime guard while it ran (e.g. "underscore-attribute").
+    """
     def __init__(
         self,
         *,
@@ -281,10 +313,11 @@ class ProgramError(_message.Message):
         type: _builtins.str = ...,
         message: _builtins.str = ...,
         line: _builtins.int = ...,
+        rule: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["kind", b"kind", "line", b"line", "message", b"message", "type", b"type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["kind", b"kind", "line", b"line", "message", b"message", "rule", b"rule", "type", b"type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

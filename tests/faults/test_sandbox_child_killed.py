@@ -11,7 +11,7 @@ import grpc
 import psutil
 import pytest
 
-from genmesh.sandbox.executor import py_from_value
+from genmesh.runtime.values import py_from_value
 from genmesh.v1 import agent_pb2, agent_pb2_grpc, program_pb2
 from tests.faults.conftest import KEY
 from tests.support import ServiceProcess, echo_binding, router_config

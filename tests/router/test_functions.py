@@ -12,7 +12,7 @@ from google.protobuf import json_format
 
 from genmesh.client import Client
 from genmesh.router.settings import ZOO
-from genmesh.sandbox.executor import py_from_value
+from genmesh.runtime.values import py_from_value
 from genmesh.v1 import catalog_pb2
 from tests.support import API_KEY, ServiceProcess, echo_binding, router_config
 

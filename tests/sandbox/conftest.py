@@ -16,7 +16,8 @@ import pytest
 import pytest_asyncio
 
 from genmesh.runtime.channel import key_interceptors
-from genmesh.sandbox.executor import Executor, py_from_value, value_from_py
+from genmesh.runtime.values import py_from_value, value_from_py
+from genmesh.sandbox.executor import Executor
 from genmesh.v1 import program_pb2
 
 KEY = "sandbox-test-key"

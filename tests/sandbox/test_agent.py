@@ -19,7 +19,7 @@ from genmesh.router.agent import AgentService, ServerFunctions, mesh_functions
 from genmesh.runtime.auth import AuthInterceptor, KeyStore, digest
 from genmesh.runtime.channel import key_interceptors
 from genmesh.runtime.settings import ApiKey
-from genmesh.sandbox.executor import py_from_value, value_from_py
+from genmesh.runtime.values import py_from_value, value_from_py
 from genmesh.v1 import agent_pb2, agent_pb2_grpc, common_pb2, program_pb2
 from tests.sandbox.conftest import KEY
 

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import ast
+import dis
+import types
+from collections import Counter
+
 import pytest
 
 from genmesh.sandbox import dialect
@@ -26,12 +31,19 @@ REJECTED = [
     ("async def f():\n    pass", "async", 1),
     ("def f():\n    yield 1", "generator", 2),
     ("g = (i for i in [1])\ng.gi_frame", "internal-attribute", 2),
-    ("f = '{}'.format\nf(1)", "format-reference", 1),
-    ("x = list(map('{}'.format, [1]))", "format-reference", 1),
     ("match 1:\n    case int(__class__=c):\n        pass", "underscore-attribute", 2),
+    ("match 'x':\n    case str(format=f):\n        pass", "pattern-attribute", 2),
+    ("match 'x':\n    case str(format_map=f):\n        pass", "pattern-attribute", 2),
+    ("match e:\n    case AttributeError(obj=o):\n        pass", "pattern-attribute", 2),
+    ("match g:\n    case list(gi_frame=f):\n        pass", "internal-attribute", 2),
+    ("match x:\n    case y.__class__():\n        pass", "underscore-attribute", 2),
+    ("match x:\n    case y.format:\n        pass", "pattern-attribute", 2),
+    ("match x:\n    case _C():\n        pass", "underscore-name", 2),
+    ("try:\n    pass\nexcept* ValueError:\n    pass", "try-star", 1),
     ("def f(_x):\n    return _x", "underscore-name", 1),
     ("try:\n    pass\nexcept Exception as _e:\n    pass", "underscore-name", 3),
     ("def search(x=len): ...", "stub-default", 1),
+    ("def search(x={[1]: 2}): ...", "stub-default", 1),
     ("x = = 1", "syntax", 1),
     ("e = ValueError()\ne.with_traceback(None)", "internal-attribute", 2),
     ("g = 1\n\U0001d522\U0001d533\U0001d51e\U0001d529('1')", "forbidden-name", 2),  # fraktur "eval"
@@ -61,9 +73,66 @@ except ZeroDivisionError:
 match squares:
     case {0: 0}:
         found = True
-f"{total} {'{}'.format(1)}"
+match squares:
+    case dict(get=g):
+        found = callable(g)
+    case datetime.date(year=y):
+        found = y
+f"{total} {'{}'.format(1)} {list(map('{}!'.format, names))}"
 """
     dialect.compile_module(source, implicit_return=True)
+
+
+def test_every_attribute_path_is_rewritten_through_the_guard() -> None:
+    source = """
+d = {}
+d.a = 1
+d.b += 2
+del d.a
+for d.c in [1]:
+    pass
+[d.x for d.x in [1]]
+(d.y, d.z) = 1, 2
+x = d.keys().real
+match d:
+    case datetime.date(year=y):
+        pass
+"""
+    tree = ast.parse(source)
+    code = dialect.compile_module(source, implicit_return=True).code
+    names = _names(code)
+    assert {"__attr", "__store"} <= names
+    stores = sum(
+        isinstance(n, ast.Attribute) and not isinstance(n.ctx, ast.Load) for n in ast.walk(tree)
+    )
+    loads = sum(
+        isinstance(n, ast.Attribute) and isinstance(n.ctx, ast.Load) for n in ast.walk(tree)
+    )
+    calls = _calls(code)
+    # Every store target's object comes from __store; every load but the pattern's dotted name
+    # (checked statically with the pattern rule) is an __attr call.
+    assert calls["__store"] == stores
+    assert calls["__attr"] == loads - 1
+
+
+def _names(code: types.CodeType) -> set[str]:
+    names = set(code.co_names)
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            names |= _names(const)
+    return names
+
+
+def _calls(code: types.CodeType) -> Counter[str]:
+    """How often each global name is loaded, over the code object and its nested ones."""
+    counts: Counter[str] = Counter()
+    for instruction in dis.get_instructions(code):
+        if instruction.opname in {"LOAD_NAME", "LOAD_GLOBAL"}:
+            counts[str(instruction.argval)] += 1
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            counts += _calls(const)
+    return counts
 
 
 def test_stubs_bind_their_signature() -> None:

@@ -1,7 +1,10 @@
 """A corpus of escape attempts: each fails safely, the sandbox keeps serving, the next run is clean.
 
-Each entry is (name, program, expected failure kinds). REJECTED programs never run: the dialect's
-static rules refuse them. The others run and are stopped by the restricted runtime or the OS jail.
+Each CORPUS entry is (name, program, expected failure kinds). REJECTED programs never run: the
+dialect's static rules refuse them. The others run and are stopped by the restricted runtime or
+the OS jail. Each GUARDED entry is (name, program, rule): one door of the attribute guard (every
+path the policy knows to an attribute or a callable's internals), which must end the run with a
+violation of that rule and leak no internal object.
 """
 
 from __future__ import annotations
@@ -9,7 +12,9 @@ from __future__ import annotations
 from typing import TypeAlias
 
 import pytest
+from google.protobuf import json_format
 
+from genmesh.sandbox import policy
 from genmesh.sandbox.executor import Executor
 from genmesh.v1 import program_pb2
 from tests.sandbox.conftest import PythonHost, run_result
@@ -78,12 +83,19 @@ CORPUS: list[tuple[str, str, set[Kind]]] = [
     ("format-unbound", "str.format('{0.__class__}', 1)", {K.KIND_VIOLATION}),
     ("format-gi-frame", "'{0.gi_frame}'.format(x for x in [1])", {K.KIND_VIOLATION}),
     ("format-index-then-attr", "'{0[0].__class__}'.format([1])", {K.KIND_VIOLATION}),
-    ("format-reference", "f = '{0.__class__}'.format\nf(1)", REJECTED),
-    ("format-via-map", "list(map('{0.__class__}'.format, [1]))", REJECTED),
+    ("format-reference", "f = '{0.__class__}'.format\nf(1)", {K.KIND_VIOLATION}),
+    ("format-via-map", "list(map('{0.__class__}'.format, [1]))", {K.KIND_VIOLATION}),
     ("string-formatter", "string.Formatter().format('{0.__class__}', 1)", RUNTIME),
     ("attrgetter", "operator.attrgetter('__class__')(1)", RUNTIME),
     ("methodcaller", "operator.methodcaller('__reduce__')(1)", RUNTIME),
     ("fstring-attr", "f'{(1).__class__}'", REJECTED),
+    # templates that name no attributes: they fail as ordinary exceptions, walking nothing
+    ("percent-mapping-dunder", "'%(__class__)s' % {}", {K.KIND_EXCEPTION}),
+    ("percent-not-a-mapping", "'%(__globals__)s' % print", {K.KIND_EXCEPTION}),
+    ("template-dunder", "string.Template('${__class__}').substitute({})", {K.KIND_EXCEPTION}),
+    ("fstring-spec-template", "t = '{0.__class__}'\nf'{1:{t}}'", {K.KIND_EXCEPTION}),
+    ("format-builtin-template", "format(1, '{0.__class__}')", {K.KIND_EXCEPTION}),
+    ("namedtuple-dunder-field", "collections.namedtuple('P', ['__class__'])", {K.KIND_EXCEPTION}),
     # unicode identifier tricks
     ("fraktur-eval", "\U0001d522\U0001d533\U0001d51e\U0001d529('1')", REJECTED),
     ("fullwidth-open", "\uff4f\uff50\uff45\uff4e('/etc/passwd')", REJECTED),
@@ -142,6 +154,188 @@ CORPUS: list[tuple[str, str, set[Kind]]] = [
 ]
 
 
+# Each program puts what it reaches into its result, so an open door would show in it.
+GUARDED: list[tuple[str, str, str]] = [
+    # the dot, and the builtins that reach attributes by name
+    ("dot-generator-method", "g = (x for x in [1])\ng.send", "unreadable-type"),
+    ("dot-function-attribute", "f = lambda: 0\nf.x", "unreadable-type"),
+    ("dot-builtin-attribute", "len.x", "unreadable-type"),
+    ("dot-bound-method-attribute", "[].append.x", "unreadable-type"),
+    ("dot-view-member", "json.codecs.sys", "module-member"),
+    ("getattr", "getattr(1, '__class__')", "forbidden-name"),
+    ("hasattr", "hasattr(json, 'codecs')", "forbidden-name"),
+    ("vars", "vars(json)", "forbidden-name"),
+    ("dir", "dir(json)", "forbidden-name"),
+    ("getattr-as-keyword", "sorted([1], key=getattr)", "forbidden-name"),
+    # match patterns read attributes in C: checked statically
+    ("match-format", "match 'x':\n    case str(format=f):\n        f", "pattern-attribute"),
+    (
+        "match-format-map",
+        "match 'x':\n    case str(format_map=f):\n        f",
+        "pattern-attribute",
+    ),
+    (
+        "match-exception-obj",
+        "try:\n    (1).foo\nexcept AttributeError as e:\n    match e:\n"
+        "        case AttributeError(obj=o):\n            r = o\nr",
+        "pattern-attribute",
+    ),
+    ("match-dotted-class", "match 1:\n    case json.codecs.X():\n        1", "module-member"),
+    (
+        "match-dunder-class",
+        "match 1:\n    case int.__class__():\n        1",
+        "underscore-attribute",
+    ),
+    ("match-value-dunder", "match 1:\n    case json.__spec__:\n        1", "underscore-attribute"),
+    # format templates, however the method is reached and whoever calls it
+    ("format-bound-held", "f = '{0.__class__}'.format\nf(1)", "underscore-attribute"),
+    ("format-unbound", "str.format('{0.__init__.__globals__}', print)", "underscore-attribute"),
+    ("format-map", "'{a.__class__}'.format_map({'a': 1})", "underscore-attribute"),
+    ("format-map-unbound", "str.format_map('{a.__class__}', {'a': 1})", "underscore-attribute"),
+    ("format-via-map", "list(map('{0.__class__}'.format, [1]))", "underscore-attribute"),
+    (
+        "format-unbound-via-map",
+        "list(map(str.format, ['{0.__class__}'], [1]))",
+        "underscore-attribute",
+    ),
+    (
+        "format-map-via-map",
+        "list(map('{a.__class__}'.format_map, [{'a': 1}]))",
+        "underscore-attribute",
+    ),
+    ("format-partial", "functools.partial('{0.__class__}'.format, 1)()", "underscore-attribute"),
+    (
+        "format-operator-call",
+        "operator.call(str.format, '{0.__class__}', 1)",
+        "underscore-attribute",
+    ),
+    ("format-sorted-key", "sorted([1], key='{0.__class__}'.format)", "underscore-attribute"),
+    ("format-max-key", "max([1], key='{0.__init__}'.format)", "underscore-attribute"),
+    ("format-filter", "list(filter('{0.__class__}'.format, [1]))", "underscore-attribute"),
+    (
+        "format-json-default",
+        "json.dumps({1}, default='{0.__class__.__init__.__globals__}'.format)",
+        "underscore-attribute",
+    ),
+    ("format-re-sub", "re.sub('a', '{0.__class__}'.format, 'a')", "underscore-attribute"),
+    (
+        "format-reduce",
+        "functools.reduce('{0.__class__}{1}'.format, [1, 2])",
+        "underscore-attribute",
+    ),
+    ("format-lru-cache", "functools.lru_cache('{0.__class__}'.format)(1)", "underscore-attribute"),
+    (
+        "format-starmap",
+        "list(itertools.starmap(str.format, [('{0.__class__}', 1)]))",
+        "underscore-attribute",
+    ),
+    (
+        "format-accumulate",
+        "list(itertools.accumulate([1, 2], '{0.__class__}{1}'.format))",
+        "underscore-attribute",
+    ),
+    ("format-decorator", "@'{0.__class__}'.format\ndef f():\n    pass\nf", "underscore-attribute"),
+    ("format-nested-spec", "'{0:{1.__class__}}'.format(1, 2)", "underscore-attribute"),
+    ("format-before-error", "'{0.__class__}{'.format(1)", "underscore-attribute"),
+    ("format-gi-frame", "'{0.gi_frame}'.format(x for x in [1])", "internal-attribute"),
+    ("format-generator-method", "'{0.send}'.format(x for x in [1])", "unreadable-type"),
+    ("format-stored-in-dict", "d = {'f': '{0.__class__}'.format}\nd.f(1)", "underscore-attribute"),
+    ("fstring-attribute", "f'{(1).__class__}'", "underscore-attribute"),
+    ("fstring-spec-attribute", "x = 1\nf'{x:{x.__class__}}'", "underscore-attribute"),
+    ("string-formatter", "string.Formatter().format('{0.__class__}', 1)", "module-member"),
+    ("attrgetter", "operator.attrgetter('__class__')(1)", "module-member"),
+    ("methodcaller", "operator.methodcaller('__reduce__')(1)", "module-member"),
+    # wrapper classes and helpers that walk or copy attributes by name
+    ("user-string", "collections.UserString('{0.__class__}').format(1)", "module-member"),
+    ("user-dict", "collections.UserDict()", "module-member"),
+    ("user-list", "collections.UserList()", "module-member"),
+    ("update-wrapper", "functools.update_wrapper({}, len, ['__globals__'])", "module-member"),
+    ("wraps", "functools.wraps(len)", "module-member"),
+    ("singledispatch", "functools.singledispatch(len).registry", "module-member"),
+    ("json-encoder-class", "json.JSONEncoder", "module-member"),
+    ("json-cls", "json.dumps(1, cls=json.JSONEncoder)", "module-member"),
+    ("system-random", "random.SystemRandom()", "module-member"),
+    ("module-in-view", "statistics.sys", "module-member"),
+    ("regex-debug-flag", "re.compile('(a)', re.DEBUG)", "module-member"),
+    ("regex-debug-number", "re.compile('(a)', 128)", "regex-debug"),
+    ("regex-debug-enum", "re.findall('(a)', 'a', re.RegexFlag.DEBUG)", "regex-debug"),
+    # descriptors
+    ("property-getter", "p = fractions.Fraction.numerator\np.fget", "unreadable-type"),
+    ("slot-descriptor", "d = functools.partial.func\nd.x", "unreadable-type"),
+    ("method-descriptor", "m = str.upper\nm.x", "unreadable-type"),
+    # __getattr__ fallbacks of attribute dicts and pending values, reached from C
+    ("dict-fallback", "'{0.__getattr__}'.format({})", "underscore-attribute"),
+    ("pending-fallback", "'{0.keys.__self__}'.format(fetch())", "underscore-attribute"),
+    ("pending-method", "r = fetch()\nm = r.keys\nm.x", "unreadable-type"),
+    # exception objects
+    (
+        "exception-obj",
+        "try:\n    (1).foo\nexcept AttributeError as e:\n    r = e.obj\nr",
+        "exception-attribute",
+    ),
+    (
+        "exception-obj-format",
+        "try:\n    (1).foo\nexcept AttributeError as e:\n    r = '{0.obj}'.format(e)\nr",
+        "exception-attribute",
+    ),
+    (
+        "exception-context-format",
+        "try:\n    1 / 0\nexcept Exception as e:\n    r = '{0.__context__}'.format(e)\nr",
+        "underscore-attribute",
+    ),
+    (
+        "exception-traceback",
+        "try:\n    1 / 0\nexcept Exception as e:\n    r = e.__traceback__\nr",
+        "underscore-attribute",
+    ),
+    (
+        "exception-with-traceback",
+        "try:\n    1 / 0\nexcept Exception as e:\n    r = e.with_traceback\nr",
+        "internal-attribute",
+    ),
+    ("exception-note", "e = ValueError(1)\ne.add_note", "exception-attribute"),
+    (
+        "violation-swallowed-by-finally",
+        "def f():\n    try:\n        '{0.__class__}'.format(1)\n    finally:\n"
+        "        return 'swallowed'\nx = f()\nprint(x)\nx",
+        "underscore-attribute",
+    ),
+    ("except-star", "try:\n    1 / 0\nexcept* ZeroDivisionError:\n    1", "try-star"),
+    # generator and coroutine frames
+    ("generator-frame", "g = (x for x in [1])\ng.gi_frame", "internal-attribute"),
+    ("generator-code", "g = (x for x in [1])\ng.gi_code", "internal-attribute"),
+    ("generator-running", "g = (x for x in [1])\ng.gi_running", "internal-attribute"),
+    ("generator-close", "g = (x for x in [1])\ng.close", "unreadable-type"),
+    ("frame-back", "f = 1\nf.f_back", "internal-attribute"),
+    ("cell-contents", "c = 1\nc.cell_contents", "internal-attribute"),
+    # attribute writes: only the program's attribute dicts take them
+    ("store-module", "json.dumps = None", "attribute-store"),
+    ("store-module-augmented", "math.pi += 1", "attribute-store"),
+    ("delete-module-member", "del json.loads", "attribute-store"),
+    ("store-in-for-target", "for json.x in [1]:\n    pass", "attribute-store"),
+    ("store-in-comprehension", "[1 for math.x in [1]]", "attribute-store"),
+    ("store-function", "f = lambda: 0\nf.x = 1", "attribute-store"),
+    ("store-builtin", "print.x = 1", "attribute-store"),
+    ("store-class", "dict.x = 1", "attribute-store"),
+    ("store-unlisted-setting", "decimal.getcontext().traps = {}", "attribute-store"),
+    ("store-pending", "r = fetch()\nr.keys.x = 1", "attribute-store"),
+]
+
+LEAK_MARKERS = (
+    "<module",
+    "<class",
+    "<frame",
+    "<code",
+    "<traceback",
+    "<cell",
+    "<function",
+    "<built-in",
+    "<bound method",
+    "<generator",
+    "object at 0x",
+)
+
+
 def host() -> PythonHost:
     def deep() -> object:
         value: object = []
@@ -189,9 +383,86 @@ async def test_escape_fails_safely_and_the_next_run_is_clean(
     assert run_result(clean)[1:] == ['{"a": 1}', run_result(clean)[2], "k", "ok"]
 
 
+@pytest.mark.parametrize(("name", "code", "rule"), GUARDED, ids=[g[0] for g in GUARDED])
+async def test_guard_closes_every_attribute_path(
+    executor: Executor, name: str, code: str, rule: str
+) -> None:
+    lines: list[str] = []
+
+    async def on_log(line: program_pb2.LogLine) -> None:
+        lines.append(line.text)
+
+    result = await executor.run(limited(code), host(), on_log=on_log)
+    assert result.HasField("error"), f"{name} produced {result.value}"
+    assert result.error.kind == K.KIND_VIOLATION, result.error
+    assert result.error.rule == rule, result.error
+    assert policy.RULES[rule] in result.error.message, result.error
+    assert result.error.line > 0
+    seen = "\n".join([json_format.MessageToJson(result.value), result.error.message, *lines])
+    assert not [m for m in LEAK_MARKERS if m in seen], seen
+    clean = await executor.run(limited(CLEAN), host())
+    assert run_result(clean)[1:] == ['{"a": 1}', run_result(clean)[2], "k", "ok"]
+
+
+async def test_the_guard_lets_the_dialect_through(executor: Executor) -> None:
+    code = """
+user = {"name": "ada", "tags": ["x"]}
+user.age = 36
+user.age += 1
+r = fetch("k")
+r.seen = True
+with decimal.localcontext() as ctx:
+    ctx.prec = 3
+    third = str(decimal.Decimal(1) / 3)
+Point = collections.namedtuple("Point", ["x", "y"])
+match Point(1, 2):
+    case Point(a, y=b):
+        point = a + b
+try:
+    (1).foo
+except AttributeError as e:
+    caught = [e.name, len(e.args)]
+[
+    "{0.name} is {0.age}".format(user),
+    "{u.name}/{k.key}".format_map({"u": user, "k": r}),
+    list(map("{}-{}".format, [1, 2], [3, 4])),
+    list(map(str.format, ["<{}>"], ["a"])),
+    f"{user.name!r:>7}",
+    "%(name)s" % user,
+    string.Template("$name").substitute(user),
+    string.Template("$name.__class__").substitute(user),
+    r.seen,
+    third,
+    point,
+    caught,
+    user.keys() == {"name", "tags", "age"},
+    re.sub("(a)", lambda m: m.group(1).upper(), "banana"),
+]
+"""
+    assert run_result(await executor.run(limited(code), host())) == [
+        "ada is 37",
+        "ada/k",
+        ["1-3", "2-4"],
+        ["<a>"],
+        "  'ada'",
+        "ada",
+        "ada",
+        "ada.__class__",
+        True,
+        "0.333",
+        3,
+        ["foo", 1],
+        True,
+        "bAnAnA",
+    ]
+
+
 async def test_state_does_not_leak_between_runs(executor: Executor) -> None:
     baseline = run_result(await executor.run(limited(CLEAN), host()))
-    poison = "json.dumps = None\nmath.pi = 3\nrandom.seed(99)\nrandom.random()\nsecret = 'x'\n1"
+    for poison in ("json.dumps = None", "math.pi = 3"):
+        refused = await executor.run(limited(poison), host())
+        assert refused.error.kind == K.KIND_VIOLATION, refused.error
+    poison = "random.seed(99)\nrandom.random()\nsecret = 'x'\n1"
     assert run_result(await executor.run(limited(poison), host())) == 1
     after = run_result(await executor.run(limited(CLEAN), host()))
     assert after == baseline

@@ -6,8 +6,9 @@ from typing import Any
 
 import pytest
 
+from genmesh.runtime.values import py_from_value
 from genmesh.sandbox import replay
-from genmesh.sandbox.executor import Executor, py_from_value
+from genmesh.sandbox.executor import Executor
 from genmesh.v1 import program_pb2
 from tests.sandbox.conftest import PythonHost, run_result, sleep_echo
 
@@ -205,7 +206,7 @@ async def test_globals_and_printed_output(executor: Executor) -> None:
 
     result = await executor.run(program, host(), on_log=on_log)
     assert run_result(result) is None
-    assert lines == ["hello ada", "3"]
+    assert "\n".join(lines) == "hello ada\n3"  # lines printed close together share a message
     assert [line.text for line in result.call_log.logs] == lines
 
 

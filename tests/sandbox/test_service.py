@@ -10,7 +10,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from genmesh.sandbox.executor import py_from_value, value_from_py
+from genmesh.runtime.values import py_from_value, value_from_py
 from genmesh.v1 import program_pb2, sandbox_pb2, sandbox_pb2_grpc
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -21,14 +21,14 @@ async def execute(
 ) -> tuple[program_pb2.ProgramResult, list[str]]:
     """Runs `program`, answering each call with `answer(name, **arguments)`."""
     stub = sandbox_pb2_grpc.SandboxServiceStub(channel)
-    requests: asyncio.Queue[sandbox_pb2.SandboxServiceExecuteRequest] = asyncio.Queue()
+    requests: asyncio.Queue[sandbox_pb2.SandboxServiceExecuteRequest | None] = asyncio.Queue()
     await requests.put(
         sandbox_pb2.SandboxServiceExecuteRequest(start=sandbox_pb2.SandboxStart(program=program))
     )
 
     async def feed() -> AsyncIterator[sandbox_pb2.SandboxServiceExecuteRequest]:
-        while True:
-            yield await requests.get()
+        while (request := await requests.get()) is not None:
+            yield request
 
     logs: list[str] = []
 
@@ -48,6 +48,7 @@ async def execute(
         elif kind == "log":
             logs.append(response.log.text)
         else:
+            await requests.put(None)  # ends the request stream, which the call then closes
             return response.result, logs
     raise AssertionError("the stream ended without a result")
 

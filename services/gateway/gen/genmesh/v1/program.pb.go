@@ -35,14 +35,20 @@ const (
 	ProgramError_KIND_TIMEOUT ProgramError_Kind = 2
 	// The memory limit was reached.
 	ProgramError_KIND_MEMORY ProgramError_Kind = 3
-	// The output or call-count limit was reached.
+	// A limit on output (bytes or lines), host calls or the size of a value or of the call log
+	// was reached.
 	ProgramError_KIND_LIMIT ProgramError_Kind = 4
-	// The program tried something the sandbox forbids at run time.
+	// The program broke a rule of the dialect, before or while it ran; `rule` names it.
 	ProgramError_KIND_VIOLATION ProgramError_Kind = 5
 	// The run was cancelled.
 	ProgramError_KIND_CANCELLED ProgramError_Kind = 6
-	// The sandbox process died.
+	// The sandbox failed: its child died or the service met an unexpected error, which it
+	// logged; the run was cleaned up.
 	ProgramError_KIND_CRASHED ProgramError_Kind = 7
+	// A value could not cross between the program and its host: an integer beyond the range of
+	// a double, a non-finite number, a string with a lone surrogate, or nesting too deep. The
+	// message names the value and the part of it.
+	ProgramError_KIND_INVALID_VALUE ProgramError_Kind = 8
 )
 
 // Enum value maps for ProgramError_Kind.
@@ -56,16 +62,18 @@ var (
 		5: "KIND_VIOLATION",
 		6: "KIND_CANCELLED",
 		7: "KIND_CRASHED",
+		8: "KIND_INVALID_VALUE",
 	}
 	ProgramError_Kind_value = map[string]int32{
-		"KIND_UNSPECIFIED": 0,
-		"KIND_EXCEPTION":   1,
-		"KIND_TIMEOUT":     2,
-		"KIND_MEMORY":      3,
-		"KIND_LIMIT":       4,
-		"KIND_VIOLATION":   5,
-		"KIND_CANCELLED":   6,
-		"KIND_CRASHED":     7,
+		"KIND_UNSPECIFIED":   0,
+		"KIND_EXCEPTION":     1,
+		"KIND_TIMEOUT":       2,
+		"KIND_MEMORY":        3,
+		"KIND_LIMIT":         4,
+		"KIND_VIOLATION":     5,
+		"KIND_CANCELLED":     6,
+		"KIND_CRASHED":       7,
+		"KIND_INVALID_VALUE": 8,
 	}
 )
 
@@ -200,6 +208,8 @@ type Limits struct {
 	MaxOutputBytes int64 `protobuf:"varint,4,opt,name=max_output_bytes,json=maxOutputBytes,proto3" json:"max_output_bytes,omitempty"`
 	// Largest address space, in bytes.
 	MaxMemoryBytes int64 `protobuf:"varint,5,opt,name=max_memory_bytes,json=maxMemoryBytes,proto3" json:"max_memory_bytes,omitempty"`
+	// Largest number of printed lines.
+	MaxOutputLines int32 `protobuf:"varint,6,opt,name=max_output_lines,json=maxOutputLines,proto3" json:"max_output_lines,omitempty"`
 	unknownFields  protoimpl.UnknownFields
 	sizeCache      protoimpl.SizeCache
 }
@@ -265,6 +275,13 @@ func (x *Limits) GetMaxOutputBytes() int64 {
 func (x *Limits) GetMaxMemoryBytes() int64 {
 	if x != nil {
 		return x.MaxMemoryBytes
+	}
+	return 0
+}
+
+func (x *Limits) GetMaxOutputLines() int32 {
+	if x != nil {
+		return x.MaxOutputLines
 	}
 	return 0
 }
@@ -447,12 +464,15 @@ func (*FunctionResult_Value) isFunctionResult_Outcome() {}
 
 func (*FunctionResult_Error) isFunctionResult_Outcome() {}
 
-// A line the program printed.
+// Output the program printed: one line, or several printed close together and sent as one
+// message (output is batched by size and time, so a program printing many short lines does not
+// cost a message per line).
 type LogLine struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// The text, without the trailing newline.
+	// The lines, joined by "\n", without the last line's trailing newline. A lone surrogate the
+	// program printed arrives as "?".
 	Text string `protobuf:"bytes,1,opt,name=text,proto3" json:"text,omitempty"`
-	// Time since the run started.
+	// When the sandbox service received the text, since the run started.
 	At            *durationpb.Duration `protobuf:"bytes,2,opt,name=at,proto3" json:"at,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -502,7 +522,7 @@ func (x *LogLine) GetAt() *durationpb.Duration {
 	return nil
 }
 
-// Why a program did not produce a value.
+// Why a program did not produce a value. Every run that fails ends with one, whatever failed.
 type ProgramError struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The category of failure.
@@ -512,7 +532,10 @@ type ProgramError struct {
 	// Human-readable message.
 	Message string `protobuf:"bytes,3,opt,name=message,proto3" json:"message,omitempty"`
 	// Line in the program, when known.
-	Line          int32 `protobuf:"varint,4,opt,name=line,proto3" json:"line,omitempty"`
+	Line int32 `protobuf:"varint,4,opt,name=line,proto3" json:"line,omitempty"`
+	// The rule the program broke, for violations: a rule of the dialect checked before the run
+	// (e.g. "import") or of the runtime guard while it ran (e.g. "underscore-attribute").
+	Rule          string `protobuf:"bytes,5,opt,name=rule,proto3" json:"rule,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -573,6 +596,13 @@ func (x *ProgramError) GetLine() int32 {
 		return x.Line
 	}
 	return 0
+}
+
+func (x *ProgramError) GetRule() string {
+	if x != nil {
+		return x.Rule
+	}
+	return ""
 }
 
 // One host call as recorded in the call log.
@@ -824,13 +854,14 @@ const file_genmesh_v1_program_proto_rawDesc = "" +
 	"\x10client_functions\x18\x03 \x01(\tR\x0fclientFunctions\x12+\n" +
 	"\x11ordered_functions\x18\x04 \x03(\tR\x10orderedFunctions\x121\n" +
 	"\aglobals\x18\x05 \x01(\v2\x17.google.protobuf.StructR\aglobals\x12*\n" +
-	"\x06limits\x18\x06 \x01(\v2\x12.genmesh.v1.LimitsR\x06limits\"\xe7\x01\n" +
+	"\x06limits\x18\x06 \x01(\v2\x12.genmesh.v1.LimitsR\x06limits\"\x91\x02\n" +
 	"\x06Limits\x126\n" +
 	"\twall_time\x18\x01 \x01(\v2\x19.google.protobuf.DurationR\bwallTime\x124\n" +
 	"\bcpu_time\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\acpuTime\x12\x1b\n" +
 	"\tmax_calls\x18\x03 \x01(\x05R\bmaxCalls\x12(\n" +
 	"\x10max_output_bytes\x18\x04 \x01(\x03R\x0emaxOutputBytes\x12(\n" +
-	"\x10max_memory_bytes\x18\x05 \x01(\x03R\x0emaxMemoryBytes\"\x9e\x01\n" +
+	"\x10max_memory_bytes\x18\x05 \x01(\x03R\x0emaxMemoryBytes\x12(\n" +
+	"\x10max_output_lines\x18\x06 \x01(\x05R\x0emaxOutputLines\"\x9e\x01\n" +
 	"\fFunctionCall\x12\x17\n" +
 	"\acall_id\x18\x01 \x01(\x05R\x06callId\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x125\n" +
@@ -844,12 +875,13 @@ const file_genmesh_v1_program_proto_rawDesc = "" +
 	"\aoutcome\"H\n" +
 	"\aLogLine\x12\x12\n" +
 	"\x04text\x18\x01 \x01(\tR\x04text\x12)\n" +
-	"\x02at\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\x02at\"\xa3\x02\n" +
+	"\x02at\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\x02at\"\xcf\x02\n" +
 	"\fProgramError\x121\n" +
 	"\x04kind\x18\x01 \x01(\x0e2\x1d.genmesh.v1.ProgramError.KindR\x04kind\x12\x12\n" +
 	"\x04type\x18\x02 \x01(\tR\x04type\x12\x18\n" +
 	"\amessage\x18\x03 \x01(\tR\amessage\x12\x12\n" +
-	"\x04line\x18\x04 \x01(\x05R\x04line\"\x9d\x01\n" +
+	"\x04line\x18\x04 \x01(\x05R\x04line\x12\x12\n" +
+	"\x04rule\x18\x05 \x01(\tR\x04rule\"\xb5\x01\n" +
 	"\x04Kind\x12\x14\n" +
 	"\x10KIND_UNSPECIFIED\x10\x00\x12\x12\n" +
 	"\x0eKIND_EXCEPTION\x10\x01\x12\x10\n" +
@@ -859,7 +891,8 @@ const file_genmesh_v1_program_proto_rawDesc = "" +
 	"KIND_LIMIT\x10\x04\x12\x12\n" +
 	"\x0eKIND_VIOLATION\x10\x05\x12\x12\n" +
 	"\x0eKIND_CANCELLED\x10\x06\x12\x10\n" +
-	"\fKIND_CRASHED\x10\a\"\xda\x01\n" +
+	"\fKIND_CRASHED\x10\a\x12\x16\n" +
+	"\x12KIND_INVALID_VALUE\x10\b\"\xda\x01\n" +
 	"\n" +
 	"CallRecord\x12,\n" +
 	"\x04call\x18\x01 \x01(\v2\x18.genmesh.v1.FunctionCallR\x04call\x122\n" +
