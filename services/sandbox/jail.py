@@ -276,16 +276,29 @@ class JailError(Exception):
 
 
 def zygote_command(ctrl_fd: int, limits: JailLimits) -> list[str]:
-    """The zygote's argv: an isolated interpreter, the control socket's number and the limits
-    (nothing secret: anyone on the host can read a process's argv)."""
+    """The zygote's argv: an interpreter without user site or working directory on its path
+    (`-s -P`; its environment is the jail's own, so `-E` is not needed and would drop the hash
+    seed), the control socket's number and the limits (nothing secret: anyone on the host can
+    read a process's argv)."""
     zygote = "genmesh.sandbox.zygote"
-    return [sys.executable, "-I", "-B", "-m", zygote, str(ctrl_fd), json.dumps(asdict(limits))]
+    return [
+        sys.executable,
+        "-s",
+        "-P",
+        "-B",
+        "-m",
+        zygote,
+        str(ctrl_fd),
+        json.dumps(asdict(limits)),
+    ]
 
 
 def zygote_environment() -> dict[str, str]:
     """The zygote's whole environment, built here rather than filtered from the service's, so no
-    variable the service was started with (keys, tokens, proxies, paths) reaches a child."""
-    return {"LC_ALL": "C.UTF-8"}
+    variable the service was started with (keys, tokens, proxies, paths) reaches a child. The hash
+    seed is fixed so that iterating a set of strings gives the same order in every zygote: a run
+    replayed from its call log must make the same calls in the same order."""
+    return {"LC_ALL": "C.UTF-8", "PYTHONHASHSEED": "0"}
 
 
 def _check(result: int, what: str) -> int:

@@ -465,7 +465,7 @@ async def test_the_zygote_starts_clean(jailed: Jail) -> None:
     environ = (proc / "environ").read_bytes().decode()
     assert dict(v.split("=", 1) for v in environ.split("\0") if v) == jail.zygote_environment()
     argv = (proc / "cmdline").read_bytes().decode().split("\0")[:-1]
-    assert argv[:3] == [sys.executable, "-I", "-B"]
+    assert argv[:4] == [sys.executable, "-s", "-P", "-B"]
     assert not leaked(" ".join(argv))
     assert os.readlink(proc / "cwd") == "/"
 

@@ -248,3 +248,19 @@ async def test_replay_reports_divergence(executor: Executor) -> None:
     original.call_log.program.code = "fetch(2, seconds=0).key"
     again = await replay.replay(original.call_log, executor)
     assert not again.matches
+
+
+async def test_replay_in_another_zygote_makes_the_same_calls(executor: Executor) -> None:
+    """Set iteration order depends on the string hash seed: a replay on another sandbox process
+    (after a restart, say) must still ask for the same things in the same order."""
+    code = "names = {'alpha', 'beta', 'gamma', 'delta', 'epsilon', 'zeta', 'eta', 'theta'}\n"
+    code += "[fetch(name, seconds=0).key for name in names]"
+    original = await run(executor, code)
+    elsewhere = Executor()
+    await elsewhere.start()
+    try:
+        again = await replay.replay(original.call_log, elsewhere)
+    finally:
+        await elsewhere.stop()
+    assert again.matches, again.divergences
+    assert again.result.value == original.value
