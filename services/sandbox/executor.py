@@ -26,7 +26,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from google.protobuf import duration_pb2, struct_pb2
 
@@ -153,7 +153,7 @@ class Child:
     pid: int
     pidfd: int
     sock: socket.socket
-    exited: asyncio.Future[int]
+    exited: asyncio.Future[Exit]
     writer: asyncio.StreamWriter | None = None
 
     async def connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
@@ -179,8 +179,17 @@ class Child:
 
 PARENT_DIED = -1  # exit status reported for children whose parent (the zygote) died
 
+
+class Exit(NamedTuple):
+    """How a child ended: its wait status and the CPU time it used (which tells a kill at the
+    hard CPU limit from one by the kernel's out-of-memory killer: both are a SIGKILL)."""
+
+    status: int
+    cpu_seconds: float = 0.0
+
+
 # A spawned child as the zygote reports it: pid, pidfd and the future of its exit status.
-_Spawned = tuple[int, int, asyncio.Future[int]]
+_Spawned = tuple[int, int, asyncio.Future[Exit]]
 
 
 class ZygoteGoneError(Exception):
@@ -197,7 +206,7 @@ class Zygote:
         self._sock: socket.socket | None = None
         self._ready: asyncio.Future[list[dict[str, Any]]] | None = None
         self._spawning: deque[asyncio.Future[_Spawned]] = deque()
-        self._exits: dict[int, asyncio.Future[int]] = {}
+        self._exits: dict[int, asyncio.Future[Exit]] = {}
 
     @property
     def alive(self) -> bool:
@@ -248,7 +257,7 @@ class Zygote:
             elif kind == "exit":
                 exited = self._exits.pop(int(message["pid"]), None)
                 if exited is not None and not exited.done():
-                    exited.set_result(int(message["status"]))
+                    exited.set_result(Exit(int(message["status"]), float(message["cpu"])))
 
     def _gone(self) -> None:
         if self._sock is None:
@@ -261,7 +270,7 @@ class Zygote:
                 waiter.set_exception(ZygoteGoneError("the sandbox parent process died"))
         for exited in self._exits.values():
             if not exited.done():
-                exited.set_result(PARENT_DIED)
+                exited.set_result(Exit(PARENT_DIED))
         if self._ready is not None and not self._ready.done():
             self._ready.set_exception(
                 ZygoteGoneError("the sandbox parent process died at start-up")
@@ -342,12 +351,15 @@ class _Run:
             self.stop(error(Kind.KIND_CRASHED, "the sandbox failed while answering a host call"))
 
 
-def _signal_error(status: int, limits: RunLimits) -> program_pb2.ProgramError:
+def _signal_error(ended: Exit, limits: RunLimits) -> program_pb2.ProgramError:
+    status = ended.status
     if status == PARENT_DIED:
         return error(Kind.KIND_CRASHED, "the sandbox parent process died during the run")
     if os.WIFSIGNALED(status):
         sig = os.WTERMSIG(status)
-        if sig == signal.SIGXCPU:
+        if sig == signal.SIGXCPU or (
+            sig == signal.SIGKILL and ended.cpu_seconds >= limits.cpu_seconds
+        ):
             return error(Kind.KIND_TIMEOUT, f"CPU limit of {limits.cpu_seconds}s reached")
         if sig == signal.SIGSYS:
             return error(
@@ -548,10 +560,10 @@ class Executor:
         if run.failure is not None:
             return None, run.failure
         try:
-            status = await asyncio.wait_for(asyncio.shield(run.child.exited), EXIT_WAIT)
+            ended = await asyncio.wait_for(asyncio.shield(run.child.exited), EXIT_WAIT)
         except TimeoutError:
             return None, error(Kind.KIND_CRASHED, "the sandbox child vanished")
-        return None, _signal_error(status, run.limits)
+        return None, _signal_error(ended, run.limits)
 
     async def _log(self, run: _Run, message: dict[str, Any], on_log: LogSink | None) -> None:
         """Printed lines from the child (a batch, joined by newlines), counted against the caps

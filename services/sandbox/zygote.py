@@ -133,12 +133,13 @@ def _spawn(
 def _reap(ctrl: socket.socket) -> None:
     while True:
         try:
-            pid, status = os.waitpid(-1, os.WNOHANG)
+            pid, status, usage = os.wait4(-1, os.WNOHANG)
         except ChildProcessError:
             return
         if pid == 0:
             return
-        _send(ctrl, {"t": "exit", "pid": pid, "status": status})
+        cpu = usage.ru_utime + usage.ru_stime
+        _send(ctrl, {"t": "exit", "pid": pid, "status": status, "cpu": cpu})
 
 
 def main() -> NoReturn:

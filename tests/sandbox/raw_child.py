@@ -179,7 +179,7 @@ async def run(zygote: Zygote, source: str, limits: dict[str, int], deadline: flo
     finally:
         child.close()
     with contextlib.suppress(TimeoutError):
-        outcome.status = await asyncio.wait_for(asyncio.shield(child.exited), 5)
+        outcome.status = (await asyncio.wait_for(asyncio.shield(child.exited), 5)).status
     return outcome
 
 

@@ -31,7 +31,7 @@ from genmesh.runtime.auth import AuthInterceptor, KeyStore, digest
 from genmesh.runtime.channel import key_interceptors
 from genmesh.runtime.settings import ApiKey
 from genmesh.sandbox import dialect
-from genmesh.sandbox.executor import Executor
+from genmesh.sandbox.executor import Executor, Exit, RunLimits, _signal_error
 from genmesh.v1 import (
     agent_pb2,
     agent_pb2_grpc,
@@ -250,9 +250,10 @@ async def test_the_watchdog_ends_a_run_stuck_outside_the_child(executor: Executo
 
 
 class HealthWatch:
-    """Checks the service's health every few tens of milliseconds while it runs programs."""
+    """Checks the service's health every few tens of milliseconds while it runs programs; a check
+    unanswered within seconds (a blocked event loop, a busy machine aside) counts as a failure."""
 
-    def __init__(self, channel: grpc.aio.Channel, timeout: float = 2.0) -> None:
+    def __init__(self, channel: grpc.aio.Channel, timeout: float = 5.0) -> None:
         self.health = health_pb2_grpc.HealthStub(channel)
         self.timeout = timeout
         self.statuses: list[str] = []
@@ -371,7 +372,7 @@ async def test_health_answers_while_a_max_size_program_compiles(
 ) -> None:
     """The compile happens in the child, so the service's event loop keeps answering."""
     big = program(max_size_program(), client_functions="")
-    async with HealthWatch(channel, timeout=1.0) as watch:
+    async with HealthWatch(channel) as watch:
         result = await served(channel, big)
         answered_meanwhile = len(watch.statuses)
     assert result.error.type == "NameError", result.error  # compiled in full, then ran
@@ -452,3 +453,16 @@ async def test_a_failed_workflow_fails_its_request_with_the_matching_status() ->
     assert status(Kind.KIND_TIMEOUT) == grpc.StatusCode.DEADLINE_EXCEEDED
     assert status(Kind.KIND_CRASHED) == grpc.StatusCode.UNAVAILABLE
     assert status(Kind.KIND_INVALID_VALUE) == grpc.StatusCode.FAILED_PRECONDITION
+
+
+def test_a_kill_at_the_hard_cpu_limit_is_a_timeout_not_memory() -> None:
+    """A child may raise its soft CPU limit up to the hard one, where the kernel kills it with
+    SIGKILL, the signal the out-of-memory killer also sends; the CPU time used tells them apart."""
+    limits = RunLimits(cpu_seconds=1)
+    killed = signal.SIGKILL.value  # a wait status: killed by the signal, no core
+    at_limit = _signal_error(Exit(killed, cpu_seconds=2.0), limits)
+    assert at_limit.kind == program_pb2.ProgramError.KIND_TIMEOUT
+    assert "CPU limit" in at_limit.message
+    assert _signal_error(Exit(killed, cpu_seconds=0.2), limits).kind == (
+        program_pb2.ProgramError.KIND_MEMORY
+    )
