@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
@@ -198,17 +197,18 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         self,
         request_id: str,
         program: program_pb2.Program,
-        sandbox_requests: asyncio.Queue[SandboxRequest | None],
-        *,
-        client_calls: bool,
+        client: AsyncIterator[SandboxRequest] | None,
     ) -> AsyncIterator[sandbox_pb2.SandboxServiceExecuteResponse]:
         """Streams the sandbox's messages, answering server-side calls itself; client calls are
-        passed through when the caller can answer them, and refused otherwise."""
+        passed through when there is a client to answer them (its results and controls come
+        from `client`, read only once the start has gone: a result sent ahead of any call must
+        not overtake it), and refused otherwise."""
         start = sandbox_pb2.SandboxStart(
             request_id=request_id, program=program, server_functions=self.functions.source
         )
         client_names = await self._client_names(program)
-        await sandbox_requests.put(SandboxRequest(start=start))
+        sandbox_requests: asyncio.Queue[SandboxRequest | None] = asyncio.Queue()
+        sandbox_requests.put_nowait(SandboxRequest(start=start))
 
         async def feed() -> AsyncIterator[SandboxRequest]:
             while (item := await sandbox_requests.get()) is not None:
@@ -218,7 +218,13 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
             result = await self.functions.call(call)
             await sandbox_requests.put(SandboxRequest(result=result))
 
+        async def forward(requests: AsyncIterator[SandboxRequest]) -> None:
+            async for request in requests:
+                await sandbox_requests.put(request)
+
         tasks: set[asyncio.Task[None]] = set()
+        if client is not None:
+            tasks.add(asyncio.create_task(forward(client)))
         stream = self.sandbox.Execute(feed())
         try:
             async for response in stream:
@@ -229,7 +235,7 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
                         tasks.add(task)
                         task.add_done_callback(tasks.discard)
                         continue
-                    if not client_calls:
+                    if client is None:
                         await sandbox_requests.put(
                             SandboxRequest(
                                 result=program_pb2.FunctionResult(
@@ -259,32 +265,24 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         self._check(program, unary=False)
         request_id = first.start.request_id or uuid.uuid4().hex
         context.set_trailing_metadata((("x-request-id", request_id),))
-        sandbox_requests: asyncio.Queue[SandboxRequest | None] = asyncio.Queue()
 
-        async def read_client() -> None:
+        async def client() -> AsyncIterator[SandboxRequest]:
             async for request in request_iterator:
                 kind = request.WhichOneof("message")
                 if kind == "result":
-                    await sandbox_requests.put(SandboxRequest(result=request.result))
+                    yield SandboxRequest(result=request.result)
                 elif kind == "control":
-                    await sandbox_requests.put(SandboxRequest(control=request.control))
+                    yield SandboxRequest(control=request.control)
 
-        reader = asyncio.create_task(read_client())
-        try:
-            bridge = self._bridge(request_id, program, sandbox_requests, client_calls=True)
-            async for response in bridge:
-                kind = response.WhichOneof("message")
-                if kind == "call":
-                    yield agent_pb2.RunResponse(request_id=request_id, call=response.call)
-                elif kind == "log":
-                    yield agent_pb2.RunResponse(request_id=request_id, log=response.log)
-                elif kind == "result":
-                    yield agent_pb2.RunResponse(request_id=request_id, result=response.result)
-                    return
-        finally:
-            reader.cancel()
-            with contextlib.suppress(BaseException):
-                await reader
+        async for response in self._bridge(request_id, program, client()):
+            kind = response.WhichOneof("message")
+            if kind == "call":
+                yield agent_pb2.RunResponse(request_id=request_id, call=response.call)
+            elif kind == "log":
+                yield agent_pb2.RunResponse(request_id=request_id, log=response.log)
+            elif kind == "result":
+                yield agent_pb2.RunResponse(request_id=request_id, result=response.result)
+                return
 
     async def run_server_program(
         self, request_id: str, program: program_pb2.Program
@@ -293,8 +291,7 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
 
         Also how the router runs scripted personalities' workflows."""
         self._check(program, unary=True)
-        queue: asyncio.Queue[SandboxRequest | None] = asyncio.Queue()
-        async for response in self._bridge(request_id, program, queue, client_calls=False):
+        async for response in self._bridge(request_id, program, None):
             yield response
 
     async def Execute(  # noqa: N802 - gRPC method name

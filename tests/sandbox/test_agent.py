@@ -109,6 +109,37 @@ async def test_run_relays_client_functions_to_the_client(agent: Any) -> None:
     assert seen == ["lookup(key='x')", "log: found x"]
 
 
+async def test_a_result_sent_before_any_call_never_overtakes_the_start(agent: Any) -> None:
+    """A client may send a result ahead of the call it answers; the router must still start
+    the run first (the sandbox refuses a stream that does not begin with its start)."""
+    program = program_pb2.Program(
+        code="lookup('x').name", client_functions="def lookup(key=None): ...\n" * 2000
+    )
+    early = program_pb2.FunctionResult(call_id=1, value=value_from_py({"name": "early"}))
+    requests: asyncio.Queue[agent_pb2.RunRequest] = asyncio.Queue()
+    for message in (
+        agent_pb2.RunRequest(start=agent_pb2.RunStart(program=program)),
+        *[agent_pb2.RunRequest(result=early)] * 20,
+    ):
+        requests.put_nowait(message)
+
+    async def feed() -> AsyncIterator[agent_pb2.RunRequest]:
+        while True:
+            yield await requests.get()
+
+    async for response in agent.Run(feed()):
+        if response.WhichOneof("message") == "call":
+            answer = program_pb2.FunctionResult(
+                call_id=response.call.call_id, value=value_from_py({"name": "answered"})
+            )
+            await requests.put(agent_pb2.RunRequest(result=answer))
+        elif response.WhichOneof("message") == "result":
+            assert not response.result.HasField("error"), response.result.error
+            assert py_from_value(response.result.value) in ("early", "answered")
+            return
+    raise AssertionError("the run ended without a result")
+
+
 PROGRAM = """
 people = [find_person(name) for name in ["ada", "alan", "grace"]]
 print("found", len(people))
