@@ -15,6 +15,7 @@ import _string  # type: ignore[import-not-found]  # the parser behind str.format
 import base64
 import builtins
 import contextlib
+import functools
 import inspect
 import json
 import marshal
@@ -67,9 +68,16 @@ class Violation(SandboxStop):
 
 
 def _refuse(rule: str, subject: str) -> NoReturn:
-    """Stops the run for good: should a `finally` swallow the violation, the next call raises
-    it again."""
+    """Stops the run for good: should a `finally` swallow the violation, the guard, the next call
+    and the end of the run raise it again."""
     RUN.stop(Violation(rule, subject))
+
+
+# The stop of a refusal that has no stack left, built in advance. At the recursion limit, calling
+# `_refuse` or building a Violation raises RecursionError, which the program could catch and go
+# on; so a refusal records this on RUN before anything that needs a frame, and the guard ends the
+# run with it when its own checks run out of stack (it cannot tell what it would have refused).
+_NO_STACK = Violation("guard-stack", "an attribute access at the recursion limit")
 
 
 def _dict_key(mapping: Dict, name: str) -> Any:
@@ -295,6 +303,7 @@ def _no_member(module: str) -> Callable[[str], Any]:
     def missing(name: str) -> Any:
         if name.startswith("_"):
             raise AttributeError(name)  # C code probing, e.g. `__spec__` for the repr
+        RUN.stopped = _NO_STACK  # the refusal below may have no stack left
         _refuse("module-member", f"{module}.{name}")
 
     return missing
@@ -363,66 +372,121 @@ _FORMATTER = _GuardedFormatter()
 
 _PLAIN = policy.Read.PLAIN
 _DICT = policy.Read.DICT
-_STR = policy.Read.STR
-_CLASS = policy.Read.CLASS
 _EXCEPTION = policy.Read.EXCEPTION
+_NEVER = policy.Read.NEVER
+_AS_IS = policy.Value.AS_IS
+_METHOD = policy.Value.METHOD
+_REFUSED = policy.Value.REFUSED
+_BUILTIN = types.BuiltinFunctionType
+_FORMAT = frozenset(policy.FORMAT_ATTRIBUTES)
 
-# How the guard reads each kind of object, filled in from policy.read_rule as kinds turn up. The
-# runtime's own kinds are ruled here: attribute dicts read keys, module views are plain objects
-# (they hold only reviewed members), and nothing else of the runtime has public attributes.
-_READ: dict[type, policy.Read] = {Dict: _DICT, ModuleView: _PLAIN}
+# How the guard reads the runtime's own kinds of objects: attribute dicts read keys, module views
+# are plain objects (they hold only reviewed members), and nothing else of the runtime has public
+# attributes. Every other kind is ruled by policy.read_rule.
+_RUNTIME_READS: dict[type, policy.Read] = {Dict: _DICT, ModuleView: _PLAIN}
+# The kinds read plainly, filled in as they turn up: the fast path's one lookup per kind (it knows
+# the runtime's kinds and `str` by name; exceptions take the slow path every time).
+_PLAIN_KINDS: set[type] = set()
 _DICT_METHODS = frozenset(name for name in dir(dict) if not name.startswith("_"))
 # Attribute names that passed policy.attribute_rule: one set lookup instead of the checks.
 _ALLOWED_NAMES: set[str] = set()
+# How the guard hands out each kind of value read, filled in from policy.value_rule; the kinds
+# handed out as they are also go in a set, the fast path's one lookup per value.
+_VALUES: dict[type, policy.Value] = {}
+_HANDED_OUT: set[type] = set()
 _WRITABLE = {kind: frozenset(names) for kind, names in policy.WRITABLE_ATTRIBUTES.items()}
+_UNREAD = object()  # the value of an access the fast path has not read
 
 
 def get_attribute(obj: Any, name: str) -> Any:
     """`__attr`, the guard: every attribute read of a program (and of C code on its behalf).
 
-    Resolves a pending value, then checks the name and the kind of object by `policy.py`; format
-    methods come back as `FormatMethod`s when their template walks attributes."""
+    Resolves a pending value, checks the name and the kind of object by `policy.py`, then judges
+    the value read, whatever object it came from: str's format methods come back as
+    `FormatMethod`s when their template walks attributes, descriptors not at all. The fast path
+    knows the name, the kind of object and the kind of value (a module view's members are
+    reviewed, an attribute dict's keys are the program's own values) and calls nothing that could
+    run out of stack; anything else takes `_guard`, and should that run out of stack, the guard
+    refuses: the run ends with `_NO_STACK`."""
+    if RUN.stopped is not None:
+        raise RUN.stopped
     kind = type(obj)
     if kind is Pending:
         obj = obj._get()
         kind = type(obj)
-    if name not in _ALLOWED_NAMES:
-        rule = policy.attribute_rule(name)
-        if rule is not None:
-            _refuse(rule, f"attribute {name!r}")
-        _ALLOWED_NAMES.add(name)
-    read = _READ.get(kind)
-    if read is None:
-        read = _READ[kind] = policy.read_rule(kind)
-    if read is _PLAIN:
-        return getattr(obj, name)
-    if read is _DICT:
-        return getattr(obj, name) if name in _DICT_METHODS else _dict_key(obj, name)
-    if read is _STR:
+    value = _UNREAD
+    if name in _ALLOWED_NAMES:
+        if kind is ModuleView:
+            return getattr(obj, name)  # a reviewed member (policy.MODULES), or a refusal
+        if kind in _PLAIN_KINDS:
+            value = getattr(obj, name)
+            handed = type(value)
+            if handed is _BUILTIN:  # a method: str.format if bound to a string
+                if type(value.__self__) is not str:
+                    return value
+            elif handed in _HANDED_OUT:
+                return value
+        elif kind is Dict:
+            return getattr(obj, name) if name in _DICT_METHODS else _dict_key(obj, name)
+        elif kind is str:
+            value = getattr(obj, name)
+            if name not in _FORMAT or "." not in obj:  # no dot, no attribute path (`_walks`)
+                return value
+    try:
+        return _guard(obj, kind, name, value)
+    except RecursionError:
+        RUN.stopped = _NO_STACK
+        raise _NO_STACK from None
+
+
+def _guard(obj: Any, kind: type, name: str, value: Any) -> Any:
+    """The guard's slow path: the checks of a name or kind of object not seen yet (and the read
+    they allow), then the judgement of a value not handed out as it is."""
+    if value is _UNREAD:
+        if name not in _ALLOWED_NAMES:
+            rule = policy.attribute_rule(name)
+            if rule is not None:
+                _refuse(rule, f"attribute {name!r}")
+            _ALLOWED_NAMES.add(name)
+        read = _RUNTIME_READS.get(kind) or policy.read_rule(kind)
+        if read is _NEVER:
+            _refuse("unreadable-type", f"attribute {name!r} of a {kind.__name__}")
+        if read is _EXCEPTION and name not in policy.EXCEPTION_ATTRIBUTES:
+            _refuse("exception-attribute", f"attribute {name!r} of {kind.__name__}")
+        if read is _PLAIN:
+            _PLAIN_KINDS.add(kind)
+        if read is _DICT:
+            return getattr(obj, name) if name in _DICT_METHODS else _dict_key(obj, name)
         value = getattr(obj, name)
-        if name in policy.FORMAT_ATTRIBUTES and _walks(obj):
-            return FormatMethod(obj, name == "format_map")
-        return value
-    if read is _CLASS:
-        value = getattr(obj, name)
-        if name in policy.FORMAT_ATTRIBUTES and issubclass(obj, str):
-            return FormatMethod(None, name == "format_map")
-        return value
-    if read is _EXCEPTION:
-        if name in policy.EXCEPTION_ATTRIBUTES:
-            return getattr(obj, name)
-        _refuse("exception-attribute", f"attribute {name!r} of {kind.__name__}")
-    _refuse("unreadable-type", f"attribute {name!r} of a {kind.__name__}")
+    handed = type(value)
+    judged = _VALUES.get(handed)
+    if judged is None:
+        judged = _VALUES[handed] = policy.value_rule(handed)
+        if judged is _AS_IS:
+            _HANDED_OUT.add(handed)
+    if judged is _REFUSED:
+        _refuse("descriptor", f"attribute {name!r} (a {handed.__name__})")
+    if judged is _METHOD and value.__name__ in _FORMAT:
+        mapping = value.__name__ == "format_map"
+        if handed is not _BUILTIN:  # unbound: str.format, whichever class or object held it
+            if issubclass(value.__objclass__, str):
+                return FormatMethod(None, mapping)
+        elif isinstance(value.__self__, str) and _walks(value.__self__):
+            return FormatMethod(value.__self__, mapping)
+    return value
 
 
 def store_target(obj: Any, name: str) -> Any:
     """`__store`: the object of an attribute write or delete, if the policy lets it take one."""
+    if RUN.stopped is not None:
+        raise RUN.stopped
     kind = type(obj)
     if kind is Pending:
         obj = obj._get()
         kind = type(obj)
-    if kind is Dict or name in _WRITABLE.get(kind, ()):
+    if kind is Dict or (kind in _WRITABLE and name in _WRITABLE[kind]):
         return obj
+    RUN.stopped = _NO_STACK  # the refusal below may have no stack left
     _refuse("attribute-store", f"attribute {name!r} of a {kind.__name__}")
 
 
@@ -659,6 +723,7 @@ def _without_debug(fn: Callable[..., Any]) -> Callable[..., Any]:
     def checked(*args: Any, **kwargs: Any) -> Any:
         flags = kwargs.get("flags", args[position] if len(args) > position else 0)
         if flags & re.DEBUG:
+            RUN.stopped = _NO_STACK  # the refusal below may have no stack left
             _refuse("regex-debug", f"re.{fn.__name__} with re.DEBUG")
         return fn(*args, **kwargs)
 
@@ -667,10 +732,45 @@ def _without_debug(fn: Callable[..., Any]) -> Callable[..., Any]:
     return checked
 
 
+def _memoizable(fn: object) -> Callable[..., Any]:
+    """What the runtime's lru_cache gives functools' own to memoize: the program's own function,
+    whose `__dict__` is empty, or a closure over any other callable, so that update_wrapper has
+    nothing to copy onto the wrapper (see policy.REPLACED_MEMBERS)."""
+    if not callable(fn):
+        raise TypeError("the first argument must be callable")
+    if isinstance(fn, types.FunctionType) and fn.__code__.co_filename in DIALECT_FILES:
+        return fn
+
+    def memoized(*args: Any, **kwargs: Any) -> Any:
+        return fn(*args, **kwargs)
+
+    return memoized
+
+
+def _lru_cache(maxsize: Any = 128, typed: bool = False) -> Callable[..., Any]:
+    """functools.lru_cache over `_memoizable`, called either way functools' is: on a callable
+    (`lru_cache(f)`) or for a decorator (`lru_cache(maxsize=None)`)."""
+    if not isinstance(maxsize, int) and callable(maxsize) and isinstance(typed, bool):
+        return functools.lru_cache(typed=typed)(_memoizable(maxsize))
+    decorate: Callable[[Callable[..., Any]], Callable[..., Any]]
+    decorate = functools.lru_cache(maxsize, typed)
+
+    def decorating_function(user_function: Any) -> Callable[..., Any]:
+        return decorate(_memoizable(user_function))
+
+    return decorating_function
+
+
+def _cache(user_function: object, /) -> Callable[..., Any]:
+    return functools.lru_cache(maxsize=None)(_memoizable(user_function))
+
+
 # The runtime's versions of view members, as policy.REPLACED_MEMBERS lists them.
 _REPLACEMENTS: dict[tuple[str, str], Callable[..., Any]] = {
     ("json", "dumps"): _json_dumps,
     ("json", "loads"): _json_loads,
+    ("functools", "lru_cache"): _lru_cache,
+    ("functools", "cache"): _cache,
     **{
         ("re", name): _without_debug(getattr(re, name))
         for module, name in policy.REPLACED_MEMBERS
@@ -847,6 +947,8 @@ def execute(template: Template, fd: int) -> NoReturn:
         ns = template.namespace(start)
         for code in codes:
             exec(code, ns)
+        if RUN.stopped is not None:
+            raise RUN.stopped  # a `finally` swallowed it: the stop wins over the value
         result = ns.get(RESULT_NAME)
         RUN.wait_for(None)
         value = to_json(_deep(result, set()), "result")
@@ -855,10 +957,11 @@ def execute(template: Template, fd: int) -> NoReturn:
     except (EOFError, wire.FrameError):
         status = 3
     except BaseException as exc:
+        failure = RUN.stopped or exc  # a stop swallowed by a `finally` wins over what followed
         RUN.stopped = RUN.stopped or SandboxStop("stopped")
         try:
             RUN.flush()
-            RUN.send({"t": "done", "error": _error(exc)})
+            RUN.send({"t": "done", "error": _error(failure)})
         except BaseException:
             status = 4
     sys.stdout.flush()

@@ -367,6 +367,17 @@ def _signal_error(ended: Exit, limits: RunLimits) -> program_pb2.ProgramError:
             )
         if sig == signal.SIGKILL:
             return error(Kind.KIND_MEMORY, "the program was killed (out of memory or over a limit)")
+        if sig == signal.SIGSEGV:
+            # Some C paths of CPython 3.11 have no recursion check: advancing iterators nested
+            # hundreds of thousands deep (map, zip, itertools.chain...) or hashing nested tuples
+            # overflows the C stack. Capping every such nesting would tax ordinary code and still
+            # miss some, while the jail contains the crash, so it is reported as what it most
+            # likely is: the program over a limit.
+            return error(
+                Kind.KIND_LIMIT,
+                "the program overflowed the C stack (objects nested too deeply for C code, such "
+                "as iterators wrapping iterators) and was killed with SIGSEGV",
+            )
         return error(
             Kind.KIND_CRASHED, f"the sandbox child died on signal {signal.Signals(sig).name}"
         )

@@ -23,9 +23,11 @@ The invariants these rules keep:
 2. Every callable a program can hold is safe to call from C code with any arguments: through
    `map`, `sorted(key=...)`, `functools.partial`, `operator.call`, `json.dumps(default=...)`,
    `re.sub`, a decorator. No callable relies on the runtime's `__call` having checked anything.
-   The one kind of callable that interprets strings as attribute paths (`str.format`,
-   `str.format_map`) is handed out by the guard in a form that walks those paths through the
-   guard when it runs.
+   The guard judges the value of every read (`value_rule`), not only the object read from, so
+   whatever holds them: the one kind of callable that interprets strings as attribute paths
+   (`str.format`, `str.format_map`, bound or not) comes back in a form that walks those paths
+   through the guard when it runs, and a class's descriptors (properties, slots...) never come
+   back at all.
 3. Only the program's own attribute dicts take attribute writes, plus a reviewed few settings
    whose setters are C code that validates the value.
 4. Modules are views: an explicit list of members, each reviewed and listed with the reason it is
@@ -39,6 +41,7 @@ from __future__ import annotations
 import ast
 import decimal
 import enum
+import functools
 import types
 
 # The rules a rejected or stopped program can break, as reported in `ProgramError.rule`.
@@ -68,6 +71,10 @@ RULES: dict[str, str] = {
     "module-member": "the module view lists only reviewed members; this is not one of them",
     "attribute-store": "only the program's attribute dicts (and reviewed settings) take writes",
     "regex-debug": "re.DEBUG prints to the process's own stdout, around the output cap",
+    "descriptor": "a class's descriptors (properties, slots, class-method wrappers) are its "
+    "machinery, not values: their getters and setters work on any instance, around the guard",
+    "guard-stack": "the guard had no stack left to check the access (the program is at the "
+    "recursion limit), so it refuses it and ends the run",
 }
 
 # Syntax outside the dialect, by the rule it breaks (see RULES for the reasons).
@@ -218,10 +225,9 @@ WRITABLE_ATTRIBUTES: dict[type, dict[str, str]] = {
 class Read(enum.Enum):
     """How the guard reads attributes of a kind of object."""
 
-    PLAIN = "plain"  # an ordinary attribute read, name checked
+    PLAIN = "plain"  # an ordinary attribute read, name checked, value judged by `value_rule`
     DICT = "dict"  # the runtime's attribute dicts: dict methods first, then keys
-    STR = "str"  # strings: `format`/`format_map` come back guarded
-    CLASS = "class"  # classes: `str.format`/`str.format_map` come back guarded
+    STR = "str"  # exactly `str`, whose attributes are its methods: `format`/`format_map` judged
     EXCEPTION = "exception"  # only EXCEPTION_ATTRIBUTES
     NEVER = "never"  # UNREADABLE_TYPES
 
@@ -232,11 +238,43 @@ def read_rule(kind: type) -> Read:
         return Read.NEVER
     if issubclass(kind, BaseException):
         return Read.EXCEPTION
-    if issubclass(kind, str):
+    if kind is str:
         return Read.STR
-    if issubclass(kind, type):
-        return Read.CLASS
     return Read.PLAIN
+
+
+# Descriptors a program may hold, by reason. Every other kind that implements the descriptor
+# protocol (`__get__`, `__set__`, `__delete__`: property, enum.property, classmethod,
+# staticmethod, cached_property, slot and C field descriptors, namedtuple fields...) is refused
+# as the value of a read: reading it on its class hands out its getter and setter, which work on
+# any instance (a property's `fset` writes where `__store` refuses), and none is data a program
+# needs.
+HELD_DESCRIPTORS: dict[type, str] = {
+    types.FunctionType: "a function: binding it to an instance is only calling it with one",
+    types.MethodDescriptorType: "an unbound C method (`str.upper`, for `map`): it checks the type "
+    "of the object it is called on; str's format methods come back guarded",
+    functools._lru_cache_wrapper: "a memoized callable (lru_cache): it binds like a function",
+}
+
+_DESCRIPTOR_METHODS = ("__get__", "__set__", "__delete__")
+
+
+class Value(enum.Enum):
+    """How the guard hands out a value that an attribute read produced."""
+
+    AS_IS = "as-is"  # data, containers, functions, classes...
+    METHOD = "method"  # C methods, bound or not: str.format/str.format_map come back guarded
+    REFUSED = "refused"  # descriptors other than HELD_DESCRIPTORS
+
+
+def value_rule(kind: type) -> Value:
+    """How the guard hands out values of `kind` that an attribute read produced."""
+    descriptor = any(name in vars(k) for k in kind.__mro__ for name in _DESCRIPTOR_METHODS)
+    if descriptor and not issubclass(kind, tuple(HELD_DESCRIPTORS)):
+        return Value.REFUSED
+    if issubclass(kind, types.MethodDescriptorType | types.BuiltinFunctionType):
+        return Value.METHOD
+    return Value.AS_IS
 
 
 def name_rule(name: str) -> str | None:
@@ -593,7 +631,7 @@ MODULES: dict[str, dict[str, str]] = {
         "cmp_to_key": "wraps a comparison callable the program holds",
         **dict.fromkeys(
             ("lru_cache", "cache"),
-            "memoizes a callable the program holds (see LIBRARY_WALKERS)",
+            "runtime version: memoizes a callable the program holds (see REPLACED_MEMBERS)",
         ),
     },
     "operator": {
@@ -724,7 +762,9 @@ LIBRARY_WALKERS: dict[str, str] = {
     "enum.Enum.__dir__": "runs only for dir(), which is not in the dialect",
     "enum.Flag._missing_": "asks for `_value_`, a fixed name",
     "functools.update_wrapper": "lru_cache copies a fixed list of names (`__name__`, `__doc__`, "
-    "`__dict__`...) from the program's callable onto its own wrapper",
+    "`__dict__`...) from the callable it memoizes onto its wrapper; the runtime's lru_cache and "
+    "cache hand it only the program's own functions, whose `__dict__` is empty (nothing can "
+    "store attributes on them), or a closure of their own (see REPLACED_MEMBERS)",
     "random.Random.__init_subclass__": "runs only for subclasses; the dialect defines no classes",
     "string.Template.__init_subclass__": "runs only for subclasses; the dialect defines no classes",
 }
@@ -750,6 +790,13 @@ REPLACED_MEMBERS: dict[tuple[str, str], str] = {
             )
         ),
         "re.DEBUG (also reachable as a number) prints the pattern to the process's stdout",
+    ),
+    **dict.fromkeys(
+        (("functools", "lru_cache"), ("functools", "cache")),
+        "the wrapper takes a copy of the memoized callable's `__dict__` (update_wrapper): for a "
+        "class, its whole namespace (`str.format` raw, properties, class-method wrappers), "
+        "readable on the wrapper as plain attributes; anything but the program's own functions is "
+        "memoized through a closure, which has nothing to copy",
     ),
 }
 

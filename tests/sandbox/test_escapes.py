@@ -26,6 +26,7 @@ Kind: TypeAlias = K.Kind.ValueType
 REJECTED: set[Kind] = {K.KIND_VIOLATION}
 RUNTIME: set[Kind] = {K.KIND_EXCEPTION, K.KIND_VIOLATION}
 STOPPED: set[Kind] = {K.KIND_TIMEOUT, K.KIND_MEMORY, K.KIND_LIMIT}
+LIMIT: set[Kind] = {K.KIND_LIMIT}
 
 CORPUS: list[tuple[str, str, set[Kind]]] = [
     # import tricks
@@ -38,6 +39,24 @@ CORPUS: list[tuple[str, str, set[Kind]]] = [
     ("collections-abc-sys", "collections.abc.sys", RUNTIME),
     ("datetime-sys", "datetime.sys.modules", RUNTIME),
     ("functools-wraps", "functools.update_wrapper(dict(), len, ['__globals__'])", RUNTIME),
+    # a memoized class: functools' wrapper would hold a copy of its namespace, raw
+    (
+        "lru-cache-class-format",
+        "f = functools.lru_cache(str).format\nf('{0.__globals__[RUN].fd}', print)",
+        RUNTIME,
+    ),
+    (
+        "cache-class-format-map",
+        "f = functools.cache(str).format_map\n"
+        "f('{p.__func__.__globals__[_os]}', {'p': random.seed})",
+        RUNTIME,
+    ),
+    ("lru-cache-class-property", "str(functools.lru_cache(fractions.Fraction).numerator)", RUNTIME),
+    (
+        "lru-cache-enum-property-setter",
+        "str(functools.lru_cache(maxsize=None)(re.RegexFlag).DEBUG.setter(print))",
+        RUNTIME,
+    ),
     ("importlib-name", "importlib.import_module('os')", RUNTIME),
     # builtins recovery
     ("builtins-name", "__builtins__['open']", REJECTED),
@@ -119,6 +138,12 @@ CORPUS: list[tuple[str, str, set[Kind]]] = [
     ("recursion", "def f(n):\n    return f(n + 1)\nf(0)", {K.KIND_EXCEPTION}),
     ("output-flood", "while True:\n    print('x' * 1000)", {K.KIND_LIMIT}),
     ("regex-bomb", "re.match('(a+)+$', 'a' * 64 + 'b')", {K.KIND_TIMEOUT}),
+    # iterators nested too deeply for the C stack (C code without a recursion check): the child
+    # dies of SIGSEGV, reported as a limit
+    *(
+        (f"nested-{name}", f"x = [1]\nfor i in range(300000):\n    x = {wrap}\nlist(x)", LIMIT)
+        for name, wrap in [("zip", "zip(x)"), ("chain", "itertools.chain(x)")]
+    ),
     ("bigint-bomb", "x = 10 ** (10 ** 9)", STOPPED),
     ("json-nesting", "json.loads('[' * 200000 + ']' * 200000)", {K.KIND_EXCEPTION}),
     (
@@ -259,9 +284,11 @@ GUARDED: list[tuple[str, str, str]] = [
     ("regex-debug-flag", "re.compile('(a)', re.DEBUG)", "module-member"),
     ("regex-debug-number", "re.compile('(a)', 128)", "regex-debug"),
     ("regex-debug-enum", "re.findall('(a)', 'a', re.RegexFlag.DEBUG)", "regex-debug"),
-    # descriptors
-    ("property-getter", "p = fractions.Fraction.numerator\np.fget", "unreadable-type"),
-    ("slot-descriptor", "d = functools.partial.func\nd.x", "unreadable-type"),
+    # descriptors: read on their class, they are not handed out at all
+    ("property-getter", "p = fractions.Fraction.numerator\np.fget", "descriptor"),
+    ("slot-descriptor", "d = functools.partial.func\nd.x", "descriptor"),
+    ("field-descriptor", "int.denominator", "descriptor"),
+    ("namedtuple-field", "P = collections.namedtuple('P', ['x'])\nP.x", "descriptor"),
     ("method-descriptor", "m = str.upper\nm.x", "unreadable-type"),
     # __getattr__ fallbacks of attribute dicts and pending values, reached from C
     ("dict-fallback", "'{0.__getattr__}'.format({})", "underscore-attribute"),
@@ -299,6 +326,34 @@ GUARDED: list[tuple[str, str, str]] = [
         "def f():\n    try:\n        '{0.__class__}'.format(1)\n    finally:\n"
         "        return 'swallowed'\nx = f()\nprint(x)\nx",
         "underscore-attribute",
+    ),
+    (
+        "violation-swallowed-silently",
+        "def f():\n    try:\n        '{0.__class__}'.format(1)\n    finally:\n"
+        "        return 'swallowed'\nx = f()\nx",
+        "underscore-attribute",
+    ),
+    (
+        "violation-swallowed-in-a-loop",
+        "ok = []\nfor n in ['__class__', 'gi_frame', 'real']:\n    try:\n"
+        "        v = ('{0.' + n + '}').format(1)\n        ok.append(n)\n    finally:\n"
+        "        continue\nok",
+        "underscore-attribute",
+    ),
+    (
+        "violation-swallowed-then-raised",
+        "try:\n    '{0.__class__}'.format(1)\nfinally:\n    raise KeyError",
+        "underscore-attribute",
+    ),
+    # at the recursion limit the guard has no stack to check (or refuse) with: it still refuses;
+    # each padding moves where the limit falls among the guard's own frames
+    (
+        "refusal-at-the-recursion-limit",
+        "def f(n):\n    try:\n        return f(n + 1)\n    except RecursionError:\n        try:\n"
+        "            return '{0.__class__}'.format(1)\n        except RecursionError:\n"
+        "            return 'caught'\n"
+        "def pad(k):\n    return f(0) if k == 0 else pad(k - 1)\n[pad(k) for k in range(4)]",
+        "guard-stack",
     ),
     ("except-star", "try:\n    1 / 0\nexcept* ZeroDivisionError:\n    1", "try-star"),
     # generator and coroutine frames
@@ -402,6 +457,40 @@ async def test_guard_closes_every_attribute_path(
     assert not [m for m in LEAK_MARKERS if m in seen], seen
     clean = await executor.run(limited(CLEAN), host())
     assert run_result(clean)[1:] == ['{"a": 1}', run_result(clean)[2], "k", "ok"]
+
+
+async def test_a_c_stack_overflow_is_a_limit_and_the_next_run_is_clean(executor: Executor) -> None:
+    code = "x = [1]\nfor i in range(300000):\n    x = map(abs, x)\nlist(x)"
+    result = await executor.run(limited(code), host())
+    assert result.error.kind == K.KIND_LIMIT, result.error
+    assert "C stack" in result.error.message, result.error
+    clean = await executor.run(limited(CLEAN), host())
+    assert run_result(clean)[1:] == ['{"a": 1}', run_result(clean)[2], "k", "ok"]
+
+
+async def test_a_memoized_class_works_and_lends_none_of_its_namespace(executor: Executor) -> None:
+    code = """
+w = functools.lru_cache(str)
+v = functools.lru_cache(maxsize=4)(fractions.Fraction)
+c = functools.cache(re.RegexFlag)
+fib = functools.cache(lambda n: n if n < 2 else fib(n - 1) + fib(n - 2))
+missing = 0
+for read in [lambda: w.format, lambda: w.upper, lambda: v.numerator, lambda: c.DEBUG]:
+    try:
+        read()
+    except AttributeError:
+        missing += 1
+[w(1), w(1), w.cache_info().hits, str(v(1, 2)), c(2) == re.I, fib(30), missing]
+"""
+    assert run_result(await executor.run(limited(code), host())) == [
+        "1",
+        "1",
+        1,
+        "1/2",
+        True,
+        832040,
+        4,
+    ]
 
 
 async def test_the_guard_lets_the_dialect_through(executor: Executor) -> None:
