@@ -17,6 +17,7 @@ from typing import Any
 
 import grpc
 
+from genmesh.router import validation
 from genmesh.runtime import errors, telemetry, values
 from genmesh.runtime.errors import FieldViolation
 from genmesh.sandbox import dialect
@@ -263,7 +264,7 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
             )
         program = first.start.program
         self._check(program, unary=False)
-        request_id = first.start.request_id or uuid.uuid4().hex
+        request_id = validation.request_id(first.start.request_id)
         context.set_trailing_metadata((("x-request-id", request_id),))
 
         async def client() -> AsyncIterator[SandboxRequest]:
@@ -297,7 +298,7 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
     async def Execute(  # noqa: N802 - gRPC method name
         self, request: agent_pb2.ExecuteRequest, context: Context
     ) -> agent_pb2.ExecuteResponse:
-        request_id = request.request_id or uuid.uuid4().hex
+        request_id = validation.request_id(request.request_id)
         context.set_trailing_metadata((("x-request-id", request_id),))
         async for response in self.run_server_program(request_id, request.program):
             if response.WhichOneof("message") == "result":

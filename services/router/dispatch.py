@@ -101,6 +101,7 @@ class Dispatcher:
         resolved = common_pb2.GenerateRequest()
         resolved.CopyFrom(request)
         resolved.request_id = validation.request_id(request.request_id)
+        validation.task(resolved.task)
         personality = self.personalities.get(resolved.personality) if resolved.personality else None
         if personality is not None and personality.scripted:
             validation.check_request(resolved, self.max_request_bytes, needs_inputs)

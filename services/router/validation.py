@@ -34,14 +34,26 @@ MAX_REQUEST_ID = 128
 
 
 def request_id(value: str) -> str:
+    """The caller's id, or a new one; it is echoed in metadata, which carries printable ASCII."""
     if not value:
         return uuid.uuid4().hex
-    if len(value) > MAX_REQUEST_ID or not value.isprintable():
+    if len(value) > MAX_REQUEST_ID or not (value.isascii() and value.isprintable()):
         raise errors.invalid_argument(
             "invalid request_id",
-            FieldViolation("request_id", f"must be printable and at most {MAX_REQUEST_ID} chars"),
+            FieldViolation(
+                "request_id", f"must be printable ASCII and at most {MAX_REQUEST_ID} chars"
+            ),
         )
     return value
+
+
+def task(value: int) -> None:
+    """Enums are open on the wire: any number arrives, and only the known ones mean a task."""
+    if value not in common_pb2.Task.values():
+        known = ", ".join(common_pb2.Task.keys())
+        raise errors.invalid_argument(
+            f"unknown task {value}", FieldViolation("task", f"must be one of {known}")
+        )
 
 
 def _item_violations(index: int, item: common_pb2.InputItem) -> list[FieldViolation]:

@@ -226,6 +226,16 @@ BAD_REQUESTS = {
         grpc.StatusCode.INVALID_ARGUMENT,
         "text.temperature",
     ),
+    "task not in the enum": (
+        common_pb2.GenerateRequest(task=99, inputs=[common_pb2.InputItem(text="x")]),  # type: ignore[arg-type]
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "task",
+    ),
+    "non-ASCII request_id": (
+        text_request("x", request_id="r\u00e9sum\u00e9"),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "request_id",
+    ),
     "task the binding does not serve": (
         common_pb2.GenerateRequest(
             task=common_pb2.TASK_IMAGE, binding="echo", inputs=[common_pb2.InputItem(text="x")]

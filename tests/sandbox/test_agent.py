@@ -15,6 +15,7 @@ import grpc
 import pytest
 import pytest_asyncio
 
+from genmesh.client import error_details
 from genmesh.router.agent import AgentService, ServerFunctions, mesh_functions
 from genmesh.runtime.auth import AuthInterceptor, KeyStore, digest
 from genmesh.runtime.channel import key_interceptors
@@ -69,6 +70,19 @@ async def test_execute_calls_server_side_functions(agent: Any) -> None:
     assert py_from_value(reply.result.value) == ["HI", 46]
     names = [c.call.name for c in reply.result.call_log.calls]
     assert names == ["add"] * 4 + ["generate_text"]
+
+
+async def test_execute_refuses_a_request_id_metadata_cannot_carry(agent: Any) -> None:
+    program = program_pb2.Program(code="1")
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await agent.Execute(
+            agent_pb2.ExecuteRequest(request_id="r\u00e9sum\u00e9", program=program)
+        )
+    details = error_details(caught.value)
+    assert details.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert "request_id" in details.violations
+    reply = await agent.Execute(agent_pb2.ExecuteRequest(request_id="plain", program=program))
+    assert reply.request_id == "plain"
 
 
 async def test_execute_refuses_client_functions(agent: Any) -> None:
