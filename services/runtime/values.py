@@ -53,6 +53,27 @@ class ValueTooLargeError(InvalidValueError):
     """A value over MAX_BYTES: a resource limit rather than a malformed value."""
 
 
+class Budget:
+    """A running estimate of a value's encoded size while it is converted: a value far over
+    MAX_BYTES (millions of small items a few bytes of JSON each, and several times that as
+    protobuf) is refused after about MAX_BYTES of work instead of after building all of it."""
+
+    __slots__ = ("left",)
+
+    def __init__(self) -> None:
+        self.left = MAX_BYTES
+
+    def spend(self, size: int) -> None:
+        self.left -= size
+        if self.left < 0:
+            raise ValueTooLargeError(f"more than the limit of {MAX_BYTES} bytes")
+
+
+# Estimated encoded bytes of a scalar (a double with its tags) and of a string's or key's tags.
+SCALAR_BYTES = 11
+TAG_BYTES = 4
+
+
 def member(name: str) -> str:
     """The path step to an object member: `.name`, or `['odd key']`."""
     return f".{name}" if name.isidentifier() and name.isascii() else f"[{name!r}]"
@@ -111,7 +132,7 @@ def value_from_py(value: Any, path: str = "value") -> struct_pb2.Value:
     """Plain Python (JSON-like; tuples count as lists) as a checked protobuf Value."""
     out = struct_pb2.Value()
     try:
-        _fill(out, value, 0)
+        _fill(out, value, 0, Budget())
     except InvalidValueError as exc:
         raise exc.under(path) from None
     _fits(out, path)
@@ -146,7 +167,8 @@ def _fits(value: struct_pb2.Value, path: str) -> None:
         raise ValueTooLargeError(f"{size} bytes is more than the limit of {MAX_BYTES}", path)
 
 
-def _fill(out: struct_pb2.Value, value: Any, depth: int) -> None:
+def _fill(out: struct_pb2.Value, value: Any, depth: int, budget: Budget) -> None:
+    budget.spend(len(value) + TAG_BYTES if isinstance(value, str) else SCALAR_BYTES)
     if value is None:
         out.null_value = struct_pb2.NULL_VALUE
     elif isinstance(value, bool):
@@ -164,8 +186,9 @@ def _fill(out: struct_pb2.Value, value: Any, depth: int) -> None:
                 name = key(k)
             except InvalidValueError as exc:
                 raise exc.under(f"[{k!r}]") from None
+            budget.spend(len(name) + TAG_BYTES)
             try:
-                _fill(fields[name], v, inner)
+                _fill(fields[name], v, inner, budget)
             except InvalidValueError as exc:
                 raise exc.under(member(name)) from None
     elif isinstance(value, list | tuple):
@@ -174,7 +197,7 @@ def _fill(out: struct_pb2.Value, value: Any, depth: int) -> None:
         items = out.list_value.values
         for i, v in enumerate(value):
             try:
-                _fill(items.add(), v, inner)
+                _fill(items.add(), v, inner, budget)
             except InvalidValueError as exc:
                 raise exc.under(i) from None
     else:

@@ -230,12 +230,13 @@ def to_json(value: Any, root: str = "arguments") -> Any:
     `str`. What cannot cross the wire (see `values`) raises InvalidValueError where the program
     sent it, naming the part under `root`."""
     try:
-        return _json(value, 0)
+        return _json(value, 0, values.Budget())
     except values.InvalidValueError as exc:
         raise exc.under(root) from None
 
 
-def _json(value: Any, depth: int) -> Any:
+def _json(value: Any, depth: int, budget: values.Budget) -> Any:
+    budget.spend(len(value) + values.TAG_BYTES if type(value) is str else values.SCALAR_BYTES)
     if value is None or isinstance(value, bool):
         return value
     if isinstance(value, int | float):
@@ -243,7 +244,7 @@ def _json(value: Any, depth: int) -> Any:
     if isinstance(value, str):
         return values.text(value)
     if isinstance(value, Pending):
-        return _json(value._get(), depth)
+        return _json(value._get(), depth, budget)
     if isinstance(value, dict):
         inner = values.nest(depth)
         out = {}
@@ -252,8 +253,9 @@ def _json(value: Any, depth: int) -> Any:
                 name = values.text(k if isinstance(k, str) else str(k))
             except values.InvalidValueError as exc:
                 raise exc.under(f"[{k!r}]") from None
+            budget.spend(len(name) + values.TAG_BYTES)
             try:
-                out[name] = _json(v, inner)
+                out[name] = _json(v, inner, budget)
             except values.InvalidValueError as exc:
                 raise exc.under(values.member(name)) from None
         return out
@@ -262,11 +264,13 @@ def _json(value: Any, depth: int) -> Any:
         items = []
         for i, v in enumerate(value):
             try:
-                items.append(_json(v, inner))
+                items.append(_json(v, inner, budget))
             except values.InvalidValueError as exc:
                 raise exc.under(i) from None
         return items
-    return values.text(str(value))
+    shown = str(value)
+    budget.spend(len(shown))
+    return values.text(shown)
 
 
 def resolve(value: Any) -> Any:
@@ -421,8 +425,8 @@ def get_attribute(obj: Any, name: str) -> Any:
         if kind in _PLAIN_KINDS:
             value = getattr(obj, name)
             handed = type(value)
-            if handed is _BUILTIN:  # a method: str.format if bound to a string
-                if type(value.__self__) is not str:
+            if handed is _BUILTIN:  # a method: str.format if bound to a string (or a subclass)
+                if not isinstance(value.__self__, str):
                     return value
             elif handed in _HANDED_OUT:
                 return value
@@ -558,7 +562,8 @@ class Run:
 
     def send(self, message: dict[str, Any]) -> None:
         """Sends `message`, behind the printed lines still waiting (in one write)."""
-        wire.write_all(self.fd, self._batch_frame() + self._encode(message))
+        frame = self._encode(message)  # first: a message too large must not lose the batch
+        wire.write_all(self.fd, self._batch_frame() + frame)
 
     def receive(self) -> dict[str, Any]:
         """The service's next message; printed lines still waiting leave first, as this blocks."""
@@ -839,6 +844,12 @@ class Template:
 
     def namespace(self, start: dict[str, Any]) -> dict[str, Any]:
         ordered = set(start.get("ordered", []))
+
+        def stub(text: str) -> HostFunction:
+            """A stub the program declares, its spec written by the rewriter as JSON text."""
+            spec = json.loads(text)
+            return HostFunction(spec, spec["name"] in ordered)
+
         ns: dict[str, Any] = {"__builtins__": dict(self.builtins), "__name__": "program"}
         ns.update(self.modules)
         ns.update(
@@ -847,7 +858,7 @@ class Template:
             __D=Dict,
             __attr=get_attribute,
             __store=store_target,
-            __stub=lambda spec: HostFunction(spec, spec["name"] in ordered),
+            __stub=stub,
         )
         for spec in start.get("stubs", []):
             ns[spec["name"]] = HostFunction(spec, spec["name"] in ordered)
@@ -881,7 +892,7 @@ def _error(exc: BaseException) -> dict[str, Any]:
         type_ = "SyntaxError" if exc.rule == "syntax" else "DialectError"
         message, line, rule = exc.message, exc.line, exc.rule
     else:
-        type_, message, line = type(exc).__name__, str(exc), 0
+        type_, message, line = type(exc).__name__, _message(exc), 0
         rule = exc.rule if isinstance(exc, SandboxStop) else ""
         for frame in traceback.extract_tb(exc.__traceback__):
             if frame.filename in DIALECT_FILES:
@@ -889,6 +900,15 @@ def _error(exc: BaseException) -> dict[str, Any]:
     if len(message) > MAX_MESSAGE:
         message = message[:MAX_MESSAGE] + "..."
     return {"kind": _classify(exc), "type": type_, "message": message, "line": line, "rule": rule}
+
+
+def _message(exc: BaseException) -> str:
+    """`str(exc)`, which runs the program's values' own conversions and may itself fail (an int
+    too long to print, a structure too deep): the run still ends with its error."""
+    try:
+        return str(exc)
+    except BaseException:
+        return f"(the message of this {type(exc).__name__} cannot be shown)"
 
 
 def _classify(exc: BaseException) -> str:
@@ -927,6 +947,33 @@ def _load(start: dict[str, Any]) -> list[types.CodeType]:
         codes.insert(0, library.code)
     start["stubs"] = [stub.to_json() for stub in stubs]
     return codes
+
+
+# What a spare child compiles and sets up before its program arrives (`prefault`): what nearly
+# every program has (a host call with a keyword, an attribute, an implicit result).
+_PREFAULT_SOURCE = {
+    "code": 'found = lookup("x", limit=2)\nfound.size + 1',
+    "library": "",
+    "client_functions": "def lookup(query: str, limit: int = 1): ...\n",
+    "server_functions": "",
+}
+
+
+def prefault(template: Template) -> None:
+    """Takes, in a spare child waiting for its program, the page faults a run would take.
+
+    A forked child shares the zygote's memory copy-on-write, and a first compile, namespace and
+    frame write to several hundred of those pages (reference counts, allocator state): 1 to 2 ms
+    of faults on a run's critical path, unless a spare, idle until its program comes, takes them
+    first. Nothing here runs code of a program or touches RUN, the guard's caches, random or the
+    module views, so the run starts from the state it would start from without this."""
+    start: dict[str, Any] = {"source": dict(_PREFAULT_SOURCE)}
+    _load(start)
+    lookup = template.namespace(start)["lookup"]
+    bound = lookup._signature.bind("x", limit=2)
+    bound.apply_defaults()
+    frame = wire.encode({"t": "call", "args": to_json(_deep(dict(bound.arguments), set()))})
+    wire.decode(frame[wire.HEADER.size :], object_hook=Dict)
 
 
 def execute(template: Template, fd: int) -> NoReturn:

@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from genmesh.runtime import values
 from genmesh.sandbox import policy
 
 PROGRAM_FILE = "<program>"
@@ -126,11 +127,20 @@ def stub_from_def(node: ast.FunctionDef) -> Stub:
         if expr is None:
             return False, None
         try:
-            return True, ast.literal_eval(expr)
+            value = ast.literal_eval(expr)
         except (ValueError, TypeError):  # TypeError: an unhashable key, as in `{[1]: 2}`
             raise _fail(
                 "stub-default", f"default of {name!r} in stub {node.name!r} is not a literal", expr
             ) from None
+        try:
+            values.value_from_py(value)
+        except values.InvalidValueError as exc:  # `...`, a set, bytes, 1e999: no JSON for them
+            raise _fail(
+                "stub-default",
+                f"default of {name!r} in stub {node.name!r} cannot cross to the host: {exc}",
+                expr,
+            ) from None
+        return True, value
 
     for i, (arg, default) in enumerate(zip(positional, defaults, strict=True)):
         kind = "POSITIONAL_ONLY" if i < len(args.posonlyargs) else "POSITIONAL_OR_KEYWORD"
@@ -341,7 +351,7 @@ class _Rewriter(ast.NodeTransformer):
         if _is_stub(node):
             stub = stub_from_def(node)
             self.stubs.append(stub)
-            spec = ast.parse(repr(stub.to_json()), mode="eval").body
+            spec = ast.Constant(json.dumps(stub.to_json()))  # data, never code
             assign = ast.Assign(
                 targets=[ast.Name(id=node.name, ctx=ast.Store())],
                 value=_runtime(_RUNTIME_STUB, [spec], node),

@@ -44,6 +44,11 @@ REJECTED = [
     ("try:\n    pass\nexcept Exception as _e:\n    pass", "underscore-name", 3),
     ("def search(x=len): ...", "stub-default", 1),
     ("def search(x={[1]: 2}): ...", "stub-default", 1),
+    # literals with no JSON form: the default could never reach the host as written
+    ("def search(x=...): ...", "stub-default", 1),
+    ("def search(x=set()): ...", "stub-default", 1),
+    ("def search(x=1e999): ...", "stub-default", 1),
+    ("def search(x=b'raw'): ...", "stub-default", 1),
     ("x = = 1", "syntax", 1),
     ("e = ValueError()\ne.with_traceback(None)", "internal-attribute", 2),
     ("g = 1\n\U0001d522\U0001d533\U0001d51e\U0001d529('1')", "forbidden-name", 2),  # fraktur "eval"

@@ -97,7 +97,7 @@ FAILURES = [
         Kind.KIND_INVALID_VALUE,
         f"nested deeper than {values.MAX_DEPTH} levels",
     ),
-    Failure("too-large", "'x' * (5 << 20)", Kind.KIND_LIMIT, "bytes is more than the limit"),
+    Failure("too-large", "'x' * (5 << 20)", Kind.KIND_LIMIT, "result: more than the limit of"),
     Failure(
         "stub-default",
         "1",
@@ -117,6 +117,14 @@ FAILURES = [
     Failure("empty-line-flood", "print('\\n' * 10 ** 6)", Kind.KIND_LIMIT, "lines of output"),
     Failure("byte-flood", "print('x' * (3 << 20))", Kind.KIND_LIMIT, "bytes of output"),
     Failure("wall-clock", BUSY, Kind.KIND_TIMEOUT, "wall-clock limit", wall=0.5),
+    Failure("many-items", "[0] * 7_000_000", Kind.KIND_LIMIT, "more than the limit of"),
+    Failure("many-item-argument", "fetch([{}] * 3_000_000)", Kind.KIND_LIMIT, "arguments.key"),
+    Failure(
+        "unprintable-message",
+        "raise ValueError(10 ** 5000)",
+        Kind.KIND_EXCEPTION,
+        "message of this ValueError cannot be shown",
+    ),
 ]
 
 
@@ -455,7 +463,7 @@ async def test_a_failed_workflow_fails_its_request_with_the_matching_status() ->
     assert status(Kind.KIND_INVALID_VALUE) == grpc.StatusCode.FAILED_PRECONDITION
 
 
-def test_a_kill_at_the_hard_cpu_limit_is_a_timeout_not_memory() -> None:
+async def test_a_kill_at_the_hard_cpu_limit_is_a_timeout_not_memory() -> None:
     """A child may raise its soft CPU limit up to the hard one, where the kernel kills it with
     SIGKILL, the signal the out-of-memory killer also sends; the CPU time used tells them apart."""
     limits = RunLimits(cpu_seconds=1)
@@ -466,3 +474,29 @@ def test_a_kill_at_the_hard_cpu_limit_is_a_timeout_not_memory() -> None:
     assert _signal_error(Exit(killed, cpu_seconds=0.2), limits).kind == (
         program_pb2.ProgramError.KIND_MEMORY
     )
+
+
+async def test_a_value_far_over_the_limit_does_not_stall_the_service(
+    channel: grpc.aio.Channel,
+) -> None:
+    """Millions of tiny items are a few bytes of JSON each and several times that as protobuf;
+    refused after about the limit's worth of work, they cost the service nothing (built in full
+    on its event loop, three at once stalled it for many seconds: health checks went unanswered
+    and concurrent runs timed out)."""
+    async with HealthWatch(channel) as watch:
+        floods = [served(channel, program("[{}] * 5_300_000")) for _ in range(3)]
+        results = await asyncio.gather(*floods)
+        ordinary = await served(channel, program(ORDINARY, wall=10))
+    assert [r.error.kind for r in results] == [Kind.KIND_LIMIT] * 3
+    assert values.py_from_value(ordinary.value) == 3
+    watch.assert_serving()
+
+
+async def test_lines_printed_before_a_message_too_large_to_send_are_kept(
+    executor: Executor,
+) -> None:
+    code = "print('line 1')\nprint('line 2')\nprint('line 3')\nfetch('y' * 9_000_000)"
+    result = await executor.run(program(code), host())
+    assert result.error.kind == Kind.KIND_LIMIT, result.error
+    printed = "\n".join(line.text for line in result.call_log.logs).split("\n")
+    assert printed == ["line 1", "line 2", "line 3"]

@@ -264,3 +264,11 @@ async def test_replay_in_another_zygote_makes_the_same_calls(executor: Executor)
         await elsewhere.stop()
     assert again.matches, again.divergences
     assert again.result.value == original.value
+
+
+async def test_stubs_declared_in_the_program_keep_their_defaults(executor: Executor) -> None:
+    """A stub's spec reaches the runtime as data: a program that rebinds a name a default's
+    spelling could resolve to (`set`, `inf`) changes nothing."""
+    code = "set = 1\ninf = 2\ndef fetch(key=(1, 'two'), seconds: float = 0): ...\n"
+    code += "fetch().key"
+    assert run_result(await run(executor, code)) == [1, "two"]
