@@ -1,10 +1,11 @@
-"""Sandbox benchmarks: genmesh beside pydantic-monty and smolagents, in one run.
+"""Sandbox benchmarks: genmesh beside pydantic-monty and smolagents, and beside an earlier genmesh.
 
 Measures, side by side:
 - a trivial program (`1 + 1`), start to result, p50/p95: genmesh in the executor (in process),
-  through SandboxService over gRPC and through an AgentService (the router's servicer) in front
-  of it; pydantic-monty in a fresh session per program and in one warm session; smolagents'
-  LocalPythonExecutor;
+  through SandboxService over gRPC and through an AgentService (the router's servicer, in a
+  process of its own) in front of it, back to back and paced (a pause before each run, so that
+  the services are idle when it starts, as below saturation); pydantic-monty in a fresh session
+  per program and in one warm session; smolagents' LocalPythonExecutor;
 - ten independent host calls that each take 100 ms: genmesh overlaps them implicitly (the
   program is a plain loop) and, as the sequential baseline, runs them one by one when they are
   declared ordered; pydantic-monty overlaps async host functions only when the program gathers
@@ -14,32 +15,48 @@ Measures, side by side:
 The systems isolate code very differently (ISOLATION below, printed with the figures), so the
 latencies compare the price of each kind of isolation rather than like with like.
 
-Targets (DESIGN.md section 4): trivial p50 <= 10 ms end to end; ten 100 ms calls <= 150 ms.
+With `--baseline REF` (a commit, e.g. the previous main), genmesh's service figures are measured
+on REF's services and on this tree's in the same run: each side runs its own sandbox service and
+AgentService, and the sides take turns round after round, so the machine's load weighs on both
+alike. The ratios are this tree's p50 over REF's.
+
+Targets (DESIGN.md section 4), through the router with every isolation layer in force: trivial
+p50 <= 5 ms; ten 100 ms calls <= 120 ms.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import inspect
+import io
 import json
 import os
+import site
 import statistics
 import subprocess
 import sys
+import sysconfig
+import tarfile
+import tempfile
 import time
-from collections.abc import Callable
+import venv
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
 from importlib import metadata
-from typing import Any
+from pathlib import Path
+from typing import Any, NamedTuple
 
 import grpc
+from google.protobuf import struct_pb2
 
+# Only what every genmesh tree compared has: this file also serves a baseline's AgentService
+# (`--serve-agent`) with the baseline's package.
 from genmesh.router.agent import AgentService, ServerFunctions
 from genmesh.runtime.auth import AuthInterceptor, KeyStore, digest
 from genmesh.runtime.channel import key_interceptors
 from genmesh.runtime.settings import ApiKey
-from genmesh.runtime.values import py_from_value, value_from_py
-from genmesh.sandbox.executor import Executor
 from genmesh.v1 import agent_pb2, agent_pb2_grpc, program_pb2, sandbox_pb2, sandbox_pb2_grpc
 
 KEY = "bench-key"
@@ -50,8 +67,14 @@ TEN = "rs = [work(i) for i in range(10)]\nsum(r for r in rs)"
 # asyncio.gather overlaps them.
 MONTY_IN_TURN = "rs = [await work(i) for i in range(10)]\nsum(rs)"
 MONTY_GATHER = "import asyncio\nrs = await asyncio.gather(*[work(i) for i in range(10)])\nsum(rs)"
-TRIVIAL_TARGET_MS = 10
-TEN_TARGET_MS = 150
+TRIVIAL_TARGET_MS = 5
+TEN_TARGET_MS = 120
+ROUNDS = 10  # turns each side takes in the side-by-side comparison
+# The pause before each run of the paced figures: long enough for the services to finish what
+# a run leaves behind (its child's exit, the next spare's fork and warm-up), as they do between
+# runs that are not back to back.
+PAUSE = 0.02
+CURRENT = "this tree"
 
 ISOLATION = {
     "genmesh": "a checked Python dialect in a fresh pre-forked child per run: new network "
@@ -84,58 +107,240 @@ def blocking_work(i: int) -> int:
 
 class Host:
     async def call(self, call: program_pb2.FunctionCall) -> program_pb2.FunctionResult:
-        value = await work(int(py_from_value(call.arguments.fields["i"])))
-        return program_pb2.FunctionResult(call_id=call.call_id, value=value_from_py(value))
+        value = await work(int(call.arguments.fields["i"].number_value))
+        return program_pb2.FunctionResult(
+            call_id=call.call_id, value=struct_pb2.Value(number_value=value)
+        )
 
 
-async def timed(action: Callable[[], Any], runs: int = RUNS, warmup: int = 5) -> dict[str, Any]:
-    """p50/p95 of `action` (plain or async) after `warmup` unmeasured runs."""
+Action = Callable[[], Any]
+
+
+async def sample(action: Action, runs: int, pause: float = 0.0) -> list[float]:
+    """The durations of `runs` calls of `action` (plain or async), one after another, with
+    `pause` seconds (not timed) before each."""
     samples = []
-    for index in range(warmup + runs):
+    for _ in range(runs):
+        if pause:
+            await asyncio.sleep(pause)
         start = time.perf_counter()
         result = action()
         if inspect.isawaitable(result):
             await result
-        if index >= warmup:
-            samples.append(time.perf_counter() - start)
+        samples.append(time.perf_counter() - start)
+    return samples
+
+
+def summary(samples: list[float]) -> dict[str, Any]:
     ordered = sorted(samples)
     return {
         "p50_ms": statistics.median(ordered) * 1e3,
         "p95_ms": ordered[min(len(ordered) - 1, int(len(ordered) * 0.95))] * 1e3,
-        "n": len(samples),
+        "n": len(ordered),
     }
 
 
-def start_sandbox_service() -> tuple[subprocess.Popen[str], int]:
+async def timed(action: Action, runs: int = RUNS, warmup: int = 5) -> dict[str, Any]:
+    """p50/p95 of `action` after `warmup` unmeasured runs."""
+    await sample(action, warmup)
+    return summary(await sample(action, runs))
+
+
+def service_environment() -> dict[str, str]:
     env = {**os.environ, "GENMESH_INTERNAL_KEY": KEY, "GENMESH_SANDBOX_PORT": "0"}
     env.pop("GENMESH_CONFIG", None)
-    process = subprocess.Popen(
-        [sys.executable, "-m", "genmesh", "serve", "sandbox"],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
+    return env
+
+
+@dataclass
+class Stack:
+    """genmesh as the router runs programs: a sandbox service and an AgentService in front of it,
+    each a process of `python` (whose genmesh package is the one measured)."""
+
+    name: str
+    python: str
+    processes: list[subprocess.Popen[str]] = field(default_factory=list)
+
+    def start(self) -> tuple[int, int]:
+        """Starts both; returns the sandbox service's port and the AgentService's."""
+        sandbox = self._spawn("-m", "genmesh", "serve", "sandbox")
+        return sandbox, self._spawn(str(Path(__file__).resolve()), "--serve-agent", str(sandbox))
+
+    def _spawn(self, *args: str) -> int:
+        process = subprocess.Popen(
+            [self.python, *args],
+            env=service_environment(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
+        self.processes.append(process)
+        assert process.stdout is not None
+        for line in process.stdout:
+            event = json.loads(line) if line.startswith("{") else {}
+            if event.get("ready"):
+                return int(event["port"])
+        raise RuntimeError(f"{self.name}: {' '.join(args)} did not start")
+
+    def stop(self) -> None:
+        for process in reversed(self.processes):
+            process.terminate()
+            process.wait()
+
+
+async def serve_agent(sandbox_port: int) -> None:
+    """`--serve-agent`: the router's AgentService alone, in front of the sandbox service at
+    `sandbox_port`, announced on stdout like a service; it answers `work` itself."""
+    async with grpc.aio.insecure_channel(
+        f"127.0.0.1:{sandbox_port}", interceptors=key_interceptors(KEY)
+    ) as channel:
+        server = grpc.aio.server(
+            interceptors=[AuthInterceptor(KeyStore([ApiKey(name="b", sha256=digest(KEY))]))]
+        )
+        agent_pb2_grpc.add_AgentServiceServicer_to_server(
+            AgentService(channel, ServerFunctions({"work": work})), server
+        )
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        print(json.dumps({"ready": True, "port": port}), flush=True)
+        await server.wait_for_termination()
+
+
+def baseline_python(ref: str, folder: Path) -> str:
+    """An interpreter that imports genmesh from commit `ref` and everything else from this
+    environment: a virtual environment in `folder` whose site-packages holds `genmesh` (REF's
+    services/, unpacked beside it) and a .pth naming this environment's site-packages.
+
+    Not PYTHONPATH: the sandbox service starts its zygote with its own interpreter, `-s -P` and
+    an environment of its own, so the package must be found from the interpreter's site-packages,
+    as this tree's editable install is found."""
+    root = Path(__file__).resolve().parent.parent
+    archive = subprocess.run(
+        ["git", "-C", str(root), "archive", "--format=tar", ref, "services"],
+        check=True,
+        capture_output=True,
+    ).stdout
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        tar.extractall(folder / "tree", filter="data")
+    environment = folder / "venv"
+    venv.EnvBuilder(symlinks=True).create(environment)
+    packages = Path(sysconfig.get_path("purelib", scheme="venv", vars={"base": str(environment)}))
+    (packages / "genmesh").symlink_to(folder / "tree" / "services")
+    (packages / "bench-environment.pth").write_text("\n".join(site.getsitepackages()) + "\n")
+    python = str(environment / "bin" / "python")
+    found = subprocess.run(  # as the zygote looks for it
+        [python, "-s", "-P", "-c", "import genmesh; print(genmesh.__path__[0])"],
+        env={},
+        check=True,
+        capture_output=True,
         text=True,
-    )
-    assert process.stdout is not None
-    for line in process.stdout:
-        event = json.loads(line) if line.startswith("{") else {}
-        if event.get("ready"):
-            return process, int(event["port"])
-    raise RuntimeError("the sandbox service did not start")
+    ).stdout.strip()
+    if Path(found).resolve() != (folder / "tree" / "services").resolve():
+        raise RuntimeError(f"the baseline's interpreter imports genmesh from {found}")
+    return python
 
 
-async def via_service(stub: Any, program: program_pb2.Program) -> program_pb2.ProgramResult:
+def expect(result: program_pb2.ProgramResult, value: float) -> None:
+    """A wrong result fails the benchmark rather than timing a failure."""
+    if result.HasField("error") or result.value.number_value != value:
+        raise RuntimeError(f"expected {value}, got {result}")
+
+
+async def via_service(stub: Any, program: program_pb2.Program, value: float) -> None:
     request = sandbox_pb2.SandboxServiceExecuteRequest(
         start=sandbox_pb2.SandboxStart(program=program)
     )
     async for response in stub.Execute(iter([request])):
         if response.WhichOneof("message") == "result":
-            return response.result  # type: ignore[no-any-return]
+            return expect(response.result, value)
     raise RuntimeError("no result")
 
 
-async def measure_genmesh(trivial: dict[str, Any], ten: dict[str, Any]) -> str:
-    """Fills in genmesh's figures; returns the isolation layers not in force."""
+async def via_agent(stub: Any, request: agent_pb2.ExecuteRequest, value: float) -> None:
+    expect((await stub.Execute(request)).result, value)
+
+
+class Figure(NamedTuple):
+    """A figure measured on every stack: `runs` runs of one of `service_actions` per turn."""
+
+    section: str
+    key: str
+    action: str
+    runs: int
+    warmup: int
+    pause: float = 0.0  # seconds between runs, not timed
+
+    @property
+    def name(self) -> str:
+        return f"{self.section}.{self.key}"
+
+
+SERVICE_FIGURES = (
+    Figure("trivial", "genmesh_sandbox_service", "sandbox", 20, 5),
+    Figure("trivial", "genmesh_agent_service", "agent", 20, 5),
+    Figure("trivial", "genmesh_sandbox_service_paced", "sandbox", 10, 2, PAUSE),
+    Figure("trivial", "genmesh_agent_service_paced", "agent", 10, 2, PAUSE),
+    Figure("ten_calls", "genmesh_agent_service", "ten", 2, 1),
+)
+
+
+@contextlib.asynccontextmanager
+async def service_actions(stack: Stack) -> AsyncIterator[dict[str, Action]]:
+    """Starts `stack`; yields its actions: the trivial program through SandboxService
+    ("sandbox") and through AgentService ("agent"), ten calls through AgentService ("ten")."""
+    try:
+        sandbox_port, agent_port = await asyncio.to_thread(stack.start)
+        async with (
+            grpc.aio.insecure_channel(
+                f"127.0.0.1:{sandbox_port}", interceptors=key_interceptors(KEY)
+            ) as sandbox,
+            grpc.aio.insecure_channel(
+                f"127.0.0.1:{agent_port}", interceptors=key_interceptors(KEY)
+            ) as router,
+        ):
+            direct = sandbox_pb2_grpc.SandboxServiceStub(sandbox)
+            agent = agent_pb2_grpc.AgentServiceStub(router)
+            trivial = program_pb2.Program(code=TRIVIAL)
+            routed = agent_pb2.ExecuteRequest(program=trivial)
+            ten = agent_pb2.ExecuteRequest(program=program_pb2.Program(code=TEN))
+            yield {
+                "sandbox": lambda: via_service(direct, trivial, 2),
+                "agent": lambda: via_agent(agent, routed, 2),
+                "ten": lambda: via_agent(agent, ten, 45),
+            }
+    finally:
+        stack.stop()
+
+
+async def measure_services(stacks: list[Stack], rounds: int) -> dict[str, dict[str, Any]]:
+    """SERVICE_FIGURES on every stack, `rounds` turns each, the order alternating from round to
+    round so that the machine's load weighs on every stack alike; keyed "section.key", then by
+    stack name."""
+    samples: dict[str, dict[str, list[float]]] = {
+        figure.name: {stack.name: [] for stack in stacks} for figure in SERVICE_FIGURES
+    }
+    async with contextlib.AsyncExitStack() as exits:
+        actions = [await exits.enter_async_context(service_actions(stack)) for stack in stacks]
+        for mine in actions:
+            for figure in SERVICE_FIGURES:
+                await sample(mine[figure.action], figure.warmup, figure.pause)
+        for index in range(rounds):
+            turns = list(zip(stacks, actions, strict=True))
+            for stack, mine in turns if index % 2 == 0 else reversed(turns):
+                for figure in SERVICE_FIGURES:
+                    taken = await sample(mine[figure.action], figure.runs, figure.pause)
+                    samples[figure.name][stack.name] += taken
+    return {
+        figure: {name: summary(values) for name, values in by_stack.items()}
+        for figure, by_stack in samples.items()
+    }
+
+
+async def measure_executor(trivial: dict[str, Any], ten: dict[str, Any]) -> str:
+    """Fills in the figures of genmesh's executor, in this process; returns the isolation layers
+    not in force."""
+    from genmesh.sandbox.executor import Executor  # this tree's only: see the imports above
+
     program = program_pb2.Program(code=TRIVIAL)
     stubs = "def work(i=0): ..."
     parallel = program_pb2.Program(code=TEN, client_functions=stubs)
@@ -148,34 +353,6 @@ async def measure_genmesh(trivial: dict[str, Any], ten: dict[str, Any]) -> str:
     ten["genmesh_implicit_parallel"] = await timed(lambda: executor.run(parallel, Host()), runs=10)
     ten["genmesh_ordered"] = await timed(lambda: executor.run(ordered, Host()), runs=3, warmup=1)
     await executor.stop()
-
-    process, port = start_sandbox_service()
-    try:
-        async with grpc.aio.insecure_channel(
-            f"127.0.0.1:{port}", interceptors=key_interceptors(KEY)
-        ) as channel:
-            stub = sandbox_pb2_grpc.SandboxServiceStub(channel)
-            trivial["genmesh_sandbox_service"] = await timed(lambda: via_service(stub, program))
-            server = grpc.aio.server(
-                interceptors=[AuthInterceptor(KeyStore([ApiKey(name="b", sha256=digest(KEY))]))]
-            )
-            agent_pb2_grpc.add_AgentServiceServicer_to_server(
-                AgentService(channel, ServerFunctions({"work": work})), server
-            )
-            agent_port = server.add_insecure_port("127.0.0.1:0")
-            await server.start()
-            async with grpc.aio.insecure_channel(
-                f"127.0.0.1:{agent_port}", interceptors=key_interceptors(KEY)
-            ) as router:
-                agent = agent_pb2_grpc.AgentServiceStub(router)
-                request = agent_pb2.ExecuteRequest(program=program)
-                trivial["genmesh_agent_service"] = await timed(lambda: agent.Execute(request))
-                routed = agent_pb2.ExecuteRequest(program=program_pb2.Program(code=TEN))
-                ten["genmesh_agent_service"] = await timed(lambda: agent.Execute(routed), runs=10)
-            await server.stop(None)
-    finally:
-        process.terminate()
-        process.wait()
     return missing
 
 
@@ -213,10 +390,19 @@ async def measure_smolagents(trivial: dict[str, Any], ten: dict[str, Any]) -> st
     return metadata.version("smolagents")
 
 
-async def run() -> dict[str, Any]:
+async def run(baseline: str | None, rounds: int) -> dict[str, Any]:
     trivial: dict[str, Any] = {}
     ten: dict[str, Any] = {}
-    missing = await measure_genmesh(trivial, ten)
+    missing = await measure_executor(trivial, ten)
+    stacks = [Stack(CURRENT, sys.executable)]
+    with tempfile.TemporaryDirectory(prefix="genmesh-bench-") as folder:
+        if baseline is not None:
+            python = await asyncio.to_thread(baseline_python, baseline, Path(folder))
+            stacks.insert(0, Stack(baseline, python))
+        services = await measure_services(stacks, rounds)
+    for figure, by_stack in services.items():
+        section, key = figure.split(".")
+        (trivial if section == "trivial" else ten)[key] = by_stack[CURRENT]
     versions: dict[str, str] = {}
     not_measured: dict[str, str] = {}
     for name, measure in (("pydantic-monty", measure_monty), ("smolagents", measure_smolagents)):
@@ -241,16 +427,16 @@ async def run() -> dict[str, Any]:
     }
     met = (
         trivial["genmesh_agent_service"]["p50_ms"] <= TRIVIAL_TARGET_MS
-        and ten["genmesh_implicit_parallel"]["p50_ms"] <= TEN_TARGET_MS
+        and ten["genmesh_agent_service"]["p50_ms"] <= TEN_TARGET_MS
     )
-    return {
+    results = {
         "isolation_layers_missing": missing,
         "trivial": trivial,
         "ten_calls": ten,
         "ratios": {key: value for key, value in ratios.items() if value is not None},
         "targets": {
             "trivial.genmesh_agent_service.p50_ms": f"<= {TRIVIAL_TARGET_MS}",
-            "ten_calls.genmesh_implicit_parallel.p50_ms": f"<= {TEN_TARGET_MS}",
+            "ten_calls.genmesh_agent_service.p50_ms": f"<= {TEN_TARGET_MS}",
         },
         "met": met,
         "versions": versions,
@@ -258,12 +444,28 @@ async def run() -> dict[str, Any]:
         "parallelism": PARALLELISM,
         "isolation": ISOLATION,
     }
+    if baseline is not None:
+        results["baseline"] = {
+            "ref": baseline,
+            "rounds": rounds,
+            "figures": {
+                figure: {
+                    "baseline": by_stack[baseline],
+                    "current": by_stack[CURRENT],
+                    "current_over_baseline_p50": ratio(by_stack[CURRENT], by_stack[baseline]),
+                }
+                for figure, by_stack in services.items()
+            },
+        }
+    return results
 
 
 LABELS = {
     "genmesh_executor": "genmesh, executor in process",
     "genmesh_sandbox_service": "genmesh, SandboxService over gRPC",
     "genmesh_agent_service": "genmesh, through AgentService",
+    "genmesh_sandbox_service_paced": "genmesh, SandboxService, paced",
+    "genmesh_agent_service_paced": "genmesh, AgentService, paced",
     "monty_fresh_session": "pydantic-monty, fresh session each",
     "monty_warm_session": "pydantic-monty, one warm session",
     "smolagents": "smolagents LocalPythonExecutor",
@@ -273,11 +475,12 @@ LABELS = {
     "monty_awaited_in_turn": "pydantic-monty, awaited in turn",
     "smolagents_sequential": "smolagents, in turn",
 }
+SECTIONS = {"trivial": "trivial program", "ten_calls": "ten 100 ms calls"}
 
 
 def report(results: dict[str, Any]) -> None:
     print(f"genmesh isolation layers missing: {results['isolation_layers_missing']}")
-    for section, title in (("trivial", "trivial program"), ("ten_calls", "ten 100 ms calls")):
+    for section, title in SECTIONS.items():
         print(f"\n{title:<40}{'p50 ms':>9}{'p95 ms':>9}{'n':>5}")
         for key, figure in results[section].items():
             target = results["targets"].get(f"{section}.{key}.p50_ms")
@@ -289,6 +492,8 @@ def report(results: dict[str, Any]) -> None:
     for key, value in results["ratios"].items():
         print(f"{key}: {value:.2f}x")
     print("targets met" if results["met"] else "TARGETS MISSED")
+    if "baseline" in results:
+        report_baseline(results["baseline"])
     for name, reason in results["not_measured"].items():
         print(f"{name}: NOT MEASURED ({reason})")
     print("\nversions: " + ", ".join(f"{k} {v}" for k, v in results["versions"].items()))
@@ -298,11 +503,41 @@ def report(results: dict[str, Any]) -> None:
         print(f"isolation, {name}: {how}")
 
 
+def report_baseline(compared: dict[str, Any]) -> None:
+    ref = compared["ref"]
+    print(
+        f"\nside by side with {ref} ({compared['rounds']} interleaved rounds; ratio = this tree's "
+        f"p50 over {ref}'s)"
+    )
+    print(f"{'':<52}{ref + ' p50/p95':>18}{CURRENT + ' p50/p95':>20}{'ratio':>8}")
+    for figure, sides in compared["figures"].items():
+        section, key = figure.split(".")
+        base, current = sides["baseline"], sides["current"]
+        print(
+            f"{SECTIONS[section] + ', ' + LABELS[key].removeprefix('genmesh, '):<52}"
+            f"{base['p50_ms']:>11.2f}/{base['p95_ms']:<6.2f}"
+            f"{current['p50_ms']:>13.2f}/{current['p95_ms']:<6.2f}"
+            f"{sides['current_over_baseline_p50']:>7.2f}x"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    parser.add_argument(
+        "--baseline",
+        metavar="REF",
+        help="also measure the services of this commit, interleaved with this tree's",
+    )
+    parser.add_argument(
+        "--rounds", type=int, default=ROUNDS, help="turns each side takes (default %(default)s)"
+    )
+    parser.add_argument("--serve-agent", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    results = asyncio.run(run())
+    if args.serve_agent is not None:
+        asyncio.run(serve_agent(args.serve_agent))
+        return
+    results = asyncio.run(run(args.baseline, args.rounds))
     if args.json:
         print(json.dumps(results, indent=2))
     else:

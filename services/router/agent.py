@@ -35,6 +35,13 @@ Generate = Callable[[common_pb2.GenerateRequest], Awaitable[common_pb2.GenerateR
 Context = grpc.aio.ServicerContext[Any, Any]
 SandboxRequest = sandbox_pb2.SandboxServiceExecuteRequest
 
+# Client function declarations up to this size are parsed on the event loop (about a millisecond
+# at most); a thread's round trip would cost more than that. Larger ones go to a thread.
+INLINE_STUB_BYTES = 1 << 10
+# How long a sandbox stream that has delivered its result may take to end by itself before it is
+# cancelled (it ends at once unless the sandbox service is stuck).
+RESULT_GRACE_SECONDS = 5.0
+
 
 class ServerFunctions:
     """The functions a program may call that the router answers itself."""
@@ -169,9 +176,9 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
 
     @staticmethod
     async def _client_names(program: program_pb2.Program) -> set[str]:
-        """The functions the client answers itself. Their declarations are parsed in a thread,
-        beside the router's other streams, and refused when oversized; the sandbox checks the
-        rest of the program."""
+        """The functions the client answers itself. Their declarations are parsed in a thread
+        when large, beside the router's other streams, and refused when oversized; the sandbox
+        checks the rest of the program."""
         if not program.client_functions.strip():
             return set()
         size = len(program.client_functions.encode("utf-8"))
@@ -184,9 +191,12 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
                 ),
             )
         try:
-            stubs = await asyncio.to_thread(
-                dialect.parse_stubs, program.client_functions, "<client_functions>"
-            )
+            if size <= INLINE_STUB_BYTES:
+                stubs = dialect.parse_stubs(program.client_functions, "<client_functions>")
+            else:
+                stubs = await asyncio.to_thread(
+                    dialect.parse_stubs, program.client_functions, "<client_functions>"
+                )
         except dialect.DialectError as exc:
             raise errors.invalid_argument(
                 f"the client functions cannot be declared: {exc}",
@@ -204,12 +214,13 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         passed through when there is a client to answer them (its results and controls come
         from `client`, read only once the start has gone: a result sent ahead of any call must
         not overtake it), and refused otherwise."""
-        start = sandbox_pb2.SandboxStart(
-            request_id=request_id, program=program, server_functions=self.functions.source
-        )
+        first = SandboxRequest()
+        first.start.request_id = request_id
+        first.start.program.CopyFrom(program)
+        first.start.server_functions = self.functions.source
         client_names = await self._client_names(program)
         sandbox_requests: asyncio.Queue[SandboxRequest | None] = asyncio.Queue()
-        sandbox_requests.put_nowait(SandboxRequest(start=start))
+        sandbox_requests.put_nowait(first)
 
         async def feed() -> AsyncIterator[SandboxRequest]:
             while (item := await sandbox_requests.get()) is not None:
@@ -227,9 +238,12 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         if client is not None:
             tasks.add(asyncio.create_task(forward(client)))
         stream = self.sandbox.Execute(feed())
+        ended = False  # the result came: the sandbox ends the stream itself
         try:
             async for response in stream:
-                if response.WhichOneof("message") == "call":
+                kind = response.WhichOneof("message")
+                ended = kind == "result"
+                if kind == "call":
                     call = response.call
                     if call.name in self.functions and call.name not in client_names:
                         task = asyncio.create_task(answer(call))
@@ -252,7 +266,12 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
             for task in tasks:
                 task.cancel()
             await sandbox_requests.put(None)
-            stream.cancel()
+            # Cancelling a stream that is ending anyway would race its last status: an RST_STREAM
+            # to the sandbox service, and grpc logging the cancelled request iterator.
+            if ended:
+                asyncio.get_running_loop().call_later(RESULT_GRACE_SECONDS, stream.cancel)
+            else:
+                stream.cancel()
 
     async def Run(  # noqa: N802 - gRPC method name
         self, request_iterator: AsyncIterator[agent_pb2.RunRequest], context: Context

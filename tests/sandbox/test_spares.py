@@ -1,0 +1,71 @@
+"""Spare children: one that warmed up before its program came runs it as a cold one does, and runs
+beyond the spares get children of their own."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from genmesh.sandbox import wire
+from genmesh.sandbox.executor import SPARES, Executor, Zygote
+from genmesh.v1 import program_pb2
+from tests.sandbox.conftest import PythonHost, run_result, sleep_echo
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+# What a warm-up would change if it ran code or touched the run's state: the first host call's id
+# and line, the seeded generator, the decimal context, the module views.
+SOURCE = """
+found = lookup("a", limit=3)
+[found.size, random.random(), decimal.getcontext().prec, json.loads('[1]'), math.pi]
+"""
+START = {
+    "t": "start",
+    "source": {
+        "code": SOURCE,
+        "library": "",
+        "client_functions": "def lookup(query, limit=1): ...\n",
+        "server_functions": "",
+    },
+    "ordered": [],
+    "globals": {},
+    "limits": {"max_calls": 10, "max_output_bytes": 1 << 16, "max_output_lines": 100},
+}
+
+
+async def messages(zygote: Zygote, *, warm: bool) -> list[dict[str, Any]]:
+    """Every message a child of `zygote` sends for SOURCE, its host call answered."""
+    child = await zygote.spawn(warm=warm)
+    try:
+        reader, writer = await child.connect()
+        writer.write(wire.encode(START))
+        sent: list[dict[str, Any]] = []
+        while not sent or sent[-1]["t"] != "done":
+            header = await reader.readexactly(wire.HEADER.size)
+            sent.append(wire.decode(await reader.readexactly(wire.size(header))))
+            if sent[-1]["t"] == "call":
+                answer = {"t": "result", "id": sent[-1]["id"], "value": {"size": 7}}
+                writer.write(wire.encode(answer))
+        return sent
+    finally:
+        child.close()
+
+
+async def test_a_warm_child_runs_its_program_as_a_cold_one(executor: Executor) -> None:
+    warm = await messages(executor.zygote, warm=True)
+    cold = await messages(executor.zygote, warm=False)
+    assert warm == cold
+    call, done = warm
+    assert (call["id"], call["line"], call["args"]) == (1, 2, {"query": "a", "limit": 3})
+    assert done["value"][0] == 7, done
+
+
+async def test_runs_beyond_the_spares_get_children_of_their_own(executor: Executor) -> None:
+    program = program_pb2.Program(
+        code="wait(0.2, n=1)", client_functions="def wait(seconds=0.1, n=0): ...\n"
+    )
+    host = PythonHost(wait=sleep_echo)
+    results = await asyncio.gather(*(executor.run(program, host) for _ in range(SPARES + 2)))
+    assert [run_result(result) for result in results] == [{"n": 1}] * (SPARES + 2)
