@@ -230,8 +230,17 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
             result = await self.functions.call(call)
             await sandbox_requests.put(SandboxRequest(result=result))
 
+        relayed: set[int] = set()  # calls the client was asked to answer and has not yet
+
         async def forward(requests: AsyncIterator[SandboxRequest]) -> None:
+            """The client's controls, and its results for calls relayed to it, once each: a
+            result for any other call (a server function's, one not made yet, one answered
+            already) would put words in the mouth of whoever else answers it."""
             async for request in requests:
+                if request.HasField("result"):
+                    if request.result.call_id not in relayed:
+                        continue
+                    relayed.discard(request.result.call_id)
                 await sandbox_requests.put(request)
 
         tasks: set[asyncio.Task[None]] = set()
@@ -259,6 +268,7 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
                             )
                         )
                         continue
+                    relayed.add(call.call_id)
                 yield response
         except grpc.aio.AioRpcError as exc:
             raise errors.from_rpc_error(exc) from None

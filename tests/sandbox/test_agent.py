@@ -123,19 +123,19 @@ async def test_run_relays_client_functions_to_the_client(agent: Any) -> None:
     assert seen == ["lookup(key='x')", "log: found x"]
 
 
-async def test_a_result_sent_before_any_call_never_overtakes_the_start(agent: Any) -> None:
-    """A client may send a result ahead of the call it answers; the router must still start
-    the run first (the sandbox refuses a stream that does not begin with its start)."""
+async def test_results_for_calls_not_relayed_to_the_client_are_dropped(agent: Any) -> None:
+    """A client answers only the calls relayed to it, once each: results sent ahead of any call
+    neither overtake the run's start (the sandbox refuses a stream that does not begin with it)
+    nor answer a server function's call or a call not made yet."""
     program = program_pb2.Program(
-        code="lookup('x').name", client_functions="def lookup(key=None): ...\n" * 2000
+        code="[add(2), lookup('x').name]",
+        client_functions="def lookup(key=None): ...\n" * 2000,
     )
-    early = program_pb2.FunctionResult(call_id=1, value=value_from_py({"name": "early"}))
     requests: asyncio.Queue[agent_pb2.RunRequest] = asyncio.Queue()
-    for message in (
-        agent_pb2.RunRequest(start=agent_pb2.RunStart(program=program)),
-        *[agent_pb2.RunRequest(result=early)] * 20,
-    ):
-        requests.put_nowait(message)
+    requests.put_nowait(agent_pb2.RunRequest(start=agent_pb2.RunStart(program=program)))
+    for call_id in (1, 2, 3) * 10:
+        early = program_pb2.FunctionResult(call_id=call_id, value=value_from_py({"name": "early"}))
+        requests.put_nowait(agent_pb2.RunRequest(result=early))
 
     async def feed() -> AsyncIterator[agent_pb2.RunRequest]:
         while True:
@@ -143,13 +143,18 @@ async def test_a_result_sent_before_any_call_never_overtakes_the_start(agent: An
 
     async for response in agent.Run(feed()):
         if response.WhichOneof("message") == "call":
+            # `add` (call 1) is still running in the router: a result for it from the client
+            # would reach the sandbox first
+            smuggled = program_pb2.FunctionResult(call_id=1, value=value_from_py("smuggled"))
+            await requests.put(agent_pb2.RunRequest(result=smuggled))
             answer = program_pb2.FunctionResult(
                 call_id=response.call.call_id, value=value_from_py({"name": "answered"})
             )
             await requests.put(agent_pb2.RunRequest(result=answer))
+            await requests.put(agent_pb2.RunRequest(result=answer))  # a second answer is dropped
         elif response.WhichOneof("message") == "result":
             assert not response.result.HasField("error"), response.result.error
-            assert py_from_value(response.result.value) in ("early", "answered")
+            assert py_from_value(response.result.value) == [3, "answered"]
             return
     raise AssertionError("the run ended without a result")
 
