@@ -204,19 +204,27 @@ for _name in [
 
 
 class HostFunction:
-    """A stub-declared function: calling it sends a message to the host and does not wait."""
+    """A stub-declared function: calling it sends a message to the host and does not wait. Its
+    signature is built on the first call: a run is handed every server function and calls few."""
 
-    __slots__ = ("_name", "_ordered", "_signature")
+    __slots__ = ("_built", "_name", "_ordered", "_spec")
 
     def __init__(self, spec: dict[str, Any], ordered: bool) -> None:
-        params = []
-        for p in spec["params"]:
-            kind = inspect._ParameterKind[p["kind"]]
-            default = p.get("default", inspect.Parameter.empty)
-            params.append(inspect.Parameter(p["name"], kind, default=default))
         self._name = str(spec["name"])
-        self._signature = inspect.Signature(params)
+        self._spec = spec
+        self._built: inspect.Signature | None = None
         self._ordered = ordered
+
+    @property
+    def _signature(self) -> inspect.Signature:
+        if self._built is None:
+            params = []
+            for p in self._spec["params"]:
+                kind = inspect._ParameterKind[p["kind"]]
+                default = p.get("default", inspect.Parameter.empty)
+                params.append(inspect.Parameter(p["name"], kind, default=default))
+            self._built = inspect.Signature(params)
+        return self._built
 
     def __call__(self, *args: Any, **kwargs: Any) -> Pending:
         return RUN.dispatch(self._name, self._signature, self._ordered, args, kwargs)
@@ -929,23 +937,24 @@ def _classify(exc: BaseException) -> str:
 
 def _load(start: dict[str, Any]) -> list[types.CodeType]:
     """The library's and the program's code, in the order they run, and the host stubs in
-    `start["stubs"]`. Sources are validated and compiled here, in the jailed child and under the
-    run's limits, so neither a huge program nor a bug in the parser costs the service anything.
-    A sender may instead send code it compiled itself (`program`, `library`: marshalled, base64)
-    with the stubs; only a harness that runs raw code past the dialect on purpose does."""
+    `start["stubs"]`: the client's, parsed here, then the server's, which the service sends
+    parsed (`server_stubs`: they are the router's, the same every run). Sources are validated
+    and compiled here, in the jailed child and under the run's limits, so neither a huge program
+    nor a bug in the parser costs the service anything. A sender may instead send code it
+    compiled itself (`program`, `library`: marshalled, base64) with the stubs; only a harness
+    that runs raw code past the dialect on purpose does."""
     source = start.get("source")
     if source is None:
         blobs = (start.get("library") or "", start["program"])
         return [marshal.loads(base64.b64decode(blob)) for blob in blobs if blob]
     stubs = dialect.parse_stubs(source["client_functions"], "<client_functions>")
-    stubs += dialect.parse_stubs(source["server_functions"], "<server_functions>")
     dialect.validate_globals(start.get("globals") or {})
     program = dialect.compile_module(source["code"], PROGRAM_FILE, implicit_return=True)
     codes = [program.code]
     if source["library"].strip():
         library = dialect.compile_module(source["library"], LIBRARY_FILE, implicit_return=False)
         codes.insert(0, library.code)
-    start["stubs"] = [stub.to_json() for stub in stubs]
+    start["stubs"] = [stub.to_json() for stub in stubs] + list(start.get("server_stubs") or [])
     return codes
 
 
@@ -955,7 +964,6 @@ _PREFAULT_SOURCE = {
     "code": 'found = lookup("x", limit=2)\nfound.size + 1',
     "library": "",
     "client_functions": "def lookup(query: str, limit: int = 1): ...\n",
-    "server_functions": "",
 }
 
 

@@ -63,6 +63,8 @@ SPARES = 2
 # the warm-up (a few ms of CPU in all) then happen once the run's result is on its way to the
 # caller rather than beside it.
 REFILL_DELAY = 0.005
+# Distinct server-function declarations kept parsed: one per router build in practice.
+SERVER_STUB_CACHE = 8
 
 
 class Host(Protocol):
@@ -400,6 +402,31 @@ def _signal_error(ended: Exit, limits: RunLimits) -> program_pb2.ProgramError:
     )
 
 
+class ServerStubs:
+    """The server functions' declarations as the child takes them (JSON specs), parsed once per
+    text. The router sends the same declarations with every run, and parsing them again in each
+    cold child cost about a millisecond of every run's time. They come from the router, not the
+    program; a text not seen before is parsed in a thread, so a large one never stalls the loop."""
+
+    def __init__(self) -> None:
+        self._parsed: dict[str, list[dict[str, Any]]] = {}
+
+    async def specs(self, source: str) -> list[dict[str, Any]]:
+        """The specs of `source`'s stubs; raises DialectError for a declaration that is not a
+        stub and FrameError for one over the source size limit."""
+        parsed = self._parsed.get(source)
+        if parsed is None:
+            size = len(source.encode("utf-8"))
+            if size > dialect.MAX_SOURCE_BYTES:
+                raise wire.FrameError(f"the server functions are {size} bytes")
+            stubs = await asyncio.to_thread(dialect.parse_stubs, source, "<server_functions>")
+            parsed = [stub.to_json() for stub in stubs]
+            if len(self._parsed) >= SERVER_STUB_CACHE:
+                del self._parsed[next(iter(self._parsed))]
+            self._parsed[source] = parsed
+        return parsed
+
+
 def _int32(value: Any) -> int:
     """An int field of a child's message; anything else makes the message malformed."""
     if type(value) is not int or not 0 <= value < 2**31:
@@ -420,6 +447,7 @@ class Executor:
         )
         self._spares: deque[asyncio.Task[Child]] = deque()
         self._lock = asyncio.Lock()
+        self._server_stubs = ServerStubs()
 
     @property
     def layers(self) -> list[dict[str, Any]]:
@@ -530,7 +558,11 @@ class Executor:
         started: float,
     ) -> tuple[struct_pb2.Value | None, program_pb2.ProgramError | None]:
         try:
-            frame = wire.encode(self._start_message(program, server_functions, limits))
+            server_stubs = await self._server_stubs.specs(server_functions)
+            frame = wire.encode(self._start_message(program, server_stubs, limits))
+        except dialect.DialectError as exc:
+            message = f"the server functions cannot be declared: {exc.message}"
+            return None, error(Kind.KIND_VIOLATION, message, "DialectError", exc.line, exc.rule)
         except values.InvalidValueError as exc:
             return None, uncrossable(exc)
         except wire.FrameError as exc:
@@ -548,7 +580,7 @@ class Executor:
 
     @staticmethod
     def _start_message(
-        program: program_pb2.Program, server_functions: str, limits: RunLimits
+        program: program_pb2.Program, server_stubs: list[dict[str, Any]], limits: RunLimits
     ) -> dict[str, Any]:
         return {
             "t": "start",
@@ -556,8 +588,8 @@ class Executor:
                 "code": program.code,
                 "library": program.library,
                 "client_functions": program.client_functions,
-                "server_functions": server_functions,
             },
+            "server_stubs": server_stubs,
             "ordered": list(program.ordered_functions),
             "globals": values.py_from_struct(program.globals, "globals"),
             "limits": {

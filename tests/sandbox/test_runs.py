@@ -272,3 +272,21 @@ async def test_stubs_declared_in_the_program_keep_their_defaults(executor: Execu
     code = "set = 1\ninf = 2\ndef fetch(key=(1, 'two'), seconds: float = 0): ...\n"
     code += "fetch().key"
     assert run_result(await run(executor, code)) == [1, "two"]
+
+
+async def test_server_functions_are_callable_and_parsed_once_per_declaration(
+    executor: Executor,
+) -> None:
+    """The service parses the caller's server-function declarations and hands each run the
+    result; a declaration seen before is the same functions, and a bad one fails the run."""
+    server = "def lookup(q, limit=2): ...\ndef unused(a, *rest, b=None, **more): ...\n"
+    program = program_pb2.Program(code="lookup('x').limit + lookup('y', limit=5).limit")
+    for _ in range(2):
+        result = await executor.run(
+            program, PythonHost(lookup=lambda q, limit: {"limit": limit}), server_functions=server
+        )
+        assert run_result(result) == 7
+    broken = await executor.run(program, PythonHost(), server_functions="lookup = 1\n")
+    assert broken.error.kind == program_pb2.ProgramError.KIND_VIOLATION
+    assert (broken.error.rule, broken.error.line) == ("stub", 1)
+    assert "server functions" in broken.error.message

@@ -27,7 +27,6 @@ START = {
         "code": SOURCE,
         "library": "",
         "client_functions": "def lookup(query, limit=1): ...\n",
-        "server_functions": "",
     },
     "ordered": [],
     "globals": {},
