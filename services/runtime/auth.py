@@ -1,19 +1,31 @@
 """API keys: stored as SHA-256 digests, compared in constant time, scoped per service.
 
-Every RPC except grpc.health.v1 needs a key, in `x-api-key` or `authorization: Bearer <key>`.
+Every RPC except grpc.health.v1 needs a key, in `x-api-key` or `authorization: Bearer <key>`; a
+call to an unknown method without one is refused like any other, so only a caller with a valid
+key can tell which methods exist.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
-from collections.abc import Iterable
+from collections.abc import AsyncGenerator, Iterable
 from typing import Any
 
 import grpc
 
 from genmesh.runtime import errors
-from genmesh.runtime.interceptors import CallGate, Continuation, wrap_handler
+from genmesh.runtime.errors import ServiceError
+from genmesh.runtime.interceptors import (
+    Around,
+    Context,
+    Handler,
+    Interceptor,
+    Stream,
+    Unary,
+    is_health,
+    refusal,
+)
 from genmesh.runtime.settings import ApiKey, ServiceSettings
 
 ADMIN = "admin"
@@ -26,7 +38,6 @@ SERVICE_SCOPES = {
     "genmesh.v1.InferenceService": INTERNAL,
     "genmesh.v1.SandboxService": INTERNAL,
 }
-PUBLIC_SERVICES = frozenset({"grpc.health.v1.Health"})
 
 
 def digest(key: str) -> str:
@@ -88,38 +99,51 @@ def presented_key(metadata: Iterable[tuple[str, str | bytes]]) -> str | None:
     return None
 
 
-class AuthInterceptor(grpc.aio.ServerInterceptor):
-    """Checks the key and its scope, and translates errors, for every handler."""
+class AuthInterceptor(Interceptor):
+    """Authenticates every call but health's: a known key, with the scope its service needs.
+    Inside the error interceptor (its refusals become statuses) and outside the message check
+    (a caller without a key learns nothing of what a method takes)."""
 
-    def __init__(self, keys: KeyStore, gate: CallGate | None = None) -> None:
+    def __init__(self, keys: KeyStore) -> None:
+        super().__init__()
         self.keys = keys
-        self.gate = gate
 
-    async def intercept_service(
-        self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
-    ) -> grpc.RpcMethodHandler[Any, Any] | None:
-        handler = await continuation(handler_call_details)
-        if handler is None:
-            return None
-        method: str = handler_call_details.method
-        service = method.split("/")[1] if method.count("/") == 2 else method
-        if service in PUBLIC_SERVICES:
-            return handler
-        scope = SERVICE_SCOPES.get(service)
-        metadata = handler_call_details.invocation_metadata or ()
+    def check(
+        self, metadata: Iterable[tuple[str, str | bytes]], service: str, scope: str | None
+    ) -> None:
+        """Refuses a call to `service` without a valid key, or one without `scope`."""
         key = presented_key(metadata)
+        if key is None:
+            raise errors.unauthenticated(
+                "missing API key: send it in 'x-api-key' or 'authorization: Bearer <key>'"
+            )
+        record = self.keys.verify(key)
+        if record is None:
+            raise errors.unauthenticated("invalid API key")
+        if scope and scope not in record.scopes and ADMIN not in record.scopes:
+            raise errors.permission_denied(
+                f"key '{record.name}' lacks the '{scope}' scope needed for {service}", scope
+            )
 
-        async def guard(_: grpc.aio.ServicerContext[Any, Any]) -> None:
-            if key is None:
-                raise errors.unauthenticated(
-                    "missing API key: send it in 'x-api-key' or 'authorization: Bearer <key>'"
-                )
-            record = self.keys.verify(key)
-            if record is None:
-                raise errors.unauthenticated("invalid API key")
-            if scope and scope not in record.scopes and ADMIN not in record.scopes:
-                raise errors.permission_denied(
-                    f"key '{record.name}' lacks the '{scope}' scope needed for {service}", scope
-                )
+    def around(self, method: str, handler: Handler) -> Around | None:
+        if is_health(method):
+            return None
+        service = method.split("/")[1] if method.count("/") == 2 else method
+        scope = SERVICE_SCOPES.get(service)
 
-        return wrap_handler(handler, guard, method, self.gate)
+        async def unary(behaviour: Unary, request: Any, context: Context) -> Any:
+            self.check(context.invocation_metadata() or (), service, scope)
+            return await behaviour(request, context)
+
+        def stream(behaviour: Stream, request: Any, context: Context) -> AsyncGenerator[Any, None]:
+            self.check(context.invocation_metadata() or (), service, scope)
+            return behaviour(request, context)
+
+        return Around(unary, stream)
+
+    def unknown(self, handler_call_details: grpc.HandlerCallDetails) -> Handler | None:
+        try:
+            self.check(handler_call_details.invocation_metadata or (), "", None)
+        except ServiceError as refused:
+            return refusal(refused.to_status())
+        return None

@@ -24,9 +24,10 @@ from grpc_reflection.v1alpha import reflection
 from genmesh.runtime import metrics, telemetry
 from genmesh.runtime.auth import AuthInterceptor, KeyStore, keys_from_settings
 from genmesh.runtime.channel import channel_options
-from genmesh.runtime.interceptors import CallGate
-from genmesh.runtime.secrets import start_secrets
+from genmesh.runtime.interceptors import CallGate, ErrorInterceptor, Interceptor, MessageCheck
+from genmesh.runtime.secrets import ProviderSecrets, start_secrets
 from genmesh.runtime.settings import ConfigError, ServiceSettings
+from genmesh.runtime.telemetry import TracingInterceptor
 from genmesh.v1 import inference_pb2, inference_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -60,6 +61,31 @@ def service_name(module: object, service: str) -> str:
     return descriptor.services_by_name[service].full_name  # type: ignore[no-any-return]
 
 
+def server_interceptors(
+    keys: KeyStore, gate: CallGate | None = None, *inner: Interceptor
+) -> list[Interceptor]:
+    """Every server's interceptors, outermost first, and the whole list a server gets: the span
+    sees the call's final status; errors become statuses around everything they can come from;
+    a call is authenticated before the gate admits it (and counts it for draining), and before
+    its message is checked. Any other goes in `inner`, innermost, and must be an `Interceptor`:
+    the outermost keeps each method's whole chain, so grpc never reaches a plain one after it
+    again (never append to the list)."""
+    for extra in inner:
+        if not isinstance(extra, Interceptor):
+            raise TypeError(
+                f"{type(extra).__name__} is not a genmesh Interceptor: the interceptors keep "
+                "each method's chain, so it would run once per method, not once per call"
+            )
+    return [
+        TracingInterceptor(),
+        ErrorInterceptor(),
+        AuthInterceptor(keys),
+        gate or CallGate(),
+        MessageCheck(),
+        *inner,
+    ]
+
+
 class Runtime:
     """A running server: the handle services use for health and key updates."""
 
@@ -70,7 +96,7 @@ class Runtime:
         self.gate = CallGate()
         self.health = health.aio.HealthServicer()
         self.server = grpc.aio.server(
-            interceptors=[telemetry.server_interceptor(), AuthInterceptor(self.keys, self.gate)],
+            interceptors=server_interceptors(self.keys, self.gate),
             options=[
                 *channel_options(settings.max_message_bytes),
                 ("grpc.so_reuseport", 0),
@@ -129,12 +155,15 @@ async def serve(
     startup: Hook | None = None,
     shutdown: Hook | None = None,
     on_runtime: Callable[[Runtime], None] | None = None,
+    provider_secrets: ProviderSecrets | None = None,
 ) -> None:
-    """Runs the services until SIGTERM or SIGINT."""
+    """Runs the services until SIGTERM or SIGINT; `provider_secrets` get the live secrets."""
     telemetry.setup(settings.service_name, settings.telemetry)
     runtime = Runtime(settings, services)
     # Keys from Vault (or the secrets file) join the configured ones and are refreshed.
     secrets = await start_secrets(settings, runtime.keys)
+    if provider_secrets is not None:
+        provider_secrets.bind(secrets)
     if not len(runtime.keys):
         await secrets.aclose()
         raise ConfigError(

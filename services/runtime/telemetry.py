@@ -5,24 +5,38 @@ mesh; spans go to the OTLP endpoint in the settings."""
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import json
 import logging
 import sys
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Collection, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
+from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from opentelemetry.propagators.textmap import Getter
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from prometheus_client import Gauge
 
 from genmesh.runtime import metrics
+from genmesh.runtime.interceptors import (
+    Around,
+    Context,
+    Handler,
+    Interceptor,
+    Stream,
+    Unary,
+    is_health,
+)
 from genmesh.runtime.settings import TelemetrySettings
 from genmesh.v1 import common_pb2, program_pb2
 
+log = logging.getLogger(__name__)
 _configured = False
 
 
@@ -67,7 +81,6 @@ def shutdown() -> None:
         provider.shutdown()
 
 
-_HEALTH = "/grpc.health.v1.Health/"
 _SANDBOX_EXECUTE = "/genmesh.v1.SandboxService/Execute"
 _OUTPUT_EVENTS = frozenset({"text_delta", "audio_chunk", "image_preview", "transcript"})
 _OPERATION = "generate_content"
@@ -81,7 +94,7 @@ _GENERATION = frozenset(
         "/genmesh.v1.InferenceService/Infer",
     }
 )
-Metadata = Sequence[tuple[str, str | bytes]]
+Metadata = Collection[tuple[str, str | bytes]]
 
 
 class _MetadataGetter(Getter[Metadata]):
@@ -95,31 +108,108 @@ class _MetadataGetter(Getter[Metadata]):
         return [k for k, _ in carrier]
 
 
-class _Observed:
-    """One RPC's span and what its responses say: first output, final result, program result."""
+@dataclass(frozen=True)
+class _Rpc:
+    """What the tracing interceptor knows of a method, once: its span's name and attributes, and
+    the gauge of its open streams (for a streamed one)."""
 
-    def __init__(self, method: str, span: trace.Span) -> None:
-        self.method = method
-        self.span = span
+    method: str
+    name: str
+    attributes: dict[str, str]
+    tracer: trace.Tracer
+    active: Gauge | None
+
+
+_GETTER = _MetadataGetter()
+
+
+class _Observed:
+    """One RPC's span and what its responses say: first output, final result, program result.
+    As a context manager, it makes the span current for the call (so that its own calls are its
+    children) and ends the RPC with the status code it finished with. A failure of its own is
+    logged and never changes the call's outcome: telemetry is not worth a request."""
+
+    def __init__(self, rpc: _Rpc, context: Context) -> None:
+        self.rpc = rpc
+        self.method = rpc.method
+        self.context = context
         self.start = time.monotonic()
         self.first_output: float | None = None
         self.final: common_pb2.GenerateResponse | None = None
         self.program: program_pb2.ProgramResult | None = None
+        self.span: trace.Span = trace.INVALID_SPAN
+        self._token: contextvars.Token[otel_context.Context] | None = None
+        self._counted = False
+        self._failed = False
+
+    def _failure(self, doing: str) -> None:
+        """Logs a failure of telemetry itself, once per call."""
+        if not self._failed:
+            self._failed = True
+            log.exception("telemetry failed to %s for %s", doing, self.method)
 
     def see(self, message: Any) -> None:
         """Cheap per message: a field check, then nothing once the outcome is known."""
-        if isinstance(message, common_pb2.GenerateResponse):
-            self.final = message
-            return
-        event = getattr(message, "event", None)
-        if isinstance(event, common_pb2.StreamEvent):
-            kind = event.WhichOneof("event")
-            if kind == "final":
-                self.final = event.final
-            elif self.first_output is None and kind in _OUTPUT_EVENTS:
-                self.first_output = time.monotonic()
-        elif self.method == _SANDBOX_EXECUTE and message.WhichOneof("message") == "result":
-            self.program = message.result
+        try:
+            if isinstance(message, common_pb2.GenerateResponse):
+                self.final = message
+                return
+            event = getattr(message, "event", None)
+            if isinstance(event, common_pb2.StreamEvent):
+                kind = event.WhichOneof("event")
+                if kind == "final":
+                    self.final = event.final
+                elif self.first_output is None and kind in _OUTPUT_EVENTS:
+                    self.first_output = time.monotonic()
+            elif self.method == _SANDBOX_EXECUTE and message.WhichOneof("message") == "result":
+                self.program = message.result
+        except Exception:
+            self._failure("observe a response")
+
+    def __enter__(self) -> _Observed:
+        rpc = self.rpc
+        try:
+            if rpc.active is not None:
+                rpc.active.inc()
+                self._counted = True
+            parent = propagate.extract(self.context.invocation_metadata() or (), getter=_GETTER)
+            self.span = rpc.tracer.start_span(
+                rpc.name,
+                context=parent,
+                kind=trace.SpanKind.SERVER,
+                attributes=rpc.attributes,
+                record_exception=False,
+                set_status_on_exception=False,
+            )
+            self._token = otel_context.attach(trace.set_span_in_context(self.span, parent))
+        except Exception:
+            self._failure("start the span")
+        return self
+
+    def __exit__(self, kind: object, exc: BaseException | None, tb: object) -> None:
+        try:
+            self.end(self.code(exc))
+        except Exception:
+            self._failure("record the outcome")
+        try:
+            if self._token is not None:
+                otel_context.detach(self._token)
+            if self._counted and self.rpc.active is not None:
+                self.rpc.active.dec()
+            self.span.end()
+        except Exception:
+            self._failure("end the span")
+
+    def code(self, exc: BaseException | None) -> grpc.StatusCode:
+        """The call's final code: the one set on its context (inner interceptors map errors).
+        A stream closed where it stopped (GeneratorExit) ended because its write was
+        cancelled: the client went away, or the deadline or the server's grace ran out."""
+        if isinstance(exc, (asyncio.CancelledError, GeneratorExit)):
+            return grpc.StatusCode.CANCELLED
+        code = self.context.code()
+        if isinstance(code, grpc.StatusCode):
+            return code
+        return grpc.StatusCode.UNKNOWN if exc else grpc.StatusCode.OK
 
     def end(self, code: grpc.StatusCode) -> None:
         """Span attributes and metrics for the finished RPC."""
@@ -188,7 +278,7 @@ class _Observed:
         )
 
 
-class _TracingInterceptor(grpc.aio.ServerInterceptor):
+class TracingInterceptor(Interceptor):
     """A SERVER span per RPC, child of the caller's W3C context, plus the RPC's metrics.
 
     Health checks are left alone: they are not worth a span each. Generation and sandbox
@@ -196,98 +286,37 @@ class _TracingInterceptor(grpc.aio.ServerInterceptor):
     """
 
     def __init__(self) -> None:
+        super().__init__()
         self._tracer = trace.get_tracer("genmesh")
-        self._getter = _MetadataGetter()
 
-    async def intercept_service(self, continuation: Any, details: Any) -> Any:
-        handler = await continuation(details)
-        if handler is None or details.method.startswith(_HEALTH):
-            return handler
-        method: str = details.method
-        parent = propagate.extract(details.invocation_metadata or (), getter=self._getter)
-        service, _, name = method.lstrip("/").partition("/")
-        attributes = {"rpc.system": "grpc", "rpc.service": service, "rpc.method": name}
-        tracer = self._tracer
-
-        def span() -> Any:
-            return tracer.start_as_current_span(
-                method.lstrip("/"),
-                context=parent,
-                kind=trace.SpanKind.SERVER,
-                attributes=attributes,
-                record_exception=False,
-                set_status_on_exception=False,
-            )
-
-        def code_of(context: Any, exc: BaseException | None) -> grpc.StatusCode:
-            if isinstance(exc, asyncio.CancelledError):
-                return grpc.StatusCode.CANCELLED
-            code = context.code()
-            if isinstance(code, grpc.StatusCode):
-                return code
-            return grpc.StatusCode.UNKNOWN if exc else grpc.StatusCode.OK
-
-        if handler.unary_unary or handler.stream_unary:
-            inner = handler.unary_unary or handler.stream_unary
-
-            async def unary(request: Any, context: Any) -> Any:
-                with span() as current:
-                    observed = _Observed(method, current)
-                    failure: BaseException | None = None
-                    try:
-                        response = await inner(request, context)
-                        observed.see(response)
-                        return response
-                    except BaseException as exc:
-                        failure = exc
-                        raise
-                    finally:
-                        observed.end(code_of(context, failure))
-
-            factory = (
-                grpc.unary_unary_rpc_method_handler
-                if handler.unary_unary
-                else grpc.stream_unary_rpc_method_handler
-            )
-            return factory(
-                unary,
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-
-        inner_stream = handler.unary_stream or handler.stream_stream
-        active = metrics.ACTIVE_STREAMS.labels(method.lstrip("/"))
-
-        async def streaming(request: Any, context: Any) -> AsyncIterator[Any]:
-            with span() as current:
-                observed = _Observed(method, current)
-                failure: BaseException | None = None
-                active.inc()
-                try:
-                    async for response in inner_stream(request, context):
-                        observed.see(response)
-                        yield response
-                except BaseException as exc:
-                    failure = exc
-                    raise
-                finally:
-                    active.dec()
-                    observed.end(code_of(context, failure))
-
-        factory_stream = (
-            grpc.unary_stream_rpc_method_handler
-            if handler.unary_stream
-            else grpc.stream_stream_rpc_method_handler
-        )
-        return factory_stream(
-            streaming,
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
+    def around(self, method: str, handler: Handler) -> Around | None:
+        if is_health(method):
+            return None
+        name = method.lstrip("/")
+        service, _, rpc_name = name.partition("/")
+        rpc = _Rpc(
+            method,
+            name,
+            {"rpc.system": "grpc", "rpc.service": service, "rpc.method": rpc_name},
+            self._tracer,
+            metrics.ACTIVE_STREAMS.labels(name) if handler.response_streaming else None,
         )
 
+        async def unary(behaviour: Unary, request: Any, context: Context) -> Any:
+            with _Observed(rpc, context) as call:
+                response = await behaviour(request, context)
+                call.see(response)
+                return response
 
-def server_interceptor() -> grpc.aio.ServerInterceptor:
-    return _TracingInterceptor()
+        async def stream(
+            behaviour: Stream, request: Any, context: Context
+        ) -> AsyncGenerator[Any, None]:
+            with _Observed(rpc, context) as call:
+                async for response in behaviour(request, context):
+                    call.see(response)
+                    yield response
+
+        return Around(unary, stream)
 
 
 def span(name: str, **attributes: str | int) -> Any:

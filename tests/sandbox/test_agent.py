@@ -17,8 +17,9 @@ import pytest_asyncio
 
 from genmesh.client import error_details
 from genmesh.router.agent import AgentService, ServerFunctions, mesh_functions
-from genmesh.runtime.auth import AuthInterceptor, KeyStore, digest
+from genmesh.runtime.auth import KeyStore, digest
 from genmesh.runtime.channel import key_interceptors
+from genmesh.runtime.server import server_interceptors
 from genmesh.runtime.settings import ApiKey
 from genmesh.runtime.values import py_from_value, value_from_py
 from genmesh.v1 import agent_pb2, agent_pb2_grpc, common_pb2, program_pb2
@@ -43,9 +44,9 @@ async def add(a: int, b: int = 1) -> int:
 
 @pytest_asyncio.fixture(scope="session", loop_scope="session")
 async def agent_address(channel: grpc.aio.Channel) -> AsyncIterator[str]:
-    """A router-side AgentService (with the real auth interceptor) over the sandbox service."""
+    """A router-side AgentService (with the real interceptors) over the sandbox service."""
     keys = KeyStore([ApiKey(name="test", sha256=digest(KEY))])
-    server = grpc.aio.server(interceptors=[AuthInterceptor(keys)])
+    server = grpc.aio.server(interceptors=server_interceptors(keys))
     functions = ServerFunctions({**mesh_functions(echo_generate), "add": add})
     agent_pb2_grpc.add_AgentServiceServicer_to_server(AgentService(channel, functions), server)
     port = server.add_insecure_port("127.0.0.1:0")

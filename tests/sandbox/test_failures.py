@@ -27,8 +27,9 @@ from genmesh.client import error_details
 from genmesh.router.agent import AgentService, ServerFunctions
 from genmesh.router.scripted import workflow_failed
 from genmesh.runtime import values
-from genmesh.runtime.auth import AuthInterceptor, KeyStore, digest
+from genmesh.runtime.auth import KeyStore, digest
 from genmesh.runtime.channel import key_interceptors
+from genmesh.runtime.server import server_interceptors
 from genmesh.runtime.settings import ApiKey
 from genmesh.sandbox import dialect
 from genmesh.sandbox.executor import Executor, Exit, RunLimits, _signal_error
@@ -407,7 +408,7 @@ async def nan(key: Any = None) -> float:
 async def router(channel: grpc.aio.Channel) -> AsyncIterator[Any]:
     """The router's AgentService in front of the real sandbox service (an aio stub)."""
     server = grpc.aio.server(
-        interceptors=[AuthInterceptor(KeyStore([ApiKey(name="test", sha256=digest(KEY))]))]
+        interceptors=server_interceptors(KeyStore([ApiKey(name="test", sha256=digest(KEY))]))
     )
     service = AgentService(channel, ServerFunctions({"nan": nan}))
     agent_pb2_grpc.add_AgentServiceServicer_to_server(service, server)
