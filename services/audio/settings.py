@@ -25,8 +25,11 @@ class AudioSettings(ServiceSettings):
     port: int = Field(default=50054, ge=0, le=65535)
     # Threads for CTranslate2 (0: one per core); onnxruntime sizes its own pool.
     cpu_threads: int = Field(default=0, ge=0)
-    # Concurrent syntheses and recognitions each; more requests wait their turn.
+    # Concurrent syntheses and recognitions each; up to `queue_size` more wait their turn, each
+    # at most `queue_timeout_seconds` (then RESOURCE_EXHAUSTED with a retry delay).
     max_concurrency: int = Field(default=1, ge=1)
+    queue_size: int = Field(default=16, ge=0)
+    queue_timeout_seconds: float = Field(default=30.0, gt=0)
     max_text_chars: int = Field(default=20_000, gt=0)
     max_audio_seconds: float = Field(default=3600.0, gt=0)
     streaming: StreamingSettings = StreamingSettings()

@@ -20,12 +20,38 @@ from genmesh.router.settings import TASKS, BindingConfig
 from genmesh.runtime import errors, telemetry
 from genmesh.runtime.channel import connect
 from genmesh.runtime.limiter import Slots
-from genmesh.v1 import common_pb2, inference_pb2_grpc
+from genmesh.v1 import common_pb2, inference_pb2, inference_pb2_grpc
 
 log = logging.getLogger(__name__)
 INFERENCE_SERVICE = "genmesh.v1.InferenceService"
 MIN_CHECK_TIMEOUT_S = 2.0
 HUNG_AFTER_LATE_CHECKS = 3
+CANCEL = inference_pb2.InferRequest(
+    control=common_pb2.Control(action=common_pb2.Control.ACTION_CANCEL)
+)
+InferCall = grpc.aio.StreamStreamCall[inference_pb2.InferRequest, inference_pb2.InferResponse]
+
+
+async def send_request(
+    call: InferCall, request: common_pb2.GenerateRequest, interactive: bool
+) -> None:
+    """Opens an Infer stream with its request. An interactive caller keeps the write side open
+    to cancel in-band later; any other closes it, so a backend that would read more input (a
+    live transcription) knows there is none."""
+    await call.write(inference_pb2.InferRequest(request=request))
+    if not interactive:
+        await call.done_writing()
+
+
+async def cancel_in_band(call: InferCall) -> bool:
+    """Asks the backend to end the generation itself: its final message then keeps the partial
+    output, usage and timings, which aborting the call would lose. False when the call can no
+    longer take it (it has ended, or its write side is closed)."""
+    try:
+        await call.write(CANCEL)
+    except (asyncio.InvalidStateError, grpc.aio.AioRpcError):
+        return False
+    return True
 
 
 class Replica:

@@ -22,7 +22,15 @@ import grpc
 from google.protobuf import struct_pb2
 
 from genmesh.router import validation
-from genmesh.router.backends import Backends, BindingRoute, Replica
+from genmesh.router.backends import (
+    Backends,
+    BindingRoute,
+    InferCall,
+    Replica,
+    cancel_in_band,
+    send_request,
+)
+from genmesh.router.inputs import InputResolver
 from genmesh.router.personalities import Personalities, Personality
 from genmesh.router.scripted import ScriptRun, ScriptRunner
 from genmesh.router.settings import PARAMETER_FIELDS, parameters_message
@@ -30,7 +38,7 @@ from genmesh.router.source import EventSource
 from genmesh.runtime import errors
 from genmesh.runtime.errors import FieldViolation, ServiceError
 from genmesh.runtime.timing import duration
-from genmesh.v1 import common_pb2, inference_pb2
+from genmesh.v1 import common_pb2
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -90,9 +98,11 @@ class Dispatcher:
         backends: Backends,
         max_request_bytes: int,
         personalities: Personalities | None = None,
+        inputs: InputResolver | None = None,
     ) -> None:
         self.backends = backends
         self.max_request_bytes = max_request_bytes
+        self.inputs = inputs or InputResolver(max_request_bytes=max_request_bytes)
         self.personalities = personalities or Personalities()
         # Set once the AgentService exists (it calls back into this dispatcher).
         self.scripts: ScriptRunner | None = None
@@ -101,6 +111,9 @@ class Dispatcher:
         resolved = common_pb2.GenerateRequest()
         resolved.CopyFrom(request)
         resolved.request_id = validation.request_id(request.request_id)
+        validation.names(
+            binding=resolved.binding, personality=resolved.personality, model=resolved.model
+        )
         validation.task(resolved.task)
         personality = self.personalities.get(resolved.personality) if resolved.personality else None
         if personality is not None and personality.scripted:
@@ -139,7 +152,7 @@ class Dispatcher:
 
     def source(self, routed: Routed, timeout: float | None) -> EventSource:
         if routed.route is not None:
-            return Relay(routed.route, routed.request, timeout)
+            return Relay(routed.route, routed.request, timeout, self.inputs)
         assert routed.personality is not None
         if self.scripts is None:
             raise errors.unavailable("scripted personalities need the sandbox service")
@@ -159,18 +172,31 @@ class Relay(EventSource):
     """One request's backend stream, after a slot of the binding is free."""
 
     def __init__(
-        self, route: BindingRoute, request: common_pb2.GenerateRequest, timeout: float | None
+        self,
+        route: BindingRoute,
+        request: common_pb2.GenerateRequest,
+        timeout: float | None,
+        inputs: InputResolver,
     ) -> None:
         super().__init__(request)
         self.route = route
         self.timeout = timeout
+        self.inputs = inputs
         # True when the caller only wants the final result: a stream cut mid-way can restart.
         self.restartable = False
+        # True when the caller may cancel in-band (a conversation turn).
+        self.interactive = False
+        self.call: InferCall | None = None
         self.deltas = 0
         self.chars = 0
 
-    def open(self, replica: Replica) -> grpc.aio.StreamStreamCall[Any, Any]:
-        return replica.stub.Infer(timeout=self.timeout)
+    def open(self, replica: Replica) -> InferCall:
+        self.call = replica.stub.Infer(timeout=self.timeout)
+        return self.call
+
+    async def cancel(self) -> bool:
+        """Ends the generation in-band: the backend's final message follows on this stream."""
+        return self.call is not None and await cancel_in_band(self.call)
 
     async def result(self) -> common_pb2.GenerateResponse:
         self.restartable = True
@@ -178,6 +204,7 @@ class Relay(EventSource):
 
     async def __aiter__(self) -> AsyncIterator[common_pb2.StreamEvent]:
         route = self.route
+        await self.inputs.resolve(self.request)
         async with route.slots.slot():
             self.clock.dequeued()
             exclude: Replica | None = None
@@ -187,8 +214,7 @@ class Relay(EventSource):
                 started = False
                 self.deltas = self.chars = 0
                 try:
-                    await call.write(inference_pb2.InferRequest(request=self.request))
-                    await call.done_writing()
+                    await send_request(call, self.request, self.interactive)
                     async for response in call:
                         started = True
                         event = response.event

@@ -13,11 +13,12 @@ import asyncio
 import contextlib
 from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator
+from typing import Any
 
 import grpc
 
 from genmesh.router import validation
-from genmesh.router.dispatch import Context, Dispatcher, Routed, new_turn_id, translate
+from genmesh.router.dispatch import Context, Dispatcher, Relay, Routed, new_turn_id, translate
 from genmesh.runtime import errors
 from genmesh.runtime.errors import FieldViolation
 from genmesh.v1 import common_pb2, generation_pb2, generation_pb2_grpc, inference_pb2
@@ -144,15 +145,23 @@ class GenerationService(generation_pb2_grpc.GenerationServiceServicer):
         request_id = routed.request.request_id
         async with route.slots.slot():
             call = route.pick().stub.Infer(timeout=context.time_remaining())
+            refused: list[errors.ServiceError] = []
 
             async def forward() -> None:
+                """Relays the audio; a client message that is refused (one that does not parse)
+                ends the backend call, and the conversation with that refusal."""
                 await call.write(inference_pb2.InferRequest(request=routed.request))
-                async for message in requests:
-                    kind = message.WhichOneof("message")
-                    if kind == "audio":
-                        await call.write(inference_pb2.InferRequest(audio=message.audio))
-                    elif kind == "control":
-                        await call.write(inference_pb2.InferRequest(control=message.control))
+                try:
+                    async for message in requests:
+                        kind = message.WhichOneof("message")
+                        if kind == "audio":
+                            await call.write(inference_pb2.InferRequest(audio=message.audio))
+                        elif kind == "control":
+                            await call.write(inference_pb2.InferRequest(control=message.control))
+                except errors.ServiceError as exc:
+                    refused.append(exc)
+                    call.cancel()
+                    return
                 await call.done_writing()
 
             writer = asyncio.ensure_future(forward())
@@ -161,7 +170,11 @@ class GenerationService(generation_pb2_grpc.GenerationServiceServicer):
                     yield generation_pb2.ConverseResponse(
                         request_id=request_id, event=response.event
                     )
-            except grpc.aio.AioRpcError as error:
+            except (grpc.aio.AioRpcError, asyncio.CancelledError) as error:
+                if refused:
+                    raise refused[0] from None
+                if isinstance(error, asyncio.CancelledError):
+                    raise
                 raise translate(error, route) from None
             finally:
                 writer.cancel()
@@ -180,19 +193,24 @@ class Conversation:
         self.cancel = asyncio.Event()
 
     async def _read(self, requests: AsyncIterator[generation_pb2.ConverseRequest]) -> None:
-        async for message in requests:
-            kind = message.WhichOneof("message")
-            if kind == "turn":
-                await self.turns.put(message.turn)
-            elif kind == "control" and message.control.action == common_pb2.Control.ACTION_CANCEL:
-                self.cancel.set()
-            elif kind in ("audio", "config"):
-                await self.turns.put(None)
-                raise errors.invalid_argument(
-                    f"unexpected {kind} message in a text conversation",
-                    FieldViolation(kind, "only turns and controls may follow the config"),
-                )
-        await self.turns.put(None)
+        """Queues the turns; the end of the queue, however reading ends (a refused message
+        too), lets `run` finish and raise the reader's error."""
+        try:
+            async for message in requests:
+                kind = message.WhichOneof("message")
+                if kind == "turn":
+                    await self.turns.put(message.turn)
+                elif (
+                    kind == "control" and message.control.action == common_pb2.Control.ACTION_CANCEL
+                ):
+                    self.cancel.set()
+                elif kind in ("audio", "config"):
+                    raise errors.invalid_argument(
+                        f"unexpected {kind} message in a text conversation",
+                        FieldViolation(kind, "only turns and controls may follow the config"),
+                    )
+        finally:
+            self.turns.put_nowait(None)
 
     async def run(
         self, requests: AsyncIterator[generation_pb2.ConverseRequest]
@@ -219,6 +237,8 @@ class Conversation:
             Routed(self.routed.route, request, self.routed.personality),
             self.context.time_remaining(),
         )
+        if isinstance(relay, Relay):
+            relay.interactive = True
         self.cancel.clear()
         events = aiter(coalesced(relay))
         reply: list[str] = []
@@ -228,14 +248,19 @@ class Conversation:
                 request_id=request.request_id, turn_id=turn_id, event=event
             )
 
+        following: asyncio.Future[Any] | None = None
         while True:
-            following = asyncio.ensure_future(anext(events, None))
+            if following is None:
+                following = asyncio.ensure_future(anext(events, None))
             cancelled = asyncio.ensure_future(self.cancel.wait())
             done, _ = await asyncio.wait(
                 {following, cancelled}, return_when=asyncio.FIRST_COMPLETED
             )
             cancelled.cancel()
             if following not in done:
+                self.cancel.clear()
+                if isinstance(relay, Relay) and await relay.cancel():
+                    continue  # the backend ends the turn with its own final message
                 following.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await following
@@ -253,7 +278,7 @@ class Conversation:
                 relay.finish(final)
                 yield respond(common_pb2.StreamEvent(final=final))
                 break
-            event = following.result()
+            event, following = following.result(), None
             if event is None:
                 break
             if event.HasField("text_delta"):

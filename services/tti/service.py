@@ -13,28 +13,22 @@ import base64
 import binascii
 import contextlib
 import io
-import logging
 import secrets
-import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import Any
 
 import grpc
 from PIL import Image, UnidentifiedImageError
 
-from genmesh.runtime import errors, telemetry
+from genmesh.runtime import errors
 from genmesh.runtime.errors import FieldViolation
-from genmesh.runtime.inference import first_request, watch_cancel
+from genmesh.runtime.inference import Context, InferenceServicer, InferJob, Requests, Stop
 from genmesh.runtime.limiter import Slots
-from genmesh.runtime.timing import Stopwatch
 from genmesh.tti.engine import ENGINE, DiffusersEngine, Done, ImageJob, Step
 from genmesh.tti.settings import ImageModelSpec, Limits
-from genmesh.v1 import common_pb2, inference_pb2, inference_pb2_grpc
+from genmesh.v1 import common_pb2, inference_pb2
 
-log = logging.getLogger(__name__)
-
-Context = grpc.aio.ServicerContext[Any, Any]
 FORMATS = {"image/png": "PNG", "image/jpeg": "JPEG", "image/webp": "WEBP"}
 SIZE_MULTIPLE = 8
 MAX_GUIDANCE = 50.0
@@ -258,11 +252,73 @@ def model_info(model: ServedModel, limits: Limits) -> common_pb2.ModelInfo:
     return info
 
 
-def _event(request_id: str, **event: Any) -> inference_pb2.InferResponse:
-    return inference_pb2.InferResponse(request_id=request_id, event=common_pb2.StreamEvent(**event))
+class ImageRun(InferJob):
+    """One image run: progress per denoising step (the run's output so far) and optional
+    previews, then the encoded images; a stop lands between steps."""
+
+    output_events = frozenset({"progress", "image_preview"})
+
+    def __init__(self, served: ServedModel, job: ImageJob, mime_type: str) -> None:
+        self.engine = served.engine
+        self.model = served.engine.name
+        self.slots = served.slots
+        self.job = job
+        self.mime_type = mime_type
+        self.done: Done | None = None
+
+    async def events(self, stop: Stop) -> AsyncGenerator[common_pb2.StreamEvent, None]:
+        generation = self.engine.generate(self.job, stop.flag)
+        try:
+            async for event in generation:
+                if isinstance(event, Done):
+                    self.done = event
+                    continue
+                for step_event in step_events(event):
+                    yield step_event
+        finally:
+            with contextlib.suppress(Exception):
+                await generation.aclose()  # type: ignore[attr-defined]
+
+    async def result(self) -> common_pb2.GenerateResponse:
+        done = self.done
+        if done is None or done.cancelled:
+            return common_pb2.GenerateResponse()
+        images = await asyncio.to_thread(
+            lambda: [encode(image, self.mime_type) for image in done.images]
+        )
+        return common_pb2.GenerateResponse(
+            outputs=[
+                common_pb2.OutputItem(
+                    kind=common_pb2.CONTENT_KIND_IMAGE,
+                    data=data,
+                    mime_type=self.mime_type,
+                    seed=seed,
+                )
+                for data, seed in zip(images, done.seeds, strict=False)
+            ],
+            finish_reason=common_pb2.FINISH_REASON_STOP,
+        )
 
 
-class ImageInferenceService(inference_pb2_grpc.InferenceServiceServicer):
+def step_events(step: Step) -> list[common_pb2.StreamEvent]:
+    events = [
+        common_pb2.StreamEvent(
+            progress=common_pb2.Progress(step=step.step, total_steps=step.total, stage="denoising")
+        )
+    ]
+    for index, preview in enumerate(step.previews):
+        data = encode(preview, "image/png")
+        events.append(
+            common_pb2.StreamEvent(
+                image_preview=common_pb2.ImagePreview(
+                    data=data, mime_type="image/png", step=step.step, index=index
+                )
+            )
+        )
+    return events
+
+
+class ImageInferenceService(InferenceServicer):
     def __init__(self, models: dict[str, ServedModel], default_model: str, limits: Limits) -> None:
         self.models = models
         self.default_model = default_model
@@ -274,84 +330,10 @@ class ImageInferenceService(inference_pb2_grpc.InferenceServiceServicer):
             raise errors.not_found(f"no model '{name}' on this service", "model", name, "model")
         return model
 
-    async def Infer(  # noqa: N802 - gRPC method name
-        self, request_iterator: AsyncIterator[inference_pb2.InferRequest], context: Context
-    ) -> AsyncIterator[inference_pb2.InferResponse]:
-        clock = Stopwatch()
-        request = await first_request(request_iterator)
-        rid = request.request_id
+    async def job(self, request: common_pb2.GenerateRequest, _: Requests) -> ImageRun:
         model = self.model(request.model)
         job, mime_type = await asyncio.to_thread(resolve_job, request, model, self.limits)
-        context.set_trailing_metadata((("x-request-id", rid),))
-        stop = threading.Event()
-        cancelled = asyncio.ensure_future(watch_cancel(request_iterator))
-        cancelled.add_done_callback(lambda _: stop.set())
-        result: Done | None = None
-        outcome = "cancelled by client or deadline"
-        try:
-            async with model.slots.slot():
-                clock.dequeued()
-                generation = model.engine.generate(job, stop)
-                try:
-                    async for event in generation:
-                        if isinstance(event, Done):
-                            result = event
-                            continue
-                        clock.first_output()
-                        for response in self._step_events(rid, event):
-                            yield response
-                finally:
-                    with contextlib.suppress(Exception):
-                        await generation.aclose()  # type: ignore[attr-defined]
-            outcome = "cancelled" if result is None or result.cancelled else "completed"
-        finally:
-            cancelled.cancel()
-            telemetry.event(
-                log, "generation ended", request_id=rid, model=model.engine.name, outcome=outcome
-            )
-        images = await asyncio.to_thread(
-            lambda: [encode(image, mime_type) for image in result.images] if result else []
-        )
-        context.set_trailing_metadata((("x-request-id", rid), *clock.metadata()))
-        final = common_pb2.GenerateResponse(
-            request_id=rid,
-            model=model.engine.name,
-            outputs=[
-                common_pb2.OutputItem(
-                    kind=common_pb2.CONTENT_KIND_IMAGE, data=data, mime_type=mime_type, seed=seed
-                )
-                for data, seed in zip(images, result.seeds if result else (), strict=False)
-            ],
-            finish_reason=(
-                common_pb2.FINISH_REASON_CANCELLED
-                if outcome == "cancelled"
-                else common_pb2.FINISH_REASON_STOP
-            ),
-            timings=clock.timings(),
-        )
-        yield _event(rid, final=final)
-
-    @staticmethod
-    def _step_events(rid: str, step: Step) -> list[inference_pb2.InferResponse]:
-        events = [
-            _event(
-                rid,
-                progress=common_pb2.Progress(
-                    step=step.step, total_steps=step.total, stage="denoising"
-                ),
-            )
-        ]
-        for index, preview in enumerate(step.previews):
-            data = encode(preview, "image/png")
-            events.append(
-                _event(
-                    rid,
-                    image_preview=common_pb2.ImagePreview(
-                        data=data, mime_type="image/png", step=step.step, index=index
-                    ),
-                )
-            )
-        return events
+        return ImageRun(model, job, mime_type)
 
     async def ListModels(  # noqa: N802
         self, request: inference_pb2.InferenceServiceListModelsRequest, context: Context

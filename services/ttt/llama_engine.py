@@ -13,17 +13,11 @@ import codecs
 import os
 import random
 import threading
-from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, Literal, cast
 
-from genmesh.ttt.engine import (
-    ChatMessage,
-    EngineModelInfo,
-    GenerationChunk,
-    SamplingParams,
-)
-from genmesh.ttt.threaded import ThreadedEngine
+from genmesh.ttt.engine import ChatMessage, EngineModelInfo
+from genmesh.ttt.threaded import ThreadedEngine, TokenRun
 
 if TYPE_CHECKING:
     from llama_cpp import Llama
@@ -116,21 +110,13 @@ class LlamaCppEngine(ThreadedEngine):
     def context_window(self) -> int:
         return int(self.llm.n_ctx())
 
-    def _produce(
-        self,
-        prompt: list[int],
-        params: SamplingParams,
-        budget: int,
-        emit: Callable[[GenerationChunk], None],
-        stop: threading.Event,
-    ) -> None:
+    def _produce(self, run: TokenRun) -> None:
         """Runs in a worker thread and checks `stop` before every token."""
         from llama_cpp.llama_cpp import llama_vocab_is_eog
 
-        llm = self.llm
+        llm, params = self.llm, run.params
         vocab = llm._model.vocab
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        first = True
         with self._lock:
             if params.seed is None:
                 llm.set_seed(random.getrandbits(32))
@@ -140,39 +126,27 @@ class LlamaCppEngine(ThreadedEngine):
                 llm.set_seed(params.seed)
                 cast(Any, llm).reset()  # untyped in llama-cpp-python
             tokens = llm.generate(
-                prompt,
+                run.prompt,
                 top_k=params.top_k,
                 top_p=params.top_p,
                 min_p=float(params.extra.get("min_p", 0.05)),
                 temp=params.temperature,
                 repeat_penalty=params.repeat_penalty,
             )
-            produced = 0
-            finish: Any = "length"
+            finish: Literal["stop", "length"] = "length"
             try:
                 for token in tokens:
-                    if stop.is_set():
+                    if run.stop.is_set():
                         return
                     if llama_vocab_is_eog(vocab, token):
                         finish = "stop"
                         break
-                    produced += 1
-                    self.generated_tokens += 1
-                    text = decoder.decode(llm.detokenize([token]))
-                    emit(GenerationChunk(text=text, prompt_tokens=len(prompt) if first else 0))
-                    first = False
-                    if produced >= budget:
+                    run.token(decoder.decode(llm.detokenize([token])))
+                    if run.produced >= run.budget:
                         break
             finally:
                 tokens.close()
-        emit(
-            GenerationChunk(
-                text=decoder.decode(b"", final=True),
-                tokens=0,
-                finish_reason=finish,
-                prompt_tokens=len(prompt) if first else 0,
-            )
-        )
+        run.finish(finish, decoder.decode(b"", final=True))
 
     async def tokenize(self, text: str, add_special_tokens: bool) -> list[tuple[int, str]]:
         llm = self.llm

@@ -7,6 +7,7 @@ only, so listing never loads weights.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import os
@@ -112,14 +113,17 @@ def _gguf(path: Path) -> ModelEntry:
     )
 
 
+def _folder_entry(path: Path, form: Format, config_file: str) -> tuple[ModelEntry, Any]:
+    """A model that is a folder (named after it, sized by its files) and its JSON config."""
+    config = json.loads((path / config_file).read_text())
+    return ModelEntry(name=path.name, path=path, format=form, size_bytes=_folder_size(path)), config
+
+
 def _onnx(path: Path) -> ModelEntry:
-    config = json.loads((path / "genai_config.json").read_text())
+    entry, config = _folder_entry(path, "onnx", "genai_config.json")
     model = config["model"]
-    return ModelEntry(
-        name=path.name,
-        path=path,
-        format="onnx",
-        size_bytes=_folder_size(path),
+    return dataclasses.replace(
+        entry,
         context_size=int(model.get("context_length", 0)),
         architecture=str(model.get("type", "")),
         supports_vision="vision" in model,
@@ -128,13 +132,10 @@ def _onnx(path: Path) -> ModelEntry:
 
 
 def _hf(path: Path) -> ModelEntry:
-    config = json.loads((path / "config.json").read_text())
+    entry, config = _folder_entry(path, "hf", "config.json")
     text = config.get("text_config", config)
-    return ModelEntry(
-        name=path.name,
-        path=path,
-        format="hf",
-        size_bytes=_folder_size(path),
+    return dataclasses.replace(
+        entry,
         context_size=int(text.get("max_position_embeddings", 0)),
         architecture=str((config.get("architectures") or [config.get("model_type", "")])[0]),
         supports_vision=any(k in config for k in _VISION_KEYS),

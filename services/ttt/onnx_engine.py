@@ -12,17 +12,11 @@ import asyncio
 import json
 import random
 import threading
-from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
-from genmesh.ttt.engine import (
-    ChatMessage,
-    EngineModelInfo,
-    GenerationChunk,
-    SamplingParams,
-)
-from genmesh.ttt.threaded import ThreadedEngine
+from genmesh.ttt.engine import ChatMessage, EngineModelInfo
+from genmesh.ttt.threaded import ThreadedEngine, TokenRun
 
 if TYPE_CHECKING:
     import onnxruntime_genai as og
@@ -80,20 +74,14 @@ class OnnxGenAIEngine(ThreadedEngine):
     def context_window(self) -> int:
         return self._context
 
-    def _produce(
-        self,
-        prompt: list[int],
-        params: SamplingParams,
-        budget: int,
-        emit: Callable[[GenerationChunk], None],
-        stop: threading.Event,
-    ) -> None:
+    def _produce(self, run: TokenRun) -> None:
         import onnxruntime_genai as og
 
         model, tokenizer = self._loaded()
+        params = run.params
         search = og.GeneratorParams(model)
         options: dict[str, Any] = {
-            "max_length": len(prompt) + budget,
+            "max_length": len(run.prompt) + run.budget,
             "do_sample": params.temperature > 0,
             "repetition_penalty": params.repeat_penalty,
             "random_seed": params.seed if params.seed is not None else random.getrandbits(31),
@@ -102,13 +90,12 @@ class OnnxGenAIEngine(ThreadedEngine):
             options.update(temperature=params.temperature, top_p=params.top_p, top_k=params.top_k)
         search.set_search_options(**options)
         decoder = tokenizer.create_stream()
-        produced = 0
-        finish: Any = "length"
+        finish: Literal["stop", "length"] = "length"
         with self._lock:
             generator = og.Generator(model, search)
-            generator.append_tokens(prompt)
-            while produced < budget:
-                if stop.is_set():
+            generator.append_tokens(run.prompt)
+            while run.produced < run.budget:
+                if run.stop.is_set():
                     return
                 if generator.is_done():  # after an end-of-sequence token
                     finish = "stop"
@@ -118,22 +105,8 @@ class OnnxGenAIEngine(ThreadedEngine):
                 if token in self._eos:
                     finish = "stop"
                     break
-                produced += 1
-                self.generated_tokens += 1
-                emit(
-                    GenerationChunk(
-                        text=decoder.decode(token),
-                        prompt_tokens=len(prompt) if produced == 1 else 0,
-                    )
-                )
-        emit(
-            GenerationChunk(
-                text="",
-                tokens=0,
-                finish_reason=finish,
-                prompt_tokens=len(prompt) if produced == 0 else 0,
-            )
-        )
+                run.token(decoder.decode(token))
+        run.finish(finish)
 
     async def tokenize(self, text: str, add_special_tokens: bool) -> list[tuple[int, str]]:
         _, tokenizer = self._loaded()

@@ -1,16 +1,16 @@
 """InferenceService for text: turns typed requests into engine calls and streams the result.
 
-Protocol concerns live here so every engine gets them alike: chat messages from typed inputs,
-parameter validation, stop sequences and <think> extraction across chunk boundaries, usage,
-timings, cancellation (client cancel, deadline or a Control message) and the final event.
+Text protocol concerns live here so every engine gets them alike: chat messages from typed
+inputs, parameter validation, stop sequences and <think> extraction across chunk boundaries and
+usage; what every modality does alike (admission, cancellation, deadline, the final event and
+trailers) is the runtime's `serve_infer`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,11 +18,10 @@ from typing import Any
 import grpc
 from google.protobuf import json_format
 
-from genmesh.runtime import errors, telemetry
+from genmesh.runtime import errors
 from genmesh.runtime.errors import FieldViolation
-from genmesh.runtime.inference import first_request, watch_cancel
+from genmesh.runtime.inference import Context, InferenceServicer, InferJob, Requests, Stop
 from genmesh.runtime.limiter import Slots
-from genmesh.runtime.timing import Stopwatch
 from genmesh.ttt.engine import (
     ChatMessage,
     EngineModelInfo,
@@ -32,12 +31,9 @@ from genmesh.ttt.engine import (
     TextEngine,
 )
 from genmesh.ttt.models import ModelEntry, scan
-from genmesh.ttt.textstream import StopMatcher, ThinkSplitter
-from genmesh.v1 import common_pb2, inference_pb2, inference_pb2_grpc
+from genmesh.ttt.textstream import Split, TextOutput
+from genmesh.v1 import common_pb2, inference_pb2
 
-log = logging.getLogger(__name__)
-
-Context = grpc.aio.ServicerContext[Any, Any]
 ROLES = {
     common_pb2.INPUT_ROLE_UNSPECIFIED: "user",
     common_pb2.INPUT_ROLE_USER_PROMPT: "user",
@@ -178,7 +174,68 @@ class ServedModel:
         return messages
 
 
-class TextInferenceService(inference_pb2_grpc.InferenceServiceServicer):
+def delta(split: Split) -> common_pb2.StreamEvent:
+    return common_pb2.StreamEvent(
+        text_delta=common_pb2.TextDelta(text=split.text, thoughts=split.thoughts)
+    )
+
+
+class TextJob(InferJob):
+    """One generation in three stages, as in vLLM: input processing (messages and sampling
+    parameters, validated here), the engine, and output processing (`TextOutput`)."""
+
+    def __init__(self, served: ServedModel, request: common_pb2.GenerateRequest) -> None:
+        self.engine = served.engine
+        self.model = self.engine.name
+        self.slots = served.slots
+        self.messages = served.conversation(request)
+        self.params = sampling_params(request, self.engine.info())
+        self.output = TextOutput(self.params.stop)
+
+    async def events(self, stop: Stop) -> AsyncGenerator[common_pb2.StreamEvent, None]:
+        if stop:
+            return
+        generation = start_generation(self.engine, self.messages, self.params)
+        try:
+            async for chunk in generation:
+                split = self.output.feed(chunk)
+                if split.text or split.thoughts:
+                    yield delta(split)
+                if self.output.finished or stop:
+                    break
+        finally:
+            # Closing the stream is what stops the engine (within one token).
+            with contextlib.suppress(Exception):
+                await generation.aclose()  # type: ignore[attr-defined]
+        tail = self.output.flush()
+        if tail.text or tail.thoughts:
+            yield delta(tail)
+
+    async def result(self) -> common_pb2.GenerateResponse:
+        out = self.output
+        return common_pb2.GenerateResponse(
+            outputs=[
+                common_pb2.OutputItem(
+                    kind=common_pb2.CONTENT_KIND_TEXT,
+                    text="".join(out.answer),
+                    thoughts="".join(out.thoughts),
+                    seed=self.params.seed or 0,
+                )
+            ],
+            usage=common_pb2.Usage(
+                prompt_tokens=out.prompt_tokens,
+                completion_tokens=out.completion_tokens,
+                total_tokens=out.prompt_tokens + out.completion_tokens,
+            ),
+            finish_reason=FINISH.get(out.finish, common_pb2.FINISH_REASON_UNSPECIFIED),
+            stop_sequence=out.stop_sequence,
+        )
+
+    def summary(self) -> dict[str, Any]:
+        return {"completion_tokens": self.output.completion_tokens}
+
+
+class TextInferenceService(InferenceServicer):
     def __init__(
         self,
         models: dict[str, ServedModel],
@@ -198,104 +255,8 @@ class TextInferenceService(inference_pb2_grpc.InferenceServiceServicer):
     def engine(self, name: str) -> TextEngine:
         return self.model(name).engine
 
-    async def Infer(  # noqa: N802 - gRPC method name
-        self, request_iterator: AsyncIterator[inference_pb2.InferRequest], context: Context
-    ) -> AsyncIterator[inference_pb2.InferResponse]:
-        clock = Stopwatch()
-        request = await first_request(request_iterator)
-        model = self.model(request.model)
-        engine = model.engine
-        messages = model.conversation(request)
-        params = sampling_params(request, engine.info())
-        context.set_trailing_metadata((("x-request-id", request.request_id),))
-        cancelled = asyncio.ensure_future(watch_cancel(request_iterator))
-        stops, thinking = StopMatcher(params.stop), ThinkSplitter()
-        answer, thoughts = [], []
-        prompt_tokens = completion_tokens = 0
-        finish = common_pb2.FINISH_REASON_STOP
-        outcome = "completed"
-        try:
-            async with model.slots.slot():
-                clock.dequeued()
-                generation = start_generation(engine, messages, params)
-                try:
-                    async for chunk in generation:
-                        prompt_tokens += chunk.prompt_tokens
-                        completion_tokens += chunk.tokens
-                        split = thinking.feed(stops.feed(chunk.text))
-                        if chunk.finish_reason:
-                            finish = FINISH[chunk.finish_reason]
-                        if stops.matched:
-                            finish = common_pb2.FINISH_REASON_STOP_SEQUENCE
-                        if split.text or split.thoughts:
-                            clock.first_output()
-                            answer.append(split.text)
-                            thoughts.append(split.thoughts)
-                            yield self._delta(request.request_id, split.text, split.thoughts)
-                        if stops.matched:
-                            break
-                        if cancelled.done():
-                            finish, outcome = common_pb2.FINISH_REASON_CANCELLED, "cancelled"
-                            break
-                finally:
-                    # Closing the stream is what stops the engine (within one token).
-                    with contextlib.suppress(Exception):
-                        await generation.aclose()  # type: ignore[attr-defined]
-            tail = thinking.feed(stops.flush())
-            rest = thinking.flush()
-            tail.text += rest.text
-            tail.thoughts += rest.thoughts
-            if tail.text or tail.thoughts:
-                answer.append(tail.text)
-                thoughts.append(tail.thoughts)
-                yield self._delta(request.request_id, tail.text, tail.thoughts)
-        except (asyncio.CancelledError, GeneratorExit):
-            # GeneratorExit: the call ended while this stream waited for the client to read.
-            outcome = "cancelled by client or deadline"
-            raise
-        finally:
-            cancelled.cancel()
-            telemetry.event(
-                log,
-                "generation ended",
-                request_id=request.request_id,
-                model=engine.name,
-                outcome=outcome,
-                completion_tokens=completion_tokens,
-            )
-        context.set_trailing_metadata((("x-request-id", request.request_id), *clock.metadata()))
-        final = common_pb2.GenerateResponse(
-            request_id=request.request_id,
-            model=engine.name,
-            outputs=[
-                common_pb2.OutputItem(
-                    kind=common_pb2.CONTENT_KIND_TEXT,
-                    text="".join(answer),
-                    thoughts="".join(thoughts),
-                    seed=params.seed or 0,
-                )
-            ],
-            usage=common_pb2.Usage(
-                prompt_tokens=prompt_tokens,
-                completion_tokens=completion_tokens,
-                total_tokens=prompt_tokens + completion_tokens,
-            ),
-            finish_reason=finish,
-            timings=clock.timings(),
-            stop_sequence=stops.matched,
-        )
-        yield inference_pb2.InferResponse(
-            request_id=request.request_id, event=common_pb2.StreamEvent(final=final)
-        )
-
-    @staticmethod
-    def _delta(request_id: str, text: str, thoughts: str) -> inference_pb2.InferResponse:
-        return inference_pb2.InferResponse(
-            request_id=request_id,
-            event=common_pb2.StreamEvent(
-                text_delta=common_pb2.TextDelta(text=text, thoughts=thoughts)
-            ),
-        )
+    async def job(self, request: common_pb2.GenerateRequest, _: Requests) -> TextJob:
+        return TextJob(self.model(request.model), request)
 
     def _info(self, model: ServedModel) -> common_pb2.ModelInfo:
         info = model_info_proto(model.engine.info())

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from genmesh.ttt.engine import GenerationChunk
+
 THINK_OPEN = "<think>"
 THINK_CLOSE = "</think>"
 
@@ -91,3 +93,48 @@ class ThinkSplitter:
             out.thoughts += text
         else:
             out.text += text
+
+
+class TextOutput:
+    """The output stage of a generation: engine chunks in, client deltas out, with stop
+    sequences cut, <think> text moved to thoughts, usage counted and the finish reason kept."""
+
+    def __init__(self, stops: tuple[str, ...]) -> None:
+        self._stops = StopMatcher(stops)
+        self._thinking = ThinkSplitter()
+        self.answer: list[str] = []
+        self.thoughts: list[str] = []
+        self.prompt_tokens = 0
+        self.completion_tokens = 0
+        self.finish = ""
+
+    @property
+    def stop_sequence(self) -> str:
+        return self._stops.matched
+
+    @property
+    def finished(self) -> bool:
+        """A stop sequence ended the answer: the engine's further output is not wanted."""
+        return bool(self._stops.matched)
+
+    def feed(self, chunk: GenerationChunk) -> Split:
+        """The delta a chunk of engine output makes; `finished` once a stop sequence matched."""
+        self.prompt_tokens += chunk.prompt_tokens
+        self.completion_tokens += chunk.tokens
+        if chunk.finish_reason:
+            self.finish = chunk.finish_reason
+        split = self._keep(self._thinking.feed(self._stops.feed(chunk.text)))
+        if self._stops.matched:
+            self.finish = "stop_sequence"
+        return split
+
+    def flush(self) -> Split:
+        """Text held back at the end in case it began a stop sequence or a tag."""
+        tail = self._thinking.feed(self._stops.flush())
+        rest = self._thinking.flush()
+        return self._keep(Split(tail.text + rest.text, tail.thoughts + rest.thoughts))
+
+    def _keep(self, split: Split) -> Split:
+        self.answer.append(split.text)
+        self.thoughts.append(split.thoughts)
+        return split

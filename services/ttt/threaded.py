@@ -12,7 +12,8 @@ import abc
 import asyncio
 import threading
 from collections.abc import AsyncIterator, Callable
-from typing import TypeVar, cast
+from dataclasses import dataclass
+from typing import Literal, TypeVar, cast
 
 from genmesh.ttt.engine import ChatMessage, GenerationChunk, LocalEngine, SamplingParams
 
@@ -61,6 +62,39 @@ async def stream_from_thread(work: Work[T]) -> AsyncIterator[T]:
         stop.set()
 
 
+@dataclass
+class TokenRun:
+    """One generation as its engine's thread sees it: what to produce, where chunks go and the
+    stop flag (checked between tokens). `token` and `finish` keep every engine's chunks alike:
+    the first chunk carries the prompt's size, the last one the finish reason."""
+
+    engine: LocalEngine
+    prompt: list[int]
+    params: SamplingParams
+    budget: int
+    emit: Callable[[GenerationChunk], None]
+    stop: threading.Event
+    produced: int = 0
+
+    def token(self, text: str) -> None:
+        """One generated token's text."""
+        self.produced += 1
+        self.engine.generated_tokens += 1
+        first = self.produced == 1
+        self.emit(GenerationChunk(text=text, prompt_tokens=len(self.prompt) if first else 0))
+
+    def finish(self, reason: Literal["stop", "length"], text: str = "") -> None:
+        """The last chunk: any text the decoder held back, and why generation ended."""
+        self.emit(
+            GenerationChunk(
+                text=text,
+                tokens=0,
+                finish_reason=reason,
+                prompt_tokens=0 if self.produced else len(self.prompt),
+            )
+        )
+
+
 class ThreadedEngine(LocalEngine):
     """A local engine whose token loop blocks: each generation runs `_produce` in its own thread."""
 
@@ -69,17 +103,10 @@ class ThreadedEngine(LocalEngine):
     ) -> AsyncIterator[GenerationChunk]:
         prompt, budget = self.prompt_and_budget(messages, params)
         return stream_from_thread(
-            lambda emit, stop: self._produce(prompt, params, budget, emit, stop)
+            lambda emit, stop: self._produce(TokenRun(self, prompt, params, budget, emit, stop))
         )
 
     @abc.abstractmethod
-    def _produce(
-        self,
-        prompt: list[int],
-        params: SamplingParams,
-        budget: int,
-        emit: Callable[[GenerationChunk], None],
-        stop: threading.Event,
-    ) -> None:
-        """Emits up to `budget` tokens, then a chunk with the finish reason; returns early once
-        `stop` is set (checked between tokens)."""
+    def _produce(self, run: TokenRun) -> None:
+        """Emits up to `run.budget` tokens, then `run.finish`; returns early once `run.stop` is
+        set."""

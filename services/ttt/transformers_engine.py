@@ -19,9 +19,8 @@ from genmesh.ttt.engine import (
     ChatMessage,
     EngineModelInfo,
     GenerationChunk,
-    SamplingParams,
 )
-from genmesh.ttt.threaded import ThreadedEngine
+from genmesh.ttt.threaded import ThreadedEngine, TokenRun
 
 if TYPE_CHECKING:
     import torch
@@ -97,16 +96,11 @@ class TransformersEngine(ThreadedEngine):
             ),
         )
 
-    def _produce(
-        self,
-        prompt: list[int],
-        params: SamplingParams,
-        budget: int,
-        emit: Emit,
-        stop: threading.Event,
-    ) -> None:
+    def _produce(self, run: TokenRun) -> None:
         import torch
         from transformers import StoppingCriteria, StoppingCriteriaList
+
+        prompt, params, budget, emit, stop = run.prompt, run.params, run.budget, run.emit, run.stop
 
         class _Cancelled(StoppingCriteria):
             def __call__(self, input_ids: torch.LongTensor, scores: Any, **kwargs: Any) -> Any:
