@@ -41,6 +41,7 @@ INLINE_STUB_BYTES = 1 << 10
 # How long a sandbox stream that has delivered its result may take to end by itself before it is
 # cancelled (it ends at once unless the sandbox service is stuck).
 RESULT_GRACE_SECONDS = 5.0
+CLIENT_CLOSED = "the client ended its stream without answering"
 
 
 class ServerFunctions:
@@ -168,6 +169,9 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
             raise errors.invalid_argument(
                 "the program is empty", FieldViolation("program.code", "required")
             )
+        violations = validation.json_violations("program.globals", program.globals)
+        if violations:
+            raise errors.invalid_argument("invalid program globals", *violations)
         if unary and program.client_functions.strip():
             raise errors.invalid_argument(
                 "Execute runs server-side functions only; use Run for client functions",
@@ -231,17 +235,34 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
             await sandbox_requests.put(SandboxRequest(result=result))
 
         relayed: set[int] = set()  # calls the client was asked to answer and has not yet
+        closed = False  # the client ended its stream: it answers nothing more
+        refused: list[errors.ServiceError] = []
+
+        def refusal(call_id: int, error: str) -> SandboxRequest:
+            return SandboxRequest(result=program_pb2.FunctionResult(call_id=call_id, error=error))
 
         async def forward(requests: AsyncIterator[SandboxRequest]) -> None:
             """The client's controls, and its results for calls relayed to it, once each: a
             result for any other call (a server function's, one not made yet, one answered
-            already) would put words in the mouth of whoever else answers it."""
-            async for request in requests:
-                if request.HasField("result"):
-                    if request.result.call_id not in relayed:
-                        continue
-                    relayed.discard(request.result.call_id)
-                await sandbox_requests.put(request)
+            already) would put words in the mouth of whoever else answers it. Once the client
+            has ended its stream, the calls it left unanswered fail instead of waiting; a message
+            of its that is refused (one that does not parse) ends the run with that refusal."""
+            nonlocal closed
+            try:
+                async for request in requests:
+                    if request.HasField("result"):
+                        if request.result.call_id not in relayed:
+                            continue
+                        relayed.discard(request.result.call_id)
+                    await sandbox_requests.put(request)
+            except errors.ServiceError as exc:
+                refused.append(exc)
+                stream.cancel()
+                return
+            closed = True
+            for call_id in sorted(relayed):
+                await sandbox_requests.put(refusal(call_id, CLIENT_CLOSED))
+            relayed.clear()
 
         tasks: set[asyncio.Task[None]] = set()
         if client is not None:
@@ -259,18 +280,17 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
                         tasks.add(task)
                         task.add_done_callback(tasks.discard)
                         continue
-                    if client is None:
-                        await sandbox_requests.put(
-                            SandboxRequest(
-                                result=program_pb2.FunctionResult(
-                                    call_id=call.call_id, error=f"unknown function {call.name!r}"
-                                )
-                            )
-                        )
+                    if client is None or closed:
+                        error = CLIENT_CLOSED if closed else f"unknown function {call.name!r}"
+                        await sandbox_requests.put(refusal(call.call_id, error))
                         continue
                     relayed.add(call.call_id)
                 yield response
-        except grpc.aio.AioRpcError as exc:
+        except (grpc.aio.AioRpcError, asyncio.CancelledError) as exc:
+            if refused:
+                raise refused[0] from None
+            if isinstance(exc, asyncio.CancelledError):
+                raise
             raise errors.from_rpc_error(exc) from None
         finally:
             for task in tasks:

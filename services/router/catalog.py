@@ -7,11 +7,13 @@ from typing import Any
 
 import grpc
 
+from genmesh.router import validation
 from genmesh.router.backends import Backends, BindingRoute
 from genmesh.router.dispatch import Context, translate
 from genmesh.router.functions import FunctionRegistry
 from genmesh.router.personalities import Personalities
 from genmesh.runtime import errors
+from genmesh.runtime.errors import FieldViolation
 from genmesh.v1 import (
     catalog_pb2,
     catalog_pb2_grpc,
@@ -48,6 +50,7 @@ class CatalogService(catalog_pb2_grpc.CatalogServiceServicer):
     async def ListBindings(  # noqa: N802 - gRPC method name
         self, request: catalog_pb2.ListBindingsRequest, context: Context
     ) -> catalog_pb2.ListBindingsResponse:
+        validation.task(request.task)
         bindings = []
         for route in self.backends.routes.values():
             if request.task and request.task not in route.tasks:
@@ -82,6 +85,7 @@ class CatalogService(catalog_pb2_grpc.CatalogServiceServicer):
     async def ListModels(  # noqa: N802
         self, request: catalog_pb2.ListModelsRequest, context: Context
     ) -> catalog_pb2.ListModelsResponse:
+        validation.names(binding=request.binding)
         routes = (
             [self.backends.get(request.binding)]
             if request.binding
@@ -105,6 +109,11 @@ class CatalogService(catalog_pb2_grpc.CatalogServiceServicer):
     async def GetModelInfo(  # noqa: N802
         self, request: catalog_pb2.GetModelInfoRequest, context: Context
     ) -> catalog_pb2.GetModelInfoResponse:
+        validation.names(binding=request.binding, model=request.model)
+        if not request.binding:
+            raise errors.invalid_argument(
+                "GetModelInfo needs a binding", FieldViolation("binding", "is required")
+            )
         route = self.backends.get(request.binding)
         answer = await call_backend(
             route,
@@ -122,17 +131,23 @@ class TokenizerService(tokenizer_pb2_grpc.TokenizerServiceServicer):
     def __init__(self, backends: Backends) -> None:
         self.backends = backends
 
-    def _route(self, binding: str) -> BindingRoute:
-        return (
-            self.backends.get(binding)
-            if binding
-            else self.backends.default_for(common_pb2.TASK_TEXT)
-        )
+    def _route(self, binding: str, model: str) -> BindingRoute:
+        """The text binding whose tokenizer to use: only text models have one."""
+        validation.names(binding=binding, model=model)
+        if not binding:
+            return self.backends.default_for(common_pb2.TASK_TEXT)
+        route = self.backends.get(binding)
+        if common_pb2.TASK_TEXT not in route.tasks:
+            raise errors.invalid_argument(
+                f"binding '{binding}' has no tokenizer",
+                FieldViolation("binding", "must be a binding that serves TASK_TEXT"),
+            )
+        return route
 
     async def _tokenize(
         self, binding: str, model: str, text: str, special: bool, context: Context
     ) -> inference_pb2.InferenceServiceTokenizeResponse:
-        route = self._route(binding)
+        route = self._route(binding, model)
         request = inference_pb2.InferenceServiceTokenizeRequest(
             model=model or route.config.model, text=text, add_special_tokens=special
         )
@@ -152,7 +167,7 @@ class TokenizerService(tokenizer_pb2_grpc.TokenizerServiceServicer):
     async def Detokenize(  # noqa: N802
         self, request: tokenizer_pb2.DetokenizeRequest, context: Context
     ) -> tokenizer_pb2.DetokenizeResponse:
-        route = self._route(request.binding)
+        route = self._route(request.binding, request.model)
         answer = await call_backend(
             route,
             "Detokenize",

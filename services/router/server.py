@@ -8,6 +8,7 @@ from genmesh.router.catalog import CatalogService, TokenizerService
 from genmesh.router.dispatch import Dispatcher
 from genmesh.router.functions import FunctionRegistry
 from genmesh.router.generation import GenerationService
+from genmesh.router.inputs import InputResolver
 from genmesh.router.personalities import Personalities
 from genmesh.router.settings import load_router_settings
 from genmesh.runtime import telemetry
@@ -33,7 +34,8 @@ async def main() -> None:
         settings.bindings, settings.outgoing_key(), settings.health_check_interval_seconds
     )
     personalities = Personalities.discover(settings.personality_folders, settings.personalities)
-    dispatcher = Dispatcher(backends, settings.max_request_bytes, personalities)
+    inputs = InputResolver(settings.inputs, settings.max_request_bytes)
+    dispatcher = Dispatcher(backends, settings.max_request_bytes, personalities, inputs)
     functions = FunctionRegistry.discover(
         settings.function_folders, mesh_functions(dispatcher.generate)
     )

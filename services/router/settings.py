@@ -99,6 +99,27 @@ class PersonalityOverride(BaseModel):
     enabled: bool = True
 
 
+class InputSettings(BaseModel):
+    """Where an `InputItem.uri` may point (data: URIs always may); see genmesh.router.inputs."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # file:// URIs are read only inside these folders, after symlinks and '..' are resolved;
+    # none (the default) refuses every file:// URI.
+    file_roots: list[Path] = []
+    # http(s):// URIs are fetched only from these hosts, "name" (any port) or "name:port";
+    # none (the default) refuses every http(s):// URI. Redirects are not followed.
+    http_hosts: list[str] = []
+    # The most one URI may hold once read, and how long a fetch may take in all.
+    max_uri_bytes: int = Field(default=8 * 1024 * 1024, gt=0)
+    http_timeout_seconds: float = Field(default=10.0, gt=0)
+
+    @field_validator("http_hosts")
+    @classmethod
+    def _lower_case(cls, hosts: list[str]) -> list[str]:
+        return [host.strip().lower() for host in hosts]
+
+
 class RouterSettings(ServiceSettings):
     service_name: ClassVar[str] = "router"
 
@@ -128,6 +149,8 @@ class RouterSettings(ServiceSettings):
     backend_key: SecretStr | None = None
     # Replicas are checked this often (and at once when their connection drops).
     health_check_interval_seconds: float = Field(default=0.5, gt=0)
+    # What InputItem.uri may refer to: files under allowed roots, allowlisted web hosts.
+    inputs: InputSettings = InputSettings()
 
     @model_validator(mode="after")
     def _unique_names(self) -> RouterSettings:

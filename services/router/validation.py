@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import math
 import uuid
+
+from google.protobuf import struct_pb2
 
 from genmesh.runtime import errors
 from genmesh.runtime.errors import FieldViolation
@@ -31,6 +34,14 @@ KIND_PREFIX = {
     common_pb2.CONTENT_KIND_JSON: ("application/json",),
 }
 MAX_REQUEST_ID = 128
+# Names (bindings, personalities, models) come back in error messages and details, which travel
+# in trailing metadata: unbounded ones would overflow its limit and lose the status's details.
+MAX_NAME = 256
+# RFC 6838 allows 127 characters each for the type and the subtype.
+MAX_MIME_TYPE = 255
+# Structs go on to engines and the sandbox, each hop wrapping them a level deeper, and protobuf
+# decoders stop at 100 levels of messages (about 30 of JSON): deeper ones fail further on.
+MAX_JSON_DEPTH = 20
 
 
 def request_id(value: str) -> str:
@@ -47,6 +58,17 @@ def request_id(value: str) -> str:
     return value
 
 
+def names(**values: str) -> None:
+    """Refuses names no binding, personality or model can have, before they are looked up."""
+    violations = [
+        FieldViolation(field, f"must be printable and at most {MAX_NAME} characters")
+        for field, value in values.items()
+        if len(value) > MAX_NAME or not value.isprintable()
+    ]
+    if violations:
+        raise errors.invalid_argument("invalid name", *violations)
+
+
 def task(value: int) -> None:
     """Enums are open on the wire: any number arrives, and only the known ones mean a task."""
     if value not in common_pb2.Task.values():
@@ -56,9 +78,30 @@ def task(value: int) -> None:
         )
 
 
+def json_violations(field: str, struct: struct_pb2.Struct) -> list[FieldViolation]:
+    """Structs carry JSON, which has no NaN or infinity and which every hop must decode."""
+    pending: list[tuple[struct_pb2.Value, int]] = [(value, 1) for value in struct.fields.values()]
+    while pending:
+        value, depth = pending.pop()
+        if depth > MAX_JSON_DEPTH:
+            return [FieldViolation(field, f"is nested more than {MAX_JSON_DEPTH} levels deep")]
+        kind = value.WhichOneof("kind")
+        if kind == "number_value" and not math.isfinite(value.number_value):
+            return [FieldViolation(field, "holds a number JSON cannot carry (NaN or infinity)")]
+        if kind == "struct_value":
+            pending.extend((v, depth + 1) for v in value.struct_value.fields.values())
+        elif kind == "list_value":
+            pending.extend((v, depth + 1) for v in value.list_value.values)
+    return []
+
+
 def _item_violations(index: int, item: common_pb2.InputItem) -> list[FieldViolation]:
     where = f"inputs[{index}]"
     payload = item.WhichOneof("payload")
+    if len(item.mime_type) > MAX_MIME_TYPE or not (
+        item.mime_type.isascii() and item.mime_type.isprintable()
+    ):
+        return [FieldViolation(f"{where}.mime_type", "must be a media type such as image/png")]
     mime = item.mime_type.split(";")[0].strip().lower()
     if payload is None:
         return [FieldViolation(where, "needs a payload: text, data or uri")]
@@ -104,5 +147,6 @@ def check_request(
         violations.append(FieldViolation("inputs", "at least one input is required"))
     for index, item in enumerate(request.inputs):
         violations.extend(_item_violations(index, item))
+    violations.extend(json_violations("extra", request.extra))
     if violations:
         raise errors.invalid_argument("invalid request", *violations)

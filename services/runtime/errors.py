@@ -16,6 +16,15 @@ from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 DOMAIN = "genmesh.dev"
+# A status travels in trailing metadata, which clients cap (16 KiB by default; more and the
+# client sees RESOURCE_EXHAUSTED without details): texts that may echo client input are clipped,
+# and only the first violations are listed.
+MAX_TEXT = 512
+MAX_VIOLATIONS = 16
+
+
+def _clip(text: str) -> str:
+    return text if len(text) <= MAX_TEXT else text[: MAX_TEXT - 1] + "\u2026"
 
 
 @dataclass(frozen=True)
@@ -44,22 +53,25 @@ class ServiceError(Exception):
             bad_request = error_details_pb2.BadRequest(
                 field_violations=[
                     error_details_pb2.BadRequest.FieldViolation(
-                        field=v.field, description=v.description
+                        field=_clip(v.field), description=_clip(v.description)
                     )
-                    for v in self.violations
+                    for v in self.violations[:MAX_VIOLATIONS]
                 ]
             )
             details.append(_pack(bad_request))
         if self.reason:
             info = error_details_pb2.ErrorInfo(
-                reason=self.reason, domain=DOMAIN, metadata=dict(self.metadata)
+                reason=self.reason,
+                domain=DOMAIN,
+                metadata={k: _clip(v) for k, v in self.metadata.items()},
             )
             details.append(_pack(info))
         if self.retry_after is not None:
             delay = duration_pb2.Duration()
             delay.FromNanoseconds(int(self.retry_after * 1e9))
             details.append(_pack(error_details_pb2.RetryInfo(retry_delay=delay)))
-        proto = status_pb2.Status(code=self.code.value[0], message=self.message, details=details)
+        message = _clip(self.message)
+        proto = status_pb2.Status(code=self.code.value[0], message=message, details=details)
         status: grpc.Status = rpc_status.to_status(proto)
         return status
 

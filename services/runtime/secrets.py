@@ -11,9 +11,12 @@ Both sources hold the same two things:
   `providers:` in the file, overridden by `GENMESH_SECRET_<NAME>` environment variables.
 
 `LiveSecrets` refreshes periodically so a key added or revoked takes effect without a restart;
-when the source is down it keeps the last good values. Values never reach logs or reprs: provider
-secrets are `SecretStr`, plaintext keys are hashed while parsing, and error messages are built
-from field names only.
+when the source is down it keeps the last good values. Engines read provider secrets through
+`ProviderSecrets` at each use and ask for an early re-read when an upstream refuses one, so a
+rotation reaches them at once, not only at the next periodic refresh.
+
+Values never reach logs or reprs: provider secrets are `SecretStr`, plaintext keys are hashed
+while parsing, and error messages are built from field names only.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import contextlib
 import json
 import logging
 import os
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -46,6 +50,7 @@ KEYS_SECRET = "api-keys"
 PROVIDERS_SECRET = "providers"
 ENV_PREFIX = "GENMESH_SECRET_"
 FILE_REFRESH_SECONDS = 30.0
+REREAD_SECONDS = 1.0
 Scope = Literal["generate", "agent", "admin", "internal"]
 
 
@@ -281,11 +286,15 @@ class LiveSecrets:
         self,
         provider: SecretsProvider,
         on_update: Callable[[Secrets], None] | None = None,
+        reread_seconds: float = REREAD_SECONDS,
     ) -> None:
         self.provider = provider
         self.on_update = on_update
+        self.reread_seconds = reread_seconds
         self.current = Secrets()
         self._task: asyncio.Task[None] | None = None
+        self._reread: asyncio.Task[bool] | None = None
+        self._last_reread = -reread_seconds
 
     async def load(self) -> Secrets:
         """The first read; unlike a refresh, a failure here is fatal (there is nothing to keep)."""
@@ -300,6 +309,21 @@ class LiveSecrets:
             return False
         self._apply(secrets)
         return True
+
+    async def reread(self) -> bool:
+        """A refresh ahead of schedule, for a consumer whose upstream just refused a secret.
+
+        Callers at the same time share one read, and reads start at most once per
+        `reread_seconds`, so a secret that is wrong at the source too cannot turn every request
+        into a read of the source. True when a read succeeded.
+        """
+        if self._reread is None or self._reread.done():
+            now = time.monotonic()
+            if now - self._last_reread < self.reread_seconds:
+                return False
+            self._last_reread = now
+            self._reread = asyncio.create_task(self.refresh(), name="secrets-reread")
+        return await asyncio.shield(self._reread)
 
     def _apply(self, secrets: Secrets) -> None:
         before = {key.name: key.sha256 for key in self.current.api_keys}
@@ -332,6 +356,39 @@ class LiveSecrets:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+
+
+class ProviderSecrets:
+    """Provider secrets by name for a service's engines, which are built before the server has
+    read its secrets: `bind` hands them the live ones once it has.
+
+    Values are looked up at each use and never copied, so a rotation at the source reaches the
+    engines with the next refresh, or at once through `rotated`.
+    """
+
+    def __init__(self) -> None:
+        self._live: LiveSecrets | None = None
+
+    def bind(self, live: LiveSecrets) -> None:
+        self._live = live
+
+    def _current(self) -> Secrets:
+        return self._live.current if self._live is not None else Secrets()
+
+    def _value(self, name: str) -> str | None:
+        secret = self._current().providers.get(name)
+        return secret.get_secret_value() if secret is not None else None
+
+    def get(self, name: str) -> str:
+        """The secret's current value; KeyError (naming it, not showing it) when there is none."""
+        return self._current().provider(name).get_secret_value()
+
+    async def rotated(self, name: str, refused: str) -> bool:
+        """Whether the secret changed since `refused`, the value an upstream just refused; the
+        source is re-read early to find out."""
+        if self._live is not None and self._value(name) == refused:
+            await self._live.reread()
+        return self._value(name) != refused
 
 
 async def start_secrets(settings: ServiceSettings, keys: KeyStore) -> LiveSecrets:

@@ -4,6 +4,13 @@ Streaming chat completions through the official `openai` client. Closing the ite
 HTTP response, which is how every compatible server learns that the client went away. Sampling
 parameters outside the OpenAI schema (top_k, repeat_penalty) travel in the request body, where
 llama.cpp and vLLM read them and others ignore them.
+
+The endpoint's key is a provider secret (Vault's `<path>/providers`, the secrets file or
+`GENMESH_SECRET_<NAME>`), looked up for every request. When the endpoint refuses it, the secret is
+re-read at once and the request retried once if it changed: after a rotation the first request
+already succeeds, where waiting for the periodic refresh would fail requests for up to
+`refresh_seconds`. Upstream failures become coded statuses that never quote the upstream's answer
+(which may echo the key).
 """
 
 from __future__ import annotations
@@ -11,6 +18,14 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any, cast
 
+import grpc
+import httpx2
+import openai
+from openai import AsyncOpenAI
+
+from genmesh.runtime.errors import ServiceError
+from genmesh.runtime.secrets import ProviderSecrets
+from genmesh.runtime.settings import ConfigError
 from genmesh.ttt.engine import (
     ChatMessage,
     EngineModelInfo,
@@ -20,14 +35,46 @@ from genmesh.ttt.engine import (
 )
 
 if TYPE_CHECKING:
-    from openai import AsyncOpenAI
-    from openai.types.chat import ChatCompletionMessageParam
+    from openai.types.chat import ChatCompletionChunk, ChatCompletionMessageParam
 
 _FINISH: dict[str | None, Any] = {"stop": "stop", "length": "length"}
+# How an upstream HTTP status reaches the client (anything else, 5xx included: UNAVAILABLE).
+_STATUS: dict[int, tuple[grpc.StatusCode, str]] = {
+    400: (grpc.StatusCode.INVALID_ARGUMENT, "UPSTREAM_REJECTED_REQUEST"),
+    401: (grpc.StatusCode.PERMISSION_DENIED, "UPSTREAM_KEY_REFUSED"),
+    403: (grpc.StatusCode.PERMISSION_DENIED, "UPSTREAM_KEY_REFUSED"),
+    404: (grpc.StatusCode.FAILED_PRECONDITION, "UPSTREAM_NOT_FOUND"),
+    413: (grpc.StatusCode.INVALID_ARGUMENT, "UPSTREAM_REJECTED_REQUEST"),
+    422: (grpc.StatusCode.INVALID_ARGUMENT, "UPSTREAM_REJECTED_REQUEST"),
+    429: (grpc.StatusCode.RESOURCE_EXHAUSTED, "UPSTREAM_RATE_LIMITED"),
+}
+
+
+def upstream_error(model: str, exc: openai.APIError | httpx2.HTTPError) -> ServiceError:
+    """An upstream failure as a coded status, from its HTTP status alone."""
+    if not isinstance(exc, openai.APIStatusError):
+        return ServiceError(
+            grpc.StatusCode.UNAVAILABLE,
+            f"the upstream endpoint of model '{model}' cannot be reached",
+            "UPSTREAM_UNAVAILABLE",
+            metadata={"model": model},
+            retry_after=1.0,
+        )
+    code, reason = _STATUS.get(exc.status_code, (grpc.StatusCode.UNAVAILABLE, "UPSTREAM_FAILED"))
+    what = "refused its API key" if reason == "UPSTREAM_KEY_REFUSED" else "failed"
+    retry = code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED)
+    return ServiceError(
+        code,
+        f"the upstream endpoint of model '{model}' {what} (HTTP {exc.status_code})",
+        reason,
+        metadata={"model": model, "http_status": str(exc.status_code)},
+        retry_after=1.0 if retry else None,
+    )
 
 
 class OpenAIEngine(TextEngine):
-    """Forwards generations to `base_url`; `remote_model` names the model there."""
+    """Forwards generations to `base_url`; `remote_model` names the model there, and
+    `api_key_secret` the provider secret holding its key (none: a server without keys)."""
 
     engine = "openai"
 
@@ -36,7 +83,8 @@ class OpenAIEngine(TextEngine):
         name: str,
         *,
         base_url: str,
-        api_key: str,
+        secrets: ProviderSecrets,
+        api_key_secret: str = "",
         remote_model: str = "",
         context_size: int = 0,
         max_output_tokens: int = 4096,
@@ -44,20 +92,42 @@ class OpenAIEngine(TextEngine):
     ) -> None:
         self.name = name
         self._base_url = base_url
-        self._api_key = api_key
+        self._secrets = secrets
+        self._secret = api_key_secret
         self._remote_model = remote_model or name
         self._context_size = context_size
         self._max_output_tokens = max_output_tokens
         self._timeout = timeout
         self._client: AsyncOpenAI | None = None
 
-    async def load(self) -> None:
-        from openai import AsyncOpenAI
+    def _key(self) -> str:
+        try:
+            return self._secrets.get(self._secret)
+        except KeyError:
+            raise ServiceError(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"model '{self.name}' needs the provider secret '{self._secret}', which is gone",
+                "PROVIDER_SECRET_MISSING",
+                metadata={"model": self.name, "secret": self._secret},
+            ) from None
 
-        # The key may be empty for local servers, but the client insists on a value.
+    async def _current_key(self) -> str:
+        return self._key()
+
+    async def load(self) -> None:
+        if self._secret:
+            try:
+                self._secrets.get(self._secret)
+            except KeyError:
+                raise ConfigError(
+                    f"ttt.models[{self.name}]: no provider secret '{self._secret}': put it in "
+                    "Vault's <path>/providers, "
+                    f"'providers:' of the secrets file or GENMESH_SECRET_{self._secret.upper()}"
+                ) from None
+        # A server without keys still needs a value for the client.
         self._client = AsyncOpenAI(
             base_url=self._base_url,
-            api_key=self._api_key or "unused",
+            api_key=self._current_key if self._secret else "unused",
             timeout=self._timeout,
             max_retries=0,
         )
@@ -73,24 +143,37 @@ class OpenAIEngine(TextEngine):
             raise RuntimeError(f"model {self.name} is not loaded")
         return self._client
 
+    async def _open(
+        self, messages: list[ChatMessage], params: SamplingParams
+    ) -> openai.AsyncStream[ChatCompletionChunk]:
+        """The upstream stream, tried again as long as a refused key turns out to have rotated."""
+        while True:
+            used = self._key() if self._secret else ""
+            try:
+                return await self.client.chat.completions.create(
+                    model=self._remote_model,
+                    messages=cast(
+                        "list[ChatCompletionMessageParam]",
+                        [{"role": m.role, "content": m.content} for m in messages],
+                    ),
+                    max_tokens=params.max_tokens,
+                    temperature=params.temperature,
+                    top_p=params.top_p,
+                    seed=params.seed,
+                    stream=True,
+                    stream_options={"include_usage": True},
+                    extra_body={"top_k": params.top_k, "repeat_penalty": params.repeat_penalty},
+                )
+            except (openai.AuthenticationError, openai.PermissionDeniedError) as exc:
+                if not (used and await self._secrets.rotated(self._secret, used)):
+                    raise upstream_error(self.name, exc) from None
+            except openai.APIError as exc:
+                raise upstream_error(self.name, exc) from None
+
     async def generate(
         self, messages: list[ChatMessage], params: SamplingParams
     ) -> AsyncIterator[GenerationChunk]:
-        extra: dict[str, Any] = {"top_k": params.top_k, "repeat_penalty": params.repeat_penalty}
-        stream = await self.client.chat.completions.create(
-            model=self._remote_model,
-            messages=cast(
-                "list[ChatCompletionMessageParam]",
-                [{"role": m.role, "content": m.content} for m in messages],
-            ),
-            max_tokens=params.max_tokens,
-            temperature=params.temperature,
-            top_p=params.top_p,
-            seed=params.seed,
-            stream=True,
-            stream_options={"include_usage": True},
-            extra_body=extra,
-        )
+        stream = await self._open(messages, params)
         finish: Any = None
         prompt_tokens = deltas = completion_tokens = 0
         try:
@@ -105,6 +188,8 @@ class OpenAIEngine(TextEngine):
                     if text:
                         deltas += 1
                         yield GenerationChunk(text=text)
+        except (openai.APIError, httpx2.HTTPError) as exc:
+            raise upstream_error(self.name, exc) from None
         finally:
             await stream.close()
         # Each delta counted as one token; the server's usage, when sent, corrects the total.

@@ -3,37 +3,31 @@ a service only loads the libraries its configured models need."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
+from genmesh.runtime.secrets import ProviderSecrets
 from genmesh.runtime.settings import ConfigError
 from genmesh.ttt.engine import TextEngine
 from genmesh.ttt.models import default_gguf, derived_model
 from genmesh.ttt.settings import ModelSpec
 
 ENGINES = ("echo", "llama.cpp", "onnxruntime-genai", "transformers", "openai", "tensorrt-llm")
-SECRET_ENV_PREFIX = "GENMESH_SECRET_"
 
 
-def provider_secret(name: str) -> str:
-    """An upstream provider's key, as the secrets provider exposes it without Vault."""
-    value = os.environ.get(SECRET_ENV_PREFIX + name.upper())
-    if value is None:
-        raise ConfigError(f"no provider secret '{name}' (set {SECRET_ENV_PREFIX}{name.upper()})")
-    return value
-
-
-def create_engine(spec: ModelSpec) -> TextEngine:
+def create_engine(spec: ModelSpec, secrets: ProviderSecrets) -> TextEngine:
+    """The engine of `spec`; remote ones read their keys from `secrets`."""
     options: dict[str, Any] = {"name": spec.name, **spec.options}
     path = Path(spec.path).expanduser() if spec.path else None
     try:
-        return _create(spec.engine, path, options)
+        return _create(spec.engine, path, options, secrets)
     except (FileNotFoundError, TypeError, ConfigError) as exc:
         raise ConfigError(f"ttt.models[{spec.name}]: {exc}") from None
 
 
-def _create(engine: str, path: Path | None, options: dict[str, Any]) -> TextEngine:
+def _create(
+    engine: str, path: Path | None, options: dict[str, Any], secrets: ProviderSecrets
+) -> TextEngine:
     if engine == "echo":
         from genmesh.ttt.echo import EchoEngine
 
@@ -53,9 +47,7 @@ def _create(engine: str, path: Path | None, options: dict[str, Any]) -> TextEngi
     if engine == "openai":
         from genmesh.ttt.openai_engine import OpenAIEngine
 
-        secret = options.pop("api_key_secret", "")
-        api_key = provider_secret(secret) if secret else ""
-        return OpenAIEngine(api_key=api_key, **options)
+        return OpenAIEngine(secrets=secrets, **options)
     if engine == "tensorrt-llm":
         from genmesh.ttt.tensorrt_engine import TensorRTLLMEngine
 

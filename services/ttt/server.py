@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from genmesh.runtime.limiter import Slots
+from genmesh.runtime.secrets import ProviderSecrets
 from genmesh.runtime.server import inference_service, serve
 from genmesh.runtime.settings import load_settings
 from genmesh.ttt.registry import create_engine
@@ -12,7 +13,8 @@ from genmesh.ttt.settings import TttSettings
 
 async def main() -> None:
     settings = load_settings(TttSettings)
-    engines = {spec.name: create_engine(spec) for spec in settings.models}
+    secrets = ProviderSecrets()
+    engines = {spec.name: create_engine(spec, secrets) for spec in settings.models}
     served = {
         spec.name: ServedModel(
             engines[spec.name],
@@ -36,4 +38,5 @@ async def main() -> None:
         [inference_service(servicer)],
         startup=startup,
         shutdown=shutdown,
+        provider_secrets=secrets,
     )

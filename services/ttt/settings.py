@@ -19,7 +19,8 @@ class ModelSpec(BaseModel):
     engine: str = "echo"
     # A GGUF file or model folder; empty takes the embedded SmolLM2 in the engine's format.
     path: str = ""
-    # Engine-specific keyword arguments (context_size, threads, base_url, ...).
+    # Engine-specific keyword arguments (context_size, threads, base_url, ...); a remote engine's
+    # key is named by api_key_secret, a provider secret (see genmesh.runtime.secrets).
     options: dict[str, Any] = {}
     # Generations running at once; more wait in a queue of queue_size for queue_timeout_seconds.
     concurrency: int = Field(default=1, ge=1)

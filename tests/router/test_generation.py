@@ -352,3 +352,34 @@ def test_up_brings_the_mesh_up_and_stops_cleanly(tmp_path: Any) -> None:
     assert up.wait(60) == 0
     for pid in children:
         assert not os.path.exists(f"/proc/{pid}"), f"orphan process {pid}"
+
+
+@pytest.mark.parametrize(
+    ("extra", "field"),
+    [
+        ({"repeat": "many"}, "extra.repeat"),
+        ({"repeat": 1e300}, "extra.repeat"),
+        ({"delay_ms": [1]}, "extra.delay_ms"),
+        ({"delay_ms": -5}, "extra.delay_ms"),
+        ({"fail_after": "soon"}, "extra.fail_after"),
+    ],
+)
+async def test_echo_options_the_engine_cannot_use_are_refused(
+    client: Client, extra: dict[str, Any], field: str
+) -> None:
+    """The echo engine reads `extra` itself: a knob it cannot use is the caller's error, named."""
+    request = text_request("hello")
+    request.extra.update(extra)
+    with pytest.raises(grpc.aio.AioRpcError) as failure:
+        await client.generate(request)
+    details = error_details(failure.value)
+    assert details.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert field in details.violations, details
+
+
+async def test_echo_repeats_without_building_the_whole_echo(client: Client) -> None:
+    request = text_request("ab", parameters=common_pb2.TextParameters(max_tokens=5))
+    request.extra.update({"repeat": 1_000_000})
+    response = await client.generate(request)
+    assert response.outputs[0].text == "ababa"
+    assert response.finish_reason == common_pb2.FINISH_REASON_LENGTH
