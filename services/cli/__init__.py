@@ -22,7 +22,7 @@ from genmesh.client import DEFAULT_ADDRESS, Client, text_request
 from genmesh.runtime.server import run
 from genmesh.v1 import catalog_pb2, common_pb2
 
-SERVICES = ("router", "ttt", "tti", "audio", "sandbox")
+SERVICES = ("router", "ttt", "tti", "audio", "sandbox", "edge")
 
 address_option = click.option(
     "--address",

@@ -107,9 +107,13 @@ COMPONENTS = (
 )
 
 
-def mesh_config(base_port: int) -> dict[str, Any]:
-    """The YAML every process reads: ports, and the router's bindings pointing at them."""
-    config: dict[str, Any] = {"router": {"port": base_port, "bindings": []}}
+def mesh_config(base_port: int, edge_port: int = 8000) -> dict[str, Any]:
+    """The YAML every process reads: ports, the router's bindings pointing at them, and the
+    edge pointing at the router."""
+    config: dict[str, Any] = {
+        "router": {"port": base_port, "bindings": []},
+        "edge": {"port": edge_port, "router_address": f"127.0.0.1:{base_port}"},
+    }
     for component in COMPONENTS:
         port = base_port + component.offset
         config[component.service] = {"port": port, **component.settings}
@@ -138,6 +142,12 @@ def local_key() -> str:
 def _die_with_parent() -> None:
     libc = ctypes.CDLL("libc.so.6", use_errno=True)
     libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def edge_env(env: dict[str, str]) -> dict[str, str]:
+    """The edge's environment: without the mesh's keys, which it has no use for (it forwards
+    each HTTP client's own key)."""
+    return {k: v for k, v in env.items() if k not in ("GENMESH_API_KEY", "GENMESH_INTERNAL_KEY")}
 
 
 class Process:
@@ -271,7 +281,15 @@ async def demo(address: str, key: str, out_dir: Path) -> None:
 @click.option(
     "--gateway-port", default=8080, show_default=True, help="REST gateway port; 0 disables it."
 )
-def up(base_port: int, run_demo: bool, log_dir: Path | None, gateway_port: int) -> None:
+@click.option(
+    "--edge-port",
+    default=8000,
+    show_default=True,
+    help="HTTP edge (OpenAI-compatible API) port; 0 disables it.",
+)
+def up(
+    base_port: int, run_demo: bool, log_dir: Path | None, gateway_port: int, edge_port: int
+) -> None:
     """Run the whole mesh locally until Ctrl-C."""
     key = local_key()
     gateway = build_gateway() if gateway_port else None
@@ -279,7 +297,7 @@ def up(base_port: int, run_demo: bool, log_dir: Path | None, gateway_port: int) 
     log_dir = log_dir or run_dir
     log_dir.mkdir(parents=True, exist_ok=True)
     config_path = run_dir / "mesh.yaml"
-    config_path.write_text(yaml.safe_dump(mesh_config(base_port)))
+    config_path.write_text(yaml.safe_dump(mesh_config(base_port, edge_port)))
     env = {
         **os.environ,
         "GENMESH_CONFIG": str(config_path),
@@ -309,11 +327,21 @@ def up(base_port: int, run_demo: bool, log_dir: Path | None, gateway_port: int) 
             command = [gateway, f"-router={address}", f"-listen={listen}"]
             processes.insert(0, Process("gateway", env, log_dir, command))
             processes[0].wait_ready(deadline)
+        if edge_port:
+            processes.insert(0, Process("edge", edge_env(env), log_dir))
+            processes[0].wait_ready(deadline)
         click.echo(f"genmesh is up: router at {address} (logs in {log_dir})")
         if gateway:
             click.echo(f"  REST: http://{listen}/v1/...  (OpenAPI at http://{listen}/openapi.json)")
         origin = "from GENMESH_API_KEY" if os.environ.get("GENMESH_API_KEY") else f"in {key_file()}"
         click.echo(f"  API key: {key}  ({origin})")
+        if edge_port:
+            base_url = f"http://127.0.0.1:{edge_port}/v1"
+            click.echo(f"  OpenAI-compatible API: {base_url}  (the API key above is the key)")
+            click.echo(
+                f'    OpenAI(base_url="{base_url}", api_key="{key}")'
+                '.chat.completions.create(model="smollm2", messages=[...])'
+            )
         click.echo(
             f"  try: genmesh generate 'Hello'  |  grpcurl -plaintext -H 'x-api-key: {key}' "
             f"{address} list"

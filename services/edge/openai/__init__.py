@@ -1,0 +1,11 @@
+"""The OpenAI-compatible API: OpenAI's HTTP requests translated to genmesh's typed ones."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from genmesh.edge.openai import audio, images, models, text
+
+router = APIRouter()
+for part in (models, text, images, audio):
+    router.include_router(part.router)

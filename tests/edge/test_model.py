@@ -1,0 +1,61 @@
+"""A real model behind the edge: SmolLM2 on llama.cpp, through the official OpenAI SDK."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from openai import OpenAI
+from openai.types.chat import ChatCompletionMessageParam
+
+from tests.edge.conftest import sdk
+from tests.support import ServiceProcess
+
+ASK: list[ChatCompletionMessageParam] = [
+    {"role": "system", "content": "You answer in one short sentence."},
+    {"role": "user", "content": "What colour is the sky on a clear day?"},
+]
+
+
+@pytest.fixture
+def smol(smol_edge: ServiceProcess) -> Iterator[OpenAI]:
+    with sdk(smol_edge, timeout=300) as client:
+        yield client
+
+
+def test_seeded_chat_is_reproducible_streamed_or_not(smol: OpenAI) -> None:
+    whole = smol.chat.completions.create(model="smollm2", messages=ASK, seed=5, max_tokens=24)
+    text = whole.choices[0].message.content
+    assert text
+    assert whole.choices[0].finish_reason in ("stop", "length")
+    assert whole.usage is not None
+    assert 0 < whole.usage.completion_tokens <= 24
+    again = smol.chat.completions.create(model="smollm2", messages=ASK, seed=5, max_tokens=24)
+    assert again.choices[0].message.content == text
+    chunks = list(
+        smol.chat.completions.create(
+            model="smollm2", messages=ASK, seed=5, max_tokens=24, stream=True
+        )
+    )
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == text
+    assert [c.choices[0].finish_reason for c in chunks if c.choices[0].finish_reason] == [
+        whole.choices[0].finish_reason
+    ]
+
+
+def test_two_choices_with_a_budget(smol: OpenAI) -> None:
+    completion = smol.chat.completions.create(
+        model="smollm2", messages=ASK, n=2, max_completion_tokens=8, temperature=1.0, seed=11
+    )
+    assert [c.index for c in completion.choices] == [0, 1]
+    assert all(c.message.content for c in completion.choices)
+    # Each choice has its own seed (11 and 12), so they differ.
+    first, second = (c.message.content for c in completion.choices)
+    assert first != second
+    assert completion.usage is not None
+    assert completion.usage.completion_tokens <= 16
+
+
+def test_legacy_completion(smol: OpenAI) -> None:
+    completion = smol.completions.create(model="smollm2", prompt="Say hello.", max_tokens=8)
+    assert completion.choices[0].text
