@@ -13,10 +13,8 @@ InferenceService as the router sees it:
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import io
-import json
 import statistics
 import sys
 import threading
@@ -31,6 +29,7 @@ import soundfile as sf
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.common import command_line, emit
 from genmesh.audio.settings import StreamingSettings
 from genmesh.v1 import common_pb2, inference_pb2, inference_pb2_grpc
 from tests.support import INTERNAL_KEY, ServiceProcess
@@ -184,11 +183,10 @@ def report(results: dict[str, Any]) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = command_line(__doc__)
     parser.add_argument("--address", help="a running audio service (default: start one)")
     parser.add_argument("--api-key", default=INTERNAL_KEY, help="its internal key")
     parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--json", action="store_true", help="print the results as JSON")
     args = parser.parse_args()
     with contextlib.ExitStack() as stack:
         address = args.address
@@ -197,10 +195,7 @@ def main() -> None:
             stack.callback(service.terminate)
             address = service.address
         results = measure(Audio(address, args.api_key), args.runs)
-    if args.json:
-        print(json.dumps(results, indent=2))
-    else:
-        report(results)
+    emit(results, args.json, report)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,6 @@ on free ports; `--router`, `--gateway` and `--api-key` point it at a running mes
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import http.client
 import json
@@ -30,6 +29,7 @@ import grpc
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.common import command_line, emit, summarise, timed
 from genmesh.client import text_request
 from genmesh.v1 import common_pb2, generation_pb2, generation_pb2_grpc
 from tests.gateway.process import GatewayProcess
@@ -114,30 +114,6 @@ class Rest:
         return chars
 
 
-def timed(call: Callable[[], object], count: int) -> list[float]:
-    samples = []
-    for _ in range(count):
-        start = time.perf_counter()
-        call()
-        samples.append(time.perf_counter() - start)
-    return samples
-
-
-def percentile(samples: list[float], q: float) -> float:
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
-def summarise(samples: list[float]) -> dict[str, float]:
-    return {
-        "p50_ms": percentile(samples, 0.50) * 1e3,
-        "p90_ms": percentile(samples, 0.90) * 1e3,
-        "p99_ms": percentile(samples, 0.99) * 1e3,
-        "mean_ms": statistics.fmean(samples) * 1e3,
-        "req_per_s": len(samples) / sum(samples),
-    }
-
-
 def run(target: Target, requests: int, rounds: int, streams: int) -> dict[str, Any]:
     direct, rest = Grpc(target), Rest(target)
     rest.wait_healthy()
@@ -211,14 +187,13 @@ def report(results: dict[str, Any]) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = command_line(__doc__)
     parser.add_argument("--requests", type=int, default=2000, help="unary requests per path")
     parser.add_argument("--rounds", type=int, default=10, help="alternating batches")
     parser.add_argument("--streams", type=int, default=5, help="long streams per path")
     parser.add_argument("--router", help="router address of a running mesh")
     parser.add_argument("--gateway", type=int, help="gateway port of a running mesh")
     parser.add_argument("--api-key", default=os.environ.get("GENMESH_API_KEY"))
-    parser.add_argument("--json", action="store_true", help="print the results as JSON")
     args = parser.parse_args()
     with contextlib.ExitStack() as stack:
         if args.router and args.gateway and args.api_key:
@@ -226,10 +201,7 @@ def main() -> None:
         else:
             target = stack.enter_context(echo_mesh())
         results = run(target, args.requests, args.rounds, args.streams)
-    if args.json:
-        print(json.dumps(results, indent=2))
-    else:
-        report(results)
+    emit(results, args.json, report)
 
 
 if __name__ == "__main__":

@@ -7,15 +7,14 @@ shorter version in tests/load.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import json
 import sys
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.common import command_line, emit
 from tests.load.conftest import LOAD_TTT
 from tests.load.driver import run_streams
 from tests.support import ServiceProcess, echo_binding, router_config
@@ -49,17 +48,7 @@ async def measure(streams: int, seconds: float, delay_ms: int) -> dict[str, Any]
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--streams", type=int, default=256)
-    parser.add_argument("--seconds", type=float, default=60)
-    parser.add_argument("--delay-ms", type=int, default=10, help="echo engine pace per token")
-    parser.add_argument("--json", action="store_true", help="print the results as JSON")
-    args = parser.parse_args()
-    results = asyncio.run(measure(args.streams, args.seconds, args.delay_ms))
-    if args.json:
-        print(json.dumps(results, indent=2))
-        return
+def report(results: dict[str, Any]) -> None:
     rss = results["router_rss_mb"]
     print(
         f"{results['streams']} streams for {results['seconds']:.0f} s: "
@@ -72,6 +61,16 @@ def main() -> None:
     )
     for sample in results["error_samples"]:
         print(f"  error: {sample}")
+
+
+def main() -> None:
+    parser = command_line(__doc__)
+    parser.add_argument("--streams", type=int, default=256)
+    parser.add_argument("--seconds", type=float, default=60)
+    parser.add_argument("--delay-ms", type=int, default=10, help="echo engine pace per token")
+    args = parser.parse_args()
+    results = asyncio.run(measure(args.streams, args.seconds, args.delay_ms))
+    emit(results, args.json, report)
 
 
 if __name__ == "__main__":

@@ -31,6 +31,8 @@ import psutil
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
+# This script and the helpers the benchmarks share.
+NOT_BENCHMARKS = frozenset({"report", "common"})
 DEFAULT_OUT = ROOT / ".cache" / "bench-report"
 
 
@@ -206,7 +208,7 @@ def main() -> None:
     parser.add_argument("-o", "--out", type=Path, default=DEFAULT_OUT, help="report folder")
     parser.add_argument("--timeout", type=float, default=1800, help="seconds per benchmark")
     args = parser.parse_args()
-    paths = sorted(p for p in BENCH.glob("*.py") if p.resolve() != Path(__file__).resolve())
+    paths = sorted(p for p in BENCH.glob("*.py") if p.stem not in NOT_BENCHMARKS)
     if args.only:
         paths = [p for p in paths if p.stem in args.only]
     args.out.mkdir(parents=True, exist_ok=True)

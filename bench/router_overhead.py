@@ -25,9 +25,7 @@ direct; streaming (characters/s) >= 0.8x direct.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
-import json
 import statistics
 import sys
 import time
@@ -41,6 +39,7 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.common import command_line, emit, summarise, timed
 from genmesh.client import text_request
 from genmesh.v1 import (
     common_pb2,
@@ -106,29 +105,6 @@ def echo_request(prompt: str, repeat: int = 1) -> common_pb2.GenerateRequest:
     if repeat > 1:
         request.extra.update({"repeat": repeat})
     return request
-
-
-def timed(call: Callable[[], object], count: int) -> list[float]:
-    samples = []
-    for _ in range(count):
-        start = time.perf_counter()
-        call()
-        samples.append(time.perf_counter() - start)
-    return samples
-
-
-def percentile(samples: list[float], q: float) -> float:
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
-def summarise(samples: list[float]) -> dict[str, float]:
-    return {
-        "p50_ms": percentile(samples, 0.50) * 1e3,
-        "p90_ms": percentile(samples, 0.90) * 1e3,
-        "p99_ms": percentile(samples, 0.99) * 1e3,
-        "mean_ms": statistics.fmean(samples) * 1e3,
-    }
 
 
 class Processes:
@@ -278,12 +254,11 @@ def echo_mesh() -> Iterator[tuple[ServiceProcess, ServiceProcess]]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = command_line(__doc__)
     parser.add_argument("--requests", type=int, default=2000, help="unary requests per path")
     parser.add_argument("--rounds", type=int, default=10, help="alternating unary batches")
     parser.add_argument("--streams", type=int, default=8, help="long streams per path")
     parser.add_argument("--repeat", type=int, default=400, help="prompt repeats per long stream")
-    parser.add_argument("--json", action="store_true", help="print the results as JSON")
     args = parser.parse_args()
     with echo_mesh() as (ttt, router):
         paths = Paths(ttt.address, router.address)
@@ -292,10 +267,7 @@ def main() -> None:
             results = run(paths, processes, args.requests, args.rounds, args.streams, args.repeat)
         finally:
             paths.close()
-    if args.json:
-        print(json.dumps(results, indent=2))
-    else:
-        report(results)
+    emit(results, args.json, report)
 
 
 if __name__ == "__main__":

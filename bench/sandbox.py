@@ -2,8 +2,9 @@
 
 Measures, side by side:
 - a trivial program (`1 + 1`), start to result, p50/p95: genmesh in the executor (in process),
-  through SandboxService over gRPC and through an AgentService (the router's servicer, in a
-  process of its own) in front of it, back to back and paced (a pause before each run, so that
+  through SandboxService over gRPC and through the router's AgentService in front of it (both
+  `genmesh serve` processes as the mesh runs them, the router answering the host function from
+  its function registry), back to back and paced (a pause before each run, so that
   the services are idle when it starts, as below saturation); pydantic-monty in a fresh session
   per program and in one warm session; smolagents' LocalPythonExecutor;
 - ten independent host calls that each take 100 ms: genmesh overlaps them implicitly (the
@@ -17,7 +18,7 @@ latencies compare the price of each kind of isolation rather than like with like
 
 With `--baseline REF` (a commit, e.g. the previous main), genmesh's service figures are measured
 on REF's services and on this tree's in the same run: each side runs its own sandbox service and
-AgentService, and the sides take turns round after round, so the machine's load weighs on both
+router, and the sides take turns round after round, so the machine's load weighs on both
 alike. The ratios are this tree's p50 over REF's.
 
 Targets (DESIGN.md section 4), through the router with every isolation layer in force: trivial
@@ -26,13 +27,13 @@ p50 <= 5 ms; ten 100 ms calls <= 120 ms.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import inspect
 import io
 import json
 import os
+import shutil
 import site
 import statistics
 import subprocess
@@ -48,15 +49,12 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, NamedTuple
 
-import grpc
 from google.protobuf import struct_pb2
 
-# Only what every genmesh tree compared has: this file also serves a baseline's AgentService
-# (`--serve-agent`) with the baseline's package.
-from genmesh.router.agent import AgentService, ServerFunctions
-from genmesh.runtime.auth import AuthInterceptor, KeyStore, digest
-from genmesh.runtime.channel import key_interceptors
-from genmesh.runtime.settings import ApiKey
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.common import command_line, emit
+from genmesh.runtime.channel import connect
 from genmesh.v1 import agent_pb2, agent_pb2_grpc, program_pb2, sandbox_pb2, sandbox_pb2_grpc
 
 KEY = "bench-key"
@@ -146,30 +144,43 @@ async def timed(action: Action, runs: int = RUNS, warmup: int = 5) -> dict[str, 
     return summary(await sample(action, runs))
 
 
-def service_environment() -> dict[str, str]:
-    env = {**os.environ, "GENMESH_INTERNAL_KEY": KEY, "GENMESH_SANDBOX_PORT": "0"}
-    env.pop("GENMESH_CONFIG", None)
-    return env
+def service_environment(config: Path) -> dict[str, str]:
+    return {
+        **os.environ,
+        "GENMESH_API_KEY": KEY,
+        "GENMESH_INTERNAL_KEY": KEY,
+        "GENMESH_CONFIG": str(config),
+    }
 
 
 @dataclass
 class Stack:
-    """genmesh as the router runs programs: a sandbox service and an AgentService in front of it,
-    each a process of `python` (whose genmesh package is the one measured)."""
+    """genmesh as it runs programs: a sandbox service and a router in front of it, each a
+    `genmesh serve` process of `python` (whose genmesh package is the one measured). The router
+    answers `work` from its function registry."""
 
     name: str
     python: str
     processes: list[subprocess.Popen[str]] = field(default_factory=list)
+    folder: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="bench-sandbox-")))
 
     def start(self) -> tuple[int, int]:
-        """Starts both; returns the sandbox service's port and the AgentService's."""
-        sandbox = self._spawn("-m", "genmesh", "serve", "sandbox")
-        return sandbox, self._spawn(str(Path(__file__).resolve()), "--serve-agent", str(sandbox))
+        """Starts both; returns the sandbox service's port and the router's."""
+        functions = self.folder / "functions"
+        functions.mkdir()
+        (functions / "work.py").write_text(f"import asyncio\n\n\n{inspect.getsource(work)}")
+        sandbox = self._spawn("sandbox", {"port": 0})
+        router = {"port": 0, "sandbox_address": f"127.0.0.1:{sandbox}"}
+        return sandbox, self._spawn(
+            "router", {**router, "function_folders": [str(functions)], "bindings": []}
+        )
 
-    def _spawn(self, *args: str) -> int:
+    def _spawn(self, service: str, config: dict[str, Any]) -> int:
+        path = self.folder / f"{service}.json"
+        path.write_text(json.dumps({service: config}))
         process = subprocess.Popen(
-            [self.python, *args],
-            env=service_environment(),
+            [self.python, "-m", "genmesh", "serve", service],
+            env=service_environment(path),
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
             text=True,
@@ -180,30 +191,13 @@ class Stack:
             event = json.loads(line) if line.startswith("{") else {}
             if event.get("ready"):
                 return int(event["port"])
-        raise RuntimeError(f"{self.name}: {' '.join(args)} did not start")
+        raise RuntimeError(f"{self.name}: the {service} service did not start")
 
     def stop(self) -> None:
         for process in reversed(self.processes):
             process.terminate()
             process.wait()
-
-
-async def serve_agent(sandbox_port: int) -> None:
-    """`--serve-agent`: the router's AgentService alone, in front of the sandbox service at
-    `sandbox_port`, announced on stdout like a service; it answers `work` itself."""
-    async with grpc.aio.insecure_channel(
-        f"127.0.0.1:{sandbox_port}", interceptors=key_interceptors(KEY)
-    ) as channel:
-        server = grpc.aio.server(
-            interceptors=[AuthInterceptor(KeyStore([ApiKey(name="b", sha256=digest(KEY))]))]
-        )
-        agent_pb2_grpc.add_AgentServiceServicer_to_server(
-            AgentService(channel, ServerFunctions({"work": work})), server
-        )
-        port = server.add_insecure_port("127.0.0.1:0")
-        await server.start()
-        print(json.dumps({"ready": True, "port": port}), flush=True)
-        await server.wait_for_termination()
+        shutil.rmtree(self.folder, ignore_errors=True)
 
 
 def baseline_python(ref: str, folder: Path) -> str:
@@ -287,16 +281,12 @@ SERVICE_FIGURES = (
 @contextlib.asynccontextmanager
 async def service_actions(stack: Stack) -> AsyncIterator[dict[str, Action]]:
     """Starts `stack`; yields its actions: the trivial program through SandboxService
-    ("sandbox") and through AgentService ("agent"), ten calls through AgentService ("ten")."""
+    ("sandbox") and through the router ("agent"), ten calls through the router ("ten")."""
     try:
         sandbox_port, agent_port = await asyncio.to_thread(stack.start)
         async with (
-            grpc.aio.insecure_channel(
-                f"127.0.0.1:{sandbox_port}", interceptors=key_interceptors(KEY)
-            ) as sandbox,
-            grpc.aio.insecure_channel(
-                f"127.0.0.1:{agent_port}", interceptors=key_interceptors(KEY)
-            ) as router,
+            connect(f"127.0.0.1:{sandbox_port}", KEY) as sandbox,
+            connect(f"127.0.0.1:{agent_port}", KEY) as router,
         ):
             direct = sandbox_pb2_grpc.SandboxServiceStub(sandbox)
             agent = agent_pb2_grpc.AgentServiceStub(router)
@@ -463,9 +453,9 @@ async def run(baseline: str | None, rounds: int) -> dict[str, Any]:
 LABELS = {
     "genmesh_executor": "genmesh, executor in process",
     "genmesh_sandbox_service": "genmesh, SandboxService over gRPC",
-    "genmesh_agent_service": "genmesh, through AgentService",
+    "genmesh_agent_service": "genmesh, through the router",
     "genmesh_sandbox_service_paced": "genmesh, SandboxService, paced",
-    "genmesh_agent_service_paced": "genmesh, AgentService, paced",
+    "genmesh_agent_service_paced": "genmesh, router, paced",
     "monty_fresh_session": "pydantic-monty, fresh session each",
     "monty_warm_session": "pydantic-monty, one warm session",
     "smolagents": "smolagents LocalPythonExecutor",
@@ -522,8 +512,7 @@ def report_baseline(compared: dict[str, Any]) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    parser = command_line(__doc__)
     parser.add_argument(
         "--baseline",
         metavar="REF",
@@ -532,16 +521,9 @@ def main() -> None:
     parser.add_argument(
         "--rounds", type=int, default=ROUNDS, help="turns each side takes (default %(default)s)"
     )
-    parser.add_argument("--serve-agent", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.serve_agent is not None:
-        asyncio.run(serve_agent(args.serve_agent))
-        return
     results = asyncio.run(run(args.baseline, args.rounds))
-    if args.json:
-        print(json.dumps(results, indent=2))
-    else:
-        report(results)
+    emit(results, args.json, report)
 
 
 if __name__ == "__main__":

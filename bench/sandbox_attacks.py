@@ -57,6 +57,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.common import command_line, emit
 from tests.sandbox.attack_mesh import Canaries, Mesh, bound_seconds, ordinary
 from tests.sandbox.attacks import (
     CLASSES,
@@ -492,8 +493,7 @@ def report(results: dict[str, Any]) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    parser = command_line(__doc__)
     parser.add_argument("--systems", nargs="+", choices=SYSTEMS, default=list(SYSTEMS))
     parser.add_argument("--classes", nargs="+", choices=CLASSES, help="only these classes")
     parser.add_argument("--worker", choices=sorted(RUNNERS), help=argparse.SUPPRESS)
@@ -503,10 +503,7 @@ def main() -> None:
         return
     attacks = [a for a in CORPUS if not args.classes or a.klass in args.classes]
     results = asyncio.run(run(args.systems, attacks))
-    if args.json:
-        print(json.dumps(results, indent=2))
-    else:
-        report(results)
+    emit(results, args.json, report)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,8 @@ import os
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
+from types import ModuleType, TracebackType
+from typing import ClassVar
 
 import grpc
 from google.rpc import error_details_pb2, status_pb2
@@ -86,8 +87,11 @@ def execute_request(code: str, library: str) -> agent_pb2.ExecuteRequest:
     return agent_pb2.ExecuteRequest(program=program_pb2.Program(code=code, library=library))
 
 
-class Client:
-    """An authenticated channel to the router with a stub per public service."""
+class _Connection:
+    """An authenticated channel to the router with a stub per public service. Each client says
+    which grpc it runs on (`grpc.aio` or the blocking one) and declares its stubs' types."""
+
+    _grpc: ClassVar[ModuleType]
 
     def __init__(
         self,
@@ -97,14 +101,25 @@ class Client:
     ) -> None:
         self.metadata = key_metadata(api_key)
         self.channel = (
-            grpc.aio.secure_channel(address, credentials)
+            self._grpc.secure_channel(address, credentials)
             if credentials
-            else grpc.aio.insecure_channel(address)
+            else self._grpc.insecure_channel(address)
         )
         self.generation = generation_pb2_grpc.GenerationServiceStub(self.channel)
         self.catalog = catalog_pb2_grpc.CatalogServiceStub(self.channel)
         self.tokenizer = tokenizer_pb2_grpc.TokenizerServiceStub(self.channel)
         self.agent = agent_pb2_grpc.AgentServiceStub(self.channel)
+
+
+class Client(_Connection):
+    """An authenticated asyncio channel to the router with a stub per public service."""
+
+    _grpc: ClassVar[ModuleType] = grpc.aio
+    channel: grpc.aio.Channel
+    generation: generation_pb2_grpc.GenerationServiceAsyncStub
+    catalog: catalog_pb2_grpc.CatalogServiceAsyncStub
+    tokenizer: tokenizer_pb2_grpc.TokenizerServiceAsyncStub
+    agent: agent_pb2_grpc.AgentServiceAsyncStub
 
     async def __aenter__(self) -> Client:
         return self
@@ -154,26 +169,28 @@ class Client:
         )
         return list(response.bindings)
 
+    async def list_personalities(self) -> list[catalog_pb2.Personality]:
+        response = await self.catalog.ListPersonalities(
+            catalog_pb2.ListPersonalitiesRequest(), metadata=self.metadata
+        )
+        return list(response.personalities)
 
-class SyncClient:
+    async def list_functions(self) -> list[catalog_pb2.FunctionInfo]:
+        response = await self.catalog.ListFunctions(
+            catalog_pb2.ListFunctionsRequest(), metadata=self.metadata
+        )
+        return list(response.functions)
+
+
+class SyncClient(_Connection):
     """The blocking counterpart of `Client`."""
 
-    def __init__(
-        self,
-        address: str = DEFAULT_ADDRESS,
-        api_key: str | None = None,
-        credentials: grpc.ChannelCredentials | None = None,
-    ) -> None:
-        self.metadata = key_metadata(api_key)
-        self.channel = (
-            grpc.secure_channel(address, credentials)
-            if credentials
-            else grpc.insecure_channel(address)
-        )
-        self.generation = generation_pb2_grpc.GenerationServiceStub(self.channel)
-        self.catalog = catalog_pb2_grpc.CatalogServiceStub(self.channel)
-        self.tokenizer = tokenizer_pb2_grpc.TokenizerServiceStub(self.channel)
-        self.agent = agent_pb2_grpc.AgentServiceStub(self.channel)
+    _grpc: ClassVar[ModuleType] = grpc
+    channel: grpc.Channel
+    generation: generation_pb2_grpc.GenerationServiceStub
+    catalog: catalog_pb2_grpc.CatalogServiceStub
+    tokenizer: tokenizer_pb2_grpc.TokenizerServiceStub
+    agent: agent_pb2_grpc.AgentServiceStub
 
     def __enter__(self) -> SyncClient:
         return self
@@ -223,6 +240,18 @@ class SyncClient:
             catalog_pb2.ListBindingsRequest(), metadata=self.metadata
         )
         return list(response.bindings)
+
+    def list_personalities(self) -> list[catalog_pb2.Personality]:
+        response = self.catalog.ListPersonalities(
+            catalog_pb2.ListPersonalitiesRequest(), metadata=self.metadata
+        )
+        return list(response.personalities)
+
+    def list_functions(self) -> list[catalog_pb2.FunctionInfo]:
+        response = self.catalog.ListFunctions(
+            catalog_pb2.ListFunctionsRequest(), metadata=self.metadata
+        )
+        return list(response.functions)
 
 
 @dataclass(frozen=True)

@@ -1,30 +1,60 @@
-"""Session fixtures: one echo ttt service and a router in front of it."""
+"""Session fixtures: the services every test folder may share, each started once per run.
+
+An echo ttt service and a router in front of it; a ttt service with the embedded SmolLM2 (and a
+one-slot echo model) and its router; the tti service with the embedded model; the audio service.
+They live here, not in a folder's conftest, so that the folders using one (ttt and the edge, say)
+share its process instead of each starting its own.
+"""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 
 import pytest
 
-from genmesh.client import Client
-from tests.support import API_KEY, ServiceProcess, echo_binding, router_config
+from genmesh.tti.settings import EMBEDDED_MODEL
+from tests.support import ServiceProcess, client_fixture, echo_binding, router_config, serve
+from tests.tti.conftest import LIMITS
+from tests.ttt.conftest import SMOL, binding, smol_model
 
 
 @pytest.fixture(scope="session")
 def ttt() -> Iterator[ServiceProcess]:
-    process = ServiceProcess("ttt", {})
-    yield process
-    process.terminate()
+    yield from serve("ttt", {})
 
 
 @pytest.fixture(scope="session")
 def router(ttt: ServiceProcess) -> Iterator[ServiceProcess]:
-    process = ServiceProcess("router", router_config([echo_binding(ttt.address)]))
-    yield process
-    process.terminate()
+    yield from serve("router", router_config([echo_binding(ttt.address)]))
 
 
-@pytest.fixture
-async def client(router: ServiceProcess) -> AsyncIterator[Client]:
-    async with Client(router.address, API_KEY) as connected:
-        yield connected
+client = client_fixture("router")
+
+
+@pytest.fixture(scope="session")
+def smol_ttt() -> Iterator[ServiceProcess]:
+    pytest.importorskip("llama_cpp")
+    # The echo model admits one generation and queues none: the overload tests fill it.
+    echo = {"name": "echo", "engine": "echo", "concurrency": 1, "queue_size": 0}
+    yield from serve("ttt", {"models": [smol_model(), echo]})
+
+
+@pytest.fixture(scope="session")
+def smol_router(smol_ttt: ServiceProcess) -> Iterator[ServiceProcess]:
+    bindings = [
+        {**binding("smollm2", smol_ttt.address, SMOL), "default": True},
+        binding("echo-smol", smol_ttt.address, "echo"),
+    ]
+    yield from serve("router", router_config(bindings))
+
+
+@pytest.fixture(scope="session")
+def tti() -> Iterator[ServiceProcess]:
+    model = {"name": EMBEDDED_MODEL, "concurrency": 1, "queue_size": 1}
+    yield from serve("tti", {"models": [model], "limits": LIMITS})
+
+
+@pytest.fixture(scope="session")
+def audio() -> Iterator[ServiceProcess]:
+    # One synthesis and one recognition at a time, one more waiting: the overload test fills it.
+    yield from serve("audio", {"queue_size": 1})

@@ -10,10 +10,14 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
+
+from genmesh.client import Client
 
 API_KEY = "gm-test-" + secrets.token_hex(8)
 INTERNAL_KEY = "gm-internal-" + secrets.token_hex(8)
@@ -115,6 +119,26 @@ def echo_binding(*addresses: str, name: str = "echo") -> dict[str, Any]:
         "engine": "echo",
         "model": "echo",
     }
+
+
+def serve(service: str, config: dict[str, Any]) -> Iterator[ServiceProcess]:
+    """A fixture's body (`yield from serve(...)`): the service runs for the fixture's scope."""
+    process = ServiceProcess(service, config)
+    yield process
+    process.terminate()
+
+
+def client_fixture(service: str) -> Any:
+    """A fixture that gives each test a `Client` with the test key on the service that the
+    fixture named `service` runs; it takes the name of the module attribute it is assigned to."""
+
+    @pytest.fixture
+    async def client(request: pytest.FixtureRequest) -> AsyncIterator[Client]:
+        process: ServiceProcess = request.getfixturevalue(service)
+        async with Client(process.address, API_KEY) as connected:
+            yield connected
+
+    return client
 
 
 def run_genmesh(

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
 import jiwer
-import pytest
 import pytest_asyncio
 
 from genmesh.runtime.channel import channel_options, key_interceptors
@@ -111,13 +110,6 @@ async def infer(
 def final(events: Events) -> common_pb2.GenerateResponse:
     assert events and events[-1].WhichOneof("event") == "final", events[-1:]
     return events[-1].final
-
-
-@pytest.fixture(scope="session")
-def audio() -> Iterator[ServiceProcess]:
-    process = ServiceProcess("audio", {})
-    yield process
-    process.terminate()
 
 
 @pytest_asyncio.fixture(scope="session", loop_scope="session")

@@ -9,19 +9,17 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
+from google.protobuf import descriptor_pool
+from google.protobuf.message import Message
 
 from genmesh.client import text_request
 from genmesh.v1 import (
     agent_pb2,
-    agent_pb2_grpc,
     catalog_pb2,
-    catalog_pb2_grpc,
     common_pb2,
     generation_pb2,
-    generation_pb2_grpc,
     program_pb2,
     tokenizer_pb2,
-    tokenizer_pb2_grpc,
 )
 
 
@@ -46,6 +44,8 @@ async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 20.0
 Call = Callable[[grpc.aio.Channel, tuple[tuple[str, str], ...]], Awaitable[Any]]
 PROMPT = text_request("scoped")
 PROGRAM = program_pb2.Program(code="1 + 1")
+STREAM = generation_pb2.GenerateStreamRequest(request=PROMPT)
+RUN = agent_pb2.RunRequest(start=agent_pb2.RunStart(program=PROGRAM))
 
 
 async def drain(call: Any) -> None:
@@ -64,85 +64,49 @@ async def opened(call: Any, first: Any) -> None:
     await drain(call)
 
 
-async def run_program(channel: grpc.aio.Channel, metadata: tuple[tuple[str, str], ...]) -> None:
-    start = agent_pb2.RunRequest(start=agent_pb2.RunStart(program=PROGRAM))
-    await opened(agent_pb2_grpc.AgentServiceStub(channel).Run(metadata=metadata), start)
+def call(name: str, request: Message) -> Call:
+    """Calls the public RPC `name` ("Service.Method") with `request` (a bidi call's first
+    message) as its kind needs, and reads every answer; only the status matters here."""
+    method = descriptor_pool.Default().FindMethodByName(f"genmesh.v1.{name}")
+    path = f"/genmesh.v1.{name.replace('.', '/')}"
+    serialize = type(request).SerializeToString
 
-
-# Every public RPC, with the scope it needs (None: any valid key).
-CALLS: dict[str, tuple[str | None, Call]] = {
-    "GenerationService.Generate": (
-        "generate",
-        lambda ch, md: generation_pb2_grpc.GenerationServiceStub(ch).Generate(PROMPT, metadata=md),
-    ),
-    "GenerationService.GenerateStream": (
-        "generate",
-        lambda ch, md: drain(
-            generation_pb2_grpc.GenerationServiceStub(ch).GenerateStream(
-                generation_pb2.GenerateStreamRequest(request=PROMPT), metadata=md
+    async def invoke(channel: grpc.aio.Channel, metadata: tuple[tuple[str, str], ...]) -> None:
+        if method.client_streaming:
+            bidi: grpc.aio.StreamStreamMultiCallable[Message, bytes] = channel.stream_stream(
+                path, request_serializer=serialize
             )
-        ),
-    ),
-    "GenerationService.Converse": (
-        "generate",
-        lambda ch, md: opened(
-            generation_pb2_grpc.GenerationServiceStub(ch).Converse(metadata=md),
-            generation_pb2.ConverseRequest(config=PROMPT),
-        ),
-    ),
-    "TokenizerService.Tokenize": (
-        "generate",
-        lambda ch, md: tokenizer_pb2_grpc.TokenizerServiceStub(ch).Tokenize(
-            tokenizer_pb2.TokenizeRequest(text="hi"), metadata=md
-        ),
-    ),
-    "TokenizerService.Detokenize": (
-        "generate",
-        lambda ch, md: tokenizer_pb2_grpc.TokenizerServiceStub(ch).Detokenize(
-            tokenizer_pb2.DetokenizeRequest(tokens=[104]), metadata=md
-        ),
-    ),
-    "TokenizerService.CountTokens": (
-        "generate",
-        lambda ch, md: tokenizer_pb2_grpc.TokenizerServiceStub(ch).CountTokens(
-            tokenizer_pb2.CountTokensRequest(text="hi"), metadata=md
-        ),
-    ),
-    "AgentService.Run": ("agent", run_program),
-    "AgentService.Execute": (
-        "agent",
-        lambda ch, md: agent_pb2_grpc.AgentServiceStub(ch).Execute(
-            agent_pb2.ExecuteRequest(program=PROGRAM), metadata=md
-        ),
-    ),
-    "CatalogService.ListBindings": (
-        None,
-        lambda ch, md: catalog_pb2_grpc.CatalogServiceStub(ch).ListBindings(
-            catalog_pb2.ListBindingsRequest(), metadata=md
-        ),
-    ),
-    "CatalogService.ListPersonalities": (
-        None,
-        lambda ch, md: catalog_pb2_grpc.CatalogServiceStub(ch).ListPersonalities(
-            catalog_pb2.ListPersonalitiesRequest(), metadata=md
-        ),
-    ),
-    "CatalogService.ListFunctions": (
-        None,
-        lambda ch, md: catalog_pb2_grpc.CatalogServiceStub(ch).ListFunctions(
-            catalog_pb2.ListFunctionsRequest(), metadata=md
-        ),
-    ),
-    "CatalogService.ListModels": (
-        None,
-        lambda ch, md: catalog_pb2_grpc.CatalogServiceStub(ch).ListModels(
-            catalog_pb2.ListModelsRequest(), metadata=md
-        ),
-    ),
-    "CatalogService.GetModelInfo": (
-        None,
-        lambda ch, md: catalog_pb2_grpc.CatalogServiceStub(ch).GetModelInfo(
-            catalog_pb2.GetModelInfoRequest(binding="echo"), metadata=md
-        ),
-    ),
+            await opened(bidi(metadata=metadata), request)
+        elif method.server_streaming:
+            streaming: grpc.aio.UnaryStreamMultiCallable[Message, bytes] = channel.unary_stream(
+                path, request_serializer=serialize
+            )
+            await drain(streaming(request, metadata=metadata))
+        else:
+            unary: grpc.aio.UnaryUnaryMultiCallable[Message, bytes] = channel.unary_unary(
+                path, request_serializer=serialize
+            )
+            await unary(request, metadata=metadata)
+
+    return invoke
+
+
+# Every public RPC, with the scope it needs (None: any valid key) and a request it accepts.
+CALLS: dict[str, tuple[str | None, Call]] = {
+    name: (scope, call(name, request))
+    for name, scope, request in [
+        ("GenerationService.Generate", "generate", PROMPT),
+        ("GenerationService.GenerateStream", "generate", STREAM),
+        ("GenerationService.Converse", "generate", generation_pb2.ConverseRequest(config=PROMPT)),
+        ("TokenizerService.Tokenize", "generate", tokenizer_pb2.TokenizeRequest(text="hi")),
+        ("TokenizerService.Detokenize", "generate", tokenizer_pb2.DetokenizeRequest(tokens=[104])),
+        ("TokenizerService.CountTokens", "generate", tokenizer_pb2.CountTokensRequest(text="hi")),
+        ("AgentService.Run", "agent", RUN),
+        ("AgentService.Execute", "agent", agent_pb2.ExecuteRequest(program=PROGRAM)),
+        ("CatalogService.ListBindings", None, catalog_pb2.ListBindingsRequest()),
+        ("CatalogService.ListPersonalities", None, catalog_pb2.ListPersonalitiesRequest()),
+        ("CatalogService.ListFunctions", None, catalog_pb2.ListFunctionsRequest()),
+        ("CatalogService.ListModels", None, catalog_pb2.ListModelsRequest()),
+        ("CatalogService.GetModelInfo", None, catalog_pb2.GetModelInfoRequest(binding="echo")),
+    ]
 }

@@ -4,7 +4,7 @@ programs through a real sandbox service, and broken files skipped at startup."""
 from __future__ import annotations
 
 import textwrap
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -13,8 +13,7 @@ from google.protobuf import json_format
 from genmesh.client import Client
 from genmesh.router.settings import ZOO
 from genmesh.runtime.values import py_from_value
-from genmesh.v1 import catalog_pb2
-from tests.support import API_KEY, ServiceProcess, echo_binding, router_config
+from tests.support import ServiceProcess, client_fixture, echo_binding, router_config, serve
 
 GOOD = '''
 import asyncio
@@ -60,29 +59,18 @@ def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def mesh(ttt: ServiceProcess, sandbox: ServiceProcess, folder: Path) -> Iterator[ServiceProcess]:
-    process = ServiceProcess(
-        "router",
-        router_config(
-            [echo_binding(ttt.address)],
-            sandbox_address=sandbox.address,
-            function_folders=[str(folder), str(ZOO / "functions"), str(folder / "missing")],
-        ),
+    folders = [str(folder), str(ZOO / "functions"), str(folder / "missing")]
+    config = router_config(
+        [echo_binding(ttt.address)], sandbox_address=sandbox.address, function_folders=folders
     )
-    yield process
-    process.terminate()
+    yield from serve("router", config)
 
 
-@pytest.fixture
-async def client(mesh: ServiceProcess) -> AsyncIterator[Client]:
-    async with Client(mesh.address, API_KEY) as connected:
-        yield connected
+client = client_fixture("mesh")
 
 
 async def test_functions_are_listed_with_schemas(client: Client) -> None:
-    response = await client.catalog.ListFunctions(
-        catalog_pb2.ListFunctionsRequest(), metadata=client.metadata
-    )
-    listed = {f.name: f for f in response.functions}
+    listed = {f.name: f for f in await client.list_functions()}
     assert list(listed) == [
         "generate_text",
         "generate_image",

@@ -19,8 +19,8 @@ from google.protobuf import json_format
 
 from genmesh.client import Client, error_details, text_request
 from genmesh.router.settings import ZOO
-from genmesh.v1 import catalog_pb2, common_pb2, generation_pb2
-from tests.support import API_KEY, ServiceProcess, echo_binding, router_config
+from genmesh.v1 import common_pb2, generation_pb2
+from tests.support import ServiceProcess, client_fixture, echo_binding, router_config, serve
 
 POET = "You are a poet.\nAnswer in verse."
 
@@ -87,30 +87,20 @@ def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def mesh(ttt: ServiceProcess, sandbox: ServiceProcess, folder: Path) -> Iterator[ServiceProcess]:
     binding = {**echo_binding(ttt.address), "parameters": {"maxTokens": 100, "stop": ["#"]}}
-    process = ServiceProcess(
-        "router",
-        router_config(
-            [binding],
-            sandbox_address=sandbox.address,
-            personality_folders=[str(folder), str(ZOO / "personalities")],
-            personalities={"shy": {"enabled": False}, "ghost": {"enabled": False}},
-        ),
+    config = router_config(
+        [binding],
+        sandbox_address=sandbox.address,
+        personality_folders=[str(folder), str(ZOO / "personalities")],
+        personalities={"shy": {"enabled": False}, "ghost": {"enabled": False}},
     )
-    yield process
-    process.terminate()
+    yield from serve("router", config)
 
 
-@pytest.fixture
-async def client(mesh: ServiceProcess) -> Any:
-    async with Client(mesh.address, API_KEY) as connected:
-        yield connected
+client = client_fixture("mesh")
 
 
 async def test_listed_with_their_lollms_fields(client: Client) -> None:
-    response = await client.catalog.ListPersonalities(
-        catalog_pb2.ListPersonalitiesRequest(), metadata=client.metadata
-    )
-    listed = {p.name: p for p in response.personalities}
+    listed = {p.name: p for p in await client.list_personalities()}
     assert sorted(listed) == [
         "assistant",
         "chain",

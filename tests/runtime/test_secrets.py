@@ -54,6 +54,28 @@ def revoke_logins(vault: VaultServer, mount: str) -> None:
     vault.admin().adapter.put(f"/v1/sys/leases/revoke-prefix/auth/{mount}/login")
 
 
+def kubernetes_mount(vault: VaultServer, token_review: TokenReviewStub) -> str:
+    """A fresh Kubernetes auth mount whose logins `token_review` vouches for, with a role
+    "router" for the router's service account and the policy named after the mount."""
+    mount = f"k8s-{uuid.uuid4().hex[:6]}"
+    admin = vault.admin()
+    admin.sys.enable_auth_method("kubernetes", path=mount)
+    admin.auth.kubernetes.configure(
+        kubernetes_host=token_review.url,
+        kubernetes_ca_cert=token_review.ca_pem,
+        disable_local_ca_jwt=True,
+        mount_point=mount,
+    )
+    admin.auth.kubernetes.create_role(
+        name="router",
+        bound_service_account_names=["router"],
+        bound_service_account_namespaces=["genmesh"],
+        policies=[mount],
+        mount_point=mount,
+    )
+    return mount
+
+
 async def eventually(condition: Callable[[], bool], what: str) -> None:
     """Waits for a background refresh to have happened; the bound is generous, not a measure."""
     deadline = time.monotonic() + 20
@@ -177,24 +199,9 @@ def test_kubernetes_auth_logs_in_through_token_review_and_again_when_revoked(
 ) -> None:
     key = new_key()
     settings = settings_for(vault, auth="kubernetes", token=None, role="router")
-    admin = vault.admin()
-    mount = f"k8s-{uuid.uuid4().hex[:6]}"
-    admin.sys.enable_auth_method("kubernetes", path=mount)
-    admin.auth.kubernetes.configure(
-        kubernetes_host=token_review.url,
-        kubernetes_ca_cert=token_review.ca_pem,
-        disable_local_ca_jwt=True,
-        mount_point=mount,
-    )
-    admin.sys.create_or_update_policy(
+    mount = kubernetes_mount(vault, token_review)
+    vault.admin().sys.create_or_update_policy(
         name=mount, policy=f'path "secret/data/{settings.path}/*" {{ capabilities = ["read"] }}'
-    )
-    admin.auth.kubernetes.create_role(
-        name="router",
-        bound_service_account_names=["router"],
-        bound_service_account_namespaces=["genmesh"],
-        policies=[mount],
-        mount_point=mount,
     )
     put(vault, settings, "api-keys", {"ci": key})
     jwt_file = tmp_path / "token"
@@ -221,21 +228,7 @@ def test_kubernetes_auth_logs_in_through_token_review_and_again_when_revoked(
 def test_kubernetes_auth_rejects_an_unbound_service_account(
     vault: VaultServer, token_review: TokenReviewStub, tmp_path: Path
 ) -> None:
-    mount = f"k8s-{uuid.uuid4().hex[:6]}"
-    admin = vault.admin()
-    admin.sys.enable_auth_method("kubernetes", path=mount)
-    admin.auth.kubernetes.configure(
-        kubernetes_host=token_review.url,
-        kubernetes_ca_cert=token_review.ca_pem,
-        disable_local_ca_jwt=True,
-        mount_point=mount,
-    )
-    admin.auth.kubernetes.create_role(
-        name="router",
-        bound_service_account_names=["router"],
-        bound_service_account_namespaces=["genmesh"],
-        mount_point=mount,
-    )
+    mount = kubernetes_mount(vault, token_review)
     jwt_file = tmp_path / "token"
     jwt_file.write_text(token_review.issue("genmesh", "sandbox"))
     settings = settings_for(

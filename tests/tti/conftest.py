@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import io
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 import grpc
-import pytest
 import pytest_asyncio
 from PIL import Image
 
 from genmesh.runtime.channel import channel_options, key_interceptors
-from genmesh.tti.settings import EMBEDDED_MODEL
 from genmesh.v1 import common_pb2, inference_pb2, inference_pb2_grpc
 from tests.support import INTERNAL_KEY, ServiceProcess
 
@@ -22,14 +20,6 @@ if TYPE_CHECKING:
 Events = list[common_pb2.StreamEvent]
 # Small limits so the over-limit cases are cheap to state; one run at a time, one waiting.
 LIMITS = {"max_width": 128, "max_height": 128, "max_steps": 200, "max_images": 4}
-
-
-@pytest.fixture(scope="session")
-def tti() -> Iterator[ServiceProcess]:
-    model = {"name": EMBEDDED_MODEL, "concurrency": 1, "queue_size": 1}
-    process = ServiceProcess("tti", {"models": [model], "limits": LIMITS})
-    yield process
-    process.terminate()
 
 
 @pytest_asyncio.fixture(scope="session", loop_scope="session")

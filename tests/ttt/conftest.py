@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
 import pytest
 
-from genmesh.client import Client
 from genmesh.v1 import inference_pb2, inference_pb2_grpc
-from tests.support import API_KEY, INTERNAL_KEY, ServiceProcess, router_config
+from tests.support import INTERNAL_KEY, ServiceProcess, client_fixture
 
 CONTEXT = 2048
 SMOL = "smollm2"
@@ -33,31 +32,7 @@ def binding(name: str, address: str, model: str) -> dict[str, Any]:
     return {"name": name, "tasks": ["text"], "addresses": [address], "engine": "", "model": model}
 
 
-@pytest.fixture(scope="package")
-def smol_ttt() -> Iterator[ServiceProcess]:
-    pytest.importorskip("llama_cpp")
-    # The echo model admits one generation and queues none: the overload tests fill it.
-    echo = {"name": "echo", "engine": "echo", "concurrency": 1, "queue_size": 0}
-    process = ServiceProcess("ttt", {"models": [smol_model(), echo]})
-    yield process
-    process.terminate()
-
-
-@pytest.fixture(scope="package")
-def smol_router(smol_ttt: ServiceProcess) -> Iterator[ServiceProcess]:
-    bindings = [
-        {**binding("smollm2", smol_ttt.address, SMOL), "default": True},
-        binding("echo-smol", smol_ttt.address, "echo"),
-    ]
-    process = ServiceProcess("router", router_config(bindings))
-    yield process
-    process.terminate()
-
-
-@pytest.fixture
-async def mesh(smol_router: ServiceProcess) -> AsyncIterator[Client]:
-    async with Client(smol_router.address, API_KEY) as client:
-        yield client
+mesh = client_fixture("smol_router")
 
 
 class Inference:

@@ -1,0 +1,56 @@
+"""What the benchmark scripts share: latency statistics and the `--json` command line that
+`report.py` relies on. Standard library only: `sandbox.py` also imports it under an earlier
+genmesh tree's interpreter."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+Results = dict[str, Any]
+
+
+def timed(call: Callable[[], object], count: int) -> list[float]:
+    """The seconds each of `count` calls took."""
+    samples = []
+    for _ in range(count):
+        start = time.perf_counter()
+        call()
+        samples.append(time.perf_counter() - start)
+    return samples
+
+
+def percentile(samples: list[float], q: float) -> float:
+    """Nearest rank: always a latency that was measured, never an interpolation."""
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def summarise(samples: list[float]) -> dict[str, float]:
+    return {
+        "p50_ms": percentile(samples, 0.50) * 1e3,
+        "p90_ms": percentile(samples, 0.90) * 1e3,
+        "p99_ms": percentile(samples, 0.99) * 1e3,
+        "mean_ms": statistics.fmean(samples) * 1e3,
+        "req_per_s": len(samples) / sum(samples),
+    }
+
+
+def command_line(doc: str | None) -> argparse.ArgumentParser:
+    """A script's parser: the first line of its docstring, and `--json`, with which `report.py`
+    asks every benchmark for its results."""
+    parser = argparse.ArgumentParser(description=(doc or "").partition("\n")[0])
+    parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    return parser
+
+
+def emit(results: Results, as_json: bool, report: Callable[[Results], None]) -> None:
+    """The results as one JSON object, or as the script's own report for a reader."""
+    if as_json:
+        print(json.dumps(results, indent=2))
+    else:
+        report(results)
