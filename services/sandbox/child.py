@@ -410,6 +410,16 @@ _WRITABLE = {kind: frozenset(names) for kind, names in policy.WRITABLE_ATTRIBUTE
 _UNREAD = object()  # the value of an access the fast path has not read
 
 
+def _subject(obj: Any) -> tuple[Any, type]:
+    """The object an attribute access is about, a pending host value resolved, and its kind; a
+    stopped run stops here, whatever caught its stop before."""
+    if RUN.stopped is not None:
+        raise RUN.stopped
+    if type(obj) is Pending:
+        obj = obj._get()
+    return obj, type(obj)
+
+
 def get_attribute(obj: Any, name: str) -> Any:
     """`__attr`, the guard: every attribute read of a program (and of C code on its behalf).
 
@@ -420,12 +430,7 @@ def get_attribute(obj: Any, name: str) -> Any:
     reviewed, an attribute dict's keys are the program's own values) and calls nothing that could
     run out of stack; anything else takes `_guard`, and should that run out of stack, the guard
     refuses: the run ends with `_NO_STACK`."""
-    if RUN.stopped is not None:
-        raise RUN.stopped
-    kind = type(obj)
-    if kind is Pending:
-        obj = obj._get()
-        kind = type(obj)
+    obj, kind = _subject(obj)
     value = _UNREAD
     if name in _ALLOWED_NAMES:
         if kind is ModuleView:
@@ -490,12 +495,7 @@ def _guard(obj: Any, kind: type, name: str, value: Any) -> Any:
 
 def store_target(obj: Any, name: str) -> Any:
     """`__store`: the object of an attribute write or delete, if the policy lets it take one."""
-    if RUN.stopped is not None:
-        raise RUN.stopped
-    kind = type(obj)
-    if kind is Pending:
-        obj = obj._get()
-        kind = type(obj)
+    obj, kind = _subject(obj)
     if kind is Dict or (kind in _WRITABLE and name in _WRITABLE[kind]):
         return obj
     RUN.stopped = _NO_STACK  # the refusal below may have no stack left

@@ -43,6 +43,7 @@ import decimal
 import enum
 import functools
 import types
+from collections.abc import Mapping
 
 # The rules a rejected or stopped program can break, as reported in `ProgramError.rule`.
 RULES: dict[str, str] = {
@@ -277,22 +278,21 @@ def value_rule(kind: type) -> Value:
     return Value.AS_IS
 
 
+def _rule(name: str, forbidden: Mapping[str, str], rules: tuple[str, str]) -> str | None:
+    """`rules[0]` for a name with a leading underscore, `rules[1]` for one in `forbidden`."""
+    if name.startswith("_"):
+        return rules[0]
+    return rules[1] if name in forbidden else None
+
+
 def name_rule(name: str) -> str | None:
     """The rule a name (variable, function, argument, keyword) breaks, if any."""
-    if name.startswith("_"):
-        return "underscore-name"
-    if name in FORBIDDEN_NAMES:
-        return "forbidden-name"
-    return None
+    return _rule(name, FORBIDDEN_NAMES, ("underscore-name", "forbidden-name"))
 
 
 def attribute_rule(name: str) -> str | None:
     """The rule reading or writing an attribute of this name breaks on any object, if any."""
-    if name.startswith("_"):
-        return "underscore-attribute"
-    if name in FORBIDDEN_ATTRIBUTES:
-        return "internal-attribute"
-    return None
+    return _rule(name, FORBIDDEN_ATTRIBUTES, ("underscore-attribute", "internal-attribute"))
 
 
 def pattern_rule(name: str) -> str | None:
