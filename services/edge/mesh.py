@@ -102,30 +102,12 @@ class Mesh:
     async def open_streams(
         self, requests: Sequence[common_pb2.GenerateRequest], caller: Caller
     ) -> AsyncGenerator[Indexed, None]:
-        """The requests' events as (request index, event), merged as they come. Nothing comes
-        before every stream has its first event, so a refused request fails before any event."""
-        streams = [self.stream(r, caller) for r in requests]
-        firsts = [asyncio.ensure_future(anext(s)) for s in streams]
-        try:
-            opened = await asyncio.gather(*firsts)
-            merged = merge([_prepend(f, s) for f, s in zip(opened, streams, strict=True)])
-            async with aclosing(merged):
-                async for item in merged:
-                    yield item
-        finally:
-            # Cancelled synchronously first: under a cancelled scope later awaits may not run.
-            for task in firsts:
-                task.cancel()
-            await asyncio.gather(*firsts, return_exceptions=True)
-            for stream in streams:
-                await stream.aclose()
-
-
-async def _prepend(first: T, rest: AsyncGenerator[T, None]) -> AsyncGenerator[T, None]:
-    async with aclosing(rest):
-        yield first
-        async for item in rest:
-            yield item
+        """The requests' events as (request index, event), merged as they come: a choice whose
+        generation waits in a queue holds back none of the others."""
+        merged = merge([self.stream(r, caller) for r in requests])
+        async with aclosing(merged):
+            async for item in merged:
+                yield item
 
 
 class _End:
