@@ -4,11 +4,11 @@
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType, TracebackType
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import grpc
 from google.rpc import error_details_pb2, status_pb2
@@ -74,6 +74,39 @@ def text_request(
         model=model,
         inputs=inputs,
         text=parameters or common_pb2.TextParameters(),
+    )
+
+
+def json_schema(schema: dict[str, Any]) -> common_pb2.OutputConstraint:
+    """A constraint: the output is JSON valid against `schema`."""
+    constraint = common_pb2.OutputConstraint()
+    constraint.json_schema.update(schema)
+    return constraint
+
+
+def tool(name: str, description: str, parameters: dict[str, Any]) -> common_pb2.Tool:
+    """A function the model may call; `parameters` is the JSON schema of its arguments."""
+    definition = common_pb2.Tool(name=name, description=description)
+    definition.parameters.update(parameters)
+    return definition
+
+
+def tool_calls_item(calls: Iterable[common_pb2.ToolCall]) -> common_pb2.InputItem:
+    """The history item of an assistant reply that called tools."""
+    return common_pb2.InputItem(
+        kind=common_pb2.CONTENT_KIND_TEXT,
+        role=common_pb2.INPUT_ROLE_ASSISTANT_REPLY,
+        tool_calls=calls,
+    )
+
+
+def tool_result(call_id: str, content: str) -> common_pb2.InputItem:
+    """The answer to tool call `call_id`, for the next request's inputs."""
+    return common_pb2.InputItem(
+        kind=common_pb2.CONTENT_KIND_TEXT,
+        role=common_pb2.INPUT_ROLE_TOOL_RESULT,
+        text=content,
+        tool_call_id=call_id,
     )
 
 

@@ -15,10 +15,11 @@ from google.protobuf import json_format
 
 from genmesh.cli.agent import agent
 from genmesh.cli.audio import speak, transcribe
+from genmesh.cli.embed import embed
 from genmesh.cli.image import image
 from genmesh.cli.sandbox import sandbox
 from genmesh.cli.up import up
-from genmesh.client import DEFAULT_ADDRESS, Client, text_request
+from genmesh.client import DEFAULT_ADDRESS, Client, json_schema, text_request
 from genmesh.runtime.server import run
 from genmesh.v1 import catalog_pb2, common_pb2
 
@@ -73,6 +74,17 @@ def serve(service: str) -> None:
 @click.option("--max-tokens", type=int, default=None)
 @click.option("--temperature", type=float, default=None)
 @click.option("--seed", type=int, default=None)
+@click.option(
+    "--json-schema",
+    "schema_file",
+    type=click.File(),
+    help="Constrain the output to JSON valid against the schema in this file.",
+)
+@click.option("--regex", default=None, help="Constrain the output to match this regex.")
+@click.option(
+    "--grammar", "grammar_file", type=click.File(), help="Constrain the output to this GBNF file."
+)
+@click.option("--choice", "choices", multiple=True, help="An allowed output (repeatable).")
 @click.option("--json", "as_json", is_flag=True, help="Print the final result as JSON.")
 @click.argument("prompt")
 def generate(
@@ -85,12 +97,19 @@ def generate(
     max_tokens: int | None,
     temperature: float | None,
     seed: int | None,
+    schema_file: Any,
+    regex: str | None,
+    grammar_file: Any,
+    choices: tuple[str, ...],
     as_json: bool,
     prompt: str,
 ) -> None:
     """Generate text, streamed to the terminal."""
     parameters = common_pb2.TextParameters(
-        max_tokens=max_tokens, temperature=temperature, seed=seed
+        max_tokens=max_tokens,
+        temperature=temperature,
+        seed=seed,
+        constraint=constraint(schema_file, regex, grammar_file, choices),
     )
     request = text_request(
         prompt,
@@ -115,6 +134,28 @@ def generate(
                         click.echo()
 
     call(stream())
+
+
+def constraint(
+    schema_file: Any, regex: str | None, grammar_file: Any, choices: tuple[str, ...]
+) -> common_pb2.OutputConstraint | None:
+    """The one output constraint the options ask for, if any."""
+    given = [o for o in (schema_file, regex, grammar_file, choices) if o]
+    if len(given) > 1:
+        raise click.UsageError("give one of --json-schema, --regex, --grammar and --choice")
+    if schema_file:
+        try:
+            return json_schema(json.load(schema_file))
+        except (ValueError, AttributeError) as exc:
+            hint = "--json-schema"
+            raise click.BadParameter(f"not a JSON object: {exc}", param_hint=hint) from None
+    if regex:
+        return common_pb2.OutputConstraint(regex=regex)
+    if grammar_file:
+        return common_pb2.OutputConstraint(grammar=grammar_file.read())
+    if choices:
+        return common_pb2.OutputConstraint(choices=common_pb2.ChoiceList(choices=choices))
+    return None
 
 
 @main.command()
@@ -155,3 +196,4 @@ main.add_command(sandbox)
 main.add_command(speak)
 main.add_command(transcribe)
 main.add_command(image)
+main.add_command(embed)

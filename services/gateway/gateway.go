@@ -105,6 +105,7 @@ func newHandler(ctx context.Context, conn *grpc.ClientConn, cfg config, t tracin
 		genmeshv1.RegisterAgentServiceHandler,
 		genmeshv1.RegisterCatalogServiceHandler,
 		genmeshv1.RegisterTokenizerServiceHandler,
+		genmeshv1.RegisterEmbeddingServiceHandler,
 	}
 	for _, register := range registrations {
 		if err := register(ctx, mux, conn); err != nil {

@@ -39,6 +39,24 @@ async def call_backend(route: BindingRoute, method: str, request: Any, context: 
     raise errors.unavailable(f"binding '{route.name}' is unavailable", binding=route.name)
 
 
+# A model's kind when its service does not say: what the first of its tasks makes it.
+TASK_KINDS = {
+    common_pb2.TASK_TEXT: common_pb2.MODEL_KIND_CHAT,
+    common_pb2.TASK_IMAGE: common_pb2.MODEL_KIND_IMAGE,
+    common_pb2.TASK_IMAGE_EDIT: common_pb2.MODEL_KIND_IMAGE,
+    common_pb2.TASK_SPEECH: common_pb2.MODEL_KIND_SPEECH,
+    common_pb2.TASK_TRANSCRIPTION: common_pb2.MODEL_KIND_TRANSCRIPTION,
+}
+
+
+def described(model: common_pb2.ModelInfo, route: BindingRoute) -> common_pb2.ModelInfo:
+    """A backend's model info as the catalog shows it: with its binding and its kind."""
+    model.binding = route.name
+    if not model.kind and model.tasks:
+        model.kind = TASK_KINDS.get(model.tasks[0], common_pb2.MODEL_KIND_UNSPECIFIED)
+    return model
+
+
 class CatalogService(catalog_pb2_grpc.CatalogServiceServicer):
     def __init__(
         self, backends: Backends, personalities: Personalities, functions: FunctionRegistry
@@ -86,6 +104,12 @@ class CatalogService(catalog_pb2_grpc.CatalogServiceServicer):
         self, request: catalog_pb2.ListModelsRequest, context: Context
     ) -> catalog_pb2.ListModelsResponse:
         validation.names(binding=request.binding)
+        if request.kind not in common_pb2.ModelKind.values():
+            known = ", ".join(common_pb2.ModelKind.keys())
+            raise errors.invalid_argument(
+                f"unknown model kind {request.kind}",
+                FieldViolation("kind", f"must be one of {known}"),
+            )
         routes = (
             [self.backends.get(request.binding)]
             if request.binding
@@ -102,8 +126,9 @@ class CatalogService(catalog_pb2_grpc.CatalogServiceServicer):
         models: list[common_pb2.ModelInfo] = []
         for route, answer in zip(routes, answers, strict=True):
             for model in answer.models:
-                model.binding = route.name
-                models.append(model)
+                described(model, route)
+                if not request.kind or model.kind == request.kind:
+                    models.append(model)
         return catalog_pb2.ListModelsResponse(models=models)
 
     async def GetModelInfo(  # noqa: N802
@@ -123,8 +148,22 @@ class CatalogService(catalog_pb2_grpc.CatalogServiceServicer):
             ),
             context,
         )
-        answer.model.binding = route.name
-        return catalog_pb2.GetModelInfoResponse(model=answer.model)
+        return catalog_pb2.GetModelInfoResponse(model=described(answer.model, route))
+
+
+def text_route(backends: Backends, binding: str, model: str, what: str) -> BindingRoute:
+    """The named text binding, or the default one: only text services have tokenizers and
+    embedding models (`what` says which the caller wants, for the error)."""
+    validation.names(binding=binding, model=model)
+    if not binding:
+        return backends.default_for(common_pb2.TASK_TEXT)
+    route = backends.get(binding)
+    if common_pb2.TASK_TEXT not in route.tasks:
+        raise errors.invalid_argument(
+            f"binding '{binding}' has no {what}",
+            FieldViolation("binding", "must be a binding that serves TASK_TEXT"),
+        )
+    return route
 
 
 class TokenizerService(tokenizer_pb2_grpc.TokenizerServiceServicer):
@@ -132,17 +171,7 @@ class TokenizerService(tokenizer_pb2_grpc.TokenizerServiceServicer):
         self.backends = backends
 
     def _route(self, binding: str, model: str) -> BindingRoute:
-        """The text binding whose tokenizer to use: only text models have one."""
-        validation.names(binding=binding, model=model)
-        if not binding:
-            return self.backends.default_for(common_pb2.TASK_TEXT)
-        route = self.backends.get(binding)
-        if common_pb2.TASK_TEXT not in route.tasks:
-            raise errors.invalid_argument(
-                f"binding '{binding}' has no tokenizer",
-                FieldViolation("binding", "must be a binding that serves TASK_TEXT"),
-            )
-        return route
+        return text_route(self.backends, binding, model, "tokenizer")
 
     async def _tokenize(
         self, binding: str, model: str, text: str, special: bool, context: Context

@@ -30,22 +30,27 @@ READ_AHEAD = 256
 
 
 def _next_merged(waiting: deque[common_pb2.StreamEvent]) -> common_pb2.StreamEvent:
-    """The first waiting event; a text delta takes the text deltas queued right behind it along
-    (up to thoughts that would otherwise move ahead of answer text)."""
+    """The first waiting event; a text delta takes the text deltas of the same choice queued
+    right behind it along, with their logprobs (up to thoughts that would otherwise move ahead
+    of answer text)."""
     event = waiting.popleft()
     if not (waiting and event.HasField("text_delta") and waiting[0].HasField("text_delta")):
         return event
-    texts, thoughts = [event.text_delta.text], [event.text_delta.thoughts]
+    first = event.text_delta
+    texts, thoughts, logprobs = [first.text], [first.thoughts], list(first.logprobs)
     answered = bool(texts[0])
     while waiting and waiting[0].HasField("text_delta"):
         following = waiting[0].text_delta
-        if answered and following.thoughts:
+        if (answered and following.thoughts) or following.index != first.index:
             break
         texts.append(following.text)
         thoughts.append(following.thoughts)
+        logprobs.extend(following.logprobs)
         answered = answered or bool(following.text)
         waiting.popleft()
-    merged = common_pb2.TextDelta(text="".join(texts), thoughts="".join(thoughts))
+    merged = common_pb2.TextDelta(
+        text="".join(texts), thoughts="".join(thoughts), index=first.index, logprobs=logprobs
+    )
     return common_pb2.StreamEvent(text_delta=merged)
 
 
@@ -281,7 +286,7 @@ class Conversation:
             event, following = following.result(), None
             if event is None:
                 break
-            if event.HasField("text_delta"):
+            if event.HasField("text_delta") and event.text_delta.index == 0:
                 reply.append(event.text_delta.text)
             yield respond(event)
         self.history.extend(turn.inputs)

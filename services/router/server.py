@@ -6,6 +6,7 @@ from genmesh.router.agent import AgentService, ServerFunctions, mesh_functions
 from genmesh.router.backends import Backends
 from genmesh.router.catalog import CatalogService, TokenizerService
 from genmesh.router.dispatch import Dispatcher
+from genmesh.router.embedding import EmbeddingService
 from genmesh.router.functions import FunctionRegistry
 from genmesh.router.generation import GenerationService
 from genmesh.router.inputs import InputResolver
@@ -19,6 +20,8 @@ from genmesh.v1 import (
     agent_pb2_grpc,
     catalog_pb2,
     catalog_pb2_grpc,
+    embedding_pb2,
+    embedding_pb2_grpc,
     generation_pb2,
     generation_pb2_grpc,
     tokenizer_pb2,
@@ -47,6 +50,7 @@ async def main() -> None:
     generation = GenerationService(dispatcher)
     catalog = CatalogService(backends, personalities, functions)
     tokenizer = TokenizerService(backends)
+    embedding = EmbeddingService(backends)
     services = [
         Service(
             service_name(generation_pb2, "GenerationService"),
@@ -63,6 +67,10 @@ async def main() -> None:
         Service(
             service_name(tokenizer_pb2, "TokenizerService"),
             lambda s: tokenizer_pb2_grpc.add_TokenizerServiceServicer_to_server(tokenizer, s),
+        ),
+        Service(
+            service_name(embedding_pb2, "EmbeddingService"),
+            lambda s: embedding_pb2_grpc.add_EmbeddingServiceServicer_to_server(embedding, s),
         ),
     ]
 

@@ -103,7 +103,9 @@ def _item_violations(index: int, item: common_pb2.InputItem) -> list[FieldViolat
     ):
         return [FieldViolation(f"{where}.mime_type", "must be a media type such as image/png")]
     mime = item.mime_type.split(";")[0].strip().lower()
-    if payload is None:
+    if payload is None and not (
+        item.tool_calls and item.role == common_pb2.INPUT_ROLE_ASSISTANT_REPLY
+    ):
         return [FieldViolation(where, "needs a payload: text, data or uri")]
     if item.kind == common_pb2.CONTENT_KIND_UNSPECIFIED and payload != "text":
         return [FieldViolation(f"{where}.kind", "must be set for non-text payloads")]

@@ -34,6 +34,7 @@ INTERNAL = "internal"
 SERVICE_SCOPES = {
     "genmesh.v1.GenerationService": "generate",
     "genmesh.v1.TokenizerService": "generate",
+    "genmesh.v1.EmbeddingService": "generate",
     "genmesh.v1.AgentService": "agent",
     "genmesh.v1.InferenceService": INTERNAL,
     "genmesh.v1.SandboxService": INTERNAL,

@@ -46,7 +46,9 @@ DEADLINE_SHARE = 0.1
 MIN_DEADLINE_MARGIN_S = 0.05
 MAX_DEADLINE_MARGIN_S = 1.0
 #: Events that count as output for the time to first token (progress and info do not).
-OUTPUT_EVENTS = frozenset({"text_delta", "audio_chunk", "image_preview", "transcript"})
+OUTPUT_EVENTS = frozenset(
+    {"text_delta", "tool_call_delta", "audio_chunk", "image_preview", "transcript"}
+)
 _MAX_ERROR_CHARS = 300
 _OUTCOMES = {
     common_pb2.FINISH_REASON_CANCELLED: "cancelled",
@@ -230,3 +232,13 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer, abc.ABC):
     @abc.abstractmethod
     async def job(self, request: common_pb2.GenerateRequest, requests: Requests) -> InferJob:
         """The job for an opening request; `requests` is the rest of the stream."""
+
+    async def Embed(  # noqa: N802 - gRPC method name
+        self, request: inference_pb2.InferenceServiceEmbedRequest, context: Context
+    ) -> inference_pb2.InferenceServiceEmbedResponse:
+        """Only text services hold embedding models; the others say so."""
+        raise ServiceError(
+            grpc.StatusCode.UNIMPLEMENTED,
+            "this service has no embedding models",
+            reason="EMBEDDING_UNAVAILABLE",
+        )

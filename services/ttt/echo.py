@@ -3,25 +3,38 @@
 Like Triton's identity model it isolates the mesh's own overhead (routing, relaying, queueing)
 for load tests and benchmarks. `extra` may set `delay_ms` (per token), `repeat`, and `fail_after`
 (tokens after which the engine fails, as a real one might mid-stream).
+
+It cannot steer its output, so it serves a constraint or a required tool call only when its echo
+already satisfies it (a prompt that is valid JSON, a tool-call block, one of the choices) and
+refuses the request with FAILED_PRECONDITION otherwise: tests of the protocol (tool-call deltas,
+choices, logprobs) then run deterministically. Its logprobs say each character is certain.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
+import re
 from collections.abc import AsyncIterator
 from typing import Any, Literal
 
+import jsonschema
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from genmesh.runtime import errors
 from genmesh.runtime.errors import FieldViolation
 from genmesh.ttt.engine import (
     ChatMessage,
+    Constraint,
     EngineModelInfo,
     GenerationChunk,
     SamplingParams,
     TextEngine,
+    TokenLogprob,
+    ToolUse,
+    UnsupportedError,
 )
+from genmesh.ttt.textstream import ToolCallParser
 
 CONTEXT_SIZE = 1 << 20
 
@@ -47,18 +60,64 @@ class EchoOptions(BaseModel):
             raise errors.invalid_argument("invalid echo options", *violations) from None
 
 
+def _satisfies(text: str, constraint: Constraint) -> bool:
+    if constraint.choices:
+        return text in constraint.choices
+    if constraint.regex is not None:
+        return re.fullmatch(constraint.regex, text) is not None
+    try:
+        jsonschema.validate(json.loads(text), constraint.json_schema or {})
+    except (ValueError, jsonschema.ValidationError):
+        return False
+    return True
+
+
+def _calls_valid(text: str, use: ToolUse) -> bool:
+    """Whether `text` makes only valid calls (at least one when required)."""
+    parser = ToolCallParser()
+    rest = parser.feed(text)[0] + parser.flush()
+    schemas = {t.name: t.parameters for t in use.allowed}
+    if use.required and (rest.strip() or not parser.calls):
+        return False
+    if len(parser.calls) > 1 and not use.parallel:
+        return False
+    for call in parser.calls:
+        try:
+            jsonschema.validate(json.loads(call.arguments), schemas[call.name])
+        except (KeyError, ValueError, jsonschema.ValidationError):
+            return False
+    return True
+
+
 class EchoEngine(TextEngine):
+    features = frozenset({"json_schema", "regex", "choices", "tools", "logprobs"})
+
     def __init__(self, name: str = "echo") -> None:
         self.name = name
 
     async def load(self) -> None:
         return None
 
-    async def generate(
+    def generate(
         self, messages: list[ChatMessage], params: SamplingParams
     ) -> AsyncIterator[GenerationChunk]:
         options = EchoOptions.of(params.extra)
         prompt = next((m.content for m in reversed(messages) if m.role == "user"), "")
+        echo = (
+            (prompt * options.repeat)[: params.max_tokens]
+            if params.constraint or params.tools
+            else ""
+        )
+        if params.constraint is not None and not _satisfies(echo, params.constraint):
+            what = "constrain output (its echo does not satisfy the constraint)"
+            raise UnsupportedError("echo", params.constraint.field, what)
+        if params.tools is not None and not _calls_valid(echo, params.tools):
+            raise UnsupportedError("echo", "text.tools", "call tools (its echo is no valid call)")
+        return self._echo(messages, prompt, options, params)
+
+    async def _echo(
+        self, messages: list[ChatMessage], prompt: str, options: EchoOptions, params: SamplingParams
+    ) -> AsyncIterator[GenerationChunk]:
         prompt_tokens = sum(len(m.content) for m in messages)
         length = len(prompt) * options.repeat  # the echo, never built beyond what is sent
         if not length:
@@ -73,10 +132,14 @@ class EchoEngine(TextEngine):
             reason: Literal["stop", "length"] | None = None
             if index + 1 == sent:
                 reason = "stop" if length <= params.max_tokens else "length"
+            char = prompt[index % len(prompt)]
             yield GenerationChunk(
-                prompt[index % len(prompt)],
+                char,
                 finish_reason=reason,
                 prompt_tokens=prompt_tokens if index == 0 else 0,
+                logprobs=()
+                if params.top_logprobs is None
+                else (_certain(char, params.top_logprobs),),
             )
 
     async def tokenize(self, text: str, add_special_tokens: bool) -> list[tuple[int, str]]:
@@ -93,3 +156,9 @@ class EchoEngine(TextEngine):
             max_output_tokens=CONTEXT_SIZE,
             details={"description": "deterministic echo of the last user message"},
         )
+
+
+def _certain(char: str, top: int) -> TokenLogprob:
+    """A character the echo was sure of: probability 1, no alternative."""
+    token = TokenLogprob(ord(char), char.encode(), 0.0)
+    return TokenLogprob(token.token_id, token.text, 0.0, (token,)[:top])

@@ -14,13 +14,60 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 _T = TypeVar("_T")
-Role = Literal["system", "user", "assistant"]
+Role = Literal["system", "user", "assistant", "tool"]
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    id: str
+    name: str
+    arguments: str  # JSON text of an object
 
 
 @dataclass(frozen=True)
 class ChatMessage:
     role: Role
     content: str
+    tool_calls: tuple[ToolCall, ...] = ()  # an assistant reply's calls
+    tool_call_id: str = ""  # the call a tool message answers
+
+
+@dataclass(frozen=True)
+class Constraint:
+    """Structured output: the output must be a JSON document valid against `json_schema`, match
+    `regex` in full, be a sentence of the GBNF `grammar` or one of `choices` (exactly one set)."""
+
+    json_schema: dict[str, Any] | None = None
+    regex: str | None = None
+    grammar: str | None = None
+    choices: tuple[str, ...] = ()
+
+    @property
+    def field(self) -> str:
+        """The request field that set it, for errors."""
+        kind = next(k for k in ("json_schema", "regex", "grammar", "choices") if getattr(self, k))
+        return f"text.constraint.{kind}"
+
+
+@dataclass(frozen=True)
+class Tool:
+    name: str
+    description: str = ""
+    parameters: dict[str, Any] = field(default_factory=lambda: {"type": "object"})
+
+
+@dataclass(frozen=True)
+class ToolUse:
+    """The tools offered and whether the model must call one (`required`: any of `allowed`)."""
+
+    tools: tuple[Tool, ...]
+    required: bool = False
+    parallel: bool = True
+    only: str = ""  # a named tool choice
+
+    @property
+    def allowed(self) -> tuple[Tool, ...]:
+        return tuple(t for t in self.tools if not self.only or t.name == self.only)
 
 
 @dataclass(frozen=True)
@@ -35,6 +82,21 @@ class SamplingParams:
     seed: int | None = None
     stop: tuple[str, ...] = ()
     extra: dict[str, Any] = field(default_factory=dict)
+    constraint: Constraint | None = None
+    # Tools the model may call (its output then holds <tool_call> blocks, see `tools`).
+    tools: ToolUse | None = None
+    # Per token logprobs with this many alternatives (None: no logprobs).
+    top_logprobs: int | None = None
+    # Choices per request: the service runs one generation per choice.
+    n: int = 1
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    token_id: int
+    text: bytes
+    logprob: float
+    top: tuple[TokenLogprob, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -46,6 +108,7 @@ class GenerationChunk:
     finish_reason: Literal["stop", "length", "stop_sequence", None] = None
     stop_sequence: str = ""
     prompt_tokens: int = 0
+    logprobs: tuple[TokenLogprob, ...] = ()
 
 
 class PromptTooLongError(ValueError):
@@ -57,6 +120,23 @@ class PromptTooLongError(ValueError):
         )
         self.prompt_tokens = prompt_tokens
         self.context_size = context_size
+
+
+class ConstraintError(ValueError):
+    """A constraint the engine cannot compile (the service: INVALID_ARGUMENT naming `field`)."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+class UnsupportedError(ValueError):
+    """A request feature the engine cannot serve (the service: FAILED_PRECONDITION naming
+    `field`)."""
+
+    def __init__(self, engine: str, field: str, what: str) -> None:
+        super().__init__(f"the engine {engine} cannot {what}")
+        self.field = field
 
 
 @dataclass(frozen=True)
@@ -76,6 +156,10 @@ class TextEngine(abc.ABC):
     (run blocking work in a worker thread) and check for cancellation between tokens."""
 
     name: str
+    # What the engine serves beyond plain sampling: constraint kinds ("json_schema", "regex",
+    # "grammar", "choices"), "tools" (calls it can make valid) and "logprobs". The service
+    # refuses a request asking for anything else with FAILED_PRECONDITION.
+    features: frozenset[str] = frozenset()
 
     @abc.abstractmethod
     async def load(self) -> None:

@@ -3,7 +3,8 @@
 One `Llama` object owns one context, so generations on it run one at a time in a worker thread;
 the service's per-model limit decides how many wait. Tokens are produced with the low-level
 `Llama.generate` loop rather than `create_completion`, which gives an exact token count and a
-cancellation check between every two tokens.
+cancellation check between every two tokens. Constraints and tool calls become a GBNF grammar
+for llama.cpp's grammar sampler (`grammar`); logprobs come from the logits of each step.
 """
 
 from __future__ import annotations
@@ -16,12 +17,22 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, cast
 
-from genmesh.ttt.engine import ChatMessage, EngineModelInfo
+import numpy as np
+
+from genmesh.ttt import grammar
+from genmesh.ttt.engine import (
+    ChatMessage,
+    ConstraintError,
+    EngineModelInfo,
+    SamplingParams,
+    TokenLogprob,
+)
 from genmesh.ttt.threaded import ThreadedEngine, TokenRun
 
 if TYPE_CHECKING:
     from llama_cpp import Llama
     from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+    from llama_cpp.llama_grammar import LlamaGrammar
 
 
 def default_threads() -> int:
@@ -35,6 +46,7 @@ class LlamaCppEngine(ThreadedEngine):
     """Serves one GGUF file with the model's own chat template."""
 
     engine = "llama.cpp"
+    features = frozenset({"json_schema", "regex", "grammar", "choices", "tools", "logprobs"})
 
     def __init__(
         self,
@@ -110,6 +122,41 @@ class LlamaCppEngine(ThreadedEngine):
     def context_window(self) -> int:
         return int(self.llm.n_ctx())
 
+    def compile(self, params: SamplingParams) -> LlamaGrammar | None:
+        """The grammar of the request's tool calls or constraint, checked by llama.cpp's own
+        parser (which llama-cpp-python leaves to the sampler, where a bad one would crash)."""
+        from llama_cpp import llama_cpp
+        from llama_cpp.llama_grammar import LlamaGrammar
+
+        if params.tools is not None:
+            field, text = "text.tools", grammar.tools_gbnf(params.tools)
+        elif params.constraint is not None:
+            field, text = params.constraint.field, grammar.constraint_gbnf(params.constraint)
+        else:
+            return None
+        sampler = llama_cpp.llama_sampler_init_grammar(
+            self.llm._model.vocab, text.encode(), b"root"
+        )
+        if not sampler:
+            raise ConstraintError(field, "is not a GBNF grammar with a root rule llama.cpp parses")
+        llama_cpp.llama_sampler_free(sampler)
+        return LlamaGrammar.from_string(text)
+
+    def _logprob(self, token: int, top: int) -> TokenLogprob:
+        """The sampled token's log probability under the model and the `top` likeliest tokens,
+        from the logits of the step that sampled it."""
+        llm = self.llm
+        logits = np.ctypeslib.as_array(llm._ctx.get_logits_ith(-1), shape=(llm.n_vocab(),))
+        logprobs = logits - np.logaddexp.reduce(logits.astype(np.float64))
+        best = np.argpartition(-logprobs, top)[:top] if top else np.array([], dtype=int)
+        best = best[np.argsort(-logprobs[best])]
+        alternatives = tuple(
+            TokenLogprob(int(t), bytes(llm.detokenize([int(t)])), float(logprobs[t])) for t in best
+        )
+        return TokenLogprob(
+            token, bytes(llm.detokenize([token])), float(logprobs[token]), alternatives
+        )
+
     def _produce(self, run: TokenRun) -> None:
         """Runs in a worker thread and checks `stop` before every token."""
         from llama_cpp.llama_cpp import llama_vocab_is_eog
@@ -132,6 +179,7 @@ class LlamaCppEngine(ThreadedEngine):
                 min_p=float(params.extra.get("min_p", 0.05)),
                 temp=params.temperature,
                 repeat_penalty=params.repeat_penalty,
+                grammar=run.compiled,
             )
             finish: Literal["stop", "length"] = "length"
             try:
@@ -141,7 +189,9 @@ class LlamaCppEngine(ThreadedEngine):
                     if llama_vocab_is_eog(vocab, token):
                         finish = "stop"
                         break
-                    run.token(decoder.decode(llm.detokenize([token])))
+                    top = params.top_logprobs
+                    logprob = self._logprob(token, top) if top is not None else None
+                    run.token(decoder.decode(llm.detokenize([token])), logprob)
                     if run.produced >= run.budget:
                         break
             finally:

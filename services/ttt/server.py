@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from genmesh.runtime.limiter import Slots
 from genmesh.runtime.secrets import ProviderSecrets
 from genmesh.runtime.server import inference_service, serve
 from genmesh.runtime.settings import load_settings
-from genmesh.ttt.registry import create_engine
-from genmesh.ttt.service import ServedModel, TextInferenceService
+from genmesh.ttt.embedding import Embedder, EmbeddingEngine
+from genmesh.ttt.embedding_service import TextAndEmbeddingService
+from genmesh.ttt.engine import TextEngine
+from genmesh.ttt.registry import create_embedding_engine, create_engine
+from genmesh.ttt.service import ServedModel
 from genmesh.ttt.settings import TttSettings
 
 
@@ -16,21 +18,27 @@ async def main() -> None:
     secrets = ProviderSecrets()
     engines = {spec.name: create_engine(spec, secrets) for spec in settings.models}
     served = {
-        spec.name: ServedModel(
-            engines[spec.name],
-            Slots(spec.name, spec.concurrency, spec.queue_size, spec.queue_timeout_seconds),
-            spec.system_prompt,
-        )
+        spec.name: ServedModel(engines[spec.name], spec.slots(spec.name), spec.system_prompt)
         for spec in settings.models
     }
-    servicer = TextInferenceService(served, settings.default_model, settings.models_dir)
+    embedders = {
+        spec.name: Embedder(create_embedding_engine(spec), spec)
+        for spec in settings.embedding_models
+    }
+    servicer = TextAndEmbeddingService(
+        served, settings.default_model, settings.models_dir, embedders
+    )
+    loaded: list[TextEngine | EmbeddingEngine] = [
+        *engines.values(),
+        *(e.engine for e in embedders.values()),
+    ]
 
     async def startup() -> None:
-        for engine in engines.values():
+        for engine in loaded:
             await engine.load()
 
     async def shutdown() -> None:
-        for engine in engines.values():
+        for engine in loaded:
             await engine.unload()
 
     await serve(

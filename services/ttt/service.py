@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,13 +23,17 @@ from genmesh.runtime import errors
 from genmesh.runtime.errors import FieldViolation
 from genmesh.runtime.inference import Context, InferenceServicer, InferJob, Requests, Stop
 from genmesh.runtime.limiter import Slots
+from genmesh.ttt import structured, tools
 from genmesh.ttt.engine import (
     ChatMessage,
+    ConstraintError,
     EngineModelInfo,
     GenerationChunk,
     PromptTooLongError,
     SamplingParams,
     TextEngine,
+    ToolCall,
+    UnsupportedError,
 )
 from genmesh.ttt.models import ModelEntry, scan
 from genmesh.ttt.textstream import Split, TextOutput
@@ -40,11 +45,13 @@ ROLES = {
     common_pb2.INPUT_ROLE_SYSTEM_CONTEXT: "system",
     common_pb2.INPUT_ROLE_ASSISTANT_REPLY: "assistant",
     common_pb2.INPUT_ROLE_REFERENCE: "system",
+    common_pb2.INPUT_ROLE_TOOL_RESULT: "tool",
 }
 FINISH = {
     "stop": common_pb2.FINISH_REASON_STOP,
     "length": common_pb2.FINISH_REASON_LENGTH,
     "stop_sequence": common_pb2.FINISH_REASON_STOP_SEQUENCE,
+    "tool_calls": common_pb2.FINISH_REASON_TOOL_CALLS,
 }
 
 
@@ -59,15 +66,23 @@ def chat_messages(request: common_pb2.GenerateRequest) -> list[ChatMessage]:
                 "text models take text inputs only",
                 FieldViolation(f"inputs[{index}].kind", "must be CONTENT_KIND_TEXT"),
             )
-        if role is None or item.WhichOneof("payload") != "text":
+        payload = item.WhichOneof("payload")
+        calls_only = role == "assistant" and bool(item.tool_calls) and payload is None
+        if role is None or not (payload == "text" or calls_only):
             raise errors.invalid_argument(
                 "unsupported input for a text model",
                 FieldViolation(f"inputs[{index}]", "needs a text payload and a text role"),
             )
+        if role == "tool" and not item.tool_call_id:
+            raise errors.invalid_argument(
+                "a tool result names its call",
+                FieldViolation(f"inputs[{index}].tool_call_id", "is required for tool results"),
+            )
         if role == "system":
             system.append(item.text)
         else:
-            turns.append(ChatMessage(role, item.text))  # type: ignore[arg-type]
+            calls = tuple(ToolCall(c.id, c.name, c.arguments) for c in item.tool_calls)
+            turns.append(ChatMessage(role, item.text, calls, item.tool_call_id))  # type: ignore[arg-type]
     if not any(m.role == "user" for m in turns):
         raise errors.invalid_argument(
             "no user prompt", FieldViolation("inputs", "needs at least one user prompt")
@@ -91,6 +106,10 @@ def sampling_params(request: common_pb2.GenerateRequest, info: EngineModelInfo) 
         bad.append(FieldViolation("text.top_k", "must be >= 0"))
     if text.HasField("repeat_penalty") and text.repeat_penalty <= 0:
         bad.append(FieldViolation("text.repeat_penalty", "must be > 0"))
+    constraint = structured.constraint(text, bad)
+    tool_use = structured.tool_use(text, bad)
+    top_logprobs = structured.top_logprobs(text, bad)
+    n = structured.choices(text, bad)
     if bad:
         raise errors.invalid_argument("invalid text parameters", *bad)
     return SamplingParams(
@@ -104,6 +123,10 @@ def sampling_params(request: common_pb2.GenerateRequest, info: EngineModelInfo) 
         seed=text.seed if text.HasField("seed") else None,
         stop=tuple(text.stop),
         extra=json_format.MessageToDict(request.extra) if request.HasField("extra") else {},
+        constraint=constraint,
+        tools=tool_use,
+        top_logprobs=top_logprobs,
+        n=n,
     )
 
 
@@ -143,9 +166,16 @@ def entry_info_proto(entry: ModelEntry) -> common_pb2.ModelInfo:
 def start_generation(
     engine: TextEngine, messages: list[ChatMessage], params: SamplingParams
 ) -> AsyncIterator[GenerationChunk]:
-    """The engine's stream; a prompt that cannot fit becomes INVALID_ARGUMENT with the sizes."""
+    """The engine's stream; a prompt that cannot fit becomes INVALID_ARGUMENT with the sizes, a
+    constraint the engine cannot compile INVALID_ARGUMENT naming its field."""
     try:
         return engine.generate(messages, params)
+    except ConstraintError as exc:
+        raise errors.invalid_argument(
+            f"{exc.field}: {exc}", FieldViolation(exc.field, str(exc))
+        ) from None
+    except UnsupportedError as exc:
+        raise structured.unsupported(exc) from None
     except PromptTooLongError as exc:
         raise errors.ServiceError(
             grpc.StatusCode.INVALID_ARGUMENT,
@@ -167,72 +197,111 @@ class ServedModel:
     slots: Slots
     system_prompt: str = ""
 
-    def conversation(self, request: common_pb2.GenerateRequest) -> list[ChatMessage]:
+    def conversation(
+        self, request: common_pb2.GenerateRequest, params: SamplingParams
+    ) -> list[ChatMessage]:
         messages = chat_messages(request)
         if self.system_prompt and messages[0].role != "system":
-            return [ChatMessage("system", self.system_prompt), *messages]
-        return messages
+            messages = [ChatMessage("system", self.system_prompt), *messages]
+        return tools.plain_messages(messages, params.tools)
 
 
-def delta(split: Split) -> common_pb2.StreamEvent:
-    return common_pb2.StreamEvent(
-        text_delta=common_pb2.TextDelta(text=split.text, thoughts=split.thoughts)
+def deltas(index: int, split: Split) -> list[common_pb2.StreamEvent]:
+    """The events a piece of choice `index`'s output makes: text (with its tokens' logprobs),
+    then tool-call pieces."""
+    events = []
+    if split.text or split.thoughts or split.logprobs:
+        text = common_pb2.TextDelta(
+            text=split.text,
+            thoughts=split.thoughts,
+            index=index,
+            logprobs=[structured.logprob_proto(t) for t in split.logprobs],
+        )
+        events.append(common_pb2.StreamEvent(text_delta=text))
+    events.extend(
+        common_pb2.StreamEvent(
+            tool_call_delta=common_pb2.ToolCallDelta(
+                index=index,
+                call_index=call.call_index,
+                id=call.id,
+                name=call.name,
+                arguments=call.arguments,
+            )
+        )
+        for call in split.calls
     )
+    return events
 
 
 class TextJob(InferJob):
     """One generation in three stages, as in vLLM: input processing (messages and sampling
-    parameters, validated here), the engine, and output processing (`TextOutput`)."""
+    parameters, validated here), the engine, and output processing (`TextOutput`). The n
+    choices of a request run one after another, choice i seeded with seed + i."""
 
     def __init__(self, served: ServedModel, request: common_pb2.GenerateRequest) -> None:
         self.engine = served.engine
         self.model = self.engine.name
         self.slots = served.slots
-        self.messages = served.conversation(request)
         self.params = sampling_params(request, self.engine.info())
-        self.output = TextOutput(self.params.stop)
+        structured.refuse_unsupported(self.engine, self.params)
+        self.messages = served.conversation(request, self.params)
+        self.choices = [
+            dataclasses.replace(
+                self.params, seed=None if self.params.seed is None else self.params.seed + i
+            )
+            for i in range(self.params.n)
+        ]
+        self.outputs = [
+            TextOutput(self.params.stop, calls=self.params.tools is not None) for _ in self.choices
+        ]
 
     async def events(self, stop: Stop) -> AsyncGenerator[common_pb2.StreamEvent, None]:
-        if stop:
-            return
-        generation = start_generation(self.engine, self.messages, self.params)
-        try:
-            async for chunk in generation:
-                split = self.output.feed(chunk)
-                if split.text or split.thoughts:
-                    yield delta(split)
-                if self.output.finished or stop:
-                    break
-        finally:
-            # Closing the stream is what stops the engine (within one token).
-            with contextlib.suppress(Exception):
-                await generation.aclose()  # type: ignore[attr-defined]
-        tail = self.output.flush()
-        if tail.text or tail.thoughts:
-            yield delta(tail)
+        for index, (params, output) in enumerate(zip(self.choices, self.outputs, strict=True)):
+            if stop:
+                return
+            generation = start_generation(self.engine, self.messages, params)
+            try:
+                async for chunk in generation:
+                    for event in deltas(index, output.feed(chunk)):
+                        yield event
+                    if output.finished or stop:
+                        break
+            finally:
+                # Closing the stream is what stops the engine (within one token).
+                with contextlib.suppress(Exception):
+                    await generation.aclose()  # type: ignore[attr-defined]
+            for event in deltas(index, output.flush()):
+                yield event
 
     async def result(self) -> common_pb2.GenerateResponse:
-        out = self.output
+        outputs = [
+            common_pb2.OutputItem(
+                kind=common_pb2.CONTENT_KIND_TEXT,
+                text="".join(out.answer),
+                thoughts="".join(out.thoughts),
+                seed=params.seed or 0,
+                index=index,
+                tool_calls=[structured.tool_call_proto(c) for c in out.tool_calls],
+                logprobs=[structured.logprob_proto(t) for t in out.logprobs],
+                finish_reason=FINISH.get(out.finish, common_pb2.FINISH_REASON_UNSPECIFIED),
+            )
+            for index, (params, out) in enumerate(zip(self.choices, self.outputs, strict=True))
+        ]
+        first = self.outputs[0]
+        completion = sum(out.completion_tokens for out in self.outputs)
         return common_pb2.GenerateResponse(
-            outputs=[
-                common_pb2.OutputItem(
-                    kind=common_pb2.CONTENT_KIND_TEXT,
-                    text="".join(out.answer),
-                    thoughts="".join(out.thoughts),
-                    seed=self.params.seed or 0,
-                )
-            ],
+            outputs=outputs,
             usage=common_pb2.Usage(
-                prompt_tokens=out.prompt_tokens,
-                completion_tokens=out.completion_tokens,
-                total_tokens=out.prompt_tokens + out.completion_tokens,
+                prompt_tokens=first.prompt_tokens,
+                completion_tokens=completion,
+                total_tokens=first.prompt_tokens + completion,
             ),
-            finish_reason=FINISH.get(out.finish, common_pb2.FINISH_REASON_UNSPECIFIED),
-            stop_sequence=out.stop_sequence,
+            finish_reason=outputs[0].finish_reason,
+            stop_sequence=first.stop_sequence,
         )
 
     def summary(self) -> dict[str, Any]:
-        return {"completion_tokens": self.output.completion_tokens}
+        return {"completion_tokens": sum(out.completion_tokens for out in self.outputs)}
 
 
 class TextInferenceService(InferenceServicer):

@@ -6,9 +6,11 @@ boundaries: text that might be the start of one is held back until it is decided
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from dataclasses import dataclass, field
 
-from genmesh.ttt.engine import GenerationChunk
+from genmesh.ttt import tools
+from genmesh.ttt.engine import GenerationChunk, TokenLogprob, ToolCall
 
 THINK_OPEN = "<think>"
 THINK_CLOSE = "</think>"
@@ -52,9 +54,24 @@ class StopMatcher:
 
 
 @dataclass
+class CallDelta:
+    """A piece of call `call_index`: id and name on its first piece, then argument text."""
+
+    call_index: int
+    id: str = ""
+    name: str = ""
+    arguments: str = ""
+
+
+@dataclass
 class Split:
     text: str = ""
     thoughts: str = ""
+    calls: list[CallDelta] = field(default_factory=list)
+    logprobs: tuple[TokenLogprob, ...] = ()
+
+    def __bool__(self) -> bool:
+        return bool(self.text or self.thoughts or self.calls or self.logprobs)
 
 
 class ThinkSplitter:
@@ -95,18 +112,126 @@ class ThinkSplitter:
             out.text += text
 
 
+@dataclass
+class _Call:
+    id: str
+    name: str
+    arguments: str = ""
+    depth: int = 0
+    in_string: bool = False
+    escaped: bool = False
+    closed: bool = False  # the arguments' JSON value is complete
+
+    def take(self, text: str) -> int:
+        """Consumes argument characters from `text` until the value closes; returns how many."""
+        for index, char in enumerate(text):
+            if self.in_string:
+                if self.escaped:
+                    self.escaped = False
+                elif char == "\\":
+                    self.escaped = True
+                elif char == '"':
+                    self.in_string = False
+            elif char == '"':
+                self.in_string = True
+            elif char in "{[":
+                self.depth += 1
+            elif char in "}]":
+                self.depth -= 1
+                if self.depth <= 0:
+                    self.closed = True
+                    self.arguments += text[: index + 1]
+                    return index + 1
+        self.arguments += text
+        return len(text)
+
+
+@dataclass
+class ToolCallParser:
+    """Splits answer text into plain text and tool-call deltas, chunk by chunk."""
+
+    calls: list[ToolCall] = field(default_factory=list)
+    _held: str = ""
+    _call: _Call | None = None
+    _inside: bool = False
+
+    def feed(self, text: str) -> tuple[str, list[CallDelta]]:
+        out, deltas = "", []
+        buffer = self._held + text
+        self._held = ""
+        while buffer:
+            if not self._inside:
+                index = buffer.find(tools.OPEN)
+                if index < 0:
+                    keep = _partial_suffix(buffer, tools.OPEN)
+                    out += buffer[: len(buffer) - keep]
+                    self._held = buffer[len(buffer) - keep :]
+                    break
+                out += buffer[:index]
+                buffer = buffer[index + len(tools.OPEN) :]
+                self._inside = True
+            elif self._call is None:
+                match = tools.HEADER.match(buffer)
+                if match is None:
+                    if tools.CLOSE in buffer:  # not a call after all: give the block back as text
+                        end = buffer.index(tools.CLOSE) + len(tools.CLOSE)
+                        out += tools.OPEN + buffer[:end]
+                        buffer, self._inside = buffer[end:], False
+                        continue
+                    self._held = buffer
+                    break
+                self._call = _Call(tools.new_call_id(), json.loads(f'"{match.group(1)}"'))
+                deltas.append(CallDelta(len(self.calls), self._call.id, self._call.name))
+                buffer = buffer[match.end() :]
+            elif not self._call.closed:
+                used = self._call.take(buffer)
+                deltas.append(CallDelta(len(self.calls), arguments=buffer[:used]))
+                buffer = buffer[used:]
+            else:
+                index = buffer.find(tools.CLOSE)
+                if index < 0:
+                    self._held = buffer
+                    break
+                self._end()
+                buffer = buffer[index + len(tools.CLOSE) :]
+        if self.calls and not out.strip():
+            out = ""  # whitespace between calls
+        return out, [d for d in deltas if d.id or d.arguments]
+
+    def flush(self) -> str:
+        """Text held back at the end; a call cut short keeps the arguments it got."""
+        if self._call is not None:
+            self._end()
+        held, self._held = self._held, ""
+        if self._inside and not self.calls:
+            return tools.OPEN + held
+        return "" if self.calls else held
+
+    def _end(self) -> None:
+        call, self._call, self._inside = self._call, None, False
+        if call is not None:
+            self.calls.append(ToolCall(call.id, call.name, call.arguments))
+
+
 class TextOutput:
     """The output stage of a generation: engine chunks in, client deltas out, with stop
-    sequences cut, <think> text moved to thoughts, usage counted and the finish reason kept."""
+    sequences cut, <think> text moved to thoughts, tool calls parsed out of the answer (when
+    tools were offered), usage counted and the finish reason kept."""
 
-    def __init__(self, stops: tuple[str, ...]) -> None:
+    def __init__(self, stops: tuple[str, ...], calls: bool = False) -> None:
         self._stops = StopMatcher(stops)
         self._thinking = ThinkSplitter()
+        self._calls = ToolCallParser() if calls else None
         self.answer: list[str] = []
         self.thoughts: list[str] = []
+        self.logprobs: list[TokenLogprob] = []
         self.prompt_tokens = 0
         self.completion_tokens = 0
         self.finish = ""
+
+    @property
+    def tool_calls(self) -> list[ToolCall]:
+        return self._calls.calls if self._calls else []
 
     @property
     def stop_sequence(self) -> str:
@@ -123,18 +248,31 @@ class TextOutput:
         self.completion_tokens += chunk.tokens
         if chunk.finish_reason:
             self.finish = chunk.finish_reason
+        self.logprobs.extend(chunk.logprobs)
         split = self._keep(self._thinking.feed(self._stops.feed(chunk.text)))
+        split.logprobs = chunk.logprobs
         if self._stops.matched:
             self.finish = "stop_sequence"
+        elif self.finish == "stop" and self.tool_calls:
+            self.finish = "tool_calls"
         return split
 
     def flush(self) -> Split:
         """Text held back at the end in case it began a stop sequence or a tag."""
         tail = self._thinking.feed(self._stops.flush())
         rest = self._thinking.flush()
-        return self._keep(Split(tail.text + rest.text, tail.thoughts + rest.thoughts))
+        split = self._keep(Split(tail.text + rest.text, tail.thoughts + rest.thoughts))
+        if self._calls is not None:
+            held = self._calls.flush()
+            split.text += held
+            self.answer.append(held)
+        if self.finish == "stop" and self.tool_calls:
+            self.finish = "tool_calls"
+        return split
 
     def _keep(self, split: Split) -> Split:
+        if self._calls is not None:
+            split.text, split.calls = self._calls.feed(split.text)
         self.answer.append(split.text)
         self.thoughts.append(split.thoughts)
         return split

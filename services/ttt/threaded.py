@@ -13,9 +13,15 @@ import asyncio
 import threading
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import Literal, TypeVar, cast
+from typing import Any, Literal, TypeVar, cast
 
-from genmesh.ttt.engine import ChatMessage, GenerationChunk, LocalEngine, SamplingParams
+from genmesh.ttt.engine import (
+    ChatMessage,
+    GenerationChunk,
+    LocalEngine,
+    SamplingParams,
+    TokenLogprob,
+)
 
 T = TypeVar("T")
 Work = Callable[[Callable[[T], None], threading.Event], None]
@@ -74,14 +80,22 @@ class TokenRun:
     budget: int
     emit: Callable[[GenerationChunk], None]
     stop: threading.Event
+    # What the engine's `compile` made of the request's constraint, if anything.
+    compiled: Any = None
     produced: int = 0
 
-    def token(self, text: str) -> None:
-        """One generated token's text."""
+    def token(self, text: str, logprob: TokenLogprob | None = None) -> None:
+        """One generated token's text (and its logprob when asked for)."""
         self.produced += 1
         self.engine.generated_tokens += 1
         first = self.produced == 1
-        self.emit(GenerationChunk(text=text, prompt_tokens=len(self.prompt) if first else 0))
+        self.emit(
+            GenerationChunk(
+                text=text,
+                prompt_tokens=len(self.prompt) if first else 0,
+                logprobs=(logprob,) if logprob else (),
+            )
+        )
 
     def finish(self, reason: Literal["stop", "length"], text: str = "") -> None:
         """The last chunk: any text the decoder held back, and why generation ended."""
@@ -102,9 +116,17 @@ class ThreadedEngine(LocalEngine):
         self, messages: list[ChatMessage], params: SamplingParams
     ) -> AsyncIterator[GenerationChunk]:
         prompt, budget = self.prompt_and_budget(messages, params)
+        compiled = self.compile(params)
         return stream_from_thread(
-            lambda emit, stop: self._produce(TokenRun(self, prompt, params, budget, emit, stop))
+            lambda emit, stop: self._produce(
+                TokenRun(self, prompt, params, budget, emit, stop, compiled)
+            )
         )
+
+    def compile(self, params: SamplingParams) -> Any:
+        """The request's constraint in the engine's form, before generation starts so a bad one
+        is refused at once (`ConstraintError`); engines without constraints have nothing to do."""
+        return None
 
     @abc.abstractmethod
     def _produce(self, run: TokenRun) -> None:

@@ -295,16 +295,20 @@ class ListModelsRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     BINDING_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
     binding: _builtins.str
     """Only this binding's models; empty lists every binding's."""
+    kind: _common_pb2.ModelKind.ValueType
+    """Only models of this kind (e.g. MODEL_KIND_EMBEDDING); unspecified lists every kind."""
     def __init__(
         self,
         *,
         binding: _builtins.str = ...,
+        kind: _common_pb2.ModelKind.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["binding", b"binding"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["binding", b"binding", "kind", b"kind"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -83,6 +83,8 @@ class _InputRoleEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_InputRole.V
     """Audio to transcribe or to understand."""
     INPUT_ROLE_REFERENCE: _InputRole.ValueType  # 7
     """Supporting material (documents, examples) the model may consult."""
+    INPUT_ROLE_TOOL_RESULT: _InputRole.ValueType  # 8
+    """The result of a tool call, answering the call named by the item's tool_call_id."""
 
 class InputRole(_InputRole, metaclass=_InputRoleEnumTypeWrapper):
     """How the service should use an input item."""
@@ -103,6 +105,8 @@ INPUT_ROLE_INPUT_AUDIO: InputRole.ValueType  # 6
 """Audio to transcribe or to understand."""
 INPUT_ROLE_REFERENCE: InputRole.ValueType  # 7
 """Supporting material (documents, examples) the model may consult."""
+INPUT_ROLE_TOOL_RESULT: InputRole.ValueType  # 8
+"""The result of a tool call, answering the call named by the item's tool_call_id."""
 Global___InputRole: _TypeAlias = InputRole  # noqa: Y015
 
 class _Task:
@@ -161,6 +165,10 @@ class _FinishReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_FinishRe
     """The request's deadline passed."""
     FINISH_REASON_ERROR: _FinishReason.ValueType  # 6
     """The backend failed part-way; outputs hold what was produced."""
+    FINISH_REASON_TOOL_CALLS: _FinishReason.ValueType  # 7
+    """The model called tools: the output's tool_calls hold the calls, to be answered with
+    INPUT_ROLE_TOOL_RESULT items.
+    """
 
 class FinishReason(_FinishReason, metaclass=_FinishReasonEnumTypeWrapper):
     """Why generation ended."""
@@ -179,6 +187,10 @@ FINISH_REASON_DEADLINE: FinishReason.ValueType  # 5
 """The request's deadline passed."""
 FINISH_REASON_ERROR: FinishReason.ValueType  # 6
 """The backend failed part-way; outputs hold what was produced."""
+FINISH_REASON_TOOL_CALLS: FinishReason.ValueType  # 7
+"""The model called tools: the output's tool_calls hold the calls, to be answered with
+INPUT_ROLE_TOOL_RESULT items.
+"""
 Global___FinishReason: _TypeAlias = FinishReason  # noqa: Y015
 
 class _AudioFormat:
@@ -213,6 +225,42 @@ AUDIO_FORMAT_OGG_OPUS: AudioFormat.ValueType  # 4
 """Opus in an OGG container."""
 Global___AudioFormat: _TypeAlias = AudioFormat  # noqa: Y015
 
+class _ModelKind:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ModelKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ModelKind.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    MODEL_KIND_UNSPECIFIED: _ModelKind.ValueType  # 0
+    """Not reported."""
+    MODEL_KIND_CHAT: _ModelKind.ValueType  # 1
+    """Generates text (chat and completion)."""
+    MODEL_KIND_EMBEDDING: _ModelKind.ValueType  # 2
+    """Embeds text as vectors (EmbeddingService)."""
+    MODEL_KIND_IMAGE: _ModelKind.ValueType  # 3
+    """Generates or edits images."""
+    MODEL_KIND_SPEECH: _ModelKind.ValueType  # 4
+    """Synthesises speech."""
+    MODEL_KIND_TRANSCRIPTION: _ModelKind.ValueType  # 5
+    """Transcribes speech."""
+
+class ModelKind(_ModelKind, metaclass=_ModelKindEnumTypeWrapper):
+    """What a model is for: one kind per model, whatever tasks it serves."""
+
+MODEL_KIND_UNSPECIFIED: ModelKind.ValueType  # 0
+"""Not reported."""
+MODEL_KIND_CHAT: ModelKind.ValueType  # 1
+"""Generates text (chat and completion)."""
+MODEL_KIND_EMBEDDING: ModelKind.ValueType  # 2
+"""Embeds text as vectors (EmbeddingService)."""
+MODEL_KIND_IMAGE: ModelKind.ValueType  # 3
+"""Generates or edits images."""
+MODEL_KIND_SPEECH: ModelKind.ValueType  # 4
+"""Synthesises speech."""
+MODEL_KIND_TRANSCRIPTION: ModelKind.ValueType  # 5
+"""Transcribes speech."""
+Global___ModelKind: _TypeAlias = ModelKind  # noqa: Y015
+
 @_typing.final
 class InputItem(_message.Message):
     """One input to a generation."""
@@ -225,6 +273,8 @@ class InputItem(_message.Message):
     DATA_FIELD_NUMBER: _builtins.int
     URI_FIELD_NUMBER: _builtins.int
     MIME_TYPE_FIELD_NUMBER: _builtins.int
+    TOOL_CALL_ID_FIELD_NUMBER: _builtins.int
+    TOOL_CALLS_FIELD_NUMBER: _builtins.int
     kind: Global___ContentKind.ValueType
     """What the payload holds."""
     role: Global___InputRole.ValueType
@@ -237,6 +287,14 @@ class InputItem(_message.Message):
     """A reference the serving side can read (file:// paths inside the model store, data: URIs)."""
     mime_type: _builtins.str
     """The payload's media type, e.g. "image/png" or "audio/wav"; required for bytes."""
+    tool_call_id: _builtins.str
+    """For INPUT_ROLE_TOOL_RESULT: the id of the tool call (ToolCall.id) this result answers."""
+    @_builtins.property
+    def tool_calls(self) -> _containers.RepeatedCompositeFieldContainer[Global___ToolCall]:
+        """For INPUT_ROLE_ASSISTANT_REPLY: the tool calls that reply made, in order; the reply's text
+        payload may then be empty or absent.
+        """
+
     def __init__(
         self,
         *,
@@ -246,16 +304,318 @@ class InputItem(_message.Message):
         data: _builtins.bytes = ...,
         uri: _builtins.str = ...,
         mime_type: _builtins.str = ...,
+        tool_call_id: _builtins.str = ...,
+        tool_calls: _abc.Iterable[Global___ToolCall] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "payload", b"payload", "text", b"text", "uri", b"uri"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "kind", b"kind", "mime_type", b"mime_type", "payload", b"payload", "role", b"role", "text", b"text", "uri", b"uri"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "kind", b"kind", "mime_type", b"mime_type", "payload", b"payload", "role", b"role", "text", b"text", "tool_call_id", b"tool_call_id", "tool_calls", b"tool_calls", "uri", b"uri"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["text", "data", "uri"]  # noqa: Y015
     _WhichOneofArgType_payload: _TypeAlias = _typing.Literal["payload", b"payload"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_payload) -> _WhichOneofReturnType_payload | None: ...
 
 Global___InputItem: _TypeAlias = InputItem  # noqa: Y015
+
+@_typing.final
+class ChoiceList(_message.Message):
+    """Strings the output must be exactly one of."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHOICES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def choices(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The allowed outputs, at least one; each non-empty."""
+
+    def __init__(
+        self,
+        *,
+        choices: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["choices", b"choices"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ChoiceList: _TypeAlias = ChoiceList  # noqa: Y015
+
+@_typing.final
+class OutputConstraint(_message.Message):
+    """A constraint on generated text: the output always satisfies it. An engine that cannot
+    enforce the constraint refuses the request with FAILED_PRECONDITION; a constraint that does
+    not compile is INVALID_ARGUMENT naming the field.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JSON_SCHEMA_FIELD_NUMBER: _builtins.int
+    REGEX_FIELD_NUMBER: _builtins.int
+    GRAMMAR_FIELD_NUMBER: _builtins.int
+    CHOICES_FIELD_NUMBER: _builtins.int
+    regex: _builtins.str
+    """The output matches this regular expression in full (anchors are implied)."""
+    grammar: _builtins.str
+    """The output is a sentence of this GBNF grammar (llama.cpp's format), from its `root` rule."""
+    @_builtins.property
+    def json_schema(self) -> _struct_pb2.Struct:
+        """The output is a JSON document valid against this JSON schema."""
+
+    @_builtins.property
+    def choices(self) -> Global___ChoiceList:
+        """The output is exactly one of these strings."""
+
+    def __init__(
+        self,
+        *,
+        json_schema: _struct_pb2.Struct | None = ...,
+        regex: _builtins.str = ...,
+        grammar: _builtins.str = ...,
+        choices: Global___ChoiceList | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["choices", b"choices", "grammar", b"grammar", "json_schema", b"json_schema", "kind", b"kind", "regex", b"regex"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["choices", b"choices", "grammar", b"grammar", "json_schema", b"json_schema", "kind", b"kind", "regex", b"regex"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["json_schema", "regex", "grammar", "choices"]  # noqa: Y015
+    _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
+
+Global___OutputConstraint: _TypeAlias = OutputConstraint  # noqa: Y015
+
+@_typing.final
+class Tool(_message.Message):
+    """A function the model may call."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    PARAMETERS_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The function's name: 1 to 64 letters, digits, underscores or dashes, unique in the request."""
+    description: _builtins.str
+    """What the function does and when to call it, shown to the model."""
+    @_builtins.property
+    def parameters(self) -> _struct_pb2.Struct:
+        """JSON schema of the arguments object; unset accepts any object."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        description: _builtins.str = ...,
+        parameters: _struct_pb2.Struct | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["parameters", b"parameters"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "name", b"name", "parameters", b"parameters"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Tool: _TypeAlias = Tool  # noqa: Y015
+
+@_typing.final
+class ToolChoice(_message.Message):
+    """Whether the model may, must or must not call tools."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    class _Mode:
+        ValueType = _typing.NewType("ValueType", _builtins.int)
+        V: _TypeAlias = ValueType  # noqa: Y015
+
+    class _ModeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[ToolChoice._Mode.ValueType], _builtins.type):
+        DESCRIPTOR: _descriptor.EnumDescriptor
+        MODE_UNSPECIFIED: ToolChoice._Mode.ValueType  # 0
+        """Not set: MODE_AUTO when tools are given, MODE_NONE otherwise."""
+        MODE_NONE: ToolChoice._Mode.ValueType  # 1
+        """The model answers in text and calls no tool."""
+        MODE_AUTO: ToolChoice._Mode.ValueType  # 2
+        """The model chooses between answering in text and calling tools."""
+        MODE_REQUIRED: ToolChoice._Mode.ValueType  # 3
+        """The model calls at least one of the tools."""
+        MODE_NAMED: ToolChoice._Mode.ValueType  # 4
+        """The model calls the tool given by `name`."""
+
+    class Mode(_Mode, metaclass=_ModeEnumTypeWrapper):
+        """The policy."""
+
+    MODE_UNSPECIFIED: ToolChoice.Mode.ValueType  # 0
+    """Not set: MODE_AUTO when tools are given, MODE_NONE otherwise."""
+    MODE_NONE: ToolChoice.Mode.ValueType  # 1
+    """The model answers in text and calls no tool."""
+    MODE_AUTO: ToolChoice.Mode.ValueType  # 2
+    """The model chooses between answering in text and calling tools."""
+    MODE_REQUIRED: ToolChoice.Mode.ValueType  # 3
+    """The model calls at least one of the tools."""
+    MODE_NAMED: ToolChoice.Mode.ValueType  # 4
+    """The model calls the tool given by `name`."""
+
+    MODE_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    mode: Global___ToolChoice.Mode.ValueType
+    """The policy."""
+    name: _builtins.str
+    """For MODE_NAMED: the name of one of the request's tools."""
+    def __init__(
+        self,
+        *,
+        mode: Global___ToolChoice.Mode.ValueType = ...,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["mode", b"mode", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ToolChoice: _TypeAlias = ToolChoice  # noqa: Y015
+
+@_typing.final
+class ToolCall(_message.Message):
+    """A call the model made."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    ARGUMENTS_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    """Unique id of the call; the tool result that answers it echoes it as tool_call_id."""
+    name: _builtins.str
+    """The tool called."""
+    arguments: _builtins.str
+    """The arguments: JSON text of an object valid against the tool's parameters schema."""
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        name: _builtins.str = ...,
+        arguments: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["arguments", b"arguments", "id", b"id", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ToolCall: _TypeAlias = ToolCall  # noqa: Y015
+
+@_typing.final
+class ToolCallDelta(_message.Message):
+    """A piece of a tool call being generated: the first delta of a call carries its id and name,
+    the following ones fragments of its arguments to append.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INDEX_FIELD_NUMBER: _builtins.int
+    CALL_INDEX_FIELD_NUMBER: _builtins.int
+    ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    ARGUMENTS_FIELD_NUMBER: _builtins.int
+    index: _builtins.int
+    """The choice this call belongs to (OutputItem.index)."""
+    call_index: _builtins.int
+    """Which call of the choice, from 0."""
+    id: _builtins.str
+    """The call's id, on its first delta only."""
+    name: _builtins.str
+    """The tool's name, on the call's first delta only."""
+    arguments: _builtins.str
+    """A fragment of the arguments' JSON text."""
+    def __init__(
+        self,
+        *,
+        index: _builtins.int = ...,
+        call_index: _builtins.int = ...,
+        id: _builtins.str = ...,
+        name: _builtins.str = ...,
+        arguments: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["arguments", b"arguments", "call_index", b"call_index", "id", b"id", "index", b"index", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ToolCallDelta: _TypeAlias = ToolCallDelta  # noqa: Y015
+
+@_typing.final
+class TokenAlternative(_message.Message):
+    """One candidate token at a position, with its log probability under the model."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TOKEN_ID_FIELD_NUMBER: _builtins.int
+    TOKEN_FIELD_NUMBER: _builtins.int
+    LOGPROB_FIELD_NUMBER: _builtins.int
+    BYTES_FIELD_NUMBER: _builtins.int
+    token_id: _builtins.int
+    """The token's id in the model's vocabulary."""
+    token: _builtins.str
+    """The token's text (a partial UTF-8 character shows as U+FFFD; see bytes)."""
+    logprob: _builtins.float
+    """Natural log of the token's probability, before sampling settings and constraints."""
+    bytes: _builtins.bytes
+    """The token's exact bytes."""
+    def __init__(
+        self,
+        *,
+        token_id: _builtins.int = ...,
+        token: _builtins.str = ...,
+        logprob: _builtins.float = ...,
+        bytes: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bytes", b"bytes", "logprob", b"logprob", "token", b"token", "token_id", b"token_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TokenAlternative: _TypeAlias = TokenAlternative  # noqa: Y015
+
+@_typing.final
+class TokenLogprob(_message.Message):
+    """A generated token with its log probability and the most likely alternatives."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TOKEN_ID_FIELD_NUMBER: _builtins.int
+    TOKEN_FIELD_NUMBER: _builtins.int
+    LOGPROB_FIELD_NUMBER: _builtins.int
+    BYTES_FIELD_NUMBER: _builtins.int
+    TOP_LOGPROBS_FIELD_NUMBER: _builtins.int
+    token_id: _builtins.int
+    """The token's id in the model's vocabulary."""
+    token: _builtins.str
+    """The token's text (a partial UTF-8 character shows as U+FFFD; see bytes)."""
+    logprob: _builtins.float
+    """Natural log of the token's probability, before sampling settings and constraints."""
+    bytes: _builtins.bytes
+    """The token's exact bytes."""
+    @_builtins.property
+    def top_logprobs(self) -> _containers.RepeatedCompositeFieldContainer[Global___TokenAlternative]:
+        """The top_logprobs most likely tokens at this position, most likely first."""
+
+    def __init__(
+        self,
+        *,
+        token_id: _builtins.int = ...,
+        token: _builtins.str = ...,
+        logprob: _builtins.float = ...,
+        bytes: _builtins.bytes = ...,
+        top_logprobs: _abc.Iterable[Global___TokenAlternative] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bytes", b"bytes", "logprob", b"logprob", "token", b"token", "token_id", b"token_id", "top_logprobs", b"top_logprobs"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TokenLogprob: _TypeAlias = TokenLogprob  # noqa: Y015
 
 @_typing.final
 class TextParameters(_message.Message):
@@ -270,6 +630,13 @@ class TextParameters(_message.Message):
     REPEAT_PENALTY_FIELD_NUMBER: _builtins.int
     SEED_FIELD_NUMBER: _builtins.int
     STOP_FIELD_NUMBER: _builtins.int
+    CONSTRAINT_FIELD_NUMBER: _builtins.int
+    TOOLS_FIELD_NUMBER: _builtins.int
+    TOOL_CHOICE_FIELD_NUMBER: _builtins.int
+    PARALLEL_TOOL_CALLS_FIELD_NUMBER: _builtins.int
+    LOGPROBS_FIELD_NUMBER: _builtins.int
+    TOP_LOGPROBS_FIELD_NUMBER: _builtins.int
+    N_FIELD_NUMBER: _builtins.int
     max_tokens: _builtins.int
     """Maximum number of tokens to generate."""
     temperature: _builtins.float
@@ -282,9 +649,29 @@ class TextParameters(_message.Message):
     """Penalty for repeated tokens; 1 disables."""
     seed: _builtins.int
     """Seed for reproducible sampling."""
+    parallel_tool_calls: _builtins.bool
+    """Whether one reply may hold several tool calls; unset allows them."""
+    logprobs: _builtins.bool
+    """Return each generated token's log probability (OutputItem.logprobs, TextDelta.logprobs)."""
+    top_logprobs: _builtins.int
+    """With logprobs: how many most likely alternatives to return per token, 0 to 20."""
+    n: _builtins.int
+    """How many choices to generate, 1 to 16; unset is 1. Choice i samples with seed + i."""
     @_builtins.property
     def stop(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Generation stops before any of these strings; they are not returned."""
+
+    @_builtins.property
+    def constraint(self) -> Global___OutputConstraint:
+        """A constraint the output always satisfies (structured output)."""
+
+    @_builtins.property
+    def tools(self) -> _containers.RepeatedCompositeFieldContainer[Global___Tool]:
+        """Functions the model may call; see tool_choice."""
+
+    @_builtins.property
+    def tool_choice(self) -> Global___ToolChoice:
+        """Whether and which tool the model must call."""
 
     def __init__(
         self,
@@ -296,13 +683,24 @@ class TextParameters(_message.Message):
         repeat_penalty: _builtins.float | None = ...,
         seed: _builtins.int | None = ...,
         stop: _abc.Iterable[_builtins.str] | None = ...,
+        constraint: Global___OutputConstraint | None = ...,
+        tools: _abc.Iterable[Global___Tool] | None = ...,
+        tool_choice: Global___ToolChoice | None = ...,
+        parallel_tool_calls: _builtins.bool | None = ...,
+        logprobs: _builtins.bool = ...,
+        top_logprobs: _builtins.int = ...,
+        n: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_tokens", b"_max_tokens", "_repeat_penalty", b"_repeat_penalty", "_seed", b"_seed", "_temperature", b"_temperature", "_top_k", b"_top_k", "_top_p", b"_top_p", "max_tokens", b"max_tokens", "repeat_penalty", b"repeat_penalty", "seed", b"seed", "temperature", b"temperature", "top_k", b"top_k", "top_p", b"top_p"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_tokens", b"_max_tokens", "_n", b"_n", "_parallel_tool_calls", b"_parallel_tool_calls", "_repeat_penalty", b"_repeat_penalty", "_seed", b"_seed", "_temperature", b"_temperature", "_top_k", b"_top_k", "_top_p", b"_top_p", "constraint", b"constraint", "max_tokens", b"max_tokens", "n", b"n", "parallel_tool_calls", b"parallel_tool_calls", "repeat_penalty", b"repeat_penalty", "seed", b"seed", "temperature", b"temperature", "tool_choice", b"tool_choice", "top_k", b"top_k", "top_p", b"top_p"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_tokens", b"_max_tokens", "_repeat_penalty", b"_repeat_penalty", "_seed", b"_seed", "_temperature", b"_temperature", "_top_k", b"_top_k", "_top_p", b"_top_p", "max_tokens", b"max_tokens", "repeat_penalty", b"repeat_penalty", "seed", b"seed", "stop", b"stop", "temperature", b"temperature", "top_k", b"top_k", "top_p", b"top_p"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_tokens", b"_max_tokens", "_n", b"_n", "_parallel_tool_calls", b"_parallel_tool_calls", "_repeat_penalty", b"_repeat_penalty", "_seed", b"_seed", "_temperature", b"_temperature", "_top_k", b"_top_k", "_top_p", b"_top_p", "constraint", b"constraint", "logprobs", b"logprobs", "max_tokens", b"max_tokens", "n", b"n", "parallel_tool_calls", b"parallel_tool_calls", "repeat_penalty", b"repeat_penalty", "seed", b"seed", "stop", b"stop", "temperature", b"temperature", "tool_choice", b"tool_choice", "tools", b"tools", "top_k", b"top_k", "top_logprobs", b"top_logprobs", "top_p", b"top_p"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__max_tokens: _TypeAlias = _typing.Literal["max_tokens"]  # noqa: Y015
     _WhichOneofArgType__max_tokens: _TypeAlias = _typing.Literal["_max_tokens", b"_max_tokens"]  # noqa: Y015
+    _WhichOneofReturnType__n: _TypeAlias = _typing.Literal["n"]  # noqa: Y015
+    _WhichOneofArgType__n: _TypeAlias = _typing.Literal["_n", b"_n"]  # noqa: Y015
+    _WhichOneofReturnType__parallel_tool_calls: _TypeAlias = _typing.Literal["parallel_tool_calls"]  # noqa: Y015
+    _WhichOneofArgType__parallel_tool_calls: _TypeAlias = _typing.Literal["_parallel_tool_calls", b"_parallel_tool_calls"]  # noqa: Y015
     _WhichOneofReturnType__repeat_penalty: _TypeAlias = _typing.Literal["repeat_penalty"]  # noqa: Y015
     _WhichOneofArgType__repeat_penalty: _TypeAlias = _typing.Literal["_repeat_penalty", b"_repeat_penalty"]  # noqa: Y015
     _WhichOneofReturnType__seed: _TypeAlias = _typing.Literal["seed"]  # noqa: Y015
@@ -315,6 +713,10 @@ class TextParameters(_message.Message):
     _WhichOneofArgType__top_p: _TypeAlias = _typing.Literal["_top_p", b"_top_p"]  # noqa: Y015
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__max_tokens) -> _WhichOneofReturnType__max_tokens | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__n) -> _WhichOneofReturnType__n | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__parallel_tool_calls) -> _WhichOneofReturnType__parallel_tool_calls | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__repeat_penalty) -> _WhichOneofReturnType__repeat_penalty | None: ...
     @_typing.overload
@@ -748,6 +1150,10 @@ class OutputItem(_message.Message):
     JSON_FIELD_NUMBER: _builtins.int
     TRANSCRIPT_FIELD_NUMBER: _builtins.int
     SEED_FIELD_NUMBER: _builtins.int
+    INDEX_FIELD_NUMBER: _builtins.int
+    TOOL_CALLS_FIELD_NUMBER: _builtins.int
+    LOGPROBS_FIELD_NUMBER: _builtins.int
+    FINISH_REASON_FIELD_NUMBER: _builtins.int
     kind: Global___ContentKind.ValueType
     """What the output holds."""
     text: _builtins.str
@@ -760,6 +1166,10 @@ class OutputItem(_message.Message):
     """Media type of data, e.g. "image/png"."""
     seed: _builtins.int
     """The seed that produced this output, for reproduction."""
+    index: _builtins.int
+    """Which choice this is, from 0 (TextParameters.n)."""
+    finish_reason: Global___FinishReason.ValueType
+    """Why this choice ended; GenerateResponse.finish_reason is choice 0's."""
     @_builtins.property
     def json(self) -> _struct_pb2.Value:
         """Structured output for CONTENT_KIND_JSON."""
@@ -767,6 +1177,14 @@ class OutputItem(_message.Message):
     @_builtins.property
     def transcript(self) -> Global___Transcript:
         """Timed transcript for transcription."""
+
+    @_builtins.property
+    def tool_calls(self) -> _containers.RepeatedCompositeFieldContainer[Global___ToolCall]:
+        """The tool calls the model made (FINISH_REASON_TOOL_CALLS)."""
+
+    @_builtins.property
+    def logprobs(self) -> _containers.RepeatedCompositeFieldContainer[Global___TokenLogprob]:
+        """Per generated token, when TextParameters.logprobs was asked for."""
 
     def __init__(
         self,
@@ -779,10 +1197,14 @@ class OutputItem(_message.Message):
         json: _struct_pb2.Value | None = ...,
         transcript: Global___Transcript | None = ...,
         seed: _builtins.int = ...,
+        index: _builtins.int = ...,
+        tool_calls: _abc.Iterable[Global___ToolCall] | None = ...,
+        logprobs: _abc.Iterable[Global___TokenLogprob] | None = ...,
+        finish_reason: Global___FinishReason.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["json", b"json", "transcript", b"transcript"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "json", b"json", "kind", b"kind", "mime_type", b"mime_type", "seed", b"seed", "text", b"text", "thoughts", b"thoughts", "transcript", b"transcript"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "finish_reason", b"finish_reason", "index", b"index", "json", b"json", "kind", b"kind", "logprobs", b"logprobs", "mime_type", b"mime_type", "seed", b"seed", "text", b"text", "thoughts", b"thoughts", "tool_calls", b"tool_calls", "transcript", b"transcript"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -852,19 +1274,31 @@ class TextDelta(_message.Message):
 
     TEXT_FIELD_NUMBER: _builtins.int
     THOUGHTS_FIELD_NUMBER: _builtins.int
+    INDEX_FIELD_NUMBER: _builtins.int
+    LOGPROBS_FIELD_NUMBER: _builtins.int
     text: _builtins.str
     """Text to append to the answer."""
     thoughts: _builtins.str
     """Text to append to the thoughts (inside <think>...</think>)."""
+    index: _builtins.int
+    """The choice this delta extends (OutputItem.index)."""
+    @_builtins.property
+    def logprobs(self) -> _containers.RepeatedCompositeFieldContainer[Global___TokenLogprob]:
+        """The tokens this delta's text came from, when TextParameters.logprobs was asked for (text
+        held back to match a stop sequence arrives later than its tokens).
+        """
+
     def __init__(
         self,
         *,
         text: _builtins.str = ...,
         thoughts: _builtins.str = ...,
+        index: _builtins.int = ...,
+        logprobs: _abc.Iterable[Global___TokenLogprob] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["text", b"text", "thoughts", b"thoughts"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["index", b"index", "logprobs", b"logprobs", "text", b"text", "thoughts", b"thoughts"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1045,6 +1479,7 @@ class StreamEvent(_message.Message):
     INFO_FIELD_NUMBER: _builtins.int
     TRANSCRIPT_FIELD_NUMBER: _builtins.int
     FINAL_FIELD_NUMBER: _builtins.int
+    TOOL_CALL_DELTA_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def text_delta(self) -> Global___TextDelta:
         """New text."""
@@ -1073,6 +1508,10 @@ class StreamEvent(_message.Message):
     def final(self) -> Global___GenerateResponse:
         """The last event: the complete result, as the unary RPC returns it."""
 
+    @_builtins.property
+    def tool_call_delta(self) -> Global___ToolCallDelta:
+        """A piece of a tool call."""
+
     def __init__(
         self,
         *,
@@ -1083,12 +1522,13 @@ class StreamEvent(_message.Message):
         info: Global___Info | None = ...,
         transcript: Global___TranscriptUpdate | None = ...,
         final: Global___GenerateResponse | None = ...,
+        tool_call_delta: Global___ToolCallDelta | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["audio_chunk", b"audio_chunk", "event", b"event", "final", b"final", "image_preview", b"image_preview", "info", b"info", "progress", b"progress", "text_delta", b"text_delta", "transcript", b"transcript"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["audio_chunk", b"audio_chunk", "event", b"event", "final", b"final", "image_preview", b"image_preview", "info", b"info", "progress", b"progress", "text_delta", b"text_delta", "tool_call_delta", b"tool_call_delta", "transcript", b"transcript"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["audio_chunk", b"audio_chunk", "event", b"event", "final", b"final", "image_preview", b"image_preview", "info", b"info", "progress", b"progress", "text_delta", b"text_delta", "transcript", b"transcript"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audio_chunk", b"audio_chunk", "event", b"event", "final", b"final", "image_preview", b"image_preview", "info", b"info", "progress", b"progress", "text_delta", b"text_delta", "tool_call_delta", b"tool_call_delta", "transcript", b"transcript"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["text_delta", "progress", "audio_chunk", "image_preview", "info", "transcript", "final"]  # noqa: Y015
+    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["text_delta", "progress", "audio_chunk", "image_preview", "info", "transcript", "final", "tool_call_delta"]  # noqa: Y015
     _WhichOneofArgType_event: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_event) -> _WhichOneofReturnType_event | None: ...
 
@@ -1159,6 +1599,7 @@ class ModelInfo(_message.Message):
     LOADED_FIELD_NUMBER: _builtins.int
     SIZE_BYTES_FIELD_NUMBER: _builtins.int
     DETAILS_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Model name, unique within its binding."""
     binding: _builtins.str
@@ -1177,6 +1618,8 @@ class ModelInfo(_message.Message):
     """Whether it is loaded and ready to serve."""
     size_bytes: _builtins.int
     """Size of its weights on disk, in bytes."""
+    kind: Global___ModelKind.ValueType
+    """What the model is for."""
     @_builtins.property
     def tasks(self) -> _containers.RepeatedScalarFieldContainer[Global___Task.ValueType]:
         """Tasks it serves."""
@@ -1214,10 +1657,11 @@ class ModelInfo(_message.Message):
         loaded: _builtins.bool = ...,
         size_bytes: _builtins.int = ...,
         details: _struct_pb2.Struct | None = ...,
+        kind: Global___ModelKind.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["details", b"details"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["binding", b"binding", "context_size", b"context_size", "details", b"details", "engine", b"engine", "languages", b"languages", "loaded", b"loaded", "max_output_tokens", b"max_output_tokens", "name", b"name", "sample_rates", b"sample_rates", "size_bytes", b"size_bytes", "supports_audio", b"supports_audio", "supports_vision", b"supports_vision", "tasks", b"tasks", "voices", b"voices"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["binding", b"binding", "context_size", b"context_size", "details", b"details", "engine", b"engine", "kind", b"kind", "languages", b"languages", "loaded", b"loaded", "max_output_tokens", b"max_output_tokens", "name", b"name", "sample_rates", b"sample_rates", "size_bytes", b"size_bytes", "supports_audio", b"supports_audio", "supports_vision", b"supports_vision", "tasks", b"tasks", "voices", b"voices"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

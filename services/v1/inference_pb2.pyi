@@ -5,6 +5,7 @@ isort:skip_file
 
 from collections import abc as _abc
 from genmesh.v1 import common_pb2 as _common_pb2
+from genmesh.v1 import embedding_pb2 as _embedding_pb2
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
@@ -281,3 +282,53 @@ class InferenceServiceDetokenizeResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___InferenceServiceDetokenizeResponse: _TypeAlias = InferenceServiceDetokenizeResponse  # noqa: Y015
+
+@_typing.final
+class InferenceServiceEmbedRequest(_message.Message):
+    """Embeds inputs."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def request(self) -> _embedding_pb2.EmbedRequest:
+        """The public request, with its request_id set; an empty model takes the service's default
+        embedding model.
+        """
+
+    def __init__(
+        self,
+        *,
+        request: _embedding_pb2.EmbedRequest | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["request", b"request"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["request", b"request"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___InferenceServiceEmbedRequest: _TypeAlias = InferenceServiceEmbedRequest  # noqa: Y015
+
+@_typing.final
+class InferenceServiceEmbedResponse(_message.Message):
+    """The embeddings."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESPONSE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def response(self) -> _embedding_pb2.EmbedResponse:
+        """The public response (binding and the router's timings left for the router to fill)."""
+
+    def __init__(
+        self,
+        *,
+        response: _embedding_pb2.EmbedResponse | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["response", b"response"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["response", b"response"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___InferenceServiceEmbedResponse: _TypeAlias = InferenceServiceEmbedResponse  # noqa: Y015

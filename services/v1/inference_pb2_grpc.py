@@ -60,6 +60,11 @@ class InferenceServiceStub:
                 request_serializer=genmesh_dot_v1_dot_inference__pb2.InferenceServiceDetokenizeRequest.SerializeToString,
                 response_deserializer=genmesh_dot_v1_dot_inference__pb2.InferenceServiceDetokenizeResponse.FromString,
                 _registered_method=True)
+        self.Embed = channel.unary_unary(
+                '/genmesh.v1.InferenceService/Embed',
+                request_serializer=genmesh_dot_v1_dot_inference__pb2.InferenceServiceEmbedRequest.SerializeToString,
+                response_deserializer=genmesh_dot_v1_dot_inference__pb2.InferenceServiceEmbedResponse.FromString,
+                _registered_method=True)
 
 
 class InferenceServiceServicer:
@@ -102,6 +107,14 @@ class InferenceServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Embed(self, request, context):
+        """Embeds inputs with one of the service's embedding models (text services; others answer
+        UNIMPLEMENTED).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_InferenceServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -129,6 +142,11 @@ def add_InferenceServiceServicer_to_server(servicer, server):
                     servicer.Detokenize,
                     request_deserializer=genmesh_dot_v1_dot_inference__pb2.InferenceServiceDetokenizeRequest.FromString,
                     response_serializer=genmesh_dot_v1_dot_inference__pb2.InferenceServiceDetokenizeResponse.SerializeToString,
+            ),
+            'Embed': grpc.unary_unary_rpc_method_handler(
+                    servicer.Embed,
+                    request_deserializer=genmesh_dot_v1_dot_inference__pb2.InferenceServiceEmbedRequest.FromString,
+                    response_serializer=genmesh_dot_v1_dot_inference__pb2.InferenceServiceEmbedResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -267,6 +285,33 @@ class InferenceService:
             '/genmesh.v1.InferenceService/Detokenize',
             genmesh_dot_v1_dot_inference__pb2.InferenceServiceDetokenizeRequest.SerializeToString,
             genmesh_dot_v1_dot_inference__pb2.InferenceServiceDetokenizeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Embed(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/genmesh.v1.InferenceService/Embed',
+            genmesh_dot_v1_dot_inference__pb2.InferenceServiceEmbedRequest.SerializeToString,
+            genmesh_dot_v1_dot_inference__pb2.InferenceServiceEmbedResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -45,6 +45,10 @@ class InferenceServiceStub:
     """Splits text into token ids (text models only; others answer UNIMPLEMENTED)."""
     Detokenize: _grpc.UnaryUnaryMultiCallable[_inference_pb2.InferenceServiceDetokenizeRequest, _inference_pb2.InferenceServiceDetokenizeResponse]
     """Turns token ids back into text (text models only)."""
+    Embed: _grpc.UnaryUnaryMultiCallable[_inference_pb2.InferenceServiceEmbedRequest, _inference_pb2.InferenceServiceEmbedResponse]
+    """Embeds inputs with one of the service's embedding models (text services; others answer
+    UNIMPLEMENTED).
+    """
 
 @_typing.type_check_only
 class InferenceServiceAsyncStub(InferenceServiceStub):
@@ -63,6 +67,10 @@ class InferenceServiceAsyncStub(InferenceServiceStub):
     """Splits text into token ids (text models only; others answer UNIMPLEMENTED)."""
     Detokenize: _aio.UnaryUnaryMultiCallable[_inference_pb2.InferenceServiceDetokenizeRequest, _inference_pb2.InferenceServiceDetokenizeResponse]  # type: ignore[assignment]
     """Turns token ids back into text (text models only)."""
+    Embed: _aio.UnaryUnaryMultiCallable[_inference_pb2.InferenceServiceEmbedRequest, _inference_pb2.InferenceServiceEmbedResponse]  # type: ignore[assignment]
+    """Embeds inputs with one of the service's embedding models (text services; others answer
+    UNIMPLEMENTED).
+    """
 
 class InferenceServiceServicer(metaclass=_abc_1.ABCMeta):
     """Internal: implemented by every modality service (ttt, tti, audio)."""
@@ -108,5 +116,15 @@ class InferenceServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_inference_pb2.InferenceServiceDetokenizeResponse, _abc.Awaitable[_inference_pb2.InferenceServiceDetokenizeResponse]]:
         """Turns token ids back into text (text models only)."""
+
+    @_abc_1.abstractmethod
+    def Embed(
+        self,
+        request: _inference_pb2.InferenceServiceEmbedRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_inference_pb2.InferenceServiceEmbedResponse, _abc.Awaitable[_inference_pb2.InferenceServiceEmbedResponse]]:
+        """Embeds inputs with one of the service's embedding models (text services; others answer
+        UNIMPLEMENTED).
+        """
 
 def add_InferenceServiceServicer_to_server(servicer: InferenceServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -20,7 +20,7 @@ from google.protobuf.message import Message
 from hypothesis import strategies as st
 from PIL import Image
 
-from genmesh.v1 import agent_pb2, common_pb2, generation_pb2, program_pb2
+from genmesh.v1 import agent_pb2, common_pb2, embedding_pb2, generation_pb2, program_pb2
 
 Field = descriptor.FieldDescriptor
 Strategy = st.SearchStrategy[Any]
@@ -202,6 +202,9 @@ HINTS: dict[str, Callable[[], Strategy]] = {
         st.integers(10_000, 200_000).map(lambda n: [104] * n),
     ),
 }
+# The message type a hint of a message-typed field is made for (other messages of that name
+# are drawn from their descriptor).
+HINTED_MESSAGES = {"inputs": "genmesh.v1.InputItem"}
 
 
 def png() -> bytes:
@@ -273,6 +276,14 @@ def bases() -> dict[str, list[Message]]:
             agent_pb2.RunStart(program=p) for p in [*server_programs, client_program]
         ],
         "genmesh.v1.ConverseTurn": [generation_pb2.ConverseTurn(inputs=[prompt("again")])],
+        "genmesh.v1.EmbedRequest": [
+            embedding_pb2.EmbedRequest(
+                inputs=[
+                    embedding_pb2.EmbedInput(text="a cat"),
+                    embedding_pb2.EmbedInput(tokens=embedding_pb2.TokenIds(ids=[4937])),
+                ]
+            )
+        ],
     }
 
 
@@ -340,9 +351,18 @@ def scalar(field: descriptor.FieldDescriptor) -> Strategy:
     raise TypeError(f"no strategy for {field.full_name} of type {kind}")
 
 
+def hint_for(field: descriptor.FieldDescriptor) -> Callable[[], Strategy] | None:
+    """The hint for the field's name, unless the field holds messages it was not made for."""
+    if field.message_type is not None and (
+        field.message_type.full_name != HINTED_MESSAGES.get(field.name)
+    ):
+        return None
+    return HINTS.get(field.name)
+
+
 def value_of(field: descriptor.FieldDescriptor, depth: int) -> Strategy:
     """A strategy for one value of the field (one element when it is repeated)."""
-    hint = HINTS.get(field.name)
+    hint = hint_for(field)
     if hint is not None and not field.is_repeated:
         return hint()
     if field.message_type is not None:
@@ -352,7 +372,7 @@ def value_of(field: descriptor.FieldDescriptor, depth: int) -> Strategy:
 
 def field_strategy(field: descriptor.FieldDescriptor, depth: int) -> Strategy:
     if field.is_repeated:
-        hint = HINTS.get(field.name)
+        hint = hint_for(field)
         if hint is not None:
             return hint()
         return st.lists(value_of(field, depth), max_size=4)

@@ -164,6 +164,7 @@ def test_every_public_service_is_covered() -> None:
         "AgentService",
         "CatalogService",
         "TokenizerService",
+        "EmbeddingService",
     }
 
 

@@ -17,6 +17,7 @@ from genmesh.v1 import (
     agent_pb2,
     catalog_pb2,
     common_pb2,
+    embedding_pb2,
     generation_pb2,
     program_pb2,
     tokenizer_pb2,
@@ -46,6 +47,7 @@ PROMPT = text_request("scoped")
 PROGRAM = program_pb2.Program(code="1 + 1")
 STREAM = generation_pb2.GenerateStreamRequest(request=PROMPT)
 RUN = agent_pb2.RunRequest(start=agent_pb2.RunStart(program=PROGRAM))
+EMBED_INPUT = embedding_pb2.EmbedInput(text="scoped")
 
 
 async def drain(call: Any) -> None:
@@ -108,5 +110,6 @@ CALLS: dict[str, tuple[str | None, Call]] = {
         ("CatalogService.ListFunctions", None, catalog_pb2.ListFunctionsRequest()),
         ("CatalogService.ListModels", None, catalog_pb2.ListModelsRequest()),
         ("CatalogService.GetModelInfo", None, catalog_pb2.GetModelInfoRequest(binding="echo")),
+        ("EmbeddingService.Embed", "generate", embedding_pb2.EmbedRequest(inputs=[EMBED_INPUT])),
     ]
 }

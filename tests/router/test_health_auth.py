@@ -11,6 +11,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from genmesh.client import error_details
+from genmesh.ttt.settings import DEFAULT_EMBEDDING_MODEL
 from genmesh.v1 import (
     inference_pb2,
     inference_pb2_grpc,
@@ -42,6 +43,7 @@ async def _reflected_services(address: str, key: str) -> list[str]:
                 "genmesh.v1.GenerationService",
                 "genmesh.v1.CatalogService",
                 "genmesh.v1.TokenizerService",
+                "genmesh.v1.EmbeddingService",
             ],
         ),
         ("ttt", ["genmesh.v1.InferenceService"]),
@@ -141,6 +143,6 @@ async def test_internal_service_needs_the_internal_scope(ttt: ServiceProcess) ->
             assert details.code == grpc.StatusCode.PERMISSION_DENIED
             assert details.metadata == {"scope": "internal"}
             allowed = await stub.ListModels(request, metadata=(("x-api-key", INTERNAL_KEY),))
-            assert [m.name for m in allowed.models] == ["echo"]
+            assert [m.name for m in allowed.models] == ["echo", DEFAULT_EMBEDDING_MODEL]
     finally:
         limited.terminate()

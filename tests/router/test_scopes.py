@@ -11,7 +11,7 @@ import grpc
 import pytest
 
 from genmesh.client import Client, error_details, text_request
-from genmesh.v1 import agent_pb2, catalog_pb2, generation_pb2, tokenizer_pb2
+from genmesh.v1 import agent_pb2, catalog_pb2, embedding_pb2, generation_pb2, tokenizer_pb2
 from tests.router.mesh import CALLS, eventually
 from tests.runtime.conftest import VaultServer
 from tests.support import ServiceProcess, echo_binding, router_config
@@ -34,6 +34,7 @@ def test_every_public_rpc_is_covered() -> None:
         (tokenizer_pb2, "TokenizerService"),
         (agent_pb2, "AgentService"),
         (catalog_pb2, "CatalogService"),
+        (embedding_pb2, "EmbeddingService"),
     ]
     methods = {
         f"{name}.{method.name}"

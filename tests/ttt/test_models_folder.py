@@ -9,7 +9,8 @@ import grpc
 import pytest
 
 from genmesh.ttt.models import default_gguf, derived_model
-from genmesh.v1 import inference_pb2, inference_pb2_grpc
+from genmesh.ttt.settings import DEFAULT_EMBEDDING_MODEL
+from genmesh.v1 import common_pb2, inference_pb2, inference_pb2_grpc
 from tests.support import INTERNAL_KEY, ServiceProcess
 
 METADATA = (("x-api-key", INTERNAL_KEY),)
@@ -54,9 +55,10 @@ async def test_list_models_shows_loaded_and_found_models(
     assert gguf.size_bytes == default_gguf().stat().st_size
     assert models["smol-onnx"].engine == "onnxruntime-genai"
     assert models["smol-hf"].engine == "transformers"
-    assert all(m.context_size == 8192 for n, m in models.items() if n != "echo")
+    assert all(m.context_size == 8192 for m in models.values() if not m.loaded)
     assert not any(m.supports_vision or m.supports_audio for m in response.models)
-    assert len(models) == 4
+    assert models[DEFAULT_EMBEDDING_MODEL].kind == common_pb2.MODEL_KIND_EMBEDDING
+    assert len(models) == 5
 
 
 async def test_model_info_of_a_folder_model(

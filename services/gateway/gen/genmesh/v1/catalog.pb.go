@@ -576,7 +576,9 @@ func (x *ListFunctionsResponse) GetFunctions() []*FunctionInfo {
 type ListModelsRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Only this binding's models; empty lists every binding's.
-	Binding       string `protobuf:"bytes,1,opt,name=binding,proto3" json:"binding,omitempty"`
+	Binding string `protobuf:"bytes,1,opt,name=binding,proto3" json:"binding,omitempty"`
+	// Only models of this kind (e.g. MODEL_KIND_EMBEDDING); unspecified lists every kind.
+	Kind          ModelKind `protobuf:"varint,2,opt,name=kind,proto3,enum=genmesh.v1.ModelKind" json:"kind,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -616,6 +618,13 @@ func (x *ListModelsRequest) GetBinding() string {
 		return x.Binding
 	}
 	return ""
+}
+
+func (x *ListModelsRequest) GetKind() ModelKind {
+	if x != nil {
+		return x.Kind
+	}
+	return ModelKind_MODEL_KIND_UNSPECIFIED
 }
 
 // The models.
@@ -808,9 +817,10 @@ const file_genmesh_v1_catalog_proto_rawDesc = "" +
 	"\tsignature\x18\x04 \x01(\tR\tsignature\"\x16\n" +
 	"\x14ListFunctionsRequest\"O\n" +
 	"\x15ListFunctionsResponse\x126\n" +
-	"\tfunctions\x18\x01 \x03(\v2\x18.genmesh.v1.FunctionInfoR\tfunctions\"-\n" +
+	"\tfunctions\x18\x01 \x03(\v2\x18.genmesh.v1.FunctionInfoR\tfunctions\"X\n" +
 	"\x11ListModelsRequest\x12\x18\n" +
-	"\abinding\x18\x01 \x01(\tR\abinding\"C\n" +
+	"\abinding\x18\x01 \x01(\tR\abinding\x12)\n" +
+	"\x04kind\x18\x02 \x01(\x0e2\x15.genmesh.v1.ModelKindR\x04kind\"C\n" +
 	"\x12ListModelsResponse\x12-\n" +
 	"\x06models\x18\x01 \x03(\v2\x15.genmesh.v1.ModelInfoR\x06models\"E\n" +
 	"\x13GetModelInfoRequest\x12\x18\n" +
@@ -859,7 +869,8 @@ var file_genmesh_v1_catalog_proto_goTypes = []any{
 	(*GetModelInfoResponse)(nil),      // 12: genmesh.v1.GetModelInfoResponse
 	(Task)(0),                         // 13: genmesh.v1.Task
 	(*structpb.Struct)(nil),           // 14: google.protobuf.Struct
-	(*ModelInfo)(nil),                 // 15: genmesh.v1.ModelInfo
+	(ModelKind)(0),                    // 15: genmesh.v1.ModelKind
+	(*ModelInfo)(nil),                 // 16: genmesh.v1.ModelInfo
 }
 var file_genmesh_v1_catalog_proto_depIdxs = []int32{
 	13, // 0: genmesh.v1.Binding.tasks:type_name -> genmesh.v1.Task
@@ -868,23 +879,24 @@ var file_genmesh_v1_catalog_proto_depIdxs = []int32{
 	3,  // 3: genmesh.v1.ListPersonalitiesResponse.personalities:type_name -> genmesh.v1.Personality
 	14, // 4: genmesh.v1.FunctionInfo.parameters:type_name -> google.protobuf.Struct
 	6,  // 5: genmesh.v1.ListFunctionsResponse.functions:type_name -> genmesh.v1.FunctionInfo
-	15, // 6: genmesh.v1.ListModelsResponse.models:type_name -> genmesh.v1.ModelInfo
-	15, // 7: genmesh.v1.GetModelInfoResponse.model:type_name -> genmesh.v1.ModelInfo
-	1,  // 8: genmesh.v1.CatalogService.ListBindings:input_type -> genmesh.v1.ListBindingsRequest
-	4,  // 9: genmesh.v1.CatalogService.ListPersonalities:input_type -> genmesh.v1.ListPersonalitiesRequest
-	7,  // 10: genmesh.v1.CatalogService.ListFunctions:input_type -> genmesh.v1.ListFunctionsRequest
-	9,  // 11: genmesh.v1.CatalogService.ListModels:input_type -> genmesh.v1.ListModelsRequest
-	11, // 12: genmesh.v1.CatalogService.GetModelInfo:input_type -> genmesh.v1.GetModelInfoRequest
-	2,  // 13: genmesh.v1.CatalogService.ListBindings:output_type -> genmesh.v1.ListBindingsResponse
-	5,  // 14: genmesh.v1.CatalogService.ListPersonalities:output_type -> genmesh.v1.ListPersonalitiesResponse
-	8,  // 15: genmesh.v1.CatalogService.ListFunctions:output_type -> genmesh.v1.ListFunctionsResponse
-	10, // 16: genmesh.v1.CatalogService.ListModels:output_type -> genmesh.v1.ListModelsResponse
-	12, // 17: genmesh.v1.CatalogService.GetModelInfo:output_type -> genmesh.v1.GetModelInfoResponse
-	13, // [13:18] is the sub-list for method output_type
-	8,  // [8:13] is the sub-list for method input_type
-	8,  // [8:8] is the sub-list for extension type_name
-	8,  // [8:8] is the sub-list for extension extendee
-	0,  // [0:8] is the sub-list for field type_name
+	15, // 6: genmesh.v1.ListModelsRequest.kind:type_name -> genmesh.v1.ModelKind
+	16, // 7: genmesh.v1.ListModelsResponse.models:type_name -> genmesh.v1.ModelInfo
+	16, // 8: genmesh.v1.GetModelInfoResponse.model:type_name -> genmesh.v1.ModelInfo
+	1,  // 9: genmesh.v1.CatalogService.ListBindings:input_type -> genmesh.v1.ListBindingsRequest
+	4,  // 10: genmesh.v1.CatalogService.ListPersonalities:input_type -> genmesh.v1.ListPersonalitiesRequest
+	7,  // 11: genmesh.v1.CatalogService.ListFunctions:input_type -> genmesh.v1.ListFunctionsRequest
+	9,  // 12: genmesh.v1.CatalogService.ListModels:input_type -> genmesh.v1.ListModelsRequest
+	11, // 13: genmesh.v1.CatalogService.GetModelInfo:input_type -> genmesh.v1.GetModelInfoRequest
+	2,  // 14: genmesh.v1.CatalogService.ListBindings:output_type -> genmesh.v1.ListBindingsResponse
+	5,  // 15: genmesh.v1.CatalogService.ListPersonalities:output_type -> genmesh.v1.ListPersonalitiesResponse
+	8,  // 16: genmesh.v1.CatalogService.ListFunctions:output_type -> genmesh.v1.ListFunctionsResponse
+	10, // 17: genmesh.v1.CatalogService.ListModels:output_type -> genmesh.v1.ListModelsResponse
+	12, // 18: genmesh.v1.CatalogService.GetModelInfo:output_type -> genmesh.v1.GetModelInfoResponse
+	14, // [14:19] is the sub-list for method output_type
+	9,  // [9:14] is the sub-list for method input_type
+	9,  // [9:9] is the sub-list for extension type_name
+	9,  // [9:9] is the sub-list for extension extendee
+	0,  // [0:9] is the sub-list for field type_name
 }
 
 func init() { file_genmesh_v1_catalog_proto_init() }

@@ -112,6 +112,8 @@ const (
 	InputRole_INPUT_ROLE_INPUT_AUDIO InputRole = 6
 	// Supporting material (documents, examples) the model may consult.
 	InputRole_INPUT_ROLE_REFERENCE InputRole = 7
+	// The result of a tool call, answering the call named by the item's tool_call_id.
+	InputRole_INPUT_ROLE_TOOL_RESULT InputRole = 8
 )
 
 // Enum value maps for InputRole.
@@ -125,6 +127,7 @@ var (
 		5: "INPUT_ROLE_MASK_IMAGE",
 		6: "INPUT_ROLE_INPUT_AUDIO",
 		7: "INPUT_ROLE_REFERENCE",
+		8: "INPUT_ROLE_TOOL_RESULT",
 	}
 	InputRole_value = map[string]int32{
 		"INPUT_ROLE_UNSPECIFIED":     0,
@@ -135,6 +138,7 @@ var (
 		"INPUT_ROLE_MASK_IMAGE":      5,
 		"INPUT_ROLE_INPUT_AUDIO":     6,
 		"INPUT_ROLE_REFERENCE":       7,
+		"INPUT_ROLE_TOOL_RESULT":     8,
 	}
 )
 
@@ -248,6 +252,9 @@ const (
 	FinishReason_FINISH_REASON_DEADLINE FinishReason = 5
 	// The backend failed part-way; outputs hold what was produced.
 	FinishReason_FINISH_REASON_ERROR FinishReason = 6
+	// The model called tools: the output's tool_calls hold the calls, to be answered with
+	// INPUT_ROLE_TOOL_RESULT items.
+	FinishReason_FINISH_REASON_TOOL_CALLS FinishReason = 7
 )
 
 // Enum value maps for FinishReason.
@@ -260,6 +267,7 @@ var (
 		4: "FINISH_REASON_CANCELLED",
 		5: "FINISH_REASON_DEADLINE",
 		6: "FINISH_REASON_ERROR",
+		7: "FINISH_REASON_TOOL_CALLS",
 	}
 	FinishReason_value = map[string]int32{
 		"FINISH_REASON_UNSPECIFIED":   0,
@@ -269,6 +277,7 @@ var (
 		"FINISH_REASON_CANCELLED":     4,
 		"FINISH_REASON_DEADLINE":      5,
 		"FINISH_REASON_ERROR":         6,
+		"FINISH_REASON_TOOL_CALLS":    7,
 	}
 )
 
@@ -360,6 +369,132 @@ func (AudioFormat) EnumDescriptor() ([]byte, []int) {
 	return file_genmesh_v1_common_proto_rawDescGZIP(), []int{4}
 }
 
+// What a model is for: one kind per model, whatever tasks it serves.
+type ModelKind int32
+
+const (
+	// Not reported.
+	ModelKind_MODEL_KIND_UNSPECIFIED ModelKind = 0
+	// Generates text (chat and completion).
+	ModelKind_MODEL_KIND_CHAT ModelKind = 1
+	// Embeds text as vectors (EmbeddingService).
+	ModelKind_MODEL_KIND_EMBEDDING ModelKind = 2
+	// Generates or edits images.
+	ModelKind_MODEL_KIND_IMAGE ModelKind = 3
+	// Synthesises speech.
+	ModelKind_MODEL_KIND_SPEECH ModelKind = 4
+	// Transcribes speech.
+	ModelKind_MODEL_KIND_TRANSCRIPTION ModelKind = 5
+)
+
+// Enum value maps for ModelKind.
+var (
+	ModelKind_name = map[int32]string{
+		0: "MODEL_KIND_UNSPECIFIED",
+		1: "MODEL_KIND_CHAT",
+		2: "MODEL_KIND_EMBEDDING",
+		3: "MODEL_KIND_IMAGE",
+		4: "MODEL_KIND_SPEECH",
+		5: "MODEL_KIND_TRANSCRIPTION",
+	}
+	ModelKind_value = map[string]int32{
+		"MODEL_KIND_UNSPECIFIED":   0,
+		"MODEL_KIND_CHAT":          1,
+		"MODEL_KIND_EMBEDDING":     2,
+		"MODEL_KIND_IMAGE":         3,
+		"MODEL_KIND_SPEECH":        4,
+		"MODEL_KIND_TRANSCRIPTION": 5,
+	}
+)
+
+func (x ModelKind) Enum() *ModelKind {
+	p := new(ModelKind)
+	*p = x
+	return p
+}
+
+func (x ModelKind) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (ModelKind) Descriptor() protoreflect.EnumDescriptor {
+	return file_genmesh_v1_common_proto_enumTypes[5].Descriptor()
+}
+
+func (ModelKind) Type() protoreflect.EnumType {
+	return &file_genmesh_v1_common_proto_enumTypes[5]
+}
+
+func (x ModelKind) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use ModelKind.Descriptor instead.
+func (ModelKind) EnumDescriptor() ([]byte, []int) {
+	return file_genmesh_v1_common_proto_rawDescGZIP(), []int{5}
+}
+
+// The policy.
+type ToolChoice_Mode int32
+
+const (
+	// Not set: MODE_AUTO when tools are given, MODE_NONE otherwise.
+	ToolChoice_MODE_UNSPECIFIED ToolChoice_Mode = 0
+	// The model answers in text and calls no tool.
+	ToolChoice_MODE_NONE ToolChoice_Mode = 1
+	// The model chooses between answering in text and calling tools.
+	ToolChoice_MODE_AUTO ToolChoice_Mode = 2
+	// The model calls at least one of the tools.
+	ToolChoice_MODE_REQUIRED ToolChoice_Mode = 3
+	// The model calls the tool given by `name`.
+	ToolChoice_MODE_NAMED ToolChoice_Mode = 4
+)
+
+// Enum value maps for ToolChoice_Mode.
+var (
+	ToolChoice_Mode_name = map[int32]string{
+		0: "MODE_UNSPECIFIED",
+		1: "MODE_NONE",
+		2: "MODE_AUTO",
+		3: "MODE_REQUIRED",
+		4: "MODE_NAMED",
+	}
+	ToolChoice_Mode_value = map[string]int32{
+		"MODE_UNSPECIFIED": 0,
+		"MODE_NONE":        1,
+		"MODE_AUTO":        2,
+		"MODE_REQUIRED":    3,
+		"MODE_NAMED":       4,
+	}
+)
+
+func (x ToolChoice_Mode) Enum() *ToolChoice_Mode {
+	p := new(ToolChoice_Mode)
+	*p = x
+	return p
+}
+
+func (x ToolChoice_Mode) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (ToolChoice_Mode) Descriptor() protoreflect.EnumDescriptor {
+	return file_genmesh_v1_common_proto_enumTypes[6].Descriptor()
+}
+
+func (ToolChoice_Mode) Type() protoreflect.EnumType {
+	return &file_genmesh_v1_common_proto_enumTypes[6]
+}
+
+func (x ToolChoice_Mode) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use ToolChoice_Mode.Descriptor instead.
+func (ToolChoice_Mode) EnumDescriptor() ([]byte, []int) {
+	return file_genmesh_v1_common_proto_rawDescGZIP(), []int{4, 0}
+}
+
 // What to do.
 type Control_Action int32
 
@@ -397,11 +532,11 @@ func (x Control_Action) String() string {
 }
 
 func (Control_Action) Descriptor() protoreflect.EnumDescriptor {
-	return file_genmesh_v1_common_proto_enumTypes[5].Descriptor()
+	return file_genmesh_v1_common_proto_enumTypes[7].Descriptor()
 }
 
 func (Control_Action) Type() protoreflect.EnumType {
-	return &file_genmesh_v1_common_proto_enumTypes[5]
+	return &file_genmesh_v1_common_proto_enumTypes[7]
 }
 
 func (x Control_Action) Number() protoreflect.EnumNumber {
@@ -410,7 +545,7 @@ func (x Control_Action) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use Control_Action.Descriptor instead.
 func (Control_Action) EnumDescriptor() ([]byte, []int) {
-	return file_genmesh_v1_common_proto_rawDescGZIP(), []int{20, 0}
+	return file_genmesh_v1_common_proto_rawDescGZIP(), []int{28, 0}
 }
 
 // One input to a generation.
@@ -429,7 +564,12 @@ type InputItem struct {
 	//	*InputItem_Uri
 	Payload isInputItem_Payload `protobuf_oneof:"payload"`
 	// The payload's media type, e.g. "image/png" or "audio/wav"; required for bytes.
-	MimeType      string `protobuf:"bytes,6,opt,name=mime_type,json=mimeType,proto3" json:"mime_type,omitempty"`
+	MimeType string `protobuf:"bytes,6,opt,name=mime_type,json=mimeType,proto3" json:"mime_type,omitempty"`
+	// For INPUT_ROLE_TOOL_RESULT: the id of the tool call (ToolCall.id) this result answers.
+	ToolCallId string `protobuf:"bytes,7,opt,name=tool_call_id,json=toolCallId,proto3" json:"tool_call_id,omitempty"`
+	// For INPUT_ROLE_ASSISTANT_REPLY: the tool calls that reply made, in order; the reply's text
+	// payload may then be empty or absent.
+	ToolCalls     []*ToolCall `protobuf:"bytes,8,rep,name=tool_calls,json=toolCalls,proto3" json:"tool_calls,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -519,6 +659,20 @@ func (x *InputItem) GetMimeType() string {
 	return ""
 }
 
+func (x *InputItem) GetToolCallId() string {
+	if x != nil {
+		return x.ToolCallId
+	}
+	return ""
+}
+
+func (x *InputItem) GetToolCalls() []*ToolCall {
+	if x != nil {
+		return x.ToolCalls
+	}
+	return nil
+}
+
 type isInputItem_Payload interface {
 	isInputItem_Payload()
 }
@@ -544,6 +698,596 @@ func (*InputItem_Data) isInputItem_Payload() {}
 
 func (*InputItem_Uri) isInputItem_Payload() {}
 
+// Strings the output must be exactly one of.
+type ChoiceList struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The allowed outputs, at least one; each non-empty.
+	Choices       []string `protobuf:"bytes,1,rep,name=choices,proto3" json:"choices,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ChoiceList) Reset() {
+	*x = ChoiceList{}
+	mi := &file_genmesh_v1_common_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ChoiceList) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ChoiceList) ProtoMessage() {}
+
+func (x *ChoiceList) ProtoReflect() protoreflect.Message {
+	mi := &file_genmesh_v1_common_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ChoiceList.ProtoReflect.Descriptor instead.
+func (*ChoiceList) Descriptor() ([]byte, []int) {
+	return file_genmesh_v1_common_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *ChoiceList) GetChoices() []string {
+	if x != nil {
+		return x.Choices
+	}
+	return nil
+}
+
+// A constraint on generated text: the output always satisfies it. An engine that cannot
+// enforce the constraint refuses the request with FAILED_PRECONDITION; a constraint that does
+// not compile is INVALID_ARGUMENT naming the field.
+type OutputConstraint struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The constraint.
+	//
+	// Types that are valid to be assigned to Kind:
+	//
+	//	*OutputConstraint_JsonSchema
+	//	*OutputConstraint_Regex
+	//	*OutputConstraint_Grammar
+	//	*OutputConstraint_Choices
+	Kind          isOutputConstraint_Kind `protobuf_oneof:"kind"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *OutputConstraint) Reset() {
+	*x = OutputConstraint{}
+	mi := &file_genmesh_v1_common_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *OutputConstraint) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*OutputConstraint) ProtoMessage() {}
+
+func (x *OutputConstraint) ProtoReflect() protoreflect.Message {
+	mi := &file_genmesh_v1_common_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use OutputConstraint.ProtoReflect.Descriptor instead.
+func (*OutputConstraint) Descriptor() ([]byte, []int) {
+	return file_genmesh_v1_common_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *OutputConstraint) GetKind() isOutputConstraint_Kind {
+	if x != nil {
+		return x.Kind
+	}
+	return nil
+}
+
+func (x *OutputConstraint) GetJsonSchema() *structpb.Struct {
+	if x != nil {
+		if x, ok := x.Kind.(*OutputConstraint_JsonSchema); ok {
+			return x.JsonSchema
+		}
+	}
+	return nil
+}
+
+func (x *OutputConstraint) GetRegex() string {
+	if x != nil {
+		if x, ok := x.Kind.(*OutputConstraint_Regex); ok {
+			return x.Regex
+		}
+	}
+	return ""
+}
+
+func (x *OutputConstraint) GetGrammar() string {
+	if x != nil {
+		if x, ok := x.Kind.(*OutputConstraint_Grammar); ok {
+			return x.Grammar
+		}
+	}
+	return ""
+}
+
+func (x *OutputConstraint) GetChoices() *ChoiceList {
+	if x != nil {
+		if x, ok := x.Kind.(*OutputConstraint_Choices); ok {
+			return x.Choices
+		}
+	}
+	return nil
+}
+
+type isOutputConstraint_Kind interface {
+	isOutputConstraint_Kind()
+}
+
+type OutputConstraint_JsonSchema struct {
+	// The output is a JSON document valid against this JSON schema.
+	JsonSchema *structpb.Struct `protobuf:"bytes,1,opt,name=json_schema,json=jsonSchema,proto3,oneof"`
+}
+
+type OutputConstraint_Regex struct {
+	// The output matches this regular expression in full (anchors are implied).
+	Regex string `protobuf:"bytes,2,opt,name=regex,proto3,oneof"`
+}
+
+type OutputConstraint_Grammar struct {
+	// The output is a sentence of this GBNF grammar (llama.cpp's format), from its `root` rule.
+	Grammar string `protobuf:"bytes,3,opt,name=grammar,proto3,oneof"`
+}
+
+type OutputConstraint_Choices struct {
+	// The output is exactly one of these strings.
+	Choices *ChoiceList `protobuf:"bytes,4,opt,name=choices,proto3,oneof"`
+}
+
+func (*OutputConstraint_JsonSchema) isOutputConstraint_Kind() {}
+
+func (*OutputConstraint_Regex) isOutputConstraint_Kind() {}
+
+func (*OutputConstraint_Grammar) isOutputConstraint_Kind() {}
+
+func (*OutputConstraint_Choices) isOutputConstraint_Kind() {}
+
+// A function the model may call.
+type Tool struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The function's name: 1 to 64 letters, digits, underscores or dashes, unique in the request.
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// What the function does and when to call it, shown to the model.
+	Description string `protobuf:"bytes,2,opt,name=description,proto3" json:"description,omitempty"`
+	// JSON schema of the arguments object; unset accepts any object.
+	Parameters    *structpb.Struct `protobuf:"bytes,3,opt,name=parameters,proto3" json:"parameters,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Tool) Reset() {
+	*x = Tool{}
+	mi := &file_genmesh_v1_common_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Tool) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Tool) ProtoMessage() {}
+
+func (x *Tool) ProtoReflect() protoreflect.Message {
+	mi := &file_genmesh_v1_common_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Tool.ProtoReflect.Descriptor instead.
+func (*Tool) Descriptor() ([]byte, []int) {
+	return file_genmesh_v1_common_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *Tool) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *Tool) GetDescription() string {
+	if x != nil {
+		return x.Description
+	}
+	return ""
+}
+
+func (x *Tool) GetParameters() *structpb.Struct {
+	if x != nil {
+		return x.Parameters
+	}
+	return nil
+}
+
+// Whether the model may, must or must not call tools.
+type ToolChoice struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The policy.
+	Mode ToolChoice_Mode `protobuf:"varint,1,opt,name=mode,proto3,enum=genmesh.v1.ToolChoice_Mode" json:"mode,omitempty"`
+	// For MODE_NAMED: the name of one of the request's tools.
+	Name          string `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ToolChoice) Reset() {
+	*x = ToolChoice{}
+	mi := &file_genmesh_v1_common_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ToolChoice) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ToolChoice) ProtoMessage() {}
+
+func (x *ToolChoice) ProtoReflect() protoreflect.Message {
+	mi := &file_genmesh_v1_common_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ToolChoice.ProtoReflect.Descriptor instead.
+func (*ToolChoice) Descriptor() ([]byte, []int) {
+	return file_genmesh_v1_common_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *ToolChoice) GetMode() ToolChoice_Mode {
+	if x != nil {
+		return x.Mode
+	}
+	return ToolChoice_MODE_UNSPECIFIED
+}
+
+func (x *ToolChoice) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+// A call the model made.
+type ToolCall struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Unique id of the call; the tool result that answers it echoes it as tool_call_id.
+	Id string `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	// The tool called.
+	Name string `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	// The arguments: JSON text of an object valid against the tool's parameters schema.
+	Arguments     string `protobuf:"bytes,3,opt,name=arguments,proto3" json:"arguments,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ToolCall) Reset() {
+	*x = ToolCall{}
+	mi := &file_genmesh_v1_common_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ToolCall) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ToolCall) ProtoMessage() {}
+
+func (x *ToolCall) ProtoReflect() protoreflect.Message {
+	mi := &file_genmesh_v1_common_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ToolCall.ProtoReflect.Descriptor instead.
+func (*ToolCall) Descriptor() ([]byte, []int) {
+	return file_genmesh_v1_common_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *ToolCall) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *ToolCall) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *ToolCall) GetArguments() string {
+	if x != nil {
+		return x.Arguments
+	}
+	return ""
+}
+
+// A piece of a tool call being generated: the first delta of a call carries its id and name,
+// the following ones fragments of its arguments to append.
+type ToolCallDelta struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The choice this call belongs to (OutputItem.index).
+	Index int32 `protobuf:"varint,1,opt,name=index,proto3" json:"index,omitempty"`
+	// Which call of the choice, from 0.
+	CallIndex int32 `protobuf:"varint,2,opt,name=call_index,json=callIndex,proto3" json:"call_index,omitempty"`
+	// The call's id, on its first delta only.
+	Id string `protobuf:"bytes,3,opt,name=id,proto3" json:"id,omitempty"`
+	// The tool's name, on the call's first delta only.
+	Name string `protobuf:"bytes,4,opt,name=name,proto3" json:"name,omitempty"`
+	// A fragment of the arguments' JSON text.
+	Arguments     string `protobuf:"bytes,5,opt,name=arguments,proto3" json:"arguments,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ToolCallDelta) Reset() {
+	*x = ToolCallDelta{}
+	mi := &file_genmesh_v1_common_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ToolCallDelta) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ToolCallDelta) ProtoMessage() {}
+
+func (x *ToolCallDelta) ProtoReflect() protoreflect.Message {
+	mi := &file_genmesh_v1_common_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ToolCallDelta.ProtoReflect.Descriptor instead.
+func (*ToolCallDelta) Descriptor() ([]byte, []int) {
+	return file_genmesh_v1_common_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *ToolCallDelta) GetIndex() int32 {
+	if x != nil {
+		return x.Index
+	}
+	return 0
+}
+
+func (x *ToolCallDelta) GetCallIndex() int32 {
+	if x != nil {
+		return x.CallIndex
+	}
+	return 0
+}
+
+func (x *ToolCallDelta) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *ToolCallDelta) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *ToolCallDelta) GetArguments() string {
+	if x != nil {
+		return x.Arguments
+	}
+	return ""
+}
+
+// One candidate token at a position, with its log probability under the model.
+type TokenAlternative struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The token's id in the model's vocabulary.
+	TokenId int32 `protobuf:"varint,1,opt,name=token_id,json=tokenId,proto3" json:"token_id,omitempty"`
+	// The token's text (a partial UTF-8 character shows as U+FFFD; see bytes).
+	Token string `protobuf:"bytes,2,opt,name=token,proto3" json:"token,omitempty"`
+	// Natural log of the token's probability, before sampling settings and constraints.
+	Logprob float32 `protobuf:"fixed32,3,opt,name=logprob,proto3" json:"logprob,omitempty"`
+	// The token's exact bytes.
+	Bytes         []byte `protobuf:"bytes,4,opt,name=bytes,proto3" json:"bytes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TokenAlternative) Reset() {
+	*x = TokenAlternative{}
+	mi := &file_genmesh_v1_common_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TokenAlternative) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TokenAlternative) ProtoMessage() {}
+
+func (x *TokenAlternative) ProtoReflect() protoreflect.Message {
+	mi := &file_genmesh_v1_common_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TokenAlternative.ProtoReflect.Descriptor instead.
+func (*TokenAlternative) Descriptor() ([]byte, []int) {
+	return file_genmesh_v1_common_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *TokenAlternative) GetTokenId() int32 {
+	if x != nil {
+		return x.TokenId
+	}
+	return 0
+}
+
+func (x *TokenAlternative) GetToken() string {
+	if x != nil {
+		return x.Token
+	}
+	return ""
+}
+
+func (x *TokenAlternative) GetLogprob() float32 {
+	if x != nil {
+		return x.Logprob
+	}
+	return 0
+}
+
+func (x *TokenAlternative) GetBytes() []byte {
+	if x != nil {
+		return x.Bytes
+	}
+	return nil
+}
+
+// A generated token with its log probability and the most likely alternatives.
+type TokenLogprob struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The token's id in the model's vocabulary.
+	TokenId int32 `protobuf:"varint,1,opt,name=token_id,json=tokenId,proto3" json:"token_id,omitempty"`
+	// The token's text (a partial UTF-8 character shows as U+FFFD; see bytes).
+	Token string `protobuf:"bytes,2,opt,name=token,proto3" json:"token,omitempty"`
+	// Natural log of the token's probability, before sampling settings and constraints.
+	Logprob float32 `protobuf:"fixed32,3,opt,name=logprob,proto3" json:"logprob,omitempty"`
+	// The token's exact bytes.
+	Bytes []byte `protobuf:"bytes,4,opt,name=bytes,proto3" json:"bytes,omitempty"`
+	// The top_logprobs most likely tokens at this position, most likely first.
+	TopLogprobs   []*TokenAlternative `protobuf:"bytes,5,rep,name=top_logprobs,json=topLogprobs,proto3" json:"top_logprobs,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TokenLogprob) Reset() {
+	*x = TokenLogprob{}
+	mi := &file_genmesh_v1_common_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TokenLogprob) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TokenLogprob) ProtoMessage() {}
+
+func (x *TokenLogprob) ProtoReflect() protoreflect.Message {
+	mi := &file_genmesh_v1_common_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TokenLogprob.ProtoReflect.Descriptor instead.
+func (*TokenLogprob) Descriptor() ([]byte, []int) {
+	return file_genmesh_v1_common_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *TokenLogprob) GetTokenId() int32 {
+	if x != nil {
+		return x.TokenId
+	}
+	return 0
+}
+
+func (x *TokenLogprob) GetToken() string {
+	if x != nil {
+		return x.Token
+	}
+	return ""
+}
+
+func (x *TokenLogprob) GetLogprob() float32 {
+	if x != nil {
+		return x.Logprob
+	}
+	return 0
+}
+
+func (x *TokenLogprob) GetBytes() []byte {
+	if x != nil {
+		return x.Bytes
+	}
+	return nil
+}
+
+func (x *TokenLogprob) GetTopLogprobs() []*TokenAlternative {
+	if x != nil {
+		return x.TopLogprobs
+	}
+	return nil
+}
+
 // Sampling parameters for text generation. Unset fields take the personality's, then the binding's default.
 type TextParameters struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -560,14 +1304,28 @@ type TextParameters struct {
 	// Seed for reproducible sampling.
 	Seed *int64 `protobuf:"varint,6,opt,name=seed,proto3,oneof" json:"seed,omitempty"`
 	// Generation stops before any of these strings; they are not returned.
-	Stop          []string `protobuf:"bytes,7,rep,name=stop,proto3" json:"stop,omitempty"`
+	Stop []string `protobuf:"bytes,7,rep,name=stop,proto3" json:"stop,omitempty"`
+	// A constraint the output always satisfies (structured output).
+	Constraint *OutputConstraint `protobuf:"bytes,8,opt,name=constraint,proto3" json:"constraint,omitempty"`
+	// Functions the model may call; see tool_choice.
+	Tools []*Tool `protobuf:"bytes,9,rep,name=tools,proto3" json:"tools,omitempty"`
+	// Whether and which tool the model must call.
+	ToolChoice *ToolChoice `protobuf:"bytes,10,opt,name=tool_choice,json=toolChoice,proto3" json:"tool_choice,omitempty"`
+	// Whether one reply may hold several tool calls; unset allows them.
+	ParallelToolCalls *bool `protobuf:"varint,11,opt,name=parallel_tool_calls,json=parallelToolCalls,proto3,oneof" json:"parallel_tool_calls,omitempty"`
+	// Return each generated token's log probability (OutputItem.logprobs, TextDelta.logprobs).
+	Logprobs bool `protobuf:"varint,12,opt,name=logprobs,proto3" json:"logprobs,omitempty"`
+	// With logprobs: how many most likely alternatives to return per token, 0 to 20.
+	TopLogprobs int32 `protobuf:"varint,13,opt,name=top_logprobs,json=topLogprobs,proto3" json:"top_logprobs,omitempty"`
+	// How many choices to generate, 1 to 16; unset is 1. Choice i samples with seed + i.
+	N             *int32 `protobuf:"varint,14,opt,name=n,proto3,oneof" json:"n,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *TextParameters) Reset() {
 	*x = TextParameters{}
-	mi := &file_genmesh_v1_common_proto_msgTypes[1]
+	mi := &file_genmesh_v1_common_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -579,7 +1337,7 @@ func (x *TextParameters) String() string {
 func (*TextParameters) ProtoMessage() {}
 
 func (x *TextParameters) ProtoReflect() protoreflect.Message {
-	mi := &file_genmesh_v1_common_proto_msgTypes[1]
+	mi := &file_genmesh_v1_common_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -592,7 +1350,7 @@ func (x *TextParameters) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TextParameters.ProtoReflect.Descriptor instead.
 func (*TextParameters) Descriptor() ([]byte, []int) {
-	return file_genmesh_v1_common_proto_rawDescGZIP(), []int{1}
+	return file_genmesh_v1_common_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *TextParameters) GetMaxTokens() int32 {
@@ -644,6 +1402,55 @@ func (x *TextParameters) GetStop() []string {
 	return nil
 }
 
+func (x *TextParameters) GetConstraint() *OutputConstraint {
+	if x != nil {
+		return x.Constraint
+	}
+	return nil
+}
+
+func (x *TextParameters) GetTools() []*Tool {
+	if x != nil {
+		return x.Tools
+	}
+	return nil
+}
+
+func (x *TextParameters) GetToolChoice() *ToolChoice {
+	if x != nil {
+		return x.ToolChoice
+	}
+	return nil
+}
+
+func (x *TextParameters) GetParallelToolCalls() bool {
+	if x != nil && x.ParallelToolCalls != nil {
+		return *x.ParallelToolCalls
+	}
+	return false
+}
+
+func (x *TextParameters) GetLogprobs() bool {
+	if x != nil {
+		return x.Logprobs
+	}
+	return false
+}
+
+func (x *TextParameters) GetTopLogprobs() int32 {
+	if x != nil {
+		return x.TopLogprobs
+	}
+	return 0
+}
+
+func (x *TextParameters) GetN() int32 {
+	if x != nil && x.N != nil {
+		return *x.N
+	}
+	return 0
+}
+
 // Parameters for text-to-image and image editing.
 type ImageParameters struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -673,7 +1480,7 @@ type ImageParameters struct {
 
 func (x *ImageParameters) Reset() {
 	*x = ImageParameters{}
-	mi := &file_genmesh_v1_common_proto_msgTypes[2]
+	mi := &file_genmesh_v1_common_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -685,7 +1492,7 @@ func (x *ImageParameters) String() string {
 func (*ImageParameters) ProtoMessage() {}
 
 func (x *ImageParameters) ProtoReflect() protoreflect.Message {
-	mi := &file_genmesh_v1_common_proto_msgTypes[2]
+	mi := &file_genmesh_v1_common_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -698,7 +1505,7 @@ func (x *ImageParameters) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ImageParameters.ProtoReflect.Descriptor instead.
 func (*ImageParameters) Descriptor() ([]byte, []int) {
-	return file_genmesh_v1_common_proto_rawDescGZIP(), []int{2}
+	return file_genmesh_v1_common_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *ImageParameters) GetNegativePrompt() string {
@@ -790,7 +1597,7 @@ type SpeechParameters struct {
 
 func (x *SpeechParameters) Reset() {
 	*x = SpeechParameters{}
-	mi := &file_genmesh_v1_common_proto_msgTypes[3]
+	mi := &file_genmesh_v1_common_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -802,7 +1609,7 @@ func (x *SpeechParameters) String() string {
 func (*SpeechParameters) ProtoMessage() {}
 
 func (x *SpeechParameters) ProtoReflect() protoreflect.Message {
-	mi := &file_genmesh_v1_common_proto_msgTypes[3]
+	mi := &file_genmesh_v1_common_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -815,7 +1622,7 @@ func (x *SpeechParameters) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SpeechParameters.ProtoReflect.Descriptor instead.
 func (*SpeechParameters) Descriptor() ([]byte, []int) {
-	return file_genmesh_v1_common_proto_rawDescGZIP(), []int{3}
+	return file_genmesh_v1_common_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *SpeechParameters) GetVoice() string {
@@ -868,7 +1675,7 @@ type TranscriptionParameters struct {
 
 func (x *TranscriptionParameters) Reset() {
 	*x = TranscriptionParameters{}
-	mi := &file_genmesh_v1_common_proto_msgTypes[4]
+	mi := &file_genmesh_v1_common_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -880,7 +1687,7 @@ func (x *TranscriptionParameters) String() string {
 func (*TranscriptionParameters) ProtoMessage() {}
 
 func (x *TranscriptionParameters) ProtoReflect() protoreflect.Message {
-	mi := &file_genmesh_v1_common_proto_msgTypes[4]
+	mi := &file_genmesh_v1_common_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -893,7 +1700,7 @@ func (x *TranscriptionParameters) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TranscriptionParameters.ProtoReflect.Descriptor instead.
 func (*TranscriptionParameters) Descriptor() ([]byte, []int) {
-	return file_genmesh_v1_common_proto_rawDescGZIP(), []int{4}
+	return file_genmesh_v1_common_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *TranscriptionParameters) GetLanguage() string {
@@ -949,7 +1756,7 @@ type GenerateRequest struct {
 
 func (x *GenerateRequest) Reset() {
 	*x = GenerateRequest{}
-	mi := &file_genmesh_v1_common_proto_msgTypes[5]
+	mi := &file_genmesh_v1_common_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -961,7 +1768,7 @@ func (x *GenerateRequest) String() string {
 func (*GenerateRequest) ProtoMessage() {}
 
 func (x *GenerateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_genmesh_v1_common_proto_msgTypes[5]
+	mi := &file_genmesh_v1_common_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -974,7 +1781,7 @@ func (x *GenerateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GenerateRequest.ProtoReflect.Descriptor instead.
 func (*GenerateRequest) Descriptor() ([]byte, []int) {
-	return file_genmesh_v1_common_proto_rawDescGZIP(), []int{5}
+	return file_genmesh_v1_common_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *GenerateRequest) GetRequestId() string {
@@ -1116,7 +1923,7 @@ type Usage struct {
 
 func (x *Usage) Reset() {
 	*x = Usage{}
-	mi := &file_genmesh_v1_common_proto_msgTypes[6]
+	mi := &file_genmesh_v1_common_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1128,7 +1935,7 @@ func (x *Usage) String() string {
 func (*Usage) ProtoMessage() {}
 
 func (x *Usage) ProtoReflect() protoreflect.Message {
-	mi := &file_genmesh_v1_common_proto_msgTypes[6]
+	mi := &file_genmesh_v1_common_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1141,7 +1948,7 @@ func (x *Usage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Usage.ProtoReflect.Descriptor instead.
 func (*Usage) Descriptor() ([]byte, []int) {
-	return file_genmesh_v1_common_proto_rawDescGZIP(), []int{6}
+	return file_genmesh_v1_common_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *Usage) GetPromptTokens() int32 {
@@ -1180,7 +1987,7 @@ type Timings struct {
 
 func (x *Timings) Reset() {
 	*x = Timings{}
-	mi := &file_genmesh_v1_common_proto_msgTypes[7]
+	mi := &file_genmesh_v1_common_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1192,7 +1999,7 @@ func (x *Timings) String() string {
 func (*Timings) ProtoMessage() {}
 
 func (x *Timings) ProtoReflect() protoreflect.Message {
-	mi := &file_genmesh_v1_common_proto_msgTypes[7]
+	mi := &file_genmesh_v1_common_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1205,7 +2012,7 @@ func (x *Timings) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Timings.ProtoReflect.Descriptor instead.
 func (*Timings) Descriptor() ([]byte, []int) {
-	return file_genmesh_v1_common_proto_rawDescGZIP(), []int{7}
+	return file_genmesh_v1_common_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *Timings) GetQueue() *durationpb.Duration {
@@ -1246,7 +2053,7 @@ type TranscriptSegment struct {
 
 func (x *TranscriptSegment) Reset() {
 	*x = TranscriptSegment{}
-	mi := &file_genmesh_v1_common_proto_msgTypes[8]
+	mi := &file_genmesh_v1_common_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1258,7 +2065,7 @@ func (x *TranscriptSegment) String() string {
 func (*TranscriptSegment) ProtoMessage() {}
 
 func (x *TranscriptSegment) ProtoReflect() protoreflect.Message {
-	mi := &file_genmesh_v1_common_proto_msgTypes[8]
+	mi := &file_genmesh_v1_common_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1271,7 +2078,7 @@ func (x *TranscriptSegment) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TranscriptSegment.ProtoReflect.Descriptor instead.
 func (*TranscriptSegment) Descriptor() ([]byte, []int) {
-	return file_genmesh_v1_common_proto_rawDescGZIP(), []int{8}
+	return file_genmesh_v1_common_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *TranscriptSegment) GetStart() *durationpb.Duration {
@@ -1319,7 +2126,7 @@ type TranscriptWord struct {
 
 func (x *TranscriptWord) Reset() {
 	*x = TranscriptWord{}
-	mi := &file_genmesh_v1_common_proto_msgTypes[9]
+	mi := &file_genmesh_v1_common_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1331,7 +2138,7 @@ func (x *TranscriptWord) String() string {
 func (*TranscriptWord) ProtoMessage() {}
 
 func (x *TranscriptWord) ProtoReflect() protoreflect.Message {
-	mi := &file_genmesh_v1_common_proto_msgTypes[9]
+	mi := &file_genmesh_v1_common_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1344,7 +2151,7 @@ func (x *TranscriptWord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TranscriptWord.ProtoReflect.Descriptor instead.
 func (*TranscriptWord) Descriptor() ([]byte, []int) {
-	return file_genmesh_v1_common_proto_rawDescGZIP(), []int{9}
+	return file_genmesh_v1_common_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *TranscriptWord) GetStart() *durationpb.Duration {
@@ -1392,7 +2199,7 @@ type Transcript struct {
 
 func (x *Transcript) Reset() {
 	*x = Transcript{}
-	mi := &file_genmesh_v1_common_proto_msgTypes[10]
+	mi := &file_genmesh_v1_common_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1404,7 +2211,7 @@ func (x *Transcript) String() string {
 func (*Transcript) ProtoMessage() {}
 
 func (x *Transcript) ProtoReflect() protoreflect.Message {
-	mi := &file_genmesh_v1_common_proto_msgTypes[10]
+	mi := &file_genmesh_v1_common_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1417,7 +2224,7 @@ func (x *Transcript) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Transcript.ProtoReflect.Descriptor instead.
 func (*Transcript) Descriptor() ([]byte, []int) {
-	return file_genmesh_v1_common_proto_rawDescGZIP(), []int{10}
+	return file_genmesh_v1_common_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *Transcript) GetLanguage() string {
@@ -1466,14 +2273,22 @@ type OutputItem struct {
 	// Timed transcript for transcription.
 	Transcript *Transcript `protobuf:"bytes,7,opt,name=transcript,proto3" json:"transcript,omitempty"`
 	// The seed that produced this output, for reproduction.
-	Seed          int64 `protobuf:"varint,8,opt,name=seed,proto3" json:"seed,omitempty"`
+	Seed int64 `protobuf:"varint,8,opt,name=seed,proto3" json:"seed,omitempty"`
+	// Which choice this is, from 0 (TextParameters.n).
+	Index int32 `protobuf:"varint,9,opt,name=index,proto3" json:"index,omitempty"`
+	// The tool calls the model made (FINISH_REASON_TOOL_CALLS).
+	ToolCalls []*ToolCall `protobuf:"bytes,10,rep,name=tool_calls,json=toolCalls,proto3" json:"tool_calls,omitempty"`
+	// Per generated token, when TextParameters.logprobs was asked for.
+	Logprobs []*TokenLogprob `protobuf:"bytes,11,rep,name=logprobs,proto3" json:"logprobs,omitempty"`
+	// Why this choice ended; GenerateResponse.finish_reason is choice 0's.
+	FinishReason  FinishReason `protobuf:"varint,12,opt,name=finish_reason,json=finishReason,proto3,enum=genmesh.v1.FinishReason" json:"finish_reason,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *OutputItem) Reset() {
 	*x = OutputItem{}
-	mi := &file_genmesh_v1_common_proto_msgTypes[11]
+	mi := &file_genmesh_v1_common_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1485,7 +2300,7 @@ func (x *OutputItem) String() string {
 func (*OutputItem) ProtoMessage() {}
 
 func (x *OutputItem) ProtoReflect() protoreflect.Message {
-	mi := &file_genmesh_v1_common_proto_msgTypes[11]
+	mi := &file_genmesh_v1_common_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1498,7 +2313,7 @@ func (x *OutputItem) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OutputItem.ProtoReflect.Descriptor instead.
 func (*OutputItem) Descriptor() ([]byte, []int) {
-	return file_genmesh_v1_common_proto_rawDescGZIP(), []int{11}
+	return file_genmesh_v1_common_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *OutputItem) GetKind() ContentKind {
@@ -1557,6 +2372,34 @@ func (x *OutputItem) GetSeed() int64 {
 	return 0
 }
 
+func (x *OutputItem) GetIndex() int32 {
+	if x != nil {
+		return x.Index
+	}
+	return 0
+}
+
+func (x *OutputItem) GetToolCalls() []*ToolCall {
+	if x != nil {
+		return x.ToolCalls
+	}
+	return nil
+}
+
+func (x *OutputItem) GetLogprobs() []*TokenLogprob {
+	if x != nil {
+		return x.Logprobs
+	}
+	return nil
+}
+
+func (x *OutputItem) GetFinishReason() FinishReason {
+	if x != nil {
+		return x.FinishReason
+	}
+	return FinishReason_FINISH_REASON_UNSPECIFIED
+}
+
 // The result of a generation.
 type GenerateResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -1582,7 +2425,7 @@ type GenerateResponse struct {
 
 func (x *GenerateResponse) Reset() {
 	*x = GenerateResponse{}
-	mi := &file_genmesh_v1_common_proto_msgTypes[12]
+	mi := &file_genmesh_v1_common_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1594,7 +2437,7 @@ func (x *GenerateResponse) String() string {
 func (*GenerateResponse) ProtoMessage() {}
 
 func (x *GenerateResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_genmesh_v1_common_proto_msgTypes[12]
+	mi := &file_genmesh_v1_common_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1607,7 +2450,7 @@ func (x *GenerateResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GenerateResponse.ProtoReflect.Descriptor instead.
 func (*GenerateResponse) Descriptor() ([]byte, []int) {
-	return file_genmesh_v1_common_proto_rawDescGZIP(), []int{12}
+	return file_genmesh_v1_common_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *GenerateResponse) GetRequestId() string {
@@ -1672,14 +2515,19 @@ type TextDelta struct {
 	// Text to append to the answer.
 	Text string `protobuf:"bytes,1,opt,name=text,proto3" json:"text,omitempty"`
 	// Text to append to the thoughts (inside <think>...</think>).
-	Thoughts      string `protobuf:"bytes,2,opt,name=thoughts,proto3" json:"thoughts,omitempty"`
+	Thoughts string `protobuf:"bytes,2,opt,name=thoughts,proto3" json:"thoughts,omitempty"`
+	// The choice this delta extends (OutputItem.index).
+	Index int32 `protobuf:"varint,3,opt,name=index,proto3" json:"index,omitempty"`
+	// The tokens this delta's text came from, when TextParameters.logprobs was asked for (text
+	// held back to match a stop sequence arrives later than its tokens).
+	Logprobs      []*TokenLogprob `protobuf:"bytes,4,rep,name=logprobs,proto3" json:"logprobs,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *TextDelta) Reset() {
 	*x = TextDelta{}
-	mi := &file_genmesh_v1_common_proto_msgTypes[13]
+	mi := &file_genmesh_v1_common_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1691,7 +2539,7 @@ func (x *TextDelta) String() string {
 func (*TextDelta) ProtoMessage() {}
 
 func (x *TextDelta) ProtoReflect() protoreflect.Message {
-	mi := &file_genmesh_v1_common_proto_msgTypes[13]
+	mi := &file_genmesh_v1_common_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1704,7 +2552,7 @@ func (x *TextDelta) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TextDelta.ProtoReflect.Descriptor instead.
 func (*TextDelta) Descriptor() ([]byte, []int) {
-	return file_genmesh_v1_common_proto_rawDescGZIP(), []int{13}
+	return file_genmesh_v1_common_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *TextDelta) GetText() string {
@@ -1719,6 +2567,20 @@ func (x *TextDelta) GetThoughts() string {
 		return x.Thoughts
 	}
 	return ""
+}
+
+func (x *TextDelta) GetIndex() int32 {
+	if x != nil {
+		return x.Index
+	}
+	return 0
+}
+
+func (x *TextDelta) GetLogprobs() []*TokenLogprob {
+	if x != nil {
+		return x.Logprobs
+	}
+	return nil
 }
 
 // Progress of a multi-step task, such as denoising.
@@ -1736,7 +2598,7 @@ type Progress struct {
 
 func (x *Progress) Reset() {
 	*x = Progress{}
-	mi := &file_genmesh_v1_common_proto_msgTypes[14]
+	mi := &file_genmesh_v1_common_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1748,7 +2610,7 @@ func (x *Progress) String() string {
 func (*Progress) ProtoMessage() {}
 
 func (x *Progress) ProtoReflect() protoreflect.Message {
-	mi := &file_genmesh_v1_common_proto_msgTypes[14]
+	mi := &file_genmesh_v1_common_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1761,7 +2623,7 @@ func (x *Progress) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Progress.ProtoReflect.Descriptor instead.
 func (*Progress) Descriptor() ([]byte, []int) {
-	return file_genmesh_v1_common_proto_rawDescGZIP(), []int{14}
+	return file_genmesh_v1_common_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *Progress) GetStep() int32 {
@@ -1804,7 +2666,7 @@ type AudioChunk struct {
 
 func (x *AudioChunk) Reset() {
 	*x = AudioChunk{}
-	mi := &file_genmesh_v1_common_proto_msgTypes[15]
+	mi := &file_genmesh_v1_common_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1816,7 +2678,7 @@ func (x *AudioChunk) String() string {
 func (*AudioChunk) ProtoMessage() {}
 
 func (x *AudioChunk) ProtoReflect() protoreflect.Message {
-	mi := &file_genmesh_v1_common_proto_msgTypes[15]
+	mi := &file_genmesh_v1_common_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1829,7 +2691,7 @@ func (x *AudioChunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AudioChunk.ProtoReflect.Descriptor instead.
 func (*AudioChunk) Descriptor() ([]byte, []int) {
-	return file_genmesh_v1_common_proto_rawDescGZIP(), []int{15}
+	return file_genmesh_v1_common_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *AudioChunk) GetData() []byte {
@@ -1884,7 +2746,7 @@ type ImagePreview struct {
 
 func (x *ImagePreview) Reset() {
 	*x = ImagePreview{}
-	mi := &file_genmesh_v1_common_proto_msgTypes[16]
+	mi := &file_genmesh_v1_common_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1896,7 +2758,7 @@ func (x *ImagePreview) String() string {
 func (*ImagePreview) ProtoMessage() {}
 
 func (x *ImagePreview) ProtoReflect() protoreflect.Message {
-	mi := &file_genmesh_v1_common_proto_msgTypes[16]
+	mi := &file_genmesh_v1_common_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1909,7 +2771,7 @@ func (x *ImagePreview) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ImagePreview.ProtoReflect.Descriptor instead.
 func (*ImagePreview) Descriptor() ([]byte, []int) {
-	return file_genmesh_v1_common_proto_rawDescGZIP(), []int{16}
+	return file_genmesh_v1_common_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *ImagePreview) GetData() []byte {
@@ -1953,7 +2815,7 @@ type Info struct {
 
 func (x *Info) Reset() {
 	*x = Info{}
-	mi := &file_genmesh_v1_common_proto_msgTypes[17]
+	mi := &file_genmesh_v1_common_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1965,7 +2827,7 @@ func (x *Info) String() string {
 func (*Info) ProtoMessage() {}
 
 func (x *Info) ProtoReflect() protoreflect.Message {
-	mi := &file_genmesh_v1_common_proto_msgTypes[17]
+	mi := &file_genmesh_v1_common_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1978,7 +2840,7 @@ func (x *Info) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Info.ProtoReflect.Descriptor instead.
 func (*Info) Descriptor() ([]byte, []int) {
-	return file_genmesh_v1_common_proto_rawDescGZIP(), []int{17}
+	return file_genmesh_v1_common_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *Info) GetMessage() string {
@@ -2010,7 +2872,7 @@ type TranscriptUpdate struct {
 
 func (x *TranscriptUpdate) Reset() {
 	*x = TranscriptUpdate{}
-	mi := &file_genmesh_v1_common_proto_msgTypes[18]
+	mi := &file_genmesh_v1_common_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2022,7 +2884,7 @@ func (x *TranscriptUpdate) String() string {
 func (*TranscriptUpdate) ProtoMessage() {}
 
 func (x *TranscriptUpdate) ProtoReflect() protoreflect.Message {
-	mi := &file_genmesh_v1_common_proto_msgTypes[18]
+	mi := &file_genmesh_v1_common_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2035,7 +2897,7 @@ func (x *TranscriptUpdate) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TranscriptUpdate.ProtoReflect.Descriptor instead.
 func (*TranscriptUpdate) Descriptor() ([]byte, []int) {
-	return file_genmesh_v1_common_proto_rawDescGZIP(), []int{18}
+	return file_genmesh_v1_common_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *TranscriptUpdate) GetIsFinal() bool {
@@ -2073,6 +2935,7 @@ type StreamEvent struct {
 	//	*StreamEvent_Info
 	//	*StreamEvent_Transcript
 	//	*StreamEvent_Final
+	//	*StreamEvent_ToolCallDelta
 	Event         isStreamEvent_Event `protobuf_oneof:"event"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -2080,7 +2943,7 @@ type StreamEvent struct {
 
 func (x *StreamEvent) Reset() {
 	*x = StreamEvent{}
-	mi := &file_genmesh_v1_common_proto_msgTypes[19]
+	mi := &file_genmesh_v1_common_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2092,7 +2955,7 @@ func (x *StreamEvent) String() string {
 func (*StreamEvent) ProtoMessage() {}
 
 func (x *StreamEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_genmesh_v1_common_proto_msgTypes[19]
+	mi := &file_genmesh_v1_common_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2105,7 +2968,7 @@ func (x *StreamEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StreamEvent.ProtoReflect.Descriptor instead.
 func (*StreamEvent) Descriptor() ([]byte, []int) {
-	return file_genmesh_v1_common_proto_rawDescGZIP(), []int{19}
+	return file_genmesh_v1_common_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *StreamEvent) GetEvent() isStreamEvent_Event {
@@ -2178,6 +3041,15 @@ func (x *StreamEvent) GetFinal() *GenerateResponse {
 	return nil
 }
 
+func (x *StreamEvent) GetToolCallDelta() *ToolCallDelta {
+	if x != nil {
+		if x, ok := x.Event.(*StreamEvent_ToolCallDelta); ok {
+			return x.ToolCallDelta
+		}
+	}
+	return nil
+}
+
 type isStreamEvent_Event interface {
 	isStreamEvent_Event()
 }
@@ -2217,6 +3089,11 @@ type StreamEvent_Final struct {
 	Final *GenerateResponse `protobuf:"bytes,7,opt,name=final,proto3,oneof"`
 }
 
+type StreamEvent_ToolCallDelta struct {
+	// A piece of a tool call.
+	ToolCallDelta *ToolCallDelta `protobuf:"bytes,8,opt,name=tool_call_delta,json=toolCallDelta,proto3,oneof"`
+}
+
 func (*StreamEvent_TextDelta) isStreamEvent_Event() {}
 
 func (*StreamEvent_Progress) isStreamEvent_Event() {}
@@ -2231,6 +3108,8 @@ func (*StreamEvent_Transcript) isStreamEvent_Event() {}
 
 func (*StreamEvent_Final) isStreamEvent_Event() {}
 
+func (*StreamEvent_ToolCallDelta) isStreamEvent_Event() {}
+
 // Control messages on bidirectional streams.
 type Control struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -2242,7 +3121,7 @@ type Control struct {
 
 func (x *Control) Reset() {
 	*x = Control{}
-	mi := &file_genmesh_v1_common_proto_msgTypes[20]
+	mi := &file_genmesh_v1_common_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2254,7 +3133,7 @@ func (x *Control) String() string {
 func (*Control) ProtoMessage() {}
 
 func (x *Control) ProtoReflect() protoreflect.Message {
-	mi := &file_genmesh_v1_common_proto_msgTypes[20]
+	mi := &file_genmesh_v1_common_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2267,7 +3146,7 @@ func (x *Control) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Control.ProtoReflect.Descriptor instead.
 func (*Control) Descriptor() ([]byte, []int) {
-	return file_genmesh_v1_common_proto_rawDescGZIP(), []int{20}
+	return file_genmesh_v1_common_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *Control) GetAction() Control_Action {
@@ -2307,14 +3186,16 @@ type ModelInfo struct {
 	// Size of its weights on disk, in bytes.
 	SizeBytes int64 `protobuf:"varint,13,opt,name=size_bytes,json=sizeBytes,proto3" json:"size_bytes,omitempty"`
 	// Engine-specific facts (architecture, quantisation, image size limits, ...).
-	Details       *structpb.Struct `protobuf:"bytes,14,opt,name=details,proto3" json:"details,omitempty"`
+	Details *structpb.Struct `protobuf:"bytes,14,opt,name=details,proto3" json:"details,omitempty"`
+	// What the model is for.
+	Kind          ModelKind `protobuf:"varint,15,opt,name=kind,proto3,enum=genmesh.v1.ModelKind" json:"kind,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ModelInfo) Reset() {
 	*x = ModelInfo{}
-	mi := &file_genmesh_v1_common_proto_msgTypes[21]
+	mi := &file_genmesh_v1_common_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2326,7 +3207,7 @@ func (x *ModelInfo) String() string {
 func (*ModelInfo) ProtoMessage() {}
 
 func (x *ModelInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_genmesh_v1_common_proto_msgTypes[21]
+	mi := &file_genmesh_v1_common_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2339,7 +3220,7 @@ func (x *ModelInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ModelInfo.ProtoReflect.Descriptor instead.
 func (*ModelInfo) Descriptor() ([]byte, []int) {
-	return file_genmesh_v1_common_proto_rawDescGZIP(), []int{21}
+	return file_genmesh_v1_common_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *ModelInfo) GetName() string {
@@ -2440,20 +3321,80 @@ func (x *ModelInfo) GetDetails() *structpb.Struct {
 	return nil
 }
 
+func (x *ModelInfo) GetKind() ModelKind {
+	if x != nil {
+		return x.Kind
+	}
+	return ModelKind_MODEL_KIND_UNSPECIFIED
+}
+
 var File_genmesh_v1_common_proto protoreflect.FileDescriptor
 
 const file_genmesh_v1_common_proto_rawDesc = "" +
 	"\n" +
 	"\x17genmesh/v1/common.proto\x12\n" +
-	"genmesh.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\"\xcb\x01\n" +
+	"genmesh.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\"\xa2\x02\n" +
 	"\tInputItem\x12+\n" +
 	"\x04kind\x18\x01 \x01(\x0e2\x17.genmesh.v1.ContentKindR\x04kind\x12)\n" +
 	"\x04role\x18\x02 \x01(\x0e2\x15.genmesh.v1.InputRoleR\x04role\x12\x14\n" +
 	"\x04text\x18\x03 \x01(\tH\x00R\x04text\x12\x14\n" +
 	"\x04data\x18\x04 \x01(\fH\x00R\x04data\x12\x12\n" +
 	"\x03uri\x18\x05 \x01(\tH\x00R\x03uri\x12\x1b\n" +
-	"\tmime_type\x18\x06 \x01(\tR\bmimeTypeB\t\n" +
-	"\apayload\"\xb7\x02\n" +
+	"\tmime_type\x18\x06 \x01(\tR\bmimeType\x12 \n" +
+	"\ftool_call_id\x18\a \x01(\tR\n" +
+	"toolCallId\x123\n" +
+	"\n" +
+	"tool_calls\x18\b \x03(\v2\x14.genmesh.v1.ToolCallR\ttoolCallsB\t\n" +
+	"\apayload\"&\n" +
+	"\n" +
+	"ChoiceList\x12\x18\n" +
+	"\achoices\x18\x01 \x03(\tR\achoices\"\xbe\x01\n" +
+	"\x10OutputConstraint\x12:\n" +
+	"\vjson_schema\x18\x01 \x01(\v2\x17.google.protobuf.StructH\x00R\n" +
+	"jsonSchema\x12\x16\n" +
+	"\x05regex\x18\x02 \x01(\tH\x00R\x05regex\x12\x1a\n" +
+	"\agrammar\x18\x03 \x01(\tH\x00R\agrammar\x122\n" +
+	"\achoices\x18\x04 \x01(\v2\x16.genmesh.v1.ChoiceListH\x00R\achoicesB\x06\n" +
+	"\x04kind\"u\n" +
+	"\x04Tool\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12 \n" +
+	"\vdescription\x18\x02 \x01(\tR\vdescription\x127\n" +
+	"\n" +
+	"parameters\x18\x03 \x01(\v2\x17.google.protobuf.StructR\n" +
+	"parameters\"\xb0\x01\n" +
+	"\n" +
+	"ToolChoice\x12/\n" +
+	"\x04mode\x18\x01 \x01(\x0e2\x1b.genmesh.v1.ToolChoice.ModeR\x04mode\x12\x12\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\"]\n" +
+	"\x04Mode\x12\x14\n" +
+	"\x10MODE_UNSPECIFIED\x10\x00\x12\r\n" +
+	"\tMODE_NONE\x10\x01\x12\r\n" +
+	"\tMODE_AUTO\x10\x02\x12\x11\n" +
+	"\rMODE_REQUIRED\x10\x03\x12\x0e\n" +
+	"\n" +
+	"MODE_NAMED\x10\x04\"L\n" +
+	"\bToolCall\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\x12\x1c\n" +
+	"\targuments\x18\x03 \x01(\tR\targuments\"\x86\x01\n" +
+	"\rToolCallDelta\x12\x14\n" +
+	"\x05index\x18\x01 \x01(\x05R\x05index\x12\x1d\n" +
+	"\n" +
+	"call_index\x18\x02 \x01(\x05R\tcallIndex\x12\x0e\n" +
+	"\x02id\x18\x03 \x01(\tR\x02id\x12\x12\n" +
+	"\x04name\x18\x04 \x01(\tR\x04name\x12\x1c\n" +
+	"\targuments\x18\x05 \x01(\tR\targuments\"s\n" +
+	"\x10TokenAlternative\x12\x19\n" +
+	"\btoken_id\x18\x01 \x01(\x05R\atokenId\x12\x14\n" +
+	"\x05token\x18\x02 \x01(\tR\x05token\x12\x18\n" +
+	"\alogprob\x18\x03 \x01(\x02R\alogprob\x12\x14\n" +
+	"\x05bytes\x18\x04 \x01(\fR\x05bytes\"\xb0\x01\n" +
+	"\fTokenLogprob\x12\x19\n" +
+	"\btoken_id\x18\x01 \x01(\x05R\atokenId\x12\x14\n" +
+	"\x05token\x18\x02 \x01(\tR\x05token\x12\x18\n" +
+	"\alogprob\x18\x03 \x01(\x02R\alogprob\x12\x14\n" +
+	"\x05bytes\x18\x04 \x01(\fR\x05bytes\x12?\n" +
+	"\ftop_logprobs\x18\x05 \x03(\v2\x1c.genmesh.v1.TokenAlternativeR\vtopLogprobs\"\xfb\x04\n" +
 	"\x0eTextParameters\x12\"\n" +
 	"\n" +
 	"max_tokens\x18\x01 \x01(\x05H\x00R\tmaxTokens\x88\x01\x01\x12%\n" +
@@ -2462,13 +3403,26 @@ const file_genmesh_v1_common_proto_rawDesc = "" +
 	"\x05top_k\x18\x04 \x01(\x05H\x03R\x04topK\x88\x01\x01\x12*\n" +
 	"\x0erepeat_penalty\x18\x05 \x01(\x02H\x04R\rrepeatPenalty\x88\x01\x01\x12\x17\n" +
 	"\x04seed\x18\x06 \x01(\x03H\x05R\x04seed\x88\x01\x01\x12\x12\n" +
-	"\x04stop\x18\a \x03(\tR\x04stopB\r\n" +
+	"\x04stop\x18\a \x03(\tR\x04stop\x12<\n" +
+	"\n" +
+	"constraint\x18\b \x01(\v2\x1c.genmesh.v1.OutputConstraintR\n" +
+	"constraint\x12&\n" +
+	"\x05tools\x18\t \x03(\v2\x10.genmesh.v1.ToolR\x05tools\x127\n" +
+	"\vtool_choice\x18\n" +
+	" \x01(\v2\x16.genmesh.v1.ToolChoiceR\n" +
+	"toolChoice\x123\n" +
+	"\x13parallel_tool_calls\x18\v \x01(\bH\x06R\x11parallelToolCalls\x88\x01\x01\x12\x1a\n" +
+	"\blogprobs\x18\f \x01(\bR\blogprobs\x12!\n" +
+	"\ftop_logprobs\x18\r \x01(\x05R\vtopLogprobs\x12\x11\n" +
+	"\x01n\x18\x0e \x01(\x05H\aR\x01n\x88\x01\x01B\r\n" +
 	"\v_max_tokensB\x0e\n" +
 	"\f_temperatureB\b\n" +
 	"\x06_top_pB\b\n" +
 	"\x06_top_kB\x11\n" +
 	"\x0f_repeat_penaltyB\a\n" +
-	"\x05_seed\"\x81\x03\n" +
+	"\x05_seedB\x16\n" +
+	"\x14_parallel_tool_callsB\x04\n" +
+	"\x02_n\"\x81\x03\n" +
 	"\x0fImageParameters\x12'\n" +
 	"\x0fnegative_prompt\x18\x01 \x01(\tR\x0enegativePrompt\x12\x19\n" +
 	"\x05steps\x18\x02 \x01(\x05H\x00R\x05steps\x88\x01\x01\x12*\n" +
@@ -2538,7 +3492,7 @@ const file_genmesh_v1_common_proto_rawDesc = "" +
 	"\blanguage\x18\x01 \x01(\tR\blanguage\x121\n" +
 	"\x14language_probability\x18\x02 \x01(\x02R\x13languageProbability\x129\n" +
 	"\bsegments\x18\x03 \x03(\v2\x1d.genmesh.v1.TranscriptSegmentR\bsegments\x125\n" +
-	"\bduration\x18\x04 \x01(\v2\x19.google.protobuf.DurationR\bduration\"\x92\x02\n" +
+	"\bduration\x18\x04 \x01(\v2\x19.google.protobuf.DurationR\bduration\"\xd2\x03\n" +
 	"\n" +
 	"OutputItem\x12+\n" +
 	"\x04kind\x18\x01 \x01(\x0e2\x17.genmesh.v1.ContentKindR\x04kind\x12\x12\n" +
@@ -2550,7 +3504,13 @@ const file_genmesh_v1_common_proto_rawDesc = "" +
 	"\n" +
 	"transcript\x18\a \x01(\v2\x16.genmesh.v1.TranscriptR\n" +
 	"transcript\x12\x12\n" +
-	"\x04seed\x18\b \x01(\x03R\x04seed\"\xcf\x02\n" +
+	"\x04seed\x18\b \x01(\x03R\x04seed\x12\x14\n" +
+	"\x05index\x18\t \x01(\x05R\x05index\x123\n" +
+	"\n" +
+	"tool_calls\x18\n" +
+	" \x03(\v2\x14.genmesh.v1.ToolCallR\ttoolCalls\x124\n" +
+	"\blogprobs\x18\v \x03(\v2\x18.genmesh.v1.TokenLogprobR\blogprobs\x12=\n" +
+	"\rfinish_reason\x18\f \x01(\x0e2\x18.genmesh.v1.FinishReasonR\ffinishReason\"\xcf\x02\n" +
 	"\x10GenerateResponse\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\x01 \x01(\tR\trequestId\x12\x18\n" +
@@ -2560,10 +3520,12 @@ const file_genmesh_v1_common_proto_rawDesc = "" +
 	"\x05usage\x18\x05 \x01(\v2\x11.genmesh.v1.UsageR\x05usage\x12=\n" +
 	"\rfinish_reason\x18\x06 \x01(\x0e2\x18.genmesh.v1.FinishReasonR\ffinishReason\x12-\n" +
 	"\atimings\x18\a \x01(\v2\x13.genmesh.v1.TimingsR\atimings\x12#\n" +
-	"\rstop_sequence\x18\b \x01(\tR\fstopSequence\";\n" +
+	"\rstop_sequence\x18\b \x01(\tR\fstopSequence\"\x87\x01\n" +
 	"\tTextDelta\x12\x12\n" +
 	"\x04text\x18\x01 \x01(\tR\x04text\x12\x1a\n" +
-	"\bthoughts\x18\x02 \x01(\tR\bthoughts\"U\n" +
+	"\bthoughts\x18\x02 \x01(\tR\bthoughts\x12\x14\n" +
+	"\x05index\x18\x03 \x01(\x05R\x05index\x124\n" +
+	"\blogprobs\x18\x04 \x03(\v2\x18.genmesh.v1.TokenLogprobR\blogprobs\"U\n" +
 	"\bProgress\x12\x12\n" +
 	"\x04step\x18\x01 \x01(\x05R\x04step\x12\x1f\n" +
 	"\vtotal_steps\x18\x02 \x01(\x05R\n" +
@@ -2588,7 +3550,7 @@ const file_genmesh_v1_common_proto_rawDesc = "" +
 	"\x10TranscriptUpdate\x12\x19\n" +
 	"\bis_final\x18\x01 \x01(\bR\aisFinal\x12\x12\n" +
 	"\x04text\x18\x02 \x01(\tR\x04text\x127\n" +
-	"\asegment\x18\x03 \x01(\v2\x1d.genmesh.v1.TranscriptSegmentR\asegment\"\x9c\x03\n" +
+	"\asegment\x18\x03 \x01(\v2\x1d.genmesh.v1.TranscriptSegmentR\asegment\"\xe1\x03\n" +
 	"\vStreamEvent\x126\n" +
 	"\n" +
 	"text_delta\x18\x01 \x01(\v2\x15.genmesh.v1.TextDeltaH\x00R\ttextDelta\x122\n" +
@@ -2600,14 +3562,15 @@ const file_genmesh_v1_common_proto_rawDesc = "" +
 	"\n" +
 	"transcript\x18\x06 \x01(\v2\x1c.genmesh.v1.TranscriptUpdateH\x00R\n" +
 	"transcript\x124\n" +
-	"\x05final\x18\a \x01(\v2\x1c.genmesh.v1.GenerateResponseH\x00R\x05finalB\a\n" +
+	"\x05final\x18\a \x01(\v2\x1c.genmesh.v1.GenerateResponseH\x00R\x05final\x12C\n" +
+	"\x0ftool_call_delta\x18\b \x01(\v2\x19.genmesh.v1.ToolCallDeltaH\x00R\rtoolCallDeltaB\a\n" +
 	"\x05event\"\x8b\x01\n" +
 	"\aControl\x122\n" +
 	"\x06action\x18\x01 \x01(\x0e2\x1a.genmesh.v1.Control.ActionR\x06action\"L\n" +
 	"\x06Action\x12\x16\n" +
 	"\x12ACTION_UNSPECIFIED\x10\x00\x12\x11\n" +
 	"\rACTION_CANCEL\x10\x01\x12\x17\n" +
-	"\x13ACTION_END_OF_INPUT\x10\x02\"\xdb\x03\n" +
+	"\x13ACTION_END_OF_INPUT\x10\x02\"\x86\x04\n" +
 	"\tModelInfo\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
 	"\abinding\x18\x02 \x01(\tR\abinding\x12\x16\n" +
@@ -2624,7 +3587,8 @@ const file_genmesh_v1_common_proto_rawDesc = "" +
 	"\x06loaded\x18\f \x01(\bR\x06loaded\x12\x1d\n" +
 	"\n" +
 	"size_bytes\x18\r \x01(\x03R\tsizeBytes\x121\n" +
-	"\adetails\x18\x0e \x01(\v2\x17.google.protobuf.StructR\adetails*\xbc\x01\n" +
+	"\adetails\x18\x0e \x01(\v2\x17.google.protobuf.StructR\adetails\x12)\n" +
+	"\x04kind\x18\x0f \x01(\x0e2\x15.genmesh.v1.ModelKindR\x04kind*\xbc\x01\n" +
 	"\vContentKind\x12\x1c\n" +
 	"\x18CONTENT_KIND_UNSPECIFIED\x10\x00\x12\x15\n" +
 	"\x11CONTENT_KIND_TEXT\x10\x01\x12\x16\n" +
@@ -2632,7 +3596,7 @@ const file_genmesh_v1_common_proto_rawDesc = "" +
 	"\x12CONTENT_KIND_AUDIO\x10\x03\x12\x16\n" +
 	"\x12CONTENT_KIND_VIDEO\x10\x04\x12\x19\n" +
 	"\x15CONTENT_KIND_DOCUMENT\x10\x05\x12\x15\n" +
-	"\x11CONTENT_KIND_JSON\x10\x06*\xef\x01\n" +
+	"\x11CONTENT_KIND_JSON\x10\x06*\x8b\x02\n" +
 	"\tInputRole\x12\x1a\n" +
 	"\x16INPUT_ROLE_UNSPECIFIED\x10\x00\x12\x1a\n" +
 	"\x16INPUT_ROLE_USER_PROMPT\x10\x01\x12\x1d\n" +
@@ -2641,7 +3605,8 @@ const file_genmesh_v1_common_proto_rawDesc = "" +
 	"\x16INPUT_ROLE_INPUT_IMAGE\x10\x04\x12\x19\n" +
 	"\x15INPUT_ROLE_MASK_IMAGE\x10\x05\x12\x1a\n" +
 	"\x16INPUT_ROLE_INPUT_AUDIO\x10\x06\x12\x18\n" +
-	"\x14INPUT_ROLE_REFERENCE\x10\a*y\n" +
+	"\x14INPUT_ROLE_REFERENCE\x10\a\x12\x1a\n" +
+	"\x16INPUT_ROLE_TOOL_RESULT\x10\b*y\n" +
 	"\x04Task\x12\x14\n" +
 	"\x10TASK_UNSPECIFIED\x10\x00\x12\r\n" +
 	"\tTASK_TEXT\x10\x01\x12\x0e\n" +
@@ -2649,7 +3614,7 @@ const file_genmesh_v1_common_proto_rawDesc = "" +
 	"TASK_IMAGE\x10\x02\x12\x13\n" +
 	"\x0fTASK_IMAGE_EDIT\x10\x03\x12\x0f\n" +
 	"\vTASK_SPEECH\x10\x04\x12\x16\n" +
-	"\x12TASK_TRANSCRIPTION\x10\x05*\xd2\x01\n" +
+	"\x12TASK_TRANSCRIPTION\x10\x05*\xf0\x01\n" +
 	"\fFinishReason\x12\x1d\n" +
 	"\x19FINISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n" +
 	"\x12FINISH_REASON_STOP\x10\x01\x12\x18\n" +
@@ -2657,13 +3622,21 @@ const file_genmesh_v1_common_proto_rawDesc = "" +
 	"\x1bFINISH_REASON_STOP_SEQUENCE\x10\x03\x12\x1b\n" +
 	"\x17FINISH_REASON_CANCELLED\x10\x04\x12\x1a\n" +
 	"\x16FINISH_REASON_DEADLINE\x10\x05\x12\x17\n" +
-	"\x13FINISH_REASON_ERROR\x10\x06*\x8f\x01\n" +
+	"\x13FINISH_REASON_ERROR\x10\x06\x12\x1c\n" +
+	"\x18FINISH_REASON_TOOL_CALLS\x10\a*\x8f\x01\n" +
 	"\vAudioFormat\x12\x1c\n" +
 	"\x18AUDIO_FORMAT_UNSPECIFIED\x10\x00\x12\x14\n" +
 	"\x10AUDIO_FORMAT_WAV\x10\x01\x12\x1a\n" +
 	"\x16AUDIO_FORMAT_PCM_S16LE\x10\x02\x12\x15\n" +
 	"\x11AUDIO_FORMAT_FLAC\x10\x03\x12\x19\n" +
-	"\x15AUDIO_FORMAT_OGG_OPUS\x10\x04B\x90\x01\n" +
+	"\x15AUDIO_FORMAT_OGG_OPUS\x10\x04*\xa1\x01\n" +
+	"\tModelKind\x12\x1a\n" +
+	"\x16MODEL_KIND_UNSPECIFIED\x10\x00\x12\x13\n" +
+	"\x0fMODEL_KIND_CHAT\x10\x01\x12\x18\n" +
+	"\x14MODEL_KIND_EMBEDDING\x10\x02\x12\x14\n" +
+	"\x10MODEL_KIND_IMAGE\x10\x03\x12\x15\n" +
+	"\x11MODEL_KIND_SPEECH\x10\x04\x12\x1c\n" +
+	"\x18MODEL_KIND_TRANSCRIPTION\x10\x05B\x90\x01\n" +
 	"\x0ecom.genmesh.v1B\vCommonProtoP\x01Z(genmesh/gateway/gen/genmesh/v1;genmeshv1\xa2\x02\x03GXX\xaa\x02\n" +
 	"Genmesh.V1\xca\x02\n" +
 	"Genmesh\\V1\xe2\x02\x16Genmesh\\V1\\GPBMetadata\xea\x02\vGenmesh::V1b\x06proto3"
@@ -2680,86 +3653,111 @@ func file_genmesh_v1_common_proto_rawDescGZIP() []byte {
 	return file_genmesh_v1_common_proto_rawDescData
 }
 
-var file_genmesh_v1_common_proto_enumTypes = make([]protoimpl.EnumInfo, 6)
-var file_genmesh_v1_common_proto_msgTypes = make([]protoimpl.MessageInfo, 22)
+var file_genmesh_v1_common_proto_enumTypes = make([]protoimpl.EnumInfo, 8)
+var file_genmesh_v1_common_proto_msgTypes = make([]protoimpl.MessageInfo, 30)
 var file_genmesh_v1_common_proto_goTypes = []any{
 	(ContentKind)(0),                // 0: genmesh.v1.ContentKind
 	(InputRole)(0),                  // 1: genmesh.v1.InputRole
 	(Task)(0),                       // 2: genmesh.v1.Task
 	(FinishReason)(0),               // 3: genmesh.v1.FinishReason
 	(AudioFormat)(0),                // 4: genmesh.v1.AudioFormat
-	(Control_Action)(0),             // 5: genmesh.v1.Control.Action
-	(*InputItem)(nil),               // 6: genmesh.v1.InputItem
-	(*TextParameters)(nil),          // 7: genmesh.v1.TextParameters
-	(*ImageParameters)(nil),         // 8: genmesh.v1.ImageParameters
-	(*SpeechParameters)(nil),        // 9: genmesh.v1.SpeechParameters
-	(*TranscriptionParameters)(nil), // 10: genmesh.v1.TranscriptionParameters
-	(*GenerateRequest)(nil),         // 11: genmesh.v1.GenerateRequest
-	(*Usage)(nil),                   // 12: genmesh.v1.Usage
-	(*Timings)(nil),                 // 13: genmesh.v1.Timings
-	(*TranscriptSegment)(nil),       // 14: genmesh.v1.TranscriptSegment
-	(*TranscriptWord)(nil),          // 15: genmesh.v1.TranscriptWord
-	(*Transcript)(nil),              // 16: genmesh.v1.Transcript
-	(*OutputItem)(nil),              // 17: genmesh.v1.OutputItem
-	(*GenerateResponse)(nil),        // 18: genmesh.v1.GenerateResponse
-	(*TextDelta)(nil),               // 19: genmesh.v1.TextDelta
-	(*Progress)(nil),                // 20: genmesh.v1.Progress
-	(*AudioChunk)(nil),              // 21: genmesh.v1.AudioChunk
-	(*ImagePreview)(nil),            // 22: genmesh.v1.ImagePreview
-	(*Info)(nil),                    // 23: genmesh.v1.Info
-	(*TranscriptUpdate)(nil),        // 24: genmesh.v1.TranscriptUpdate
-	(*StreamEvent)(nil),             // 25: genmesh.v1.StreamEvent
-	(*Control)(nil),                 // 26: genmesh.v1.Control
-	(*ModelInfo)(nil),               // 27: genmesh.v1.ModelInfo
-	(*structpb.Struct)(nil),         // 28: google.protobuf.Struct
-	(*durationpb.Duration)(nil),     // 29: google.protobuf.Duration
-	(*structpb.Value)(nil),          // 30: google.protobuf.Value
+	(ModelKind)(0),                  // 5: genmesh.v1.ModelKind
+	(ToolChoice_Mode)(0),            // 6: genmesh.v1.ToolChoice.Mode
+	(Control_Action)(0),             // 7: genmesh.v1.Control.Action
+	(*InputItem)(nil),               // 8: genmesh.v1.InputItem
+	(*ChoiceList)(nil),              // 9: genmesh.v1.ChoiceList
+	(*OutputConstraint)(nil),        // 10: genmesh.v1.OutputConstraint
+	(*Tool)(nil),                    // 11: genmesh.v1.Tool
+	(*ToolChoice)(nil),              // 12: genmesh.v1.ToolChoice
+	(*ToolCall)(nil),                // 13: genmesh.v1.ToolCall
+	(*ToolCallDelta)(nil),           // 14: genmesh.v1.ToolCallDelta
+	(*TokenAlternative)(nil),        // 15: genmesh.v1.TokenAlternative
+	(*TokenLogprob)(nil),            // 16: genmesh.v1.TokenLogprob
+	(*TextParameters)(nil),          // 17: genmesh.v1.TextParameters
+	(*ImageParameters)(nil),         // 18: genmesh.v1.ImageParameters
+	(*SpeechParameters)(nil),        // 19: genmesh.v1.SpeechParameters
+	(*TranscriptionParameters)(nil), // 20: genmesh.v1.TranscriptionParameters
+	(*GenerateRequest)(nil),         // 21: genmesh.v1.GenerateRequest
+	(*Usage)(nil),                   // 22: genmesh.v1.Usage
+	(*Timings)(nil),                 // 23: genmesh.v1.Timings
+	(*TranscriptSegment)(nil),       // 24: genmesh.v1.TranscriptSegment
+	(*TranscriptWord)(nil),          // 25: genmesh.v1.TranscriptWord
+	(*Transcript)(nil),              // 26: genmesh.v1.Transcript
+	(*OutputItem)(nil),              // 27: genmesh.v1.OutputItem
+	(*GenerateResponse)(nil),        // 28: genmesh.v1.GenerateResponse
+	(*TextDelta)(nil),               // 29: genmesh.v1.TextDelta
+	(*Progress)(nil),                // 30: genmesh.v1.Progress
+	(*AudioChunk)(nil),              // 31: genmesh.v1.AudioChunk
+	(*ImagePreview)(nil),            // 32: genmesh.v1.ImagePreview
+	(*Info)(nil),                    // 33: genmesh.v1.Info
+	(*TranscriptUpdate)(nil),        // 34: genmesh.v1.TranscriptUpdate
+	(*StreamEvent)(nil),             // 35: genmesh.v1.StreamEvent
+	(*Control)(nil),                 // 36: genmesh.v1.Control
+	(*ModelInfo)(nil),               // 37: genmesh.v1.ModelInfo
+	(*structpb.Struct)(nil),         // 38: google.protobuf.Struct
+	(*durationpb.Duration)(nil),     // 39: google.protobuf.Duration
+	(*structpb.Value)(nil),          // 40: google.protobuf.Value
 }
 var file_genmesh_v1_common_proto_depIdxs = []int32{
 	0,  // 0: genmesh.v1.InputItem.kind:type_name -> genmesh.v1.ContentKind
 	1,  // 1: genmesh.v1.InputItem.role:type_name -> genmesh.v1.InputRole
-	4,  // 2: genmesh.v1.SpeechParameters.format:type_name -> genmesh.v1.AudioFormat
-	2,  // 3: genmesh.v1.GenerateRequest.task:type_name -> genmesh.v1.Task
-	6,  // 4: genmesh.v1.GenerateRequest.inputs:type_name -> genmesh.v1.InputItem
-	7,  // 5: genmesh.v1.GenerateRequest.text:type_name -> genmesh.v1.TextParameters
-	8,  // 6: genmesh.v1.GenerateRequest.image:type_name -> genmesh.v1.ImageParameters
-	9,  // 7: genmesh.v1.GenerateRequest.speech:type_name -> genmesh.v1.SpeechParameters
-	10, // 8: genmesh.v1.GenerateRequest.transcription:type_name -> genmesh.v1.TranscriptionParameters
-	28, // 9: genmesh.v1.GenerateRequest.extra:type_name -> google.protobuf.Struct
-	29, // 10: genmesh.v1.Timings.queue:type_name -> google.protobuf.Duration
-	29, // 11: genmesh.v1.Timings.first_token:type_name -> google.protobuf.Duration
-	29, // 12: genmesh.v1.Timings.total:type_name -> google.protobuf.Duration
-	29, // 13: genmesh.v1.TranscriptSegment.start:type_name -> google.protobuf.Duration
-	29, // 14: genmesh.v1.TranscriptSegment.end:type_name -> google.protobuf.Duration
-	15, // 15: genmesh.v1.TranscriptSegment.words:type_name -> genmesh.v1.TranscriptWord
-	29, // 16: genmesh.v1.TranscriptWord.start:type_name -> google.protobuf.Duration
-	29, // 17: genmesh.v1.TranscriptWord.end:type_name -> google.protobuf.Duration
-	14, // 18: genmesh.v1.Transcript.segments:type_name -> genmesh.v1.TranscriptSegment
-	29, // 19: genmesh.v1.Transcript.duration:type_name -> google.protobuf.Duration
-	0,  // 20: genmesh.v1.OutputItem.kind:type_name -> genmesh.v1.ContentKind
-	30, // 21: genmesh.v1.OutputItem.json:type_name -> google.protobuf.Value
-	16, // 22: genmesh.v1.OutputItem.transcript:type_name -> genmesh.v1.Transcript
-	17, // 23: genmesh.v1.GenerateResponse.outputs:type_name -> genmesh.v1.OutputItem
-	12, // 24: genmesh.v1.GenerateResponse.usage:type_name -> genmesh.v1.Usage
-	3,  // 25: genmesh.v1.GenerateResponse.finish_reason:type_name -> genmesh.v1.FinishReason
-	13, // 26: genmesh.v1.GenerateResponse.timings:type_name -> genmesh.v1.Timings
-	28, // 27: genmesh.v1.Info.details:type_name -> google.protobuf.Struct
-	14, // 28: genmesh.v1.TranscriptUpdate.segment:type_name -> genmesh.v1.TranscriptSegment
-	19, // 29: genmesh.v1.StreamEvent.text_delta:type_name -> genmesh.v1.TextDelta
-	20, // 30: genmesh.v1.StreamEvent.progress:type_name -> genmesh.v1.Progress
-	21, // 31: genmesh.v1.StreamEvent.audio_chunk:type_name -> genmesh.v1.AudioChunk
-	22, // 32: genmesh.v1.StreamEvent.image_preview:type_name -> genmesh.v1.ImagePreview
-	23, // 33: genmesh.v1.StreamEvent.info:type_name -> genmesh.v1.Info
-	24, // 34: genmesh.v1.StreamEvent.transcript:type_name -> genmesh.v1.TranscriptUpdate
-	18, // 35: genmesh.v1.StreamEvent.final:type_name -> genmesh.v1.GenerateResponse
-	5,  // 36: genmesh.v1.Control.action:type_name -> genmesh.v1.Control.Action
-	2,  // 37: genmesh.v1.ModelInfo.tasks:type_name -> genmesh.v1.Task
-	28, // 38: genmesh.v1.ModelInfo.details:type_name -> google.protobuf.Struct
-	39, // [39:39] is the sub-list for method output_type
-	39, // [39:39] is the sub-list for method input_type
-	39, // [39:39] is the sub-list for extension type_name
-	39, // [39:39] is the sub-list for extension extendee
-	0,  // [0:39] is the sub-list for field type_name
+	13, // 2: genmesh.v1.InputItem.tool_calls:type_name -> genmesh.v1.ToolCall
+	38, // 3: genmesh.v1.OutputConstraint.json_schema:type_name -> google.protobuf.Struct
+	9,  // 4: genmesh.v1.OutputConstraint.choices:type_name -> genmesh.v1.ChoiceList
+	38, // 5: genmesh.v1.Tool.parameters:type_name -> google.protobuf.Struct
+	6,  // 6: genmesh.v1.ToolChoice.mode:type_name -> genmesh.v1.ToolChoice.Mode
+	15, // 7: genmesh.v1.TokenLogprob.top_logprobs:type_name -> genmesh.v1.TokenAlternative
+	10, // 8: genmesh.v1.TextParameters.constraint:type_name -> genmesh.v1.OutputConstraint
+	11, // 9: genmesh.v1.TextParameters.tools:type_name -> genmesh.v1.Tool
+	12, // 10: genmesh.v1.TextParameters.tool_choice:type_name -> genmesh.v1.ToolChoice
+	4,  // 11: genmesh.v1.SpeechParameters.format:type_name -> genmesh.v1.AudioFormat
+	2,  // 12: genmesh.v1.GenerateRequest.task:type_name -> genmesh.v1.Task
+	8,  // 13: genmesh.v1.GenerateRequest.inputs:type_name -> genmesh.v1.InputItem
+	17, // 14: genmesh.v1.GenerateRequest.text:type_name -> genmesh.v1.TextParameters
+	18, // 15: genmesh.v1.GenerateRequest.image:type_name -> genmesh.v1.ImageParameters
+	19, // 16: genmesh.v1.GenerateRequest.speech:type_name -> genmesh.v1.SpeechParameters
+	20, // 17: genmesh.v1.GenerateRequest.transcription:type_name -> genmesh.v1.TranscriptionParameters
+	38, // 18: genmesh.v1.GenerateRequest.extra:type_name -> google.protobuf.Struct
+	39, // 19: genmesh.v1.Timings.queue:type_name -> google.protobuf.Duration
+	39, // 20: genmesh.v1.Timings.first_token:type_name -> google.protobuf.Duration
+	39, // 21: genmesh.v1.Timings.total:type_name -> google.protobuf.Duration
+	39, // 22: genmesh.v1.TranscriptSegment.start:type_name -> google.protobuf.Duration
+	39, // 23: genmesh.v1.TranscriptSegment.end:type_name -> google.protobuf.Duration
+	25, // 24: genmesh.v1.TranscriptSegment.words:type_name -> genmesh.v1.TranscriptWord
+	39, // 25: genmesh.v1.TranscriptWord.start:type_name -> google.protobuf.Duration
+	39, // 26: genmesh.v1.TranscriptWord.end:type_name -> google.protobuf.Duration
+	24, // 27: genmesh.v1.Transcript.segments:type_name -> genmesh.v1.TranscriptSegment
+	39, // 28: genmesh.v1.Transcript.duration:type_name -> google.protobuf.Duration
+	0,  // 29: genmesh.v1.OutputItem.kind:type_name -> genmesh.v1.ContentKind
+	40, // 30: genmesh.v1.OutputItem.json:type_name -> google.protobuf.Value
+	26, // 31: genmesh.v1.OutputItem.transcript:type_name -> genmesh.v1.Transcript
+	13, // 32: genmesh.v1.OutputItem.tool_calls:type_name -> genmesh.v1.ToolCall
+	16, // 33: genmesh.v1.OutputItem.logprobs:type_name -> genmesh.v1.TokenLogprob
+	3,  // 34: genmesh.v1.OutputItem.finish_reason:type_name -> genmesh.v1.FinishReason
+	27, // 35: genmesh.v1.GenerateResponse.outputs:type_name -> genmesh.v1.OutputItem
+	22, // 36: genmesh.v1.GenerateResponse.usage:type_name -> genmesh.v1.Usage
+	3,  // 37: genmesh.v1.GenerateResponse.finish_reason:type_name -> genmesh.v1.FinishReason
+	23, // 38: genmesh.v1.GenerateResponse.timings:type_name -> genmesh.v1.Timings
+	16, // 39: genmesh.v1.TextDelta.logprobs:type_name -> genmesh.v1.TokenLogprob
+	38, // 40: genmesh.v1.Info.details:type_name -> google.protobuf.Struct
+	24, // 41: genmesh.v1.TranscriptUpdate.segment:type_name -> genmesh.v1.TranscriptSegment
+	29, // 42: genmesh.v1.StreamEvent.text_delta:type_name -> genmesh.v1.TextDelta
+	30, // 43: genmesh.v1.StreamEvent.progress:type_name -> genmesh.v1.Progress
+	31, // 44: genmesh.v1.StreamEvent.audio_chunk:type_name -> genmesh.v1.AudioChunk
+	32, // 45: genmesh.v1.StreamEvent.image_preview:type_name -> genmesh.v1.ImagePreview
+	33, // 46: genmesh.v1.StreamEvent.info:type_name -> genmesh.v1.Info
+	34, // 47: genmesh.v1.StreamEvent.transcript:type_name -> genmesh.v1.TranscriptUpdate
+	28, // 48: genmesh.v1.StreamEvent.final:type_name -> genmesh.v1.GenerateResponse
+	14, // 49: genmesh.v1.StreamEvent.tool_call_delta:type_name -> genmesh.v1.ToolCallDelta
+	7,  // 50: genmesh.v1.Control.action:type_name -> genmesh.v1.Control.Action
+	2,  // 51: genmesh.v1.ModelInfo.tasks:type_name -> genmesh.v1.Task
+	38, // 52: genmesh.v1.ModelInfo.details:type_name -> google.protobuf.Struct
+	5,  // 53: genmesh.v1.ModelInfo.kind:type_name -> genmesh.v1.ModelKind
+	54, // [54:54] is the sub-list for method output_type
+	54, // [54:54] is the sub-list for method input_type
+	54, // [54:54] is the sub-list for extension type_name
+	54, // [54:54] is the sub-list for extension extendee
+	0,  // [0:54] is the sub-list for field type_name
 }
 
 func init() { file_genmesh_v1_common_proto_init() }
@@ -2772,16 +3770,22 @@ func file_genmesh_v1_common_proto_init() {
 		(*InputItem_Data)(nil),
 		(*InputItem_Uri)(nil),
 	}
-	file_genmesh_v1_common_proto_msgTypes[1].OneofWrappers = []any{}
-	file_genmesh_v1_common_proto_msgTypes[2].OneofWrappers = []any{}
-	file_genmesh_v1_common_proto_msgTypes[3].OneofWrappers = []any{}
-	file_genmesh_v1_common_proto_msgTypes[5].OneofWrappers = []any{
+	file_genmesh_v1_common_proto_msgTypes[2].OneofWrappers = []any{
+		(*OutputConstraint_JsonSchema)(nil),
+		(*OutputConstraint_Regex)(nil),
+		(*OutputConstraint_Grammar)(nil),
+		(*OutputConstraint_Choices)(nil),
+	}
+	file_genmesh_v1_common_proto_msgTypes[9].OneofWrappers = []any{}
+	file_genmesh_v1_common_proto_msgTypes[10].OneofWrappers = []any{}
+	file_genmesh_v1_common_proto_msgTypes[11].OneofWrappers = []any{}
+	file_genmesh_v1_common_proto_msgTypes[13].OneofWrappers = []any{
 		(*GenerateRequest_Text)(nil),
 		(*GenerateRequest_Image)(nil),
 		(*GenerateRequest_Speech)(nil),
 		(*GenerateRequest_Transcription)(nil),
 	}
-	file_genmesh_v1_common_proto_msgTypes[19].OneofWrappers = []any{
+	file_genmesh_v1_common_proto_msgTypes[27].OneofWrappers = []any{
 		(*StreamEvent_TextDelta)(nil),
 		(*StreamEvent_Progress)(nil),
 		(*StreamEvent_AudioChunk)(nil),
@@ -2789,14 +3793,15 @@ func file_genmesh_v1_common_proto_init() {
 		(*StreamEvent_Info)(nil),
 		(*StreamEvent_Transcript)(nil),
 		(*StreamEvent_Final)(nil),
+		(*StreamEvent_ToolCallDelta)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_genmesh_v1_common_proto_rawDesc), len(file_genmesh_v1_common_proto_rawDesc)),
-			NumEnums:      6,
-			NumMessages:   22,
+			NumEnums:      8,
+			NumMessages:   30,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -575,12 +575,105 @@ func (x *InferenceServiceDetokenizeResponse) GetText() string {
 	return ""
 }
 
+// Embeds inputs.
+type InferenceServiceEmbedRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The public request, with its request_id set; an empty model takes the service's default
+	// embedding model.
+	Request       *EmbedRequest `protobuf:"bytes,1,opt,name=request,proto3" json:"request,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *InferenceServiceEmbedRequest) Reset() {
+	*x = InferenceServiceEmbedRequest{}
+	mi := &file_genmesh_v1_inference_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *InferenceServiceEmbedRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*InferenceServiceEmbedRequest) ProtoMessage() {}
+
+func (x *InferenceServiceEmbedRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_genmesh_v1_inference_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use InferenceServiceEmbedRequest.ProtoReflect.Descriptor instead.
+func (*InferenceServiceEmbedRequest) Descriptor() ([]byte, []int) {
+	return file_genmesh_v1_inference_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *InferenceServiceEmbedRequest) GetRequest() *EmbedRequest {
+	if x != nil {
+		return x.Request
+	}
+	return nil
+}
+
+// The embeddings.
+type InferenceServiceEmbedResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The public response (binding and the router's timings left for the router to fill).
+	Response      *EmbedResponse `protobuf:"bytes,1,opt,name=response,proto3" json:"response,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *InferenceServiceEmbedResponse) Reset() {
+	*x = InferenceServiceEmbedResponse{}
+	mi := &file_genmesh_v1_inference_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *InferenceServiceEmbedResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*InferenceServiceEmbedResponse) ProtoMessage() {}
+
+func (x *InferenceServiceEmbedResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_genmesh_v1_inference_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use InferenceServiceEmbedResponse.ProtoReflect.Descriptor instead.
+func (*InferenceServiceEmbedResponse) Descriptor() ([]byte, []int) {
+	return file_genmesh_v1_inference_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *InferenceServiceEmbedResponse) GetResponse() *EmbedResponse {
+	if x != nil {
+		return x.Response
+	}
+	return nil
+}
+
 var File_genmesh_v1_inference_proto protoreflect.FileDescriptor
 
 const file_genmesh_v1_inference_proto_rawDesc = "" +
 	"\n" +
 	"\x1agenmesh/v1/inference.proto\x12\n" +
-	"genmesh.v1\x1a\x17genmesh/v1/common.proto\"\xb3\x01\n" +
+	"genmesh.v1\x1a\x17genmesh/v1/common.proto\x1a\x1agenmesh/v1/embedding.proto\"\xb3\x01\n" +
 	"\fInferRequest\x127\n" +
 	"\arequest\x18\x01 \x01(\v2\x1b.genmesh.v1.GenerateRequestH\x00R\arequest\x12.\n" +
 	"\x05audio\x18\x02 \x01(\v2\x16.genmesh.v1.AudioChunkH\x00R\x05audio\x12/\n" +
@@ -608,7 +701,11 @@ const file_genmesh_v1_inference_proto_rawDesc = "" +
 	"\x05model\x18\x01 \x01(\tR\x05model\x12\x16\n" +
 	"\x06tokens\x18\x02 \x03(\x05R\x06tokens\"8\n" +
 	"\"InferenceServiceDetokenizeResponse\x12\x12\n" +
-	"\x04text\x18\x01 \x01(\tR\x04text2\x88\x04\n" +
+	"\x04text\x18\x01 \x01(\tR\x04text\"R\n" +
+	"\x1cInferenceServiceEmbedRequest\x122\n" +
+	"\arequest\x18\x01 \x01(\v2\x18.genmesh.v1.EmbedRequestR\arequest\"V\n" +
+	"\x1dInferenceServiceEmbedResponse\x125\n" +
+	"\bresponse\x18\x01 \x01(\v2\x19.genmesh.v1.EmbedResponseR\bresponse2\xe6\x04\n" +
 	"\x10InferenceService\x12@\n" +
 	"\x05Infer\x12\x18.genmesh.v1.InferRequest\x1a\x19.genmesh.v1.InferResponse(\x010\x01\x12k\n" +
 	"\n" +
@@ -616,7 +713,8 @@ const file_genmesh_v1_inference_proto_rawDesc = "" +
 	"\fGetModelInfo\x12/.genmesh.v1.InferenceServiceGetModelInfoRequest\x1a0.genmesh.v1.InferenceServiceGetModelInfoResponse\x12e\n" +
 	"\bTokenize\x12+.genmesh.v1.InferenceServiceTokenizeRequest\x1a,.genmesh.v1.InferenceServiceTokenizeResponse\x12k\n" +
 	"\n" +
-	"Detokenize\x12-.genmesh.v1.InferenceServiceDetokenizeRequest\x1a..genmesh.v1.InferenceServiceDetokenizeResponseB\x93\x01\n" +
+	"Detokenize\x12-.genmesh.v1.InferenceServiceDetokenizeRequest\x1a..genmesh.v1.InferenceServiceDetokenizeResponse\x12\\\n" +
+	"\x05Embed\x12(.genmesh.v1.InferenceServiceEmbedRequest\x1a).genmesh.v1.InferenceServiceEmbedResponseB\x93\x01\n" +
 	"\x0ecom.genmesh.v1B\x0eInferenceProtoP\x01Z(genmesh/gateway/gen/genmesh/v1;genmeshv1\xa2\x02\x03GXX\xaa\x02\n" +
 	"Genmesh.V1\xca\x02\n" +
 	"Genmesh\\V1\xe2\x02\x16Genmesh\\V1\\GPBMetadata\xea\x02\vGenmesh::V1b\x06proto3"
@@ -633,7 +731,7 @@ func file_genmesh_v1_inference_proto_rawDescGZIP() []byte {
 	return file_genmesh_v1_inference_proto_rawDescData
 }
 
-var file_genmesh_v1_inference_proto_msgTypes = make([]protoimpl.MessageInfo, 10)
+var file_genmesh_v1_inference_proto_msgTypes = make([]protoimpl.MessageInfo, 12)
 var file_genmesh_v1_inference_proto_goTypes = []any{
 	(*InferRequest)(nil),                         // 0: genmesh.v1.InferRequest
 	(*InferResponse)(nil),                        // 1: genmesh.v1.InferResponse
@@ -645,34 +743,42 @@ var file_genmesh_v1_inference_proto_goTypes = []any{
 	(*InferenceServiceTokenizeResponse)(nil),     // 7: genmesh.v1.InferenceServiceTokenizeResponse
 	(*InferenceServiceDetokenizeRequest)(nil),    // 8: genmesh.v1.InferenceServiceDetokenizeRequest
 	(*InferenceServiceDetokenizeResponse)(nil),   // 9: genmesh.v1.InferenceServiceDetokenizeResponse
-	(*GenerateRequest)(nil),                      // 10: genmesh.v1.GenerateRequest
-	(*AudioChunk)(nil),                           // 11: genmesh.v1.AudioChunk
-	(*Control)(nil),                              // 12: genmesh.v1.Control
-	(*StreamEvent)(nil),                          // 13: genmesh.v1.StreamEvent
-	(*ModelInfo)(nil),                            // 14: genmesh.v1.ModelInfo
+	(*InferenceServiceEmbedRequest)(nil),         // 10: genmesh.v1.InferenceServiceEmbedRequest
+	(*InferenceServiceEmbedResponse)(nil),        // 11: genmesh.v1.InferenceServiceEmbedResponse
+	(*GenerateRequest)(nil),                      // 12: genmesh.v1.GenerateRequest
+	(*AudioChunk)(nil),                           // 13: genmesh.v1.AudioChunk
+	(*Control)(nil),                              // 14: genmesh.v1.Control
+	(*StreamEvent)(nil),                          // 15: genmesh.v1.StreamEvent
+	(*ModelInfo)(nil),                            // 16: genmesh.v1.ModelInfo
+	(*EmbedRequest)(nil),                         // 17: genmesh.v1.EmbedRequest
+	(*EmbedResponse)(nil),                        // 18: genmesh.v1.EmbedResponse
 }
 var file_genmesh_v1_inference_proto_depIdxs = []int32{
-	10, // 0: genmesh.v1.InferRequest.request:type_name -> genmesh.v1.GenerateRequest
-	11, // 1: genmesh.v1.InferRequest.audio:type_name -> genmesh.v1.AudioChunk
-	12, // 2: genmesh.v1.InferRequest.control:type_name -> genmesh.v1.Control
-	13, // 3: genmesh.v1.InferResponse.event:type_name -> genmesh.v1.StreamEvent
-	14, // 4: genmesh.v1.InferenceServiceListModelsResponse.models:type_name -> genmesh.v1.ModelInfo
-	14, // 5: genmesh.v1.InferenceServiceGetModelInfoResponse.model:type_name -> genmesh.v1.ModelInfo
-	0,  // 6: genmesh.v1.InferenceService.Infer:input_type -> genmesh.v1.InferRequest
-	2,  // 7: genmesh.v1.InferenceService.ListModels:input_type -> genmesh.v1.InferenceServiceListModelsRequest
-	4,  // 8: genmesh.v1.InferenceService.GetModelInfo:input_type -> genmesh.v1.InferenceServiceGetModelInfoRequest
-	6,  // 9: genmesh.v1.InferenceService.Tokenize:input_type -> genmesh.v1.InferenceServiceTokenizeRequest
-	8,  // 10: genmesh.v1.InferenceService.Detokenize:input_type -> genmesh.v1.InferenceServiceDetokenizeRequest
-	1,  // 11: genmesh.v1.InferenceService.Infer:output_type -> genmesh.v1.InferResponse
-	3,  // 12: genmesh.v1.InferenceService.ListModels:output_type -> genmesh.v1.InferenceServiceListModelsResponse
-	5,  // 13: genmesh.v1.InferenceService.GetModelInfo:output_type -> genmesh.v1.InferenceServiceGetModelInfoResponse
-	7,  // 14: genmesh.v1.InferenceService.Tokenize:output_type -> genmesh.v1.InferenceServiceTokenizeResponse
-	9,  // 15: genmesh.v1.InferenceService.Detokenize:output_type -> genmesh.v1.InferenceServiceDetokenizeResponse
-	11, // [11:16] is the sub-list for method output_type
-	6,  // [6:11] is the sub-list for method input_type
-	6,  // [6:6] is the sub-list for extension type_name
-	6,  // [6:6] is the sub-list for extension extendee
-	0,  // [0:6] is the sub-list for field type_name
+	12, // 0: genmesh.v1.InferRequest.request:type_name -> genmesh.v1.GenerateRequest
+	13, // 1: genmesh.v1.InferRequest.audio:type_name -> genmesh.v1.AudioChunk
+	14, // 2: genmesh.v1.InferRequest.control:type_name -> genmesh.v1.Control
+	15, // 3: genmesh.v1.InferResponse.event:type_name -> genmesh.v1.StreamEvent
+	16, // 4: genmesh.v1.InferenceServiceListModelsResponse.models:type_name -> genmesh.v1.ModelInfo
+	16, // 5: genmesh.v1.InferenceServiceGetModelInfoResponse.model:type_name -> genmesh.v1.ModelInfo
+	17, // 6: genmesh.v1.InferenceServiceEmbedRequest.request:type_name -> genmesh.v1.EmbedRequest
+	18, // 7: genmesh.v1.InferenceServiceEmbedResponse.response:type_name -> genmesh.v1.EmbedResponse
+	0,  // 8: genmesh.v1.InferenceService.Infer:input_type -> genmesh.v1.InferRequest
+	2,  // 9: genmesh.v1.InferenceService.ListModels:input_type -> genmesh.v1.InferenceServiceListModelsRequest
+	4,  // 10: genmesh.v1.InferenceService.GetModelInfo:input_type -> genmesh.v1.InferenceServiceGetModelInfoRequest
+	6,  // 11: genmesh.v1.InferenceService.Tokenize:input_type -> genmesh.v1.InferenceServiceTokenizeRequest
+	8,  // 12: genmesh.v1.InferenceService.Detokenize:input_type -> genmesh.v1.InferenceServiceDetokenizeRequest
+	10, // 13: genmesh.v1.InferenceService.Embed:input_type -> genmesh.v1.InferenceServiceEmbedRequest
+	1,  // 14: genmesh.v1.InferenceService.Infer:output_type -> genmesh.v1.InferResponse
+	3,  // 15: genmesh.v1.InferenceService.ListModels:output_type -> genmesh.v1.InferenceServiceListModelsResponse
+	5,  // 16: genmesh.v1.InferenceService.GetModelInfo:output_type -> genmesh.v1.InferenceServiceGetModelInfoResponse
+	7,  // 17: genmesh.v1.InferenceService.Tokenize:output_type -> genmesh.v1.InferenceServiceTokenizeResponse
+	9,  // 18: genmesh.v1.InferenceService.Detokenize:output_type -> genmesh.v1.InferenceServiceDetokenizeResponse
+	11, // 19: genmesh.v1.InferenceService.Embed:output_type -> genmesh.v1.InferenceServiceEmbedResponse
+	14, // [14:20] is the sub-list for method output_type
+	8,  // [8:14] is the sub-list for method input_type
+	8,  // [8:8] is the sub-list for extension type_name
+	8,  // [8:8] is the sub-list for extension extendee
+	0,  // [0:8] is the sub-list for field type_name
 }
 
 func init() { file_genmesh_v1_inference_proto_init() }
@@ -681,6 +787,7 @@ func file_genmesh_v1_inference_proto_init() {
 		return
 	}
 	file_genmesh_v1_common_proto_init()
+	file_genmesh_v1_embedding_proto_init()
 	file_genmesh_v1_inference_proto_msgTypes[0].OneofWrappers = []any{
 		(*InferRequest_Request)(nil),
 		(*InferRequest_Audio)(nil),
@@ -692,7 +799,7 @@ func file_genmesh_v1_inference_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_genmesh_v1_inference_proto_rawDesc), len(file_genmesh_v1_inference_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   10,
+			NumMessages:   12,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -24,6 +24,7 @@ const (
 	InferenceService_GetModelInfo_FullMethodName = "/genmesh.v1.InferenceService/GetModelInfo"
 	InferenceService_Tokenize_FullMethodName     = "/genmesh.v1.InferenceService/Tokenize"
 	InferenceService_Detokenize_FullMethodName   = "/genmesh.v1.InferenceService/Detokenize"
+	InferenceService_Embed_FullMethodName        = "/genmesh.v1.InferenceService/Embed"
 )
 
 // InferenceServiceClient is the client API for InferenceService service.
@@ -43,6 +44,9 @@ type InferenceServiceClient interface {
 	Tokenize(ctx context.Context, in *InferenceServiceTokenizeRequest, opts ...grpc.CallOption) (*InferenceServiceTokenizeResponse, error)
 	// Turns token ids back into text (text models only).
 	Detokenize(ctx context.Context, in *InferenceServiceDetokenizeRequest, opts ...grpc.CallOption) (*InferenceServiceDetokenizeResponse, error)
+	// Embeds inputs with one of the service's embedding models (text services; others answer
+	// UNIMPLEMENTED).
+	Embed(ctx context.Context, in *InferenceServiceEmbedRequest, opts ...grpc.CallOption) (*InferenceServiceEmbedResponse, error)
 }
 
 type inferenceServiceClient struct {
@@ -106,6 +110,16 @@ func (c *inferenceServiceClient) Detokenize(ctx context.Context, in *InferenceSe
 	return out, nil
 }
 
+func (c *inferenceServiceClient) Embed(ctx context.Context, in *InferenceServiceEmbedRequest, opts ...grpc.CallOption) (*InferenceServiceEmbedResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(InferenceServiceEmbedResponse)
+	err := c.cc.Invoke(ctx, InferenceService_Embed_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // InferenceServiceServer is the server API for InferenceService service.
 // All implementations must embed UnimplementedInferenceServiceServer
 // for forward compatibility.
@@ -123,6 +137,9 @@ type InferenceServiceServer interface {
 	Tokenize(context.Context, *InferenceServiceTokenizeRequest) (*InferenceServiceTokenizeResponse, error)
 	// Turns token ids back into text (text models only).
 	Detokenize(context.Context, *InferenceServiceDetokenizeRequest) (*InferenceServiceDetokenizeResponse, error)
+	// Embeds inputs with one of the service's embedding models (text services; others answer
+	// UNIMPLEMENTED).
+	Embed(context.Context, *InferenceServiceEmbedRequest) (*InferenceServiceEmbedResponse, error)
 	mustEmbedUnimplementedInferenceServiceServer()
 }
 
@@ -147,6 +164,9 @@ func (UnimplementedInferenceServiceServer) Tokenize(context.Context, *InferenceS
 }
 func (UnimplementedInferenceServiceServer) Detokenize(context.Context, *InferenceServiceDetokenizeRequest) (*InferenceServiceDetokenizeResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Detokenize not implemented")
+}
+func (UnimplementedInferenceServiceServer) Embed(context.Context, *InferenceServiceEmbedRequest) (*InferenceServiceEmbedResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Embed not implemented")
 }
 func (UnimplementedInferenceServiceServer) mustEmbedUnimplementedInferenceServiceServer() {}
 func (UnimplementedInferenceServiceServer) testEmbeddedByValue()                          {}
@@ -248,6 +268,24 @@ func _InferenceService_Detokenize_Handler(srv interface{}, ctx context.Context, 
 	return interceptor(ctx, in, info, handler)
 }
 
+func _InferenceService_Embed_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(InferenceServiceEmbedRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(InferenceServiceServer).Embed(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: InferenceService_Embed_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(InferenceServiceServer).Embed(ctx, req.(*InferenceServiceEmbedRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // InferenceService_ServiceDesc is the grpc.ServiceDesc for InferenceService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -270,6 +308,10 @@ var InferenceService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Detokenize",
 			Handler:    _InferenceService_Detokenize_Handler,
+		},
+		{
+			MethodName: "Embed",
+			Handler:    _InferenceService_Embed_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

@@ -1,0 +1,172 @@
+"""The typed text features beyond sampling: output constraints, tools, logprobs and n choices.
+
+Requests are checked here, once for every engine, so a bad schema, regex, tool or count is
+INVALID_ARGUMENT naming its field whatever engine would have served it; what an engine cannot do
+is FAILED_PRECONDITION naming the field (`refuse_unsupported`).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import grpc
+import jsonschema
+from google.protobuf import json_format, struct_pb2
+
+from genmesh.runtime import errors
+from genmesh.runtime.errors import FieldViolation
+from genmesh.ttt.engine import (
+    Constraint,
+    SamplingParams,
+    TextEngine,
+    TokenLogprob,
+    Tool,
+    ToolCall,
+    ToolUse,
+    UnsupportedError,
+)
+from genmesh.v1 import common_pb2
+
+MAX_CHOICES = 16
+MAX_TOP_LOGPROBS = 20
+TOOL_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+Mode = common_pb2.ToolChoice.Mode
+
+
+def json_value(value: Any) -> Any:
+    """A Struct's JSON with integral numbers as ints again: protobuf keeps every number as a
+    double, and schema keywords such as maxLength must be integers."""
+    if isinstance(value, dict):
+        return {k: json_value(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [json_value(v) for v in value]
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+def _schema(struct: struct_pb2.Struct, field: str, bad: list[FieldViolation]) -> dict[str, Any]:
+    schema: dict[str, Any] = json_value(json_format.MessageToDict(struct))
+    try:
+        jsonschema.validators.validator_for(schema).check_schema(schema)
+    except jsonschema.SchemaError as exc:
+        bad.append(FieldViolation(field, f"is not a valid JSON schema: {exc.message}"))
+    return schema
+
+
+def constraint(text: common_pb2.TextParameters, bad: list[FieldViolation]) -> Constraint | None:
+    kind = text.constraint.WhichOneof("kind")
+    field = f"text.constraint.{kind}"
+    if kind == "json_schema":
+        return Constraint(json_schema=_schema(text.constraint.json_schema, field, bad))
+    if kind == "regex":
+        try:
+            re.compile(text.constraint.regex)
+        except re.error as exc:
+            bad.append(FieldViolation(field, f"is not a regular expression: {exc}"))
+        return Constraint(regex=text.constraint.regex)
+    if kind == "grammar":
+        if not text.constraint.grammar.strip():
+            bad.append(FieldViolation(field, "is empty"))
+        return Constraint(grammar=text.constraint.grammar)
+    if kind == "choices":
+        choices = tuple(text.constraint.choices.choices)
+        if not choices or not all(choices):
+            bad.append(FieldViolation(field, "needs at least one choice, none of them empty"))
+        return Constraint(choices=choices)
+    return None
+
+
+def tool_use(text: common_pb2.TextParameters, bad: list[FieldViolation]) -> ToolUse | None:
+    """The tools the model may call, or None when it must answer in text."""
+    tools: list[Tool] = []
+    for index, tool in enumerate(text.tools):
+        if not TOOL_NAME.fullmatch(tool.name):
+            bad.append(FieldViolation(f"text.tools[{index}].name", "must be 1-64 of [A-Za-z0-9_-]"))
+        elif any(t.name == tool.name for t in tools):
+            bad.append(FieldViolation(f"text.tools[{index}].name", "is not unique"))
+        parameters = (
+            _schema(tool.parameters, f"text.tools[{index}].parameters", bad)
+            if tool.HasField("parameters")
+            else {"type": "object"}
+        )
+        tools.append(Tool(tool.name, tool.description, parameters))
+    mode, name = text.tool_choice.mode, text.tool_choice.name
+    if mode not in Mode.values():
+        bad.append(FieldViolation("text.tool_choice.mode", f"unknown mode {mode}"))
+    elif mode in (Mode.MODE_REQUIRED, Mode.MODE_NAMED) and not tools:
+        bad.append(FieldViolation("text.tool_choice.mode", "needs text.tools"))
+    elif mode == Mode.MODE_NAMED and not any(t.name == name for t in tools):
+        bad.append(FieldViolation("text.tool_choice.name", f"no tool is named {name!r}"))
+    if not tools or mode == Mode.MODE_NONE:
+        return None
+    if text.constraint.WhichOneof("kind"):
+        bad.append(FieldViolation("text.constraint", "cannot be combined with tools"))
+    return ToolUse(
+        tuple(tools),
+        required=mode in (Mode.MODE_REQUIRED, Mode.MODE_NAMED),
+        parallel=text.parallel_tool_calls if text.HasField("parallel_tool_calls") else True,
+        only=name if mode == Mode.MODE_NAMED else "",
+    )
+
+
+def top_logprobs(text: common_pb2.TextParameters, bad: list[FieldViolation]) -> int | None:
+    if not 0 <= text.top_logprobs <= MAX_TOP_LOGPROBS:
+        bad.append(FieldViolation("text.top_logprobs", f"must be in 0..{MAX_TOP_LOGPROBS}"))
+    elif text.top_logprobs and not text.logprobs:
+        bad.append(FieldViolation("text.top_logprobs", "needs text.logprobs"))
+    return text.top_logprobs if text.logprobs else None
+
+
+def choices(text: common_pb2.TextParameters, bad: list[FieldViolation]) -> int:
+    n = text.n if text.HasField("n") else 1
+    if not 1 <= n <= MAX_CHOICES:
+        bad.append(FieldViolation("text.n", f"must be in 1..{MAX_CHOICES}"))
+    return n
+
+
+def refuse_unsupported(engine: TextEngine, params: SamplingParams) -> None:
+    """FAILED_PRECONDITION for what the request asks beyond the engine's features."""
+    wanted = []
+    if params.constraint is not None:
+        field = params.constraint.field
+        wanted.append((field.rsplit(".", 1)[1], field, "constrain output"))
+    if params.tools is not None:
+        wanted.append(("tools", "text.tools", "call tools"))
+    if params.top_logprobs is not None:
+        wanted.append(("logprobs", "text.logprobs", "report logprobs"))
+    for feature, field, what in wanted:
+        if feature not in engine.features:
+            raise unsupported(UnsupportedError(engine.info().engine, field, what))
+
+
+def unsupported(exc: UnsupportedError) -> errors.ServiceError:
+    return errors.ServiceError(
+        grpc.StatusCode.FAILED_PRECONDITION,
+        str(exc),
+        reason="UNSUPPORTED_BY_ENGINE",
+        violations=[FieldViolation(exc.field, str(exc))],
+    )
+
+
+def tool_call_proto(call: ToolCall) -> common_pb2.ToolCall:
+    return common_pb2.ToolCall(id=call.id, name=call.name, arguments=call.arguments)
+
+
+def logprob_proto(entry: TokenLogprob) -> common_pb2.TokenLogprob:
+    return common_pb2.TokenLogprob(
+        token_id=entry.token_id,
+        token=entry.text.decode(errors="replace"),
+        logprob=entry.logprob,
+        bytes=entry.text,
+        top_logprobs=[
+            common_pb2.TokenAlternative(
+                token_id=t.token_id,
+                token=t.text.decode(errors="replace"),
+                logprob=t.logprob,
+                bytes=t.text,
+            )
+            for t in entry.top
+        ],
+    )
