@@ -8,15 +8,19 @@ objects, at most MAX_DEPTH deep and MAX_BYTES large. Anything else is refused he
 part that cannot cross, rather than failing deep inside protobuf, json or a gRPC stream.
 
 The router, the CLI, the sandbox service and the sandbox child all check with this one module.
+The child never converts to protobuf, so protobuf is imported only where a conversion runs: the
+sandbox's pre-warmed parent imports this module and forks a child per run, and leaving
+protobuf's 5 MB out of it makes every fork and exit cheaper.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
-from google.protobuf import struct_pb2
+if TYPE_CHECKING:
+    from google.protobuf import struct_pb2
 
 # Each level of a JSON value costs protobuf up to three message levels (Value, Struct, map
 # entry) and the messages around it (response, result, call log, call) take a few more; protobuf
@@ -128,8 +132,18 @@ def nest(depth: int) -> int:
     return depth + 1
 
 
+def check(value: Any, path: str = "value") -> None:
+    """Raises InvalidValueError naming the part of plain Python `value` that cannot cross."""
+    try:
+        _fill(None, value, 0, Budget())
+    except InvalidValueError as exc:
+        raise exc.under(path) from None
+
+
 def value_from_py(value: Any, path: str = "value") -> struct_pb2.Value:
     """Plain Python (JSON-like; tuples count as lists) as a checked protobuf Value."""
+    from google.protobuf import struct_pb2
+
     out = struct_pb2.Value()
     try:
         _fill(out, value, 0, Budget())
@@ -155,6 +169,8 @@ def py_from_value(value: struct_pb2.Value, path: str = "value") -> Any:
 
 def py_from_struct(value: struct_pb2.Struct, path: str = "value") -> dict[str, Any]:
     """A protobuf Struct as a checked dict."""
+    from google.protobuf import struct_pb2
+
     wrapped = struct_pb2.Value()
     wrapped.struct_value.CopyFrom(value)
     result: dict[str, Any] = py_from_value(wrapped, path)
@@ -167,20 +183,29 @@ def _fits(value: struct_pb2.Value, path: str) -> None:
         raise ValueTooLargeError(f"{size} bytes is more than the limit of {MAX_BYTES}", path)
 
 
-def _fill(out: struct_pb2.Value, value: Any, depth: int, budget: Budget) -> None:
+def _fill(out: struct_pb2.Value | None, value: Any, depth: int, budget: Budget) -> None:
+    """Checks `value` and copies it into `out`; with no `out`, only checks (no protobuf)."""
     budget.spend(len(value) + TAG_BYTES if isinstance(value, str) else SCALAR_BYTES)
     if value is None:
-        out.null_value = struct_pb2.NULL_VALUE
+        if out is not None:
+            out.null_value = cast("struct_pb2.NullValue.ValueType", 0)  # NULL_VALUE, its one value
     elif isinstance(value, bool):
-        out.bool_value = value
+        if out is not None:
+            out.bool_value = value
     elif isinstance(value, int | float):
-        out.number_value = number(value)
+        checked = number(value)
+        if out is not None:
+            out.number_value = checked
     elif isinstance(value, str):
-        out.string_value = text(value)
+        checked_text = text(value)
+        if out is not None:
+            out.string_value = checked_text
     elif isinstance(value, dict):
         inner = nest(depth)
-        out.struct_value.SetInParent()
-        fields = out.struct_value.fields
+        fields = None
+        if out is not None:
+            out.struct_value.SetInParent()
+            fields = out.struct_value.fields
         for k, v in value.items():
             try:
                 name = key(k)
@@ -188,16 +213,18 @@ def _fill(out: struct_pb2.Value, value: Any, depth: int, budget: Budget) -> None
                 raise exc.under(f"[{k!r}]") from None
             budget.spend(len(name) + TAG_BYTES)
             try:
-                _fill(fields[name], v, inner, budget)
+                _fill(None if fields is None else fields[name], v, inner, budget)
             except InvalidValueError as exc:
                 raise exc.under(member(name)) from None
     elif isinstance(value, list | tuple):
         inner = nest(depth)
-        out.list_value.SetInParent()
-        items = out.list_value.values
+        items = None
+        if out is not None:
+            out.list_value.SetInParent()
+            items = out.list_value.values
         for i, v in enumerate(value):
             try:
-                _fill(items.add(), v, inner, budget)
+                _fill(None if items is None else items.add(), v, inner, budget)
             except InvalidValueError as exc:
                 raise exc.under(i) from None
     else:

@@ -133,7 +133,7 @@ def stub_from_def(node: ast.FunctionDef) -> Stub:
                 "stub-default", f"default of {name!r} in stub {node.name!r} is not a literal", expr
             ) from None
         try:
-            values.value_from_py(value)
+            values.check(value)
         except values.InvalidValueError as exc:  # `...`, a set, bytes, 1e999: no JSON for them
             raise _fail(
                 "stub-default",

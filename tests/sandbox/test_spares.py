@@ -4,6 +4,8 @@ beyond the spares get children of their own."""
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 from typing import Any
 
 import pytest
@@ -14,6 +16,14 @@ from genmesh.v1 import program_pb2
 from tests.sandbox.conftest import PythonHost, run_result, sleep_echo
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+# What the zygote holds when it forks: its module, the child runtime's template, the jail.
+ZYGOTE_IMPORTS = """
+import sys
+from genmesh.sandbox import child, jail, zygote
+child.Template()
+print(*sys.modules)
+"""
 
 # What a warm-up would change if it ran code or touched the run's state: the first host call's id
 # and line, the seeded generator, the decimal context, the module views.
@@ -68,3 +78,16 @@ async def test_runs_beyond_the_spares_get_children_of_their_own(executor: Execut
     host = PythonHost(wait=sleep_echo)
     results = await asyncio.gather(*(executor.run(program, host) for _ in range(SPARES + 2)))
     assert [run_result(result) for result in results] == [{"n": 1}] * (SPARES + 2)
+
+
+def test_the_zygote_forks_children_without_protobuf() -> None:
+    """Every run forks the zygote and tears the child down: what the zygote imports is paid for
+    on every run, and protobuf (5 MB) is needed only on the service's side of the wire."""
+    imported = subprocess.run(
+        [sys.executable, "-s", "-P", "-c", ZYGOTE_IMPORTS],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={},
+    ).stdout.split()
+    assert imported and not [name for name in imported if name.startswith("google.protobuf")]
