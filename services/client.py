@@ -19,6 +19,8 @@ from genmesh.v1 import (
     catalog_pb2,
     catalog_pb2_grpc,
     common_pb2,
+    embedding_pb2,
+    embedding_pb2_grpc,
     generation_pb2,
     generation_pb2_grpc,
     program_pb2,
@@ -110,6 +112,32 @@ def tool_result(call_id: str, content: str) -> common_pb2.InputItem:
     )
 
 
+def embed_request(
+    inputs: Iterable[str | Iterable[int]],
+    *,
+    binding: str = "",
+    model: str = "",
+    encoding: embedding_pb2.EmbeddingEncoding.ValueType = embedding_pb2.EMBEDDING_ENCODING_FLOAT,
+    truncation: embedding_pb2.Truncation.ValueType = embedding_pb2.TRUNCATION_END,
+    request_id: str = "",
+) -> embedding_pb2.EmbedRequest:
+    """Texts (or token id lists in the embedding model's vocabulary) to embed, in order."""
+    items = [
+        embedding_pb2.EmbedInput(text=i)
+        if isinstance(i, str)
+        else embedding_pb2.EmbedInput(tokens=embedding_pb2.TokenIds(ids=list(i)))
+        for i in inputs
+    ]
+    return embedding_pb2.EmbedRequest(
+        request_id=request_id,
+        binding=binding,
+        model=model,
+        inputs=items,
+        encoding=encoding,
+        truncation=truncation,
+    )
+
+
 def key_metadata(api_key: str | None) -> tuple[tuple[str, str], ...]:
     """The metadata every call carries: the given key, else the default one, if any."""
     key = api_key or default_api_key()
@@ -139,6 +167,7 @@ class _Connection:
             else self._grpc.insecure_channel(address)
         )
         self.generation = generation_pb2_grpc.GenerationServiceStub(self.channel)
+        self.embedding = embedding_pb2_grpc.EmbeddingServiceStub(self.channel)
         self.catalog = catalog_pb2_grpc.CatalogServiceStub(self.channel)
         self.tokenizer = tokenizer_pb2_grpc.TokenizerServiceStub(self.channel)
         self.agent = agent_pb2_grpc.AgentServiceStub(self.channel)
@@ -150,6 +179,7 @@ class Client(_Connection):
     _grpc: ClassVar[ModuleType] = grpc.aio
     channel: grpc.aio.Channel
     generation: generation_pb2_grpc.GenerationServiceAsyncStub
+    embedding: embedding_pb2_grpc.EmbeddingServiceAsyncStub
     catalog: catalog_pb2_grpc.CatalogServiceAsyncStub
     tokenizer: tokenizer_pb2_grpc.TokenizerServiceAsyncStub
     agent: agent_pb2_grpc.AgentServiceAsyncStub
@@ -187,6 +217,15 @@ class Client(_Connection):
         async for response in call:
             yield response.event
 
+    async def embed(
+        self, request: embedding_pb2.EmbedRequest, timeout: float | None = None
+    ) -> embedding_pb2.EmbedResponse:
+        """Embeddings of the request's inputs (see `embed_request`)."""
+        response: embedding_pb2.EmbedResponse = await self.embedding.Embed(
+            request, metadata=self.metadata, timeout=timeout
+        )
+        return response
+
     async def execute(
         self, code: str, library: str = "", timeout: float | None = None
     ) -> program_pb2.ProgramResult:
@@ -221,6 +260,7 @@ class SyncClient(_Connection):
     _grpc: ClassVar[ModuleType] = grpc
     channel: grpc.Channel
     generation: generation_pb2_grpc.GenerationServiceStub
+    embedding: embedding_pb2_grpc.EmbeddingServiceStub
     catalog: catalog_pb2_grpc.CatalogServiceStub
     tokenizer: tokenizer_pb2_grpc.TokenizerServiceStub
     agent: agent_pb2_grpc.AgentServiceStub
@@ -258,6 +298,12 @@ class SyncClient(_Connection):
                 yield response.event
         finally:
             call.cancel()
+
+    def embed(
+        self, request: embedding_pb2.EmbedRequest, timeout: float | None = None
+    ) -> embedding_pb2.EmbedResponse:
+        """Embeddings of the request's inputs (see `embed_request`)."""
+        return self.embedding.Embed(request, metadata=self.metadata, timeout=timeout)
 
     def execute(
         self, code: str, library: str = "", timeout: float | None = None

@@ -27,7 +27,7 @@ import click
 import yaml
 from google.protobuf import json_format
 
-from genmesh.client import Client, key_file, text_request
+from genmesh.client import Client, embed_request, key_file, text_request
 from genmesh.v1 import common_pb2
 
 PR_SET_PDEATHSIG = 1
@@ -209,6 +209,11 @@ echoes = [generate_text(w, binding="echo") for w in words]
 """
 
 
+def _dot(a: list[float], b: list[float]) -> float:
+    """The cosine of two unit vectors."""
+    return sum(x * y for x, y in zip(a, b, strict=True))
+
+
 def _item(text: str) -> common_pb2.InputItem:
     return common_pb2.InputItem(kind=common_pb2.CONTENT_KIND_TEXT, text=text)
 
@@ -232,6 +237,12 @@ async def demo(address: str, key: str, out_dir: Path) -> None:
             if event.HasField("text_delta"):
                 click.echo(event.text_delta.text, nl=False)
         click.echo()
+        embedded = await client.embed(embed_request(["cat", "kitten", "tax"]), timeout=120)
+        cat, kitten, tax = (list(e.values) for e in embedded.embeddings)
+        click.echo(
+            f"  embed > {embedded.model}: cosine(cat, kitten) {_dot(cat, kitten):.2f}, "
+            f"cosine(cat, tax) {_dot(cat, tax):.2f}"
+        )
         image_path = out_dir / "demo.png"
         await _generate_to_file(
             client,

@@ -123,12 +123,18 @@ class Params:
     inputs: Sequence[str] = ()
     default_input: str = "messages"
     renames: Mapping[str, str] = field(default_factory=dict)
+    # Fields renamed by their shape: (regular expression, replacement), the first match wins.
+    patterns: Sequence[tuple[str, str]] = ()
 
     def of(self, name: str) -> str:
         if name in ("binding", "model", "personality"):
             return "model" if name != "personality" else name
         if name in self.renames:
             return self.renames[name]
+        for pattern, replacement in self.patterns:
+            renamed, count = re.subn(pattern, replacement, name)
+            if count:
+                return renamed
         matched = _INPUT.match(name)
         if matched:
             index = matched.group(1)
@@ -138,7 +144,26 @@ class Params:
         return _PREFIX.sub("", name)
 
 
-TEXT_PARAMS = Params(renames={"text.repeat_penalty": "repetition_penalty"})
+# A chat's parameters as the router names them: the constraint is the response_format, a tool's
+# fields are inside its `function`.
+TEXT_PARAMS = Params(
+    renames={"text.repeat_penalty": "repetition_penalty"},
+    patterns=(
+        (r"^text\.constraint\b.*$", "response_format"),
+        (r"^text\.tools(\[\d+\])\.(\w+)\b.*$", r"tools\1.function.\2"),
+        (r"^text\.tool_choice\b.*$", "tool_choice"),
+    ),
+)
+# A legacy completion's: its `logprobs` is the number of alternatives.
+COMPLETION_PARAMS = Params(
+    default_input="prompt",
+    renames={"text.repeat_penalty": "repetition_penalty", "text.top_logprobs": "logprobs"},
+)
+# An embedding request's: every input is `input`.
+EMBEDDING_PARAMS = Params(
+    default_input="input",
+    renames={"encoding": "encoding_format", "truncation": "truncation"},
+)
 
 
 def too_large(param: str | None, limit: int) -> OpenAIError:
@@ -196,8 +221,9 @@ def unfinished(response: common_pb2.GenerateResponse) -> OpenAIError | None:
 
 
 # The parts pydantic adds to a location for the union member it tried ("str", "list[str]",
-# "tagged-union[A,B]", ...); a tagged union's member is followed by its tag value.
-_UNION_MEMBER = re.compile(r"^(?:str|int|float|bool|bytes|none|[\w-]+\[.*\])$")
+# "tagged-union[A,B]", a model's class name, ...); a tagged union's member is followed by its tag
+# value.
+_UNION_MEMBER = re.compile(r"^(?:str|int|float|bool|bytes|none|[\w-]+\[.*\]|[A-Z][A-Za-z0-9]*)$")
 
 
 def _location(loc: Sequence[int | str]) -> str:

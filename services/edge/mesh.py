@@ -16,6 +16,7 @@ from genmesh.runtime.channel import connect
 from genmesh.v1 import (
     catalog_pb2_grpc,
     common_pb2,
+    embedding_pb2_grpc,
     generation_pb2,
     generation_pb2_grpc,
 )
@@ -56,6 +57,9 @@ class Mesh:
         )
         self.catalog: catalog_pb2_grpc.CatalogServiceAsyncStub = (
             catalog_pb2_grpc.CatalogServiceStub(self.channel)
+        )
+        self.embedding: embedding_pb2_grpc.EmbeddingServiceAsyncStub = (
+            embedding_pb2_grpc.EmbeddingServiceStub(self.channel)
         )
         self.health = health_pb2_grpc.HealthStub(self.channel)
 

@@ -11,13 +11,16 @@ from genmesh.client import DEFAULT_ADDRESS
 from genmesh.runtime.settings import ServiceSettings
 
 # The endpoint families a model name can be used with.
-Kind = Literal["chat", "image", "speech", "transcription"]
+Kind = Literal["chat", "embedding", "image", "speech", "transcription"]
 
 # OpenAI's own model names, which clients often hard-code, name the mesh's default binding for
 # their task (the empty binding) on that task's endpoints only; a chat model name is not
 # aliased, so a typo is a clear 404.
 OPENAI_ALIASES: dict[Kind, dict[str, str]] = {
     "chat": {},
+    "embedding": dict.fromkeys(
+        ("text-embedding-3-small", "text-embedding-3-large", "text-embedding-ada-002"), ""
+    ),
     "image": dict.fromkeys(("dall-e-2", "dall-e-3", "gpt-image-1"), ""),
     "speech": dict.fromkeys(("tts-1", "tts-1-hd", "gpt-4o-mini-tts"), ""),
     "transcription": dict.fromkeys(

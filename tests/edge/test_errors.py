@@ -126,9 +126,15 @@ def test_out_of_range_numbers_are_400_naming_them(
     assert answer.json()["error"]["param"] == param
 
 
-def test_the_largest_seed_still_gives_distinct_choices(client: OpenAI) -> None:
-    completion = client.chat.completions.create(model="echo", messages=USER, n=2, seed=2**63 - 1)
+def test_seeds_of_every_choice_must_fit(client: OpenAI) -> None:
+    """Choice i samples with seed + i: the largest seed takes one choice, the next one two."""
+    completion = client.chat.completions.create(model="echo", messages=USER, seed=2**63 - 1)
+    assert completion.choices[0].message.content == "hello"
+    completion = client.chat.completions.create(model="echo", messages=USER, n=2, seed=2**63 - 2)
     assert [c.index for c in completion.choices] == [0, 1]
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.chat.completions.create(model="echo", messages=USER, n=2, seed=2**63 - 1)
+    assert error_of(caught)["param"] == "seed"
 
 
 @pytest.mark.parametrize(
@@ -181,15 +187,11 @@ def test_a_wrong_method_is_405_with_allow(edge: ServiceProcess) -> None:
 @pytest.mark.parametrize(
     ("options", "param"),
     [
-        ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
-        ({"tool_choice": "required"}, "tool_choice"),
-        ({"logprobs": True}, "logprobs"),
-        ({"top_logprobs": 2}, "top_logprobs"),
-        ({"response_format": {"type": "json_object"}}, "response_format"),
         ({"presence_penalty": 0.5}, "presence_penalty"),
         ({"frequency_penalty": -1}, "frequency_penalty"),
         ({"logit_bias": {"1": 2}}, "logit_bias"),
-        ({"messages": [*USER, {"role": "tool", "content": "x", "tool_call_id": "c"}]}, ""),
+        ({"functions": [{"name": "f"}]}, "functions"),
+        ({"messages": [*USER, {"role": "function", "content": "x", "name": "f"}]}, ""),
     ],
 )
 def test_what_genmesh_does_not_serve_yet_is_400_naming_it(
@@ -307,7 +309,8 @@ def test_a_queued_stream_starts_at_once_and_notices_its_client_leaving(
 def test_closing_a_stream_cancels_the_generation(
     client: OpenAI, edge: ServiceProcess, ttt: ServiceProcess, n: int
 ) -> None:
-    """With several choices the streams are merged; closing the merge closes each."""
+    """Several choices are one generation: closing the stream cancels it, whichever choice
+    it is on."""
     request_id = f"edge-cancel-{uuid.uuid4().hex[:8]}"
     stream = client.chat.completions.create(
         model="slow",
@@ -321,8 +324,7 @@ def test_closing_a_stream_cancels_the_generation(
     for _ in range(3 + n):
         next(chunks)
     stream.close()
-    for choice in range(n):
-        assert_cancelled(ttt, request_id if n == 1 else f"{request_id}-{choice}")
+    assert_cancelled(ttt, request_id)
     assert client.chat.completions.create(model="echo", messages=USER).choices
 
 

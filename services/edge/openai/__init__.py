@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from genmesh.edge.openai import audio, images, models, text
+from genmesh.edge.openai import audio, embeddings, images, models, text
 
 router = APIRouter()
-for part in (models, text, images, audio):
+for part in (models, text, embeddings, images, audio):
     router.include_router(part.router)

@@ -1,16 +1,19 @@
 """`/v1/chat/completions` and `/v1/completions` over GenerationService.
 
-An OpenAI request becomes one GenerateRequest per choice (`n`, with consecutive seeds) and per
-prompt; their results and stream events come back in OpenAI's shapes, with reasoning inside
-`<think>` as `reasoning_content`. genmesh has no raw-prompt mode yet, so a legacy completion's
-prompt is a user message, templated by the model's chat template like a chat.
+An OpenAI request becomes one GenerateRequest per prompt, carrying the request's `n`: the
+engine runs the choices and numbers them (OutputItem.index, TextDelta.index), so each choice's
+deltas, tool calls and logprobs arrive under its own index, the prompt's tokens are counted
+once, the request waits at one admission point (all its choices are admitted or none), and one
+cancellation stops every choice. `response_format` becomes an output constraint, `tools` tool
+definitions; tool calls and logprobs come back in OpenAI's shapes, and reasoning inside `<think>`
+as `reasoning_content`. genmesh has no raw-prompt mode yet, so a legacy completion's prompt is a
+user message, templated by the model's chat template like a chat.
 """
 
 from __future__ import annotations
 
-import secrets
 from abc import ABC, abstractmethod
-from collections.abc import AsyncGenerator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Annotated, Any, ClassVar, Literal
 
@@ -50,8 +53,16 @@ ROLES = {
     "developer": common_pb2.INPUT_ROLE_SYSTEM_CONTEXT,
     "user": common_pb2.INPUT_ROLE_USER_PROMPT,
     "assistant": common_pb2.INPUT_ROLE_ASSISTANT_REPLY,
+    "tool": common_pb2.INPUT_ROLE_TOOL_RESULT,
 }
-FINISH = {common_pb2.FINISH_REASON_LENGTH: "length"}
+FINISH = {
+    common_pb2.FINISH_REASON_LENGTH: "length",
+    common_pb2.FINISH_REASON_TOOL_CALLS: "tool_calls",
+}
+Mode = common_pb2.ToolChoice.Mode
+TOOL_MODES = {"none": Mode.MODE_NONE, "auto": Mode.MODE_AUTO, "required": Mode.MODE_REQUIRED}
+# The most alternatives per token the engines return.
+MAX_TOP_LOGPROBS = 20
 
 
 class StreamOptions(OpenAIRequest):
@@ -73,7 +84,6 @@ class TextRequest(OpenAIRequest):
     presence_penalty: float | None = None
     frequency_penalty: float | None = None
     logit_bias: dict[str, float] | None = None
-    logprobs: bool | int | None = None
     # genmesh's own, sent with the OpenAI SDK's `extra_body`.
     personality: str = ""
     top_k: int | None = Field(default=None, ge=0, le=INT32_MAX)
@@ -84,20 +94,13 @@ class TextRequest(OpenAIRequest):
             "presence_penalty": self.presence_penalty,
             "frequency_penalty": self.frequency_penalty,
             "logit_bias": self.logit_bias,
-            "logprobs": self.logprobs,
         }
 
     def budget(self) -> int | None:
         return self.max_tokens
 
-    def seeds(self) -> list[int | None]:
-        """One seed per choice: distinct, so that several choices differ."""
-        count = self.n or 1
-        if count == 1:
-            return [self.seed]
-        base = self.seed if self.seed is not None else secrets.randbelow(1 << 31)
-        # Wrapped within int64, so that a seed near the top still gives distinct seeds.
-        return [(base + i - INT64_MIN) % 2**64 + INT64_MIN for i in range(count)]
+    def choices(self) -> int:
+        return self.n or 1
 
     def requests(
         self,
@@ -106,48 +109,46 @@ class TextRequest(OpenAIRequest):
         aliases: Mapping[str, str],
         max_choices: int,
     ) -> list[common_pb2.GenerateRequest]:
-        """One request per prompt and choice, at most `max_choices` of them."""
-        if len(prompts) * (self.n or 1) > max_choices:
+        """One request per prompt, each asking for `n` choices, at most `max_choices` in all."""
+        if len(prompts) * self.choices() > max_choices:
             param = "n" if len(prompts) == 1 else "prompt"
             limit = f"at most {max_choices} choices in all (prompts times n)"
             raise errors.invalid(param, f"{param}: {limit}")
         if self.stream_options is not None and not self.stream:
             raise errors.invalid("stream_options", "stream_options: only allowed with stream")
+        if self.seed is not None and self.seed + self.choices() - 1 > INT64_MAX:
+            # Choice i samples with seed + i, which must stay a 64-bit integer.
+            raise errors.invalid("seed", f"seed: at most {INT64_MAX - self.choices() + 1} with n")
         binding, model = binding_and_model(self.model, aliases)
-        stop = [self.stop] if isinstance(self.stop, str) else list(self.stop or ())
         with errors.out_of_range():
-            requests = self._build(prompts, binding, model, stop)
-        for index, request in enumerate(requests):
-            request.request_id = routed_id(request_id, index, len(requests))
-        return requests
-
-    def _build(
-        self,
-        prompts: Sequence[list[common_pb2.InputItem]],
-        binding: str,
-        model: str,
-        stop: list[str],
-    ) -> list[common_pb2.GenerateRequest]:
-        return [
+            parameters = self.parameters()
+        requests = [
             common_pb2.GenerateRequest(
                 task=common_pb2.TASK_TEXT,
                 binding=binding,
                 model=model,
                 personality=self.personality,
                 inputs=inputs,
-                text=common_pb2.TextParameters(
-                    max_tokens=self.budget(),
-                    temperature=self.temperature,
-                    top_p=self.top_p,
-                    top_k=self.top_k,
-                    repeat_penalty=self.repetition_penalty,
-                    seed=seed,
-                    stop=stop,
-                ),
+                text=parameters,
             )
             for inputs in prompts
-            for seed in self.seeds()
         ]
+        for index, request in enumerate(requests):
+            request.request_id = routed_id(request_id, index, len(requests))
+        return requests
+
+    def parameters(self) -> common_pb2.TextParameters:
+        stop = [self.stop] if isinstance(self.stop, str) else list(self.stop or ())
+        return common_pb2.TextParameters(
+            max_tokens=self.budget(),
+            temperature=self.temperature,
+            top_p=self.top_p,
+            top_k=self.top_k,
+            repeat_penalty=self.repetition_penalty,
+            seed=self.seed,
+            stop=stop,
+            n=self.n,
+        )
 
 
 class TextPart(OpenAIRequest):
@@ -164,43 +165,105 @@ class ImagePart(OpenAIRequest):
     image_url: ImageUrl
 
 
-Part = Annotated[TextPart | ImagePart, Field(discriminator="type")]
+class RefusalPart(OpenAIRequest):
+    type: Literal["refusal"]
+    refusal: str
+
+
+Part = Annotated[TextPart | ImagePart | RefusalPart, Field(discriminator="type")]
+
+
+class FunctionCall(OpenAIRequest):
+    name: str = Field(min_length=1)
+    arguments: str
+
+
+class ToolCallParam(OpenAIRequest):
+    """A call an earlier assistant reply made, as the client sends it back."""
+
+    id: str = Field(min_length=1)
+    type: Literal["function"] = "function"
+    function: FunctionCall
 
 
 class Message(OpenAIRequest):
     role: Literal["system", "developer", "user", "assistant", "tool", "function"]
     content: str | list[Part] | None = None
-    tool_calls: list[Any] | None = None
+    tool_calls: list[ToolCallParam] | None = None
+    tool_call_id: str | None = None
     function_call: Any = None
+
+    def text(self) -> str:
+        if isinstance(self.content, str):
+            return self.content
+        parts = self.content or []
+        texts = [
+            p.text if isinstance(p, TextPart) else p.refusal
+            for p in parts
+            if not isinstance(p, ImagePart)
+        ]
+        return "\n".join(texts)
+
+    def images(self) -> list[ImagePart]:
+        parts = self.content if isinstance(self.content, list) else []
+        return [p for p in parts if isinstance(p, ImagePart)]
+
+
+class JsonSchemaFormat(OpenAIRequest):
+    name: str = "response"
+    description: str | None = None
+    schema_: dict[str, Any] | None = Field(default=None, alias="schema")
+    # The output always satisfies the schema, strict or not.
+    strict: bool | None = None
 
 
 class ResponseFormat(OpenAIRequest):
-    type: str
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
+
+
+class FunctionDefinition(OpenAIRequest):
+    name: str = Field(min_length=1)
+    description: str = ""
+    parameters: dict[str, Any] | None = None
+    # Arguments always satisfy the parameters' schema, strict or not.
+    strict: bool | None = None
+
+
+class ToolDefinition(OpenAIRequest):
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+class NamedFunction(OpenAIRequest):
+    name: str = Field(min_length=1)
+
+
+class NamedToolChoice(OpenAIRequest):
+    type: Literal["function"]
+    function: NamedFunction
 
 
 class ChatRequest(TextRequest):
     messages: list[Message] = Field(min_length=1)
     max_completion_tokens: int | None = Field(default=None, ge=1, le=INT32_MAX)
     response_format: ResponseFormat | None = None
-    tools: list[Any] | None = None
-    tool_choice: Any = None
+    tools: list[ToolDefinition] | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: bool | None = None
     functions: list[Any] | None = None
     function_call: Any = None
-    top_logprobs: int | None = None
+    logprobs: bool | None = None
+    top_logprobs: int | None = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS)
     modalities: list[str] | None = None
     audio: Any = None
     prediction: Any = None
 
     def unsupported(self) -> dict[str, Any]:
-        text_only = self.response_format is None or self.response_format.type == "text"
         return {
             **super().unsupported(),
-            "tools": self.tools,
-            "tool_choice": None if self.tool_choice == "none" else self.tool_choice,
             "functions": self.functions,
             "function_call": None if self.function_call == "none" else self.function_call,
-            "top_logprobs": self.top_logprobs,
-            "response_format": None if text_only else self.response_format,
             "modalities": None if self.modalities in (None, ["text"]) else self.modalities,
             "audio": self.audio,
             "prediction": self.prediction,
@@ -209,6 +272,56 @@ class ChatRequest(TextRequest):
     def budget(self) -> int | None:
         return self.max_completion_tokens or self.max_tokens
 
+    def parameters(self) -> common_pb2.TextParameters:
+        parameters = super().parameters()
+        parameters.logprobs = bool(self.logprobs)
+        parameters.top_logprobs = self.top_logprobs or 0
+        constraint = self.constraint()
+        if constraint is not None:
+            parameters.constraint.CopyFrom(constraint)
+        if self.tools:
+            parameters.tools.extend(self.tool_definitions())
+            parameters.tool_choice.CopyFrom(self.choice_of_tool())
+            if self.parallel_tool_calls is not None:
+                parameters.parallel_tool_calls = self.parallel_tool_calls
+        elif self.tool_choice not in (None, "none", "auto"):
+            raise errors.invalid("tool_choice", "tool_choice: only allowed with tools")
+        return parameters
+
+    def constraint(self) -> common_pb2.OutputConstraint | None:
+        """json_object: any JSON object; json_schema: its schema (an object when it has none)."""
+        form = self.response_format
+        if form is None or form.type == "text":
+            return None
+        schema: dict[str, Any] = {"type": "object"}
+        if form.type == "json_schema":
+            if form.json_schema is None:
+                message = "response_format.json_schema: required with type json_schema"
+                raise errors.invalid("response_format.json_schema", message)
+            if form.json_schema.schema_ is not None:
+                schema = form.json_schema.schema_
+        constraint = common_pb2.OutputConstraint()
+        with errors.out_of_range("response_format"):
+            constraint.json_schema.update(schema)
+        constraint.json_schema.SetInParent()
+        return constraint
+
+    def tool_definitions(self) -> list[common_pb2.Tool]:
+        definitions = []
+        for index, tool in enumerate(self.tools or ()):
+            function = tool.function
+            definition = common_pb2.Tool(name=function.name, description=function.description)
+            if function.parameters:
+                with errors.out_of_range(f"tools[{index}].function.parameters"):
+                    definition.parameters.update(function.parameters)
+            definitions.append(definition)
+        return definitions
+
+    def choice_of_tool(self) -> common_pb2.ToolChoice:
+        if isinstance(self.tool_choice, NamedToolChoice):
+            return common_pb2.ToolChoice(mode=Mode.MODE_NAMED, name=self.tool_choice.function.name)
+        return common_pb2.ToolChoice(mode=TOOL_MODES[self.tool_choice or "auto"])
+
     def inputs(self) -> tuple[list[common_pb2.InputItem], list[str]]:
         """The messages as typed inputs, with the message each input came from."""
         inputs: list[common_pb2.InputItem] = []
@@ -216,28 +329,38 @@ class ChatRequest(TextRequest):
         for index, message in enumerate(self.messages):
             at = f"messages[{index}]"
             if message.role not in ROLES:
-                raise errors.unsupported(f"{at}.role", f"'{message.role}' is not supported yet")
-            if message.tool_calls or message.function_call:
-                raise errors.unsupported(f"{at}.tool_calls")
-            parts = message.content if isinstance(message.content, list) else []
-            texts = [p.text for p in parts if isinstance(p, TextPart)]
-            text = message.content if isinstance(message.content, str) else "\n".join(texts)
-            inputs.append(
-                common_pb2.InputItem(
-                    kind=common_pb2.CONTENT_KIND_TEXT, role=ROLES[message.role], text=text
-                )
-            )
+                raise errors.unsupported(f"{at}.role", f"'{message.role}' is not supported")
+            if message.function_call:
+                raise errors.unsupported(f"{at}.function_call", "is not supported: use tool_calls")
+            if message.tool_calls and message.role != "assistant":
+                raise errors.invalid(f"{at}.tool_calls", "only assistant messages make tool calls")
+            item = common_pb2.InputItem(kind=common_pb2.CONTENT_KIND_TEXT, role=ROLES[message.role])
+            if message.role == "tool":
+                if not message.tool_call_id:
+                    raise errors.invalid(f"{at}.tool_call_id", "tool messages name their call")
+                item.tool_call_id = message.tool_call_id
+            calls = [
+                common_pb2.ToolCall(id=c.id, name=c.function.name, arguments=c.function.arguments)
+                for c in message.tool_calls or ()
+            ]
+            item.tool_calls.extend(calls)
+            text = message.text()
+            if text or not calls:
+                item.text = text
+            inputs.append(item)
             params.append(at)
-            for part in parts:
-                if isinstance(part, ImagePart):
-                    inputs.append(
-                        common_pb2.InputItem(
-                            kind=common_pb2.CONTENT_KIND_IMAGE,
-                            role=common_pb2.INPUT_ROLE_INPUT_IMAGE,
-                            uri=part.image_url.url,
-                        )
+            images = message.images()
+            if images and message.role == "tool":
+                raise errors.unsupported(f"{at}.content", "holds no images in tool results")
+            for part in images:
+                inputs.append(
+                    common_pb2.InputItem(
+                        kind=common_pb2.CONTENT_KIND_IMAGE,
+                        role=common_pb2.INPUT_ROLE_INPUT_IMAGE,
+                        uri=part.image_url.url,
                     )
-                    params.append(f"{at}.content")
+                )
+                params.append(f"{at}.content")
         return inputs, params
 
 
@@ -246,6 +369,8 @@ class CompletionRequest(TextRequest):
     echo: bool = False
     suffix: str | None = None
     best_of: int | None = None
+    # The number of alternatives to return per token (0: the sampled token's logprob alone).
+    logprobs: int | None = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS)
 
     def unsupported(self) -> dict[str, Any]:
         return {
@@ -254,6 +379,12 @@ class CompletionRequest(TextRequest):
             "best_of": None if self.best_of == 1 else self.best_of,
         }
 
+    def parameters(self) -> common_pb2.TextParameters:
+        parameters = super().parameters()
+        parameters.logprobs = self.logprobs is not None
+        parameters.top_logprobs = self.logprobs or 0
+        return parameters
+
     def prompts(self) -> list[str]:
         prompts = [self.prompt] if isinstance(self.prompt, str) else self.prompt
         if not prompts or not all(isinstance(p, str) for p in prompts):
@@ -261,25 +392,47 @@ class CompletionRequest(TextRequest):
         return [p for p in prompts if isinstance(p, str)]
 
 
-def finish_reason(response: common_pb2.GenerateResponse) -> str:
-    """stop, length, or the error a generation that did not finish stands for."""
+def check_finished(response: common_pb2.GenerateResponse) -> None:
+    """The error a generation that did not finish stands for, raised."""
     failed = errors.unfinished(response)
     if failed:
         raise failed
-    return FINISH.get(response.finish_reason, "stop")
+
+
+def finish_reason(output: common_pb2.OutputItem, response: common_pb2.GenerateResponse) -> str:
+    """stop, length or tool_calls: the choice's own reason (else the response's)."""
+    return FINISH.get(output.finish_reason or response.finish_reason, "stop")
+
+
+def alternative(entry: common_pb2.TokenAlternative | common_pb2.TokenLogprob) -> dict[str, Any]:
+    return {"token": entry.token, "logprob": entry.logprob, "bytes": list(entry.bytes)}
+
+
+def chat_logprobs(entries: Iterable[common_pb2.TokenLogprob]) -> dict[str, Any]:
+    """OpenAI's `logprobs` of a chat choice or chunk."""
+    content = [
+        {**alternative(e), "top_logprobs": [alternative(a) for a in e.top_logprobs]}
+        for e in entries
+    ]
+    return {"content": content, "refusal": None}
 
 
 @dataclass
 class Reply(ABC):
-    """One OpenAI response to requests[i] (choice i), whole or as stream chunks."""
+    """One OpenAI response to `calls` requests of `per_call` choices each (choice j of request
+    i is choice i * per_call + j), whole or as stream chunks."""
 
     obj: ClassVar[str]
     chunk_obj: ClassVar[str]
     id: str
     model: str
-    # The prompt each choice answers (its tokens are counted once however many choices).
-    prompt_of: list[int]
+    calls: int
+    per_call: int
+    logprobs: bool = False
     created: int = field(default_factory=now)
+
+    def index(self, call: int, choice: int) -> int:
+        return call * self.per_call + choice
 
     def envelope(
         self, choices: list[dict[str, Any]], obj: str, usage: dict[str, int] | None = None
@@ -293,10 +446,10 @@ class Reply(ABC):
         }
         return {**body, "usage": usage} if usage is not None else body
 
-    def usage(self, responses: dict[int, common_pb2.GenerateResponse]) -> dict[str, int]:
-        prompts = {self.prompt_of[i]: r.usage.prompt_tokens for i, r in responses.items()}
-        prompt = sum(prompts.values())
-        completion = sum(r.usage.completion_tokens for r in responses.values())
+    def usage(self, responses: Iterable[common_pb2.GenerateResponse]) -> dict[str, int]:
+        answered = list(responses)
+        prompt = sum(r.usage.prompt_tokens for r in answered)
+        completion = sum(r.usage.completion_tokens for r in answered)
         return {
             "prompt_tokens": prompt,
             "completion_tokens": completion,
@@ -304,32 +457,31 @@ class Reply(ABC):
         }
 
     def result(self, responses: list[common_pb2.GenerateResponse]) -> dict[str, Any]:
-        choices = [
-            self.choice(i, r.outputs[0] if r.outputs else common_pb2.OutputItem(), finish_reason(r))
-            for i, r in enumerate(responses)
-        ]
-        return self.envelope(choices, self.obj, self.usage(dict(enumerate(responses))))
+        choices = []
+        for call, response in enumerate(responses):
+            check_finished(response)
+            for output in response.outputs:
+                index = self.index(call, output.index)
+                choices.append(self.choice(index, output, finish_reason(output, response)))
+        choices.sort(key=lambda c: int(c["index"]))
+        return self.envelope(choices, self.obj, self.usage(responses))
 
     async def chunks(
         self, events: Prefetched[Indexed], include_usage: bool, params: errors.Params
     ) -> AsyncGenerator[str, None]:
         """Stream chunks, a final one per choice with its finish_reason, the usage if asked,
         then `[DONE]`; a failure mid-stream is an error event, as OpenAI sends it."""
-        finals: dict[int, common_pb2.GenerateResponse] = {}
+        finals: list[common_pb2.GenerateResponse] = []
         try:
-            for index in range(len(self.prompt_of)):
+            for index in range(self.calls * self.per_call):
                 opening = self.opening(index)
                 if opening:
                     yield dumps(self.envelope([opening], self.chunk_obj))
-            async for index, event in events:
-                kind = event.WhichOneof("event")
-                if kind == "text_delta" and (event.text_delta.text or event.text_delta.thoughts):
-                    delta = self.delta(index, event.text_delta.text, event.text_delta.thoughts)
-                    yield dumps(self.envelope([delta], self.chunk_obj))
-                elif kind == "final":
-                    finals[index] = event.final
-                    done = self.finish(index, finish_reason(event.final))
-                    yield dumps(self.envelope([done], self.chunk_obj))
+            async for call, event in events:
+                for chunk in self.translate(call, event):
+                    yield dumps(self.envelope([chunk], self.chunk_obj))
+                if event.WhichOneof("event") == "final":
+                    finals.append(event.final)
             if include_usage:
                 yield dumps(self.envelope([], self.chunk_obj, self.usage(finals)))
             yield "[DONE]"
@@ -340,6 +492,27 @@ class Reply(ABC):
         finally:
             await events.aclose()
 
+    def translate(self, call: int, event: common_pb2.StreamEvent) -> list[dict[str, Any]]:
+        """The chunks one event of request `call` makes."""
+        kind = event.WhichOneof("event")
+        if kind == "text_delta":
+            delta = event.text_delta
+            if delta.text or delta.thoughts or delta.logprobs:
+                index = self.index(call, delta.index)
+                return [self.delta(index, delta.text, delta.thoughts, delta.logprobs)]
+        elif kind == "tool_call_delta":
+            piece = event.tool_call_delta
+            made = self.tool_call(self.index(call, piece.index), piece)
+            return [made] if made else []
+        elif kind == "final":
+            final = event.final
+            check_finished(final)
+            return [
+                self.finish(self.index(call, o.index), finish_reason(o, final))
+                for o in final.outputs
+            ]
+        return []
+
     @abstractmethod
     def choice(self, index: int, output: common_pb2.OutputItem, reason: str) -> dict[str, Any]:
         """A whole choice."""
@@ -349,8 +522,18 @@ class Reply(ABC):
         """The chunk a streamed choice starts with, if any."""
 
     @abstractmethod
-    def delta(self, index: int, text: str, thoughts: str) -> dict[str, Any]:
-        """A chunk of new text."""
+    def delta(
+        self,
+        index: int,
+        text: str,
+        thoughts: str,
+        logprobs: Sequence[common_pb2.TokenLogprob],
+    ) -> dict[str, Any]:
+        """A chunk of new text, with its tokens' logprobs."""
+
+    @abstractmethod
+    def tool_call(self, index: int, piece: common_pb2.ToolCallDelta) -> dict[str, Any] | None:
+        """A chunk of a tool call, if the endpoint has them."""
 
     @abstractmethod
     def finish(self, index: int, reason: str) -> dict[str, Any]:
@@ -365,16 +548,60 @@ class ChatReply(Reply):
     obj = "chat.completion"
     chunk_obj = "chat.completion.chunk"
 
+    def _logprobs(self, entries: Iterable[common_pb2.TokenLogprob]) -> dict[str, Any] | None:
+        return chat_logprobs(entries) if self.logprobs else None
+
     def choice(self, index: int, output: common_pb2.OutputItem, reason: str) -> dict[str, Any]:
-        message = _with_thoughts({"role": "assistant", "content": output.text}, output.thoughts)
-        return {"index": index, "message": message, "finish_reason": reason, "logprobs": None}
+        calls = [
+            {
+                "id": call.id,
+                "type": "function",
+                "function": {"name": call.name, "arguments": call.arguments},
+            }
+            for call in output.tool_calls
+        ]
+        # A reply that only calls tools has no content, as OpenAI's.
+        content = output.text if output.text or not calls else None
+        message: dict[str, Any] = {"role": "assistant", "content": content}
+        if calls:
+            message["tool_calls"] = calls
+        return {
+            "index": index,
+            "message": _with_thoughts(message, output.thoughts),
+            "finish_reason": reason,
+            "logprobs": self._logprobs(output.logprobs),
+        }
 
     def opening(self, index: int) -> dict[str, Any] | None:
         delta = {"role": "assistant", "content": ""}
         return {"index": index, "delta": delta, "finish_reason": None, "logprobs": None}
 
-    def delta(self, index: int, text: str, thoughts: str) -> dict[str, Any]:
+    def delta(
+        self,
+        index: int,
+        text: str,
+        thoughts: str,
+        logprobs: Sequence[common_pb2.TokenLogprob],
+    ) -> dict[str, Any]:
         delta = _with_thoughts({"content": text}, thoughts)
+        return {
+            "index": index,
+            "delta": delta,
+            "finish_reason": None,
+            "logprobs": self._logprobs(logprobs),
+        }
+
+    def tool_call(self, index: int, piece: common_pb2.ToolCallDelta) -> dict[str, Any] | None:
+        """OpenAI's shape: a call's first delta has its index, id, type and name (and any
+        arguments so far), the next ones its index and argument fragments."""
+        call: dict[str, Any] = {"index": piece.call_index}
+        if piece.id:
+            call["id"] = piece.id
+            call["type"] = "function"
+            call["function"] = {"name": piece.name, "arguments": piece.arguments}
+        else:
+            call["function"] = {"arguments": piece.arguments}
+        delta = {"tool_calls": [call]}
         return {"index": index, "delta": delta, "finish_reason": None, "logprobs": None}
 
     def finish(self, index: int, reason: str) -> dict[str, Any]:
@@ -387,19 +614,55 @@ class CompletionReply(Reply):
     chunk_obj = "text_completion"
     # The prompt each choice starts with when the request asked for an echo.
     echoes: list[str] = field(default_factory=list)
+    # Where each streamed choice's next token starts in its text (legacy `text_offset`).
+    offsets: dict[int, int] = field(default_factory=dict)
 
-    def _choice(self, index: int, text: str, reason: str | None) -> dict[str, Any]:
-        return {"index": index, "text": text, "finish_reason": reason, "logprobs": None}
+    def _choice(
+        self, index: int, text: str, reason: str | None, logprobs: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        return {"index": index, "text": text, "finish_reason": reason, "logprobs": logprobs}
+
+    def _echo(self, index: int) -> str:
+        return self.echoes[index] if self.echoes else ""
+
+    def _logprobs(
+        self, index: int, entries: Sequence[common_pb2.TokenLogprob]
+    ) -> dict[str, Any] | None:
+        """The legacy shape: tokens, their logprobs, their alternatives by token, and where
+        each starts in the choice's text (after any echoed prompt)."""
+        if not self.logprobs:
+            return None
+        offset = self.offsets.get(index, len(self._echo(index)))
+        starts = []
+        for entry in entries:
+            starts.append(offset)
+            offset += len(entry.token)
+        self.offsets[index] = offset
+        return {
+            "tokens": [e.token for e in entries],
+            "token_logprobs": [e.logprob for e in entries],
+            "top_logprobs": [{a.token: a.logprob for a in e.top_logprobs} for e in entries],
+            "text_offset": starts,
+        }
 
     def choice(self, index: int, output: common_pb2.OutputItem, reason: str) -> dict[str, Any]:
-        echo = self.echoes[index] if self.echoes else ""
-        return self._choice(index, echo + output.text, reason)
+        logprobs = self._logprobs(index, output.logprobs)
+        return self._choice(index, self._echo(index) + output.text, reason, logprobs)
 
     def opening(self, index: int) -> dict[str, Any] | None:
         return self._choice(index, self.echoes[index], None) if self.echoes else None
 
-    def delta(self, index: int, text: str, thoughts: str) -> dict[str, Any]:
-        return self._choice(index, text, None)
+    def delta(
+        self,
+        index: int,
+        text: str,
+        thoughts: str,
+        logprobs: Sequence[common_pb2.TokenLogprob],
+    ) -> dict[str, Any]:
+        return self._choice(index, text, None, self._logprobs(index, logprobs))
+
+    def tool_call(self, index: int, piece: common_pb2.ToolCallDelta) -> dict[str, Any] | None:
+        return None
 
     def finish(self, index: int, reason: str) -> dict[str, Any]:
         return self._choice(index, "", reason)
@@ -434,8 +697,12 @@ async def chat_completions(
     requests = body.requests(
         [inputs], caller.request_id, settings.aliases("chat"), settings.max_choices
     )
-    params = errors.Params(fields, "messages", errors.TEXT_PARAMS.renames)
-    reply = ChatReply(f"chatcmpl-{caller.request_id}", body.model, [0] * len(requests))
+    params = errors.Params(
+        fields, "messages", errors.TEXT_PARAMS.renames, errors.TEXT_PARAMS.patterns
+    )
+    reply = ChatReply(
+        f"chatcmpl-{caller.request_id}", body.model, 1, body.choices(), bool(body.logprobs)
+    )
     return await respond(reply, body, requests, params, http, mesh, caller)
 
 
@@ -453,9 +720,15 @@ async def completions(
     requests = body.requests(
         items, caller.request_id, settings.aliases("chat"), settings.max_choices
     )
-    choices = len(requests) // len(prompts)
-    prompt_of = [i // choices for i in range(len(requests))]
-    echoes = [prompts[p] for p in prompt_of] if body.echo else []
-    params = errors.Params((), "prompt", errors.TEXT_PARAMS.renames)
-    reply = CompletionReply(f"cmpl-{caller.request_id}", body.model, prompt_of, echoes=echoes)
+    per_call = body.choices()
+    echoes = [p for p in prompts for _ in range(per_call)] if body.echo else []
+    reply = CompletionReply(
+        f"cmpl-{caller.request_id}",
+        body.model,
+        len(prompts),
+        per_call,
+        body.logprobs is not None,
+        echoes=echoes,
+    )
+    params = errors.COMPLETION_PARAMS
     return await respond(reply, body, requests, params, http, mesh, caller)
