@@ -12,15 +12,23 @@ back to back; the mesh queues them in the service's per-model limit. Target (DES
 mesh >= 0.95x in-process tokens/s.
 
 `--engines` also times each CPU engine in-process on one stream (which one is fastest here).
+
+`--against REV` instead compares the llama.cpp engine alone (no service, no router) with the
+engine of git revision REV (its `services/ttt/llama_engine.py` loaded from a temporary folder),
+side by side in one run: aggregate tokens/s and median time to first token at each stream count,
+distinct prompts per stream, sampled with a seed per stream.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import json
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -137,6 +145,81 @@ async def compare_engines(max_tokens: int) -> dict[str, Any]:
     return figures
 
 
+def engine_at(rev: str) -> Any:
+    """The llama.cpp engine class of git revision `rev`."""
+    source = subprocess.run(
+        ["git", "show", f"{rev}:services/ttt/llama_engine.py"],
+        cwd=Path(__file__).resolve().parents[1],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    path = Path(tempfile.mkdtemp()) / "llama_engine.py"
+    path.write_text(source)
+    spec = importlib.util.spec_from_file_location("genmesh.ttt.baseline_llama_engine", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.LlamaCppEngine
+
+
+async def engine_streams(engine: TextEngine, streams: int, max_tokens: int) -> Run:
+    start = time.perf_counter()
+
+    async def one(index: int) -> tuple[int, float]:
+        messages = [ChatMessage("system", SYSTEM), ChatMessage("user", f"{PROMPT} ({index})")]
+        params = SamplingParams(temperature=0.8, seed=index, max_tokens=max_tokens)
+        first, tokens = 0.0, 0
+        async for chunk in engine.generate(messages, params):
+            tokens += chunk.tokens
+            if chunk.tokens and not first:
+                first = time.perf_counter() - start
+        return tokens, first
+
+    results = await asyncio.gather(*(one(i) for i in range(streams)))
+    wall = time.perf_counter() - start
+    return Run(sum(t for t, _ in results), wall, [f for _, f in results])
+
+
+async def compare_revisions(args: argparse.Namespace) -> dict[str, Any]:
+    from genmesh.ttt.llama_engine import LlamaCppEngine
+
+    slots = max(args.streams)
+    engines: dict[str, TextEngine] = {
+        args.against: engine_at(args.against)(
+            default_gguf(), context_size=1024, threads=args.threads
+        ),
+        "this tree": LlamaCppEngine(
+            default_gguf(), context_size=1024, threads=args.threads, slots=slots
+        ),
+    }
+    for engine in engines.values():
+        await engine.load()
+        await engine_streams(engine, 1, 8)  # warm-up
+    print(f"threads {args.threads}; {'streams':>7} " + " ".join(f"{n:>28}" for n in engines))
+    figures: dict[str, Any] = {}
+    for streams in args.streams:
+        runs: dict[str, list[Run]] = {name: [] for name in engines}
+        for _ in range(args.rounds):  # interleaved, so load drift hits both alike
+            for name, engine in engines.items():
+                runs[name].append(await engine_streams(engine, streams, args.max_tokens))
+        row = {}
+        for name, got in runs.items():
+            row[name] = {
+                "tokens_per_s": round(statistics.median(r.tokens_per_s for r in got), 1),
+                "ttft_p50_ms": round(statistics.median(r.ttft_p50_ms for r in got), 1),
+            }
+        figures[str(streams)] = row
+        cells = " ".join(
+            f"{f['tokens_per_s']:>9.1f} tok/s {f['ttft_p50_ms']:>8.0f} ms ttft"
+            for f in row.values()
+        )
+        print(f"{'':12}{streams:>7} {cells}", flush=True)
+    for engine in engines.values():
+        await engine.unload()
+    return {"threads": args.threads, "against": args.against, "streams": figures}
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--streams", type=int, nargs="+", default=[1, 4, 8])
@@ -144,7 +227,14 @@ async def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--engines", action="store_true", help="also compare CPU engines")
     parser.add_argument("--json", type=Path, help="write the figures here")
+    parser.add_argument("--against", metavar="REV", help="engine alone against git revision REV")
+    parser.add_argument("--threads", type=int, default=THREADS, help="llama.cpp threads")
     args = parser.parse_args()
+    if args.against:
+        figures = await compare_revisions(args)
+        if args.json:
+            args.json.write_text(json.dumps(figures, indent=2))
+        return
 
     from llama_cpp import Llama
 

@@ -1,10 +1,12 @@
 """llama.cpp engine (GGUF) through llama-cpp-python.
 
-One `Llama` object owns one context, so generations on it run one at a time in a worker thread;
-the service's per-model limit decides how many wait. Tokens are produced with the low-level
-`Llama.generate` loop rather than `create_completion`, which gives an exact token count and a
-cancellation check between every two tokens. Constraints and tool calls become a GBNF grammar
-for llama.cpp's grammar sampler (`grammar`); logprobs come from the logits of each step.
+By default concurrent generations share decode steps (continuous batching, `batching.Batcher`):
+`slots` sequences run in one context of `context_size` tokens per slot, each with its own
+sampler, and the service's per-model limit (the one admission point) admits as many requests as
+there are slots. With `batching=False` one `Llama` context serves generations one at a time in a
+worker thread with the `Llama.generate` loop, as before. Either way a cancellation is seen
+between two tokens, constraints and tool calls become a GBNF grammar for llama.cpp's grammar
+sampler (`grammar`), and logprobs come from the logits of each step.
 """
 
 from __future__ import annotations
@@ -14,16 +16,19 @@ import codecs
 import os
 import random
 import threading
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, cast
 
 import numpy as np
 
 from genmesh.ttt import grammar
+from genmesh.ttt.batching import Batcher
 from genmesh.ttt.engine import (
     ChatMessage,
     ConstraintError,
     EngineModelInfo,
+    GenerationChunk,
     SamplingParams,
     TokenLogprob,
 )
@@ -33,6 +38,13 @@ if TYPE_CHECKING:
     from llama_cpp import Llama
     from llama_cpp.llama_chat_format import Jinja2ChatFormatter
     from llama_cpp.llama_grammar import LlamaGrammar
+
+
+# Tokens one decode step takes (generating sequences' tokens first, then prompt chunks).
+DEFAULT_BATCH_TOKENS = 256
+# A slot's context when the settings leave it to the model: every slot reserves its own cache.
+DEFAULT_SLOT_CONTEXT = 4096
+BATCHING_TOKENIZER_CONTEXT = 64
 
 
 def default_threads() -> int:
@@ -55,13 +67,26 @@ class LlamaCppEngine(ThreadedEngine):
         name: str | None = None,
         context_size: int = 0,
         threads: int | None = None,
+        threads_batch: int | None = None,
         max_output_tokens: int = 0,
+        batching: bool = True,
+        slots: int = 1,
+        batch_tokens: int = DEFAULT_BATCH_TOKENS,
     ) -> None:
         super().__init__(
             model_path, name=name or model_path.stem, max_output_tokens=max_output_tokens
         )
+        if slots < 1 or batch_tokens < 1:
+            raise TypeError("slots and batch_tokens must be at least 1")
+        # Tokens per sequence (per slot when batching); 0: the model's trained context (capped
+        # at DEFAULT_SLOT_CONTEXT when batching, since every slot reserves its whole cache).
         self._context_size = context_size
         self._threads = threads or default_threads()
+        self._threads_batch = threads_batch or self._threads
+        self._batching = batching
+        self._slots = slots
+        self._batch_tokens = batch_tokens
+        self._batcher: Batcher | None = None
         self._llm: Llama | None = None
         self._formatter: Jinja2ChatFormatter | None = None
         # One context: generations are serialised; the lock is taken inside the worker thread.
@@ -76,11 +101,24 @@ class LlamaCppEngine(ThreadedEngine):
 
         llm = Llama(
             model_path=str(self._path),
-            n_ctx=self._context_size,
+            # Batching decodes in a context of its own: this one only serves the tokenizer.
+            n_ctx=BATCHING_TOKENIZER_CONTEXT if self._batching else self._context_size,
+            n_batch=BATCHING_TOKENIZER_CONTEXT if self._batching else 512,
             n_threads=self._threads,
-            n_threads_batch=self._threads,
+            n_threads_batch=self._threads_batch,
             verbose=False,
         )
+        if self._batching:
+            trained = int(llm._model.n_ctx_train())
+            self._context_size = self._context_size or min(trained, DEFAULT_SLOT_CONTEXT)
+            self._batcher = Batcher(
+                llm,
+                slots=self._slots,
+                context_per_slot=self._context_size,
+                batch_tokens=self._batch_tokens,
+                threads=self._threads,
+                threads_batch=self._threads_batch,
+            )
         template = llm.metadata.get("tokenizer.chat_template")
         if not template:
             raise ValueError(f"{self._path.name} has no chat template in its metadata")
@@ -95,14 +133,30 @@ class LlamaCppEngine(ThreadedEngine):
 
     async def unload(self) -> None:
         await self.wait_idle()
+        batcher, self._batcher = self._batcher, None
+        if batcher is not None:
+            await asyncio.to_thread(batcher.close)
         llm, self._llm = self._llm, None
         if llm is not None:
             await asyncio.to_thread(llm.close)
 
     async def wait_idle(self) -> None:
         """Returns once no generation holds the context (a cancelled one finishes its token)."""
+        if self._batcher is not None:
+            await asyncio.to_thread(self._batcher.wait_idle)
+            return
         await asyncio.to_thread(self._lock.acquire)
         self._lock.release()
+
+    def generate(
+        self, messages: list[ChatMessage], params: SamplingParams
+    ) -> AsyncIterator[GenerationChunk]:
+        if self._batcher is None:
+            return super().generate(messages, params)
+        prompt, budget = self.prompt_and_budget(messages, params)
+        text = self._grammar(params)
+        run = TokenRun(self, prompt, params, budget, lambda _: None, threading.Event())
+        return self._batcher.stream(run, text)
 
     @property
     def llm(self) -> Llama:
@@ -120,13 +174,20 @@ class LlamaCppEngine(ThreadedEngine):
         return list(self.llm.tokenize(self.render(messages).encode(), add_bos=False, special=True))
 
     def context_window(self) -> int:
+        if self._batcher is not None:
+            return self._batcher.context_per_slot
         return int(self.llm.n_ctx())
 
     def compile(self, params: SamplingParams) -> LlamaGrammar | None:
-        """The grammar of the request's tool calls or constraint, checked by llama.cpp's own
+        from llama_cpp.llama_grammar import LlamaGrammar
+
+        text = self._grammar(params)
+        return None if text is None else LlamaGrammar.from_string(text)
+
+    def _grammar(self, params: SamplingParams) -> str | None:
+        """The GBNF of the request's tool calls or constraint, checked by llama.cpp's own
         parser (which llama-cpp-python leaves to the sampler, where a bad one would crash)."""
         from llama_cpp import llama_cpp
-        from llama_cpp.llama_grammar import LlamaGrammar
 
         if params.tools is not None:
             field, text = "text.tools", grammar.tools_gbnf(params.tools)
@@ -140,7 +201,7 @@ class LlamaCppEngine(ThreadedEngine):
         if not sampler:
             raise ConstraintError(field, "is not a GBNF grammar with a root rule llama.cpp parses")
         llama_cpp.llama_sampler_free(sampler)
-        return LlamaGrammar.from_string(text)
+        return text
 
     def _logprob(self, token: int, top: int) -> TokenLogprob:
         """The sampled token's log probability under the model and the `top` likeliest tokens,
@@ -216,7 +277,7 @@ class LlamaCppEngine(ThreadedEngine):
 
     def info(self) -> EngineModelInfo:
         llm = self._llm
-        context = llm.n_ctx() if llm is not None else self._context_size
+        context = self.context_window() if llm is not None else self._context_size
         meta = llm.metadata if llm is not None else {}
         return self._model_info(
             context,
@@ -227,8 +288,11 @@ class LlamaCppEngine(ThreadedEngine):
                 "trained_context": int(
                     meta.get(f"{meta.get('general.architecture')}.context_length", 0)
                 ),
-                "running": self._lock.locked(),
+                "running": self._lock.locked()
+                or (self._batcher is not None and self._batcher.running > 0),
                 "loaded": llm is not None,
+                "batching": self._batching,
+                "slots": self._slots if self._batching else 1,
             },
         )
 

@@ -41,6 +41,15 @@ class ModelSpec(Admission):
     # chat template's own default. Small quantised models answer better with a plain one.
     system_prompt: str = ""
 
+    @model_validator(mode="after")
+    def _slots_follow_concurrency(self) -> ModelSpec:
+        """llama.cpp batches the requests it runs at once: one slot (a sequence in the shared
+        decode step, with its own `context_size`) per admitted request, so the service's queue is
+        the only place a request waits. `options.slots` may say otherwise explicitly."""
+        if self.engine == "llama.cpp":
+            self.options = {"slots": self.concurrency, **self.options}
+        return self
+
 
 class EmbeddingSpec(Admission):
     """One embedding model the service serves."""

@@ -1,0 +1,339 @@
+"""Continuous batching over one llama.cpp context.
+
+One decode thread owns the context. Every step it builds one `llama_batch` from the active
+sequences (each sequence is a slot: its own KV-cache stream, positions and sampler chain) and runs
+one `llama_decode` over it: a token for every sequence that is generating, then as much of the
+waiting prompts as the step's token budget leaves, so a long prompt is prefilled in chunks between
+the running streams' tokens instead of stalling them. New sequences join between steps; a finished
+or cancelled one frees its slot and its KV cache at once. The llama.cpp calls go through ctypes,
+which releases the GIL while the C code runs, so the asyncio side keeps serving meanwhile.
+
+Each sequence samples with its own llama.cpp sampler chain (penalties, grammar, top-k, typical,
+top-p, min-p, temperature and a seeded distribution; greedy at temperature 0), built in the order
+llama-cpp-python's `Llama` uses, so a request samples as it did with the one-at-a-time engine.
+Tokens reach the asyncio side per sequence, handed over once per step.
+
+Admission is not decided here: the service's per-model limit (its one queue) admits at most as
+many requests as there are slots, so a sequence always finds a free slot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import codecs
+import random
+import threading
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+
+from genmesh.ttt.engine import GenerationChunk, SamplingParams, TokenLogprob
+from genmesh.ttt.threaded import TokenRun
+
+if TYPE_CHECKING:
+    from llama_cpp import Llama
+
+# llama-cpp-python's `Llama` penalises repeats over its last 64 tokens (`last_n_tokens_size`).
+PENALTY_LAST_N = 64
+_DONE = object()
+
+
+class DecodeError(RuntimeError):
+    """llama.cpp refused a decode step (no room in the KV cache, or an internal error)."""
+
+
+@dataclass
+class Sequence:
+    """One generation in a slot, as the decode thread sees it."""
+
+    run: TokenRun
+    grammar: str | None
+    loop: asyncio.AbstractEventLoop
+    deliver: Callable[[object], None]
+    slot: int = -1
+    sampler: Any = None
+    pending: list[int] = field(default_factory=list)  # prompt tokens not yet decoded
+    position: int = 0
+    next_token: int = -1  # sampled, to be decoded in the next step
+    decoder: Any = field(default_factory=lambda: codecs.getincrementaldecoder("utf-8")("replace"))
+
+
+Outbox = list[tuple[Sequence, object]]
+
+
+class Batcher:
+    """The decode thread and its slots over one context made from `llm`'s model."""
+
+    def __init__(
+        self,
+        llm: Llama,
+        *,
+        slots: int,
+        context_per_slot: int,
+        batch_tokens: int,
+        threads: int,
+        threads_batch: int,
+    ) -> None:
+        from llama_cpp import llama_cpp as lib
+
+        self._lib = lib
+        self._llm = llm
+        self.slots = slots
+        self.context_per_slot = context_per_slot
+        # A prompt is prefilled in chunks of `batch_tokens` (its last one shorter), one chunk
+        # per step between the generating sequences' tokens.
+        self.batch_tokens = batch_tokens
+        capacity = max(batch_tokens, slots)
+        params = lib.llama_context_default_params()
+        params.n_ctx = slots * context_per_slot
+        params.n_batch = capacity
+        params.n_ubatch = capacity
+        params.n_seq_max = slots
+        params.n_threads = threads
+        params.n_threads_batch = threads_batch
+        # A stream of its own per slot: a sequence attends to its own cells only, as if alone.
+        params.kv_unified = False
+        params.no_perf = True
+        ctx = lib.llama_init_from_model(llm._model.model, params)
+        if not ctx:
+            raise RuntimeError("llama.cpp could not create the batching context")
+        self._ctx = ctx
+        self._memory = lib.llama_get_memory(ctx)
+        self._vocab = llm._model.vocab
+        self._n_vocab = llm.n_vocab()
+        self._batch = lib.llama_batch_init(capacity, 0, 1)
+        self._free = list(range(slots))
+        self._active: list[Sequence] = []
+        self._inbox: list[Sequence] = []
+        self._cancelled: set[int] = set()
+        self._wake = threading.Condition()
+        self._closed = False
+        self._idle = threading.Event()
+        self._idle.set()
+        self.steps = 0
+        self._thread = threading.Thread(target=self._loop, name="llama-decode", daemon=True)
+        self._thread.start()
+
+    # -- the asyncio side -------------------------------------------------------------------
+
+    @property
+    def running(self) -> int:
+        return len(self._active) + len(self._inbox)
+
+    async def stream(self, run: TokenRun, grammar: str | None) -> AsyncIterator[GenerationChunk]:
+        """Runs `run` in a slot and yields its chunks; closing the iterator cancels it (its slot
+        is freed before the next step)."""
+        queue: asyncio.Queue[object] = asyncio.Queue()
+        loop = asyncio.get_running_loop()
+        sequence = Sequence(run, grammar, loop, queue.put_nowait, pending=list(run.prompt))
+        with self._wake:
+            if self._closed:
+                raise RuntimeError("the model is unloading")
+            self._inbox.append(sequence)
+            self._idle.clear()
+            self._wake.notify()
+        try:
+            while True:
+                item = await queue.get()
+                if item is _DONE:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                assert isinstance(item, GenerationChunk)
+                yield item
+        finally:
+            if not run.stop.is_set():
+                run.stop.set()
+                with self._wake:
+                    self._wake.notify()
+
+    def wait_idle(self, timeout: float | None = None) -> bool:
+        return self._idle.wait(timeout)
+
+    def close(self) -> None:
+        with self._wake:
+            self._closed = True
+            self._wake.notify()
+        self._thread.join()
+        self._lib.llama_batch_free(self._batch)
+        self._lib.llama_free(self._ctx)
+
+    # -- the decode thread ------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        while True:
+            with self._wake:
+                while not self._closed and not self._inbox and not self._active:
+                    self._idle.set()
+                    self._wake.wait()
+                if self._closed:
+                    ending = self._inbox + self._active
+                    self._inbox = []
+                    for sequence in list(self._active):
+                        self._release(sequence)
+                    _hand_over(
+                        [(s, RuntimeError("the model is unloading")) for s in ending]
+                        + [(s, _DONE) for s in ending]
+                    )
+                    self._idle.set()
+                    return
+                starting = []
+                while self._inbox and self._free:
+                    starting.append(self._inbox.pop(0))
+            failed: Outbox = []
+            for sequence in starting:
+                try:
+                    self._start(sequence)
+                except Exception as exc:  # its sampler would not build: only it fails
+                    failed += [(sequence, exc), (sequence, _DONE)]
+            _hand_over(failed)
+            for sequence in [s for s in self._active if s.run.stop.is_set()]:
+                self._release(sequence)
+            if not self._active:
+                continue
+            outbox: Outbox = []
+            try:
+                self._step(outbox)
+            except Exception as exc:  # every sequence in the failed step gets the error
+                for sequence in list(self._active):
+                    outbox += [(sequence, exc), (sequence, _DONE)]
+                    self._release(sequence)
+            _hand_over(outbox)
+
+    def _start(self, sequence: Sequence) -> None:
+        lib = self._lib
+        sequence.sampler = self._sampler(sequence.run.params, sequence.grammar)
+        sequence.slot = self._free.pop(0)
+        lib.llama_memory_seq_rm(self._memory, sequence.slot, -1, -1)
+        self._active.append(sequence)
+
+    def _release(self, sequence: Sequence) -> None:
+        """Frees the sequence's slot and KV cells at once."""
+        lib = self._lib
+        self._active.remove(sequence)
+        lib.llama_memory_seq_rm(self._memory, sequence.slot, -1, -1)
+        lib.llama_sampler_free(sequence.sampler)
+        sequence.sampler = None
+        self._free.append(sequence.slot)
+        self._free.sort()
+
+    def _sampler(self, params: SamplingParams, grammar: str | None) -> Any:
+        lib = self._lib
+        chain = lib.llama_sampler_chain_init(lib.llama_sampler_chain_default_params())
+        add = lib.llama_sampler_chain_add
+        add(
+            chain,
+            lib.llama_sampler_init_penalties(
+                self._n_vocab, PENALTY_LAST_N, params.repeat_penalty, 0, 0
+            ),
+        )
+        if grammar is not None:
+            add(chain, lib.llama_sampler_init_grammar(self._vocab, grammar.encode(), b"root"))
+        if params.temperature == 0:
+            add(chain, lib.llama_sampler_init_greedy())
+        else:
+            seed = random.getrandbits(32) if params.seed is None else params.seed
+            add(chain, lib.llama_sampler_init_top_k(params.top_k))
+            add(chain, lib.llama_sampler_init_typical(1.0, 1))
+            add(chain, lib.llama_sampler_init_top_p(params.top_p, 1))
+            add(chain, lib.llama_sampler_init_min_p(float(params.extra.get("min_p", 0.05)), 1))
+            add(chain, lib.llama_sampler_init_temp(params.temperature))
+            add(chain, lib.llama_sampler_init_dist(seed & 0xFFFFFFFF))
+        return chain
+
+    def _step(self, outbox: Outbox) -> None:
+        """One step: a decode of the next token of every generating sequence, then the next
+        chunk of the longest-waiting prompt. The chunk is decoded on its own: with a KV stream
+        per slot llama.cpp would split it from the tokens anyway, and alone its boundaries (and
+        so its numerics and samples) are those of the request running alone."""
+        generating = [s for s in self._active if not s.pending]
+        if generating:
+            self._decode([(s, [s.next_token]) for s in generating], outbox)
+        prefilling = next((s for s in self._active if s.pending), None)
+        if prefilling is not None:
+            chunk = prefilling.pending[: self.batch_tokens]
+            del prefilling.pending[: len(chunk)]
+            self._decode([(prefilling, chunk)], outbox)
+
+    def _decode(self, parts: list[tuple[Sequence, list[int]]], outbox: Outbox) -> None:
+        """One `llama_decode` of each sequence's tokens; a sequence whose tokens end its prompt
+        or continue its generation samples its next token from the last one's logits."""
+        lib, batch = self._lib, self._batch
+        n = 0
+        outputs: list[tuple[Sequence, int]] = []
+        for sequence, tokens in parts:
+            for token in tokens:
+                batch.token[n] = token
+                batch.pos[n] = sequence.position
+                batch.n_seq_id[n] = 1
+                batch.seq_id[n][0] = sequence.slot
+                batch.logits[n] = False
+                sequence.position += 1
+                n += 1
+            if not sequence.pending:
+                batch.logits[n - 1] = True
+                outputs.append((sequence, n - 1))
+        batch.n_tokens = n
+        status = lib.llama_decode(self._ctx, batch)
+        self.steps += 1
+        if status != 0:
+            raise DecodeError(f"llama_decode returned {status}")
+        for sequence, index in outputs:
+            self._sample(sequence, index, outbox)
+
+    def _sample(self, sequence: Sequence, index: int, outbox: Outbox) -> None:
+        lib, run = self._lib, sequence.run
+        token = int(lib.llama_sampler_sample(sequence.sampler, self._ctx, index))
+        finish: Literal["stop", "length"] | None = None
+        chunks: list[object] = []
+        run.emit = chunks.append
+        if lib.llama_vocab_is_eog(self._vocab, token):
+            finish = "stop"
+        else:
+            top = run.params.top_logprobs
+            logprob = self._logprob(index, token, top) if top is not None else None
+            piece = bytes(self._llm.detokenize([token]))
+            run.token(sequence.decoder.decode(piece), logprob)
+            sequence.next_token = token
+            if run.produced >= run.budget:
+                finish = "length"
+        if finish is not None:
+            run.finish(finish, sequence.decoder.decode(b"", final=True))
+            chunks.append(_DONE)
+            self._release(sequence)
+        outbox.extend((sequence, chunk) for chunk in chunks)
+
+    def _logprob(self, index: int, token: int, top: int) -> TokenLogprob:
+        """The sampled token's log probability under the model and the `top` likeliest tokens,
+        from the logits of the step that sampled it."""
+        logits = np.ctypeslib.as_array(
+            self._lib.llama_get_logits_ith(self._ctx, index), shape=(self._n_vocab,)
+        )
+        logprobs = logits - np.logaddexp.reduce(logits.astype(np.float64))
+        best = np.argpartition(-logprobs, top)[:top] if top else np.array([], dtype=int)
+        best = best[np.argsort(-logprobs[best])]
+        piece = self._llm.detokenize
+        alternatives = tuple(
+            TokenLogprob(int(t), bytes(piece([int(t)])), float(logprobs[t])) for t in best
+        )
+        return TokenLogprob(token, bytes(piece([token])), float(logprobs[token]), alternatives)
+
+
+def _hand_over(outbox: Outbox) -> None:
+    """Gives each sequence its items on its own event loop, one wake-up per loop per step."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[Sequence, object]]] = {}
+    for sequence, item in outbox:
+        by_loop.setdefault(sequence.loop, []).append((sequence, item))
+    for loop, items in by_loop.items():
+        try:
+            loop.call_soon_threadsafe(_deliver, items)
+        except RuntimeError:  # the loop is closed: nobody listens any more
+            for sequence, _ in items:
+                sequence.run.stop.set()
+
+
+def _deliver(items: list[tuple[Sequence, object]]) -> None:
+    for sequence, item in items:
+        sequence.deliver(item)

@@ -1,0 +1,131 @@
+"""Continuous batching in the llama.cpp engine, through a ttt service with eight slots."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+
+import grpc
+import pytest
+
+from genmesh.client import text_request
+from genmesh.v1 import common_pb2, inference_pb2
+from tests.support import ServiceProcess, serve
+from tests.ttt.conftest import SMOL, Inference, smol_model
+
+SLOTS = 8
+Stream = grpc.aio.StreamStreamCall[inference_pb2.InferRequest, inference_pb2.InferResponse]
+
+
+@pytest.fixture(scope="module")
+def batch_ttt() -> Iterator[ServiceProcess]:
+    pytest.importorskip("llama_cpp")
+    # Eight slots of 1,024 tokens, prompts prefilled 128 tokens a step.
+    options = {"context_size": 1024, "batch_tokens": 128}
+    yield from serve(
+        "ttt", {"models": [smol_model(concurrency=SLOTS, queue_size=SLOTS, options=options)]}
+    )
+
+
+@pytest.fixture
+async def ttt(batch_ttt: ServiceProcess) -> AsyncIterator[Inference]:
+    async with grpc.aio.insecure_channel(batch_ttt.address) as channel:
+        yield Inference(channel)
+
+
+def request(
+    prompt: str, max_tokens: int, seed: int = 7, stop: tuple[str, ...] = ()
+) -> common_pb2.GenerateRequest:
+    params = common_pb2.TextParameters(
+        temperature=0.8, seed=seed, max_tokens=max_tokens, stop=list(stop)
+    )
+    return text_request(prompt, model=SMOL, parameters=params)
+
+
+def call(ttt: Inference, message: common_pb2.GenerateRequest) -> Stream:
+    return ttt.stub.Infer(
+        iter([inference_pb2.InferRequest(request=message)]), metadata=ttt.metadata
+    )
+
+
+async def final(stream: Stream) -> common_pb2.GenerateResponse:
+    async for response in stream:
+        if response.event.HasField("final"):
+            result: common_pb2.GenerateResponse = response.event.final
+            return result
+    raise AssertionError("the stream ended without a final event")
+
+
+async def generate(ttt: Inference, message: common_pb2.GenerateRequest) -> str:
+    return (await final(call(ttt, message))).outputs[0].text
+
+
+def stories(count: int) -> list[str]:
+    animals = ["cat", "dog", "owl", "fox", "bee", "cow", "eel", "yak", "ant", "elk"]
+    return [f"Tell me a short story about a {a}." for a in animals[:count]]
+
+
+async def test_model_reports_its_slots(ttt: Inference) -> None:
+    details = dict((await ttt.info(SMOL)).model.details)
+    assert details["batching"] is True
+    assert details["slots"] == SLOTS
+    assert details["concurrency"] == SLOTS
+
+
+async def test_concurrent_streams_give_what_each_gives_alone(ttt: Inference) -> None:
+    prompts = stories(SLOTS)
+    alone = [await generate(ttt, request(p, 24)) for p in prompts]
+    together = await asyncio.gather(*(generate(ttt, request(p, 24)) for p in prompts))
+    assert list(together) == alone
+    assert len(set(alone)) > 1  # the prompts (and so the texts) differ per sequence
+
+
+async def test_cancelled_stream_frees_its_slot(ttt: Inference) -> None:
+    streams = [call(ttt, request(p, 64, seed=i)) for i, p in enumerate(stories(SLOTS))]
+    for stream in streams:  # every slot is taken
+        first = await anext(aiter(stream))
+        assert first.event.HasField("text_delta")
+    late = call(ttt, request("Name a colour.", 8))  # waits in the queue for a slot
+    streams[0].cancel()
+    late_final = await final(late)
+    assert late_final.usage.completion_tokens > 0
+    rest = await asyncio.gather(*(final(s) for s in streams[1:]))
+    for result in rest:  # the others went on to their full length
+        assert result.finish_reason == common_pb2.FINISH_REASON_LENGTH
+        assert result.usage.completion_tokens == 64
+    assert (await ttt.until_idle(SMOL))["active"] == 0
+
+
+async def test_long_prompt_joins_while_others_stream(ttt: Inference) -> None:
+    long_prompt = (
+        "Here are some notes about bread. "
+        + " ".join(f"Note {i}: bread number {i} was baked with flour and water." for i in range(40))
+        + " Summarise the notes in one sentence."
+    )
+    short = stories(3)
+    alone = [await generate(ttt, request(p, 32)) for p in short]
+    long_alone = await generate(ttt, request(long_prompt, 16))
+    running = [call(ttt, request(p, 32)) for p in short]
+    for stream in running:  # they are streaming when the long prompt arrives
+        await anext(aiter(stream))
+    long_result = await final(call(ttt, request(long_prompt, 16)))
+    assert long_result.usage.prompt_tokens > 2 * 128  # it took several prefill chunks
+    assert long_result.outputs[0].text == long_alone
+    # The running streams went on undisturbed by the chunks prefilled between their tokens.
+    assert [(await final(s)).outputs[0].text for s in running] == alone
+
+
+async def test_stop_sequences_are_per_sequence(ttt: Inference) -> None:
+    prompt = stories(1)[0]
+    full = await generate(ttt, request(prompt, 40))
+    words = full.split()
+    stop = words[len(words) // 2]
+    stopped, free = await asyncio.gather(
+        final(call(ttt, request(prompt, 40, stop=(stop,)))),
+        final(call(ttt, request(prompt, 40))),
+    )
+    assert stopped.finish_reason == common_pb2.FINISH_REASON_STOP_SEQUENCE
+    assert stopped.stop_sequence == stop
+    assert full.startswith(stopped.outputs[0].text)
+    assert stop not in stopped.outputs[0].text
+    assert free.outputs[0].text == full
