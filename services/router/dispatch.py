@@ -81,15 +81,30 @@ def merge_parameters(
         )
     merged = parameters_message(request.task, route.config.parameters)
     if personality is not None:
-        merged.MergeFrom(personality.text_parameters())
+        _overlay(merged, personality.text_parameters())
     if given:
-        merged.MergeFrom(getattr(request, field))
+        _overlay(merged, getattr(request, field))
     getattr(request, field).CopyFrom(merged)
     if route.config.extra:
         extra = struct_pb2.Struct()
         extra.update(route.config.extra)
         extra.MergeFrom(request.extra)
         request.extra.CopyFrom(extra)
+
+
+def _overlay(merged: Any, later: Any) -> None:
+    """`later`'s parameters over `merged`'s. A text constraint, tool choice or tool list is
+    replaced whole: merged field by field it would make a schema of two levels' keys, or offer
+    a tool twice."""
+    merged.MergeFrom(later)
+    if isinstance(later, common_pb2.TextParameters):
+        if later.HasField("constraint"):
+            merged.constraint.CopyFrom(later.constraint)
+        if later.HasField("tool_choice"):
+            merged.tool_choice.CopyFrom(later.tool_choice)
+        if later.tools:
+            del merged.tools[:]
+            merged.tools.extend(later.tools)
 
 
 class Dispatcher:

@@ -116,6 +116,10 @@ class GenerationService(generation_pb2_grpc.GenerationServiceServicer):
         relay = self.dispatcher.relay(self.dispatcher.resolve(request.request), context)
         request_id = relay.request.request_id
         async for event in coalesced(relay):
+            if event.HasField("final"):
+                # The per-token logprobs came in the deltas: the streamed final leaves them out.
+                for output in event.final.outputs:
+                    del output.logprobs[:]
             yield generation_pb2.GenerateStreamResponse(request_id=request_id, event=event)
         context.set_trailing_metadata(relay.trailing_metadata())
 
@@ -247,6 +251,7 @@ class Conversation:
         self.cancel.clear()
         events = aiter(coalesced(relay))
         reply: list[str] = []
+        calls: list[common_pb2.ToolCall] = []
 
         def respond(event: common_pb2.StreamEvent) -> generation_pb2.ConverseResponse:
             return generation_pb2.ConverseResponse(
@@ -288,6 +293,8 @@ class Conversation:
                 break
             if event.HasField("text_delta") and event.text_delta.index == 0:
                 reply.append(event.text_delta.text)
+            if event.HasField("final") and event.final.outputs:
+                calls[:] = event.final.outputs[0].tool_calls
             yield respond(event)
         self.history.extend(turn.inputs)
         self.history.append(
@@ -295,5 +302,6 @@ class Conversation:
                 kind=common_pb2.CONTENT_KIND_TEXT,
                 role=common_pb2.INPUT_ROLE_ASSISTANT_REPLY,
                 text="".join(reply),
+                tool_calls=calls,  # the assistant's calls, which the next turn's results answer
             )
         )

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
+from genmesh.ttt import grammar
 from genmesh.ttt.engine import GenerationChunk, SamplingParams, TokenLogprob
 from genmesh.ttt.threaded import TokenRun
 
@@ -285,11 +286,20 @@ class Batcher:
 
     def _sample(self, sequence: Sequence, index: int, outbox: Outbox) -> None:
         lib, run = self._lib, sequence.run
-        token = int(lib.llama_sampler_sample(sequence.sampler, self._ctx, index))
-        finish: Literal["stop", "length"] | None = None
+        sampled: int | None
+        if sequence.grammar is None:
+            sampled = int(lib.llama_sampler_sample(sequence.sampler, self._ctx, index))
+        else:  # a grammar at a dead end would make llama.cpp abort the process on accept
+            sampled = grammar.sample_or_dead_end(
+                lib, sequence.sampler, self._ctx, index, self._n_vocab
+            )
+        token = -1 if sampled is None else sampled
+        finish: Literal["stop", "length", "error"] | None = None
         chunks: list[object] = []
         run.emit = chunks.append
-        if lib.llama_vocab_is_eog(self._vocab, token):
+        if sampled is None:
+            finish = "error"
+        elif lib.llama_vocab_is_eog(self._vocab, token):
             finish = "stop"
         else:
             top = run.params.top_logprobs

@@ -45,8 +45,13 @@ class Constraint:
     @property
     def field(self) -> str:
         """The request field that set it, for errors."""
-        kind = next(k for k in ("json_schema", "regex", "grammar", "choices") if getattr(self, k))
-        return f"text.constraint.{kind}"
+        if self.json_schema is not None:
+            return "text.constraint.json_schema"
+        if self.regex is not None:
+            return "text.constraint.regex"
+        if self.grammar is not None:
+            return "text.constraint.grammar"
+        return "text.constraint.choices"
 
 
 @dataclass(frozen=True)
@@ -105,7 +110,8 @@ class GenerationChunk:
 
     text: str
     tokens: int = 1
-    finish_reason: Literal["stop", "length", "stop_sequence", None] = None
+    # "error": the engine could not go on (a grammar no token can continue).
+    finish_reason: Literal["stop", "length", "stop_sequence", "error", None] = None
     stop_sequence: str = ""
     prompt_tokens: int = 0
     logprobs: tuple[TokenLogprob, ...] = ()
@@ -123,11 +129,13 @@ class PromptTooLongError(ValueError):
 
 
 class ConstraintError(ValueError):
-    """A constraint the engine cannot compile (the service: INVALID_ARGUMENT naming `field`)."""
+    """A constraint the engine cannot compile (the service: INVALID_ARGUMENT naming `field`), or
+    with `limit` one beyond what the engine can enforce (FAILED_PRECONDITION naming `field`)."""
 
-    def __init__(self, field: str, message: str) -> None:
+    def __init__(self, field: str, message: str, *, limit: bool = False) -> None:
         super().__init__(message)
         self.field = field
+        self.limit = limit
 
 
 class UnsupportedError(ValueError):

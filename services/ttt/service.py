@@ -52,6 +52,7 @@ FINISH = {
     "length": common_pb2.FINISH_REASON_LENGTH,
     "stop_sequence": common_pb2.FINISH_REASON_STOP_SEQUENCE,
     "tool_calls": common_pb2.FINISH_REASON_TOOL_CALLS,
+    "error": common_pb2.FINISH_REASON_ERROR,
 }
 
 
@@ -72,6 +73,16 @@ def chat_messages(request: common_pb2.GenerateRequest) -> list[ChatMessage]:
             raise errors.invalid_argument(
                 "unsupported input for a text model",
                 FieldViolation(f"inputs[{index}]", "needs a text payload and a text role"),
+            )
+        if item.tool_calls and role != "assistant":
+            raise errors.invalid_argument(
+                "only an assistant reply makes tool calls",
+                FieldViolation(f"inputs[{index}].tool_calls", "needs INPUT_ROLE_ASSISTANT_REPLY"),
+            )
+        if item.tool_call_id and role != "tool":
+            raise errors.invalid_argument(
+                "only a tool result answers a tool call",
+                FieldViolation(f"inputs[{index}].tool_call_id", "needs INPUT_ROLE_TOOL_RESULT"),
             )
         if role == "tool" and not item.tool_call_id:
             raise errors.invalid_argument(
@@ -110,6 +121,7 @@ def sampling_params(request: common_pb2.GenerateRequest, info: EngineModelInfo) 
     tool_use = structured.tool_use(text, bad)
     top_logprobs = structured.top_logprobs(text, bad)
     n = structured.choices(text, bad)
+    structured.response_size(n, max_tokens, top_logprobs, bad)
     if bad:
         raise errors.invalid_argument("invalid text parameters", *bad)
     return SamplingParams(
@@ -163,14 +175,23 @@ def entry_info_proto(entry: ModelEntry) -> common_pb2.ModelInfo:
     return model_info_proto(info, loaded=False)
 
 
-def start_generation(
+async def start_generation(
     engine: TextEngine, messages: list[ChatMessage], params: SamplingParams
 ) -> AsyncIterator[GenerationChunk]:
-    """The engine's stream; a prompt that cannot fit becomes INVALID_ARGUMENT with the sizes, a
-    constraint the engine cannot compile INVALID_ARGUMENT naming its field."""
+    """The engine's stream, started in a worker thread (templating, tokenizing and compiling a
+    constraint's grammar block); a prompt that cannot fit becomes INVALID_ARGUMENT with the
+    sizes, a constraint the engine cannot compile INVALID_ARGUMENT naming its field, one beyond
+    the engine's limits FAILED_PRECONDITION naming its field."""
     try:
-        return engine.generate(messages, params)
+        return await asyncio.to_thread(engine.generate, messages, params)
     except ConstraintError as exc:
+        if exc.limit:
+            raise errors.ServiceError(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"{exc.field}: {exc}",
+                reason="ENGINE_LIMIT",
+                violations=[FieldViolation(exc.field, str(exc))],
+            ) from None
         raise errors.invalid_argument(
             f"{exc.field}: {exc}", FieldViolation(exc.field, str(exc))
         ) from None
@@ -251,15 +272,14 @@ class TextJob(InferJob):
             )
             for i in range(self.params.n)
         ]
-        self.outputs = [
-            TextOutput(self.params.stop, calls=self.params.tools is not None) for _ in self.choices
-        ]
+        check = structured.call_check(self.params.tools)
+        self.outputs = [TextOutput(self.params.stop, calls=check) for _ in self.choices]
 
     async def events(self, stop: Stop) -> AsyncGenerator[common_pb2.StreamEvent, None]:
         for index, (params, output) in enumerate(zip(self.choices, self.outputs, strict=True)):
             if stop:
                 return
-            generation = start_generation(self.engine, self.messages, params)
+            generation = await start_generation(self.engine, self.messages, params)
             try:
                 async for chunk in generation:
                     for event in deltas(index, output.feed(chunk)):
@@ -272,6 +292,21 @@ class TextJob(InferJob):
                     await generation.aclose()  # type: ignore[attr-defined]
             for event in deltas(index, output.flush()):
                 yield event
+            problem = self._unsatisfied(output)
+            if problem:
+                output.finish = "error"
+                details = common_pb2.Info().details
+                details.update({"index": index, "reason": "CONSTRAINT_NOT_MET"})
+                info = common_pb2.Info(message=problem, details=details)
+                yield common_pb2.StreamEvent(info=info)
+
+    def _unsatisfied(self, output: TextOutput) -> str:
+        """Why a finished output breaks its constraint ("" when it keeps it): the safety net
+        behind the engine's enforcement, for outputs that ended STOP."""
+        constraint = self.params.constraint
+        if constraint is None or output.finish != "stop":
+            return ""
+        return structured.unsatisfied("".join(output.answer), constraint)
 
     async def result(self) -> common_pb2.GenerateResponse:
         outputs = [

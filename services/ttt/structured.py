@@ -7,7 +7,9 @@ is FAILED_PRECONDITION naming the field (`refuse_unsupported`).
 
 from __future__ import annotations
 
+import json
 import re
+from collections.abc import Callable
 from typing import Any
 
 import grpc
@@ -30,6 +32,9 @@ from genmesh.v1 import common_pb2
 
 MAX_CHOICES = 16
 MAX_TOP_LOGPROBS = 20
+# n x max_tokens x (top_logprobs + 1) token entries at most in one response.
+MAX_LOGPROB_ENTRIES = 200_000
+MAX_SEED = 2**63 - 1
 TOOL_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 Mode = common_pb2.ToolChoice.Mode
 
@@ -46,8 +51,21 @@ def json_value(value: Any) -> Any:
     return value
 
 
+def _has_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_nul(v) for v in value)
+    return False
+
+
 def _schema(struct: struct_pb2.Struct, field: str, bad: list[FieldViolation]) -> dict[str, Any]:
     schema: dict[str, Any] = json_value(json_format.MessageToDict(struct))
+    if _has_nul(schema):
+        bad.append(FieldViolation(field, "contains a NUL character"))
+        return schema
     try:
         jsonschema.validators.validator_for(schema).check_schema(schema)
     except jsonschema.SchemaError as exc:
@@ -60,10 +78,12 @@ def constraint(text: common_pb2.TextParameters, bad: list[FieldViolation]) -> Co
     field = f"text.constraint.{kind}"
     if kind == "json_schema":
         return Constraint(json_schema=_schema(text.constraint.json_schema, field, bad))
+    if kind in ("regex", "grammar") and "\x00" in getattr(text.constraint, kind):
+        bad.append(FieldViolation(field, "contains a NUL character"))
     if kind == "regex":
         try:
             re.compile(text.constraint.regex)
-        except re.error as exc:
+        except (re.error, RecursionError, OverflowError) as exc:
             bad.append(FieldViolation(field, f"is not a regular expression: {exc}"))
         return Constraint(regex=text.constraint.regex)
     if kind == "grammar":
@@ -74,6 +94,8 @@ def constraint(text: common_pb2.TextParameters, bad: list[FieldViolation]) -> Co
         choices = tuple(text.constraint.choices.choices)
         if not choices or not all(choices):
             bad.append(FieldViolation(field, "needs at least one choice, none of them empty"))
+        elif any("\x00" in c for c in choices):
+            bad.append(FieldViolation(field, "contains a NUL character"))
         return Constraint(choices=choices)
     return None
 
@@ -91,6 +113,10 @@ def tool_use(text: common_pb2.TextParameters, bad: list[FieldViolation]) -> Tool
             if tool.HasField("parameters")
             else {"type": "object"}
         )
+        if parameters.get("type") != "object":
+            bad.append(
+                FieldViolation(f"text.tools[{index}].parameters", "must be an object schema")
+            )
         tools.append(Tool(tool.name, tool.description, parameters))
     mode, name = text.tool_choice.mode, text.tool_choice.name
     if mode not in Mode.values():
@@ -123,7 +149,21 @@ def choices(text: common_pb2.TextParameters, bad: list[FieldViolation]) -> int:
     n = text.n if text.HasField("n") else 1
     if not 1 <= n <= MAX_CHOICES:
         bad.append(FieldViolation("text.n", f"must be in 1..{MAX_CHOICES}"))
+    elif text.HasField("seed") and text.seed > MAX_SEED - (n - 1):
+        # Choice i is seeded with seed + i, which must stay an int64.
+        bad.append(FieldViolation("text.seed", f"must be at most {MAX_SEED} - (n - 1)"))
     return n
+
+
+def response_size(n: int, max_tokens: int, top: int | None, bad: list[FieldViolation]) -> None:
+    """Logprobs grow a response by n x max_tokens x (top_logprobs + 1) entries: capped."""
+    if top is not None and n * max_tokens * (top + 1) > MAX_LOGPROB_ENTRIES:
+        bad.append(
+            FieldViolation(
+                "text.logprobs",
+                f"n x max_tokens x (top_logprobs + 1) must be at most {MAX_LOGPROB_ENTRIES}",
+            )
+        )
 
 
 def refuse_unsupported(engine: TextEngine, params: SamplingParams) -> None:
@@ -170,3 +210,41 @@ def logprob_proto(entry: TokenLogprob) -> common_pb2.TokenLogprob:
             for t in entry.top
         ],
     )
+
+
+def unsatisfied(text: str, constraint: Constraint) -> str:
+    """Why `text` breaks `constraint` ("" when it satisfies it, or when only the engine can
+    tell: a GBNF grammar)."""
+    if constraint.choices:
+        return "" if text in constraint.choices else "the output is none of the choices"
+    if constraint.regex is not None:
+        if re.fullmatch(constraint.regex, text) is None:
+            return "the output does not match the regex"
+        return ""
+    if constraint.json_schema is not None:
+        try:
+            jsonschema.validate(json.loads(text), constraint.json_schema)
+        except json.JSONDecodeError as exc:
+            return f"the output is not JSON: {exc}"
+        except jsonschema.ValidationError as exc:
+            return f"the output does not validate against the schema: {exc.message}"
+    return ""
+
+
+def call_check(use: ToolUse | None) -> Callable[[str, str], bool] | None:
+    """Whether a parsed call (name, arguments) is one the request allows, with arguments valid
+    against its tool's schema; None when no tools were offered."""
+    if use is None:
+        return None
+    schemas = {t.name: t.parameters for t in use.allowed}
+
+    def check(name: str, arguments: str) -> bool:
+        if name not in schemas:
+            return False
+        try:
+            jsonschema.validate(json.loads(arguments), schemas[name])
+        except (json.JSONDecodeError, jsonschema.ValidationError, RecursionError):
+            return False
+        return True
+
+    return check

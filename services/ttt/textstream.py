@@ -7,6 +7,7 @@ boundaries: text that might be the start of one is held back until it is decided
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from genmesh.ttt import tools
@@ -146,10 +147,21 @@ class _Call:
         return len(text)
 
 
+def _json_string(body: str) -> str | None:
+    """The value of a JSON string literal's body, or None if it does not decode."""
+    try:
+        value = json.loads(f'"{body}"')
+    except json.JSONDecodeError:
+        return None
+    return value if isinstance(value, str) else None
+
+
 @dataclass
 class ToolCallParser:
-    """Splits answer text into plain text and tool-call deltas, chunk by chunk."""
+    """Splits answer text into plain text and tool-call deltas, chunk by chunk. With `check`
+    (name, arguments), a complete call that fails it is given back as text instead."""
 
+    check: Callable[[str, str], bool] | None = None
     calls: list[ToolCall] = field(default_factory=list)
     _held: str = ""
     _call: _Call | None = None
@@ -172,7 +184,8 @@ class ToolCallParser:
                 self._inside = True
             elif self._call is None:
                 match = tools.HEADER.match(buffer)
-                if match is None:
+                name = None if match is None else _json_string(match.group(1))
+                if match is None or name is None:
                     if tools.CLOSE in buffer:  # not a call after all: give the block back as text
                         end = buffer.index(tools.CLOSE) + len(tools.CLOSE)
                         out += tools.OPEN + buffer[:end]
@@ -180,7 +193,7 @@ class ToolCallParser:
                         continue
                     self._held = buffer
                     break
-                self._call = _Call(tools.new_call_id(), json.loads(f'"{match.group(1)}"'))
+                self._call = _Call(tools.new_call_id(), name)
                 deltas.append(CallDelta(len(self.calls), self._call.id, self._call.name))
                 buffer = buffer[match.end() :]
             elif not self._call.closed:
@@ -192,7 +205,7 @@ class ToolCallParser:
                 if index < 0:
                     self._held = buffer
                     break
-                self._end()
+                out += self._end()
                 buffer = buffer[index + len(tools.CLOSE) :]
         if self.calls and not out.strip():
             out = ""  # whitespace between calls
@@ -200,17 +213,22 @@ class ToolCallParser:
 
     def flush(self) -> str:
         """Text held back at the end; a call cut short keeps the arguments it got."""
-        if self._call is not None:
-            self._end()
+        text = self._end() if self._call is not None else ""
         held, self._held = self._held, ""
         if self._inside and not self.calls:
-            return tools.OPEN + held
-        return "" if self.calls else held
+            return text + tools.OPEN + held
+        return text + ("" if self.calls else held)
 
-    def _end(self) -> None:
+    def _end(self) -> str:
+        """Keeps the call just read, or gives its text back when it fails the check."""
         call, self._call, self._inside = self._call, None, False
-        if call is not None:
-            self.calls.append(ToolCall(call.id, call.name, call.arguments))
+        if call is None:
+            return ""
+        made = ToolCall(call.id, call.name, call.arguments)
+        if self.check is not None and call.closed and not self.check(call.name, call.arguments):
+            return tools.call_text(made)
+        self.calls.append(made)
+        return ""
 
 
 class TextOutput:
@@ -218,10 +236,14 @@ class TextOutput:
     sequences cut, <think> text moved to thoughts, tool calls parsed out of the answer (when
     tools were offered), usage counted and the finish reason kept."""
 
-    def __init__(self, stops: tuple[str, ...], calls: bool = False) -> None:
+    def __init__(
+        self, stops: tuple[str, ...], calls: bool | Callable[[str, str], bool] | None = False
+    ) -> None:
+        """`calls`: parse tool calls out of the answer, keeping those the callable accepts."""
         self._stops = StopMatcher(stops)
         self._thinking = ThinkSplitter()
-        self._calls = ToolCallParser() if calls else None
+        check = calls if callable(calls) else None
+        self._calls = ToolCallParser(check) if calls else None
         self.answer: list[str] = []
         self.thoughts: list[str] = []
         self.logprobs: list[TokenLogprob] = []

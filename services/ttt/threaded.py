@@ -97,8 +97,9 @@ class TokenRun:
             )
         )
 
-    def finish(self, reason: Literal["stop", "length"], text: str = "") -> None:
-        """The last chunk: any text the decoder held back, and why generation ended."""
+    def finish(self, reason: Literal["stop", "length", "error"], text: str = "") -> None:
+        """The last chunk: any text the decoder held back, and why generation ended ("error":
+        the engine could not go on, e.g. `grammar.sample_or_dead_end` found no token)."""
         self.emit(
             GenerationChunk(
                 text=text,

@@ -343,9 +343,18 @@ Global___ChoiceList: _TypeAlias = ChoiceList  # noqa: Y015
 
 @_typing.final
 class OutputConstraint(_message.Message):
-    """A constraint on generated text: the output always satisfies it. An engine that cannot
-    enforce the constraint refuses the request with FAILED_PRECONDITION; a constraint that does
-    not compile is INVALID_ARGUMENT naming the field.
+    """A constraint on generated text: the output always satisfies it. A constraint that is
+    malformed (a schema that is not one, a regex that does not compile, a GBNF with an undefined
+    rule, a NUL character anywhere, a character class that matches nothing) is INVALID_ARGUMENT
+    naming the field. One beyond what the engine can enforce is FAILED_PRECONDITION naming the
+    field, with the reason in the message; for llama.cpp these limits are: grammars of at most
+    200,000 characters and 600 nested groups; repetition counts (maxLength, minLength, maxItems,
+    minItems, {m,n}) of at most 500; schemas of at most 500 subschemas; and only the schema
+    keywords it enforces exactly (type, properties, required, additionalProperties, items,
+    minItems, maxItems, minLength, maxLength, pattern, enum, const, anyOf, allOf of object
+    schemas, $ref, $defs/definitions, format, and annotations such as title or description).
+    Should an output still miss its constraint (or no token can continue the grammar), the output
+    ends with FINISH_REASON_ERROR and an Info event says why.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -355,12 +364,23 @@ class OutputConstraint(_message.Message):
     GRAMMAR_FIELD_NUMBER: _builtins.int
     CHOICES_FIELD_NUMBER: _builtins.int
     regex: _builtins.str
-    """The output matches this regular expression in full (anchors are implied)."""
+    """The output matches this regular expression in full (Python's `re.fullmatch`; `^` and `$`
+    are allowed only at the pattern's ends, including the ends of top-level alternatives).
+    Dialect: literals and escapes (\\$, \\", \\n, \\xHH, \\uHHHH), `.` (not newline), classes
+    with ranges and negation, \\d, \\w, \\s and their negations (\\d, \\w and \\s are written as
+    their ASCII members), groups `(...)` and `(?:...)`, named groups, alternation, and the
+    quantifiers ?, *, +, {m}, {m,}, {m,n}, greedy or lazy. Refused (FAILED_PRECONDITION, the
+    message names the construct): backreferences, lookaround, conditionals, possessive
+    quantifiers, atomic groups and the flags i, m, a and L. A JSON schema's `pattern` uses the
+    same dialect; its output is then a match of the whole string.
+    """
     grammar: _builtins.str
     """The output is a sentence of this GBNF grammar (llama.cpp's format), from its `root` rule."""
     @_builtins.property
     def json_schema(self) -> _struct_pb2.Struct:
-        """The output is a JSON document valid against this JSON schema."""
+        """The output is a JSON document valid against this JSON schema; the empty schema `{}`
+        admits any JSON value (object, array, string, number, boolean or null).
+        """
 
     @_builtins.property
     def choices(self) -> Global___ChoiceList:
@@ -648,11 +668,16 @@ class TextParameters(_message.Message):
     repeat_penalty: _builtins.float
     """Penalty for repeated tokens; 1 disables."""
     seed: _builtins.int
-    """Seed for reproducible sampling."""
+    """Seed for reproducible sampling; with n choices, choice i uses seed + i, so seed + n - 1
+    must fit an int64.
+    """
     parallel_tool_calls: _builtins.bool
     """Whether one reply may hold several tool calls; unset allows them."""
     logprobs: _builtins.bool
-    """Return each generated token's log probability (OutputItem.logprobs, TextDelta.logprobs)."""
+    """Return each generated token's log probability (OutputItem.logprobs, TextDelta.logprobs;
+    a stream's final event leaves them to its deltas). n x max_tokens x (top_logprobs + 1) is
+    at most 200,000, else INVALID_ARGUMENT.
+    """
     top_logprobs: _builtins.int
     """With logprobs: how many most likely alternatives to return per token, 0 to 20."""
     n: _builtins.int

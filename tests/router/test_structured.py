@@ -12,6 +12,9 @@ from typing import Any
 import grpc
 import jsonschema
 import pytest
+from google.protobuf import json_format
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from genmesh.client import (
     Client,
@@ -172,10 +175,9 @@ async def test_logprobs_shape_and_order(smol: Client) -> None:
     )
     events = await stream(smol, request)
     final = events[-1].final
-    logprobs = final.outputs[0].logprobs
+    logprobs = [lp for e in events if e.HasField("text_delta") for lp in e.text_delta.logprobs]
     assert len(logprobs) == final.usage.completion_tokens
-    streamed = [lp for e in events if e.HasField("text_delta") for lp in e.text_delta.logprobs]
-    assert [lp.token_id for lp in streamed] == [lp.token_id for lp in logprobs]
+    assert not final.outputs[0].logprobs, "the streamed final leaves them to the deltas"
     for entry in logprobs:
         assert entry.logprob <= 0
         top = [alt.logprob for alt in entry.top_logprobs]
@@ -196,19 +198,228 @@ async def test_n_choices_carry_their_index(smol: Client) -> None:
         assert "".join(d.text for d in deltas if d.index == output.index) == output.text
 
 
+async def test_constraint_the_engine_cannot_compile_is_invalid(smol: Client) -> None:
+    constraint = common_pb2.OutputConstraint(grammar="root ::= undefined-rule")
+    code, fields = await refused(smol, text_request("hi", parameters=params(constraint=constraint)))
+    assert (code, fields) == (grpc.StatusCode.INVALID_ARGUMENT, {"text.constraint.grammar"})
+
+
+async def test_constraint_beyond_the_engine_is_failed_precondition(smol: Client) -> None:
+    # llama.cpp's schema converter ignores numeric bounds: refused, never unenforced.
+    constraint = json_schema({"type": "integer", "maximum": 9})
+    code, fields = await refused(smol, text_request("hi", parameters=params(constraint=constraint)))
+    assert (code, fields) == (grpc.StatusCode.FAILED_PRECONDITION, {"text.constraint.json_schema"})
+
+
+async def answers(client: Client) -> None:
+    """ttt is still up: a plain request gets its answer."""
+    response = await client.generate(text_request("Hi", parameters=params(max_tokens=2)))
+    assert response.usage.completion_tokens >= 1
+
+
+def regex(pattern: str) -> common_pb2.OutputConstraint:
+    return common_pb2.OutputConstraint(regex=pattern)
+
+
+def gbnf(text: str) -> common_pb2.OutputConstraint:
+    return common_pb2.OutputConstraint(grammar=text)
+
+
+INVALID, LIMIT = grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION
+SCHEMA, REGEX, GRAMMAR = (f"text.constraint.{k}" for k in ("json_schema", "regex", "grammar"))
+
+
 @pytest.mark.parametrize(
-    ("constraint", "field"),
+    ("constraint", "code", "field"),
     [
-        (common_pb2.OutputConstraint(grammar="root ::= undefined-rule"), "text.constraint.grammar"),
-        # llama.cpp's schema converter ignores numeric bounds: refused, never unenforced.
-        (json_schema({"type": "integer", "maximum": 9}), "text.constraint.json_schema"),
+        # Grammars no token can satisfy: llama.cpp aborted the process on them.
+        (gbnf('root ::= "\\x00"'), INVALID, GRAMMAR),
+        (gbnf('root ::= "\x00"'), INVALID, GRAMMAR),
+        (gbnf("root ::= []"), INVALID, GRAMMAR),
+        (gbnf("root ::= [^\\x00-\\U0010FFFF]"), INVALID, GRAMMAR),
+        (regex("\x00"), INVALID, REGEX),
+        (regex("\\x00"), INVALID, REGEX),
+        (regex("[^\\s\\S]"), INVALID, REGEX),
+        (json_schema({"type": "string", "pattern": "\\x00"}), INVALID, SCHEMA),
+        (json_schema({"enum": ["a\x00"]}), INVALID, SCHEMA),
+        # Deep nesting: llama.cpp's recursive parser overflowed its stack.
+        (gbnf("root ::= " + "(" * 50_000 + '"a"' + ")" * 50_000), LIMIT, GRAMMAR),
+        (json_schema({"type": "string", "maxLength": 20_000}), LIMIT, SCHEMA),
+        (json_schema({"type": "array", "maxItems": 20_000}), LIMIT, SCHEMA),
+        (regex("a{0,20000}"), LIMIT, REGEX),
+        (regex("(?:a)\\1"), INVALID, REGEX),
+        (regex("(a)\\1"), LIMIT, REGEX),
     ],
 )
-async def test_constraint_the_engine_cannot_compile_is_invalid(
-    smol: Client, constraint: common_pb2.OutputConstraint, field: str
+async def test_constraints_that_took_ttt_down_are_refused(
+    smol: Client, constraint: common_pb2.OutputConstraint, code: grpc.StatusCode, field: str
 ) -> None:
-    code, fields = await refused(smol, text_request("hi", parameters=params(constraint=constraint)))
-    assert (code, fields) == (grpc.StatusCode.INVALID_ARGUMENT, {field})
+    request = text_request("hi", parameters=params(max_tokens=4, constraint=constraint))
+    assert await refused(smol, request) == (code, {field})
+    await answers(smol)
+
+
+async def test_repetition_at_the_limit_runs(smol: Client) -> None:
+    schema = {"type": "string", "maxLength": 500}
+    request = text_request(
+        "A word?", parameters=params(max_tokens=6, constraint=json_schema(schema))
+    )
+    response = await smol.generate(request)
+    assert response.outputs[0].text.startswith('"')
+    await answers(smol)
+
+
+async def test_empty_schema_is_any_json_value(smol: Client) -> None:
+    constraint = common_pb2.OutputConstraint()
+    constraint.json_schema.SetInParent()  # {}: OpenAI's json_object
+    request = text_request("A JSON list of two numbers.", parameters=params(max_tokens=40))
+    request.text.constraint.CopyFrom(constraint)
+    response = await smol.generate(request)
+    if response.outputs[0].finish_reason == common_pb2.FINISH_REASON_STOP:
+        json.loads(response.outputs[0].text)
+
+
+async def test_empty_regex_is_the_empty_output(smol: Client) -> None:
+    response = await smol.generate(text_request("hi", parameters=params(constraint=regex(""))))
+    assert response.outputs[0].text == ""
+
+
+async def test_regex_dialect_on_smol(smol: Client) -> None:
+    pattern = r"(?:\d{2}|\w)\s[A-Z]\$"
+    response = await smol.generate(
+        text_request("Write 12 A$", parameters=params(max_tokens=12, constraint=regex(pattern)))
+    )
+    assert re.fullmatch(pattern, response.outputs[0].text)
+
+
+async def test_choices_with_backslashes_come_out_exactly(smol: Client) -> None:
+    choices = common_pb2.ChoiceList(choices=["C:\\new", "a\\b"])
+    constraint = common_pb2.OutputConstraint(choices=choices)
+    response = await smol.generate(text_request("Pick", parameters=params(constraint=constraint)))
+    assert response.outputs[0].text in {"C:\\new", "a\\b"}
+    enum = json_schema({"enum": ["a\\b"]})
+    response = await smol.generate(text_request("Pick", parameters=params(constraint=enum)))
+    assert json.loads(response.outputs[0].text) == "a\\b"
+
+
+@pytest.mark.parametrize(
+    ("fields", "field"),
+    [
+        ({"seed": 2**63 - 1, "n": 2}, "text.seed"),
+        ({"tools": [tool("f", "", {"type": "string"})]}, "text.tools[0].parameters"),
+        (
+            {"n": 16, "max_tokens": 2000, "logprobs": True, "top_logprobs": 20},
+            "text.logprobs",
+        ),
+    ],
+)
+async def test_bad_input_on_smol_is_invalid(
+    smol: Client, fields: dict[str, Any], field: str
+) -> None:
+    request = text_request("x", parameters=common_pb2.TextParameters(**fields))
+    code, violations = await refused(smol, request)
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and field in violations
+
+
+async def test_tool_fields_only_on_their_roles(client: Client) -> None:
+    call = common_pb2.ToolCall(id="call_1", name="get_weather", arguments="{}")
+    misplaced = text_request("x", parameters=params(tools=[WEATHER]))
+    misplaced.inputs[0].tool_calls.append(call)
+    code, violations = await refused(client, misplaced)
+    assert (code, violations) == (grpc.StatusCode.INVALID_ARGUMENT, {"inputs[0].tool_calls"})
+    answer = text_request("x", parameters=params(tools=[WEATHER]))
+    answer.inputs[0].tool_call_id = "call_1"
+    code, violations = await refused(client, answer)
+    assert (code, violations) == (grpc.StatusCode.INVALID_ARGUMENT, {"inputs[0].tool_call_id"})
+
+
+async def test_streamed_final_leaves_logprobs_to_the_deltas(client: Client) -> None:
+    request = text_request("ab", parameters=params(logprobs=True, top_logprobs=1))
+    events = await stream(client, request)
+    assert sum(len(e.text_delta.logprobs) for e in events if e.HasField("text_delta")) == 2
+    assert not events[-1].final.outputs[0].logprobs
+    assert len((await client.generate(request)).outputs[0].logprobs) == 2
+
+
+async def test_two_tools_with_their_own_definitions(smol: Client) -> None:
+    def item(kind: str) -> dict[str, Any]:
+        return {
+            "type": "object",
+            "$defs": {"Item": {"type": kind, **({"maxLength": 10} if kind == "string" else {})}},
+            "properties": {"x": {"$ref": "#/$defs/Item"}},
+            "required": ["x"],
+        }
+
+    schemas = {"name_it": item("string"), "count_it": item("integer")}
+    request = text_request(
+        "Count the apples.",
+        parameters=params(
+            max_tokens=60,
+            tools=[tool(name, "", schema) for name, schema in schemas.items()],
+            tool_choice=common_pb2.ToolChoice(mode=Mode.MODE_REQUIRED),
+        ),
+    )
+    response = await smol.generate(request)
+    for call in response.outputs[0].tool_calls:
+        jsonschema.validate(json.loads(call.arguments), schemas[call.name])
+
+
+SMALL_SCHEMAS = st.recursive(
+    st.sampled_from(
+        [
+            {"type": "integer"},
+            {"type": "boolean"},
+            {"type": "string", "maxLength": 8},
+            {"enum": ["a", "b\\c"]},
+            {"type": "string", "pattern": "^[a-c]{1,3}$"},
+            {"type": "number", "minimum": 0},
+        ]
+    ),
+    lambda inner: st.one_of(
+        st.builds(
+            lambda props: {
+                "type": "object",
+                "properties": props,
+                "required": sorted(props),
+                "additionalProperties": False,
+            },
+            st.dictionaries(st.sampled_from(["a", "b", "c"]), inner, min_size=1, max_size=2),
+        ),
+        st.builds(lambda i: {"type": "array", "items": i, "maxItems": 2}, inner),
+        st.builds(lambda xs: {"anyOf": xs}, st.lists(inner, min_size=2, max_size=2)),
+    ),
+    max_leaves=4,
+)
+
+
+@settings(
+    max_examples=6,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(schema=SMALL_SCHEMAS)
+async def test_generated_schemas_validate_or_are_refused(
+    smol: Client, schema: dict[str, Any]
+) -> None:
+    request = text_request(
+        "Answer in JSON.", parameters=params(max_tokens=48, constraint=json_schema(schema))
+    )
+    try:
+        response = await smol.generate(request)
+    except grpc.aio.AioRpcError as exc:
+        assert exc.code() in (INVALID, LIMIT), exc
+        assert error_details(exc).violations
+        return
+    output = response.outputs[0]
+    if output.finish_reason == common_pb2.FINISH_REASON_STOP:
+        jsonschema.validate(json.loads(output.text), schema)
+    else:
+        assert output.finish_reason in (
+            common_pb2.FINISH_REASON_LENGTH,
+            common_pb2.FINISH_REASON_ERROR,
+        )
 
 
 def test_cli_generate_with_json_schema(smol_router: ServiceProcess, tmp_path: Path) -> None:
@@ -254,7 +465,7 @@ async def test_echo_n_and_logprobs(client: Client) -> None:
     final = events[-1].final
     assert [(o.index, o.text, o.seed) for o in final.outputs] == [(0, "ab", 7), (1, "ab", 8)]
     assert final.usage.completion_tokens == 4
-    for output in final.outputs:
+    for output in (await client.generate(request)).outputs:
         assert [(lp.token, lp.logprob) for lp in output.logprobs] == [("a", 0), ("b", 0)]
         assert [len(lp.top_logprobs) for lp in output.logprobs] == [1, 1]
     indexes = [e.text_delta.index for e in events if e.HasField("text_delta")]
@@ -318,3 +529,12 @@ def test_rest_constrained_request(rest: Rest) -> None:  # noqa: F811 - the fixtu
         "POST", "/v1/generate", {**body, "text": {"constraint": {"json_schema": schema}}}
     )
     assert bad.status == 400
+
+
+def test_request_constraint_and_tools_replace_the_defaults() -> None:
+    from genmesh.router.dispatch import _overlay
+
+    merged = params(constraint=json_schema({"type": "object", "required": ["a"]}), tools=[TIME])
+    _overlay(merged, params(constraint=json_schema({"type": "string"}), tools=[WEATHER]))
+    assert json_format.MessageToDict(merged.constraint.json_schema) == {"type": "string"}
+    assert [t.name for t in merged.tools] == ["get_weather"]

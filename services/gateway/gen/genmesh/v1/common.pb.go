@@ -744,9 +744,18 @@ func (x *ChoiceList) GetChoices() []string {
 	return nil
 }
 
-// A constraint on generated text: the output always satisfies it. An engine that cannot
-// enforce the constraint refuses the request with FAILED_PRECONDITION; a constraint that does
-// not compile is INVALID_ARGUMENT naming the field.
+// A constraint on generated text: the output always satisfies it. A constraint that is
+// malformed (a schema that is not one, a regex that does not compile, a GBNF with an undefined
+// rule, a NUL character anywhere, a character class that matches nothing) is INVALID_ARGUMENT
+// naming the field. One beyond what the engine can enforce is FAILED_PRECONDITION naming the
+// field, with the reason in the message; for llama.cpp these limits are: grammars of at most
+// 200,000 characters and 600 nested groups; repetition counts (maxLength, minLength, maxItems,
+// minItems, {m,n}) of at most 500; schemas of at most 500 subschemas; and only the schema
+// keywords it enforces exactly (type, properties, required, additionalProperties, items,
+// minItems, maxItems, minLength, maxLength, pattern, enum, const, anyOf, allOf of object
+// schemas, $ref, $defs/definitions, format, and annotations such as title or description).
+// Should an output still miss its constraint (or no token can continue the grammar), the output
+// ends with FINISH_REASON_ERROR and an Info event says why.
 type OutputConstraint struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The constraint.
@@ -840,12 +849,21 @@ type isOutputConstraint_Kind interface {
 }
 
 type OutputConstraint_JsonSchema struct {
-	// The output is a JSON document valid against this JSON schema.
+	// The output is a JSON document valid against this JSON schema; the empty schema `{}`
+	// admits any JSON value (object, array, string, number, boolean or null).
 	JsonSchema *structpb.Struct `protobuf:"bytes,1,opt,name=json_schema,json=jsonSchema,proto3,oneof"`
 }
 
 type OutputConstraint_Regex struct {
-	// The output matches this regular expression in full (anchors are implied).
+	// The output matches this regular expression in full (Python's `re.fullmatch`; `^` and `$`
+	// are allowed only at the pattern's ends, including the ends of top-level alternatives).
+	// Dialect: literals and escapes (\$, \", \n, \xHH, \uHHHH), `.` (not newline), classes
+	// with ranges and negation, \d, \w, \s and their negations (\d, \w and \s are written as
+	// their ASCII members), groups `(...)` and `(?:...)`, named groups, alternation, and the
+	// quantifiers ?, *, +, {m}, {m,}, {m,n}, greedy or lazy. Refused (FAILED_PRECONDITION, the
+	// message names the construct): backreferences, lookaround, conditionals, possessive
+	// quantifiers, atomic groups and the flags i, m, a and L. A JSON schema's `pattern` uses the
+	// same dialect; its output is then a match of the whole string.
 	Regex string `protobuf:"bytes,2,opt,name=regex,proto3,oneof"`
 }
 
@@ -1301,7 +1319,8 @@ type TextParameters struct {
 	TopK *int32 `protobuf:"varint,4,opt,name=top_k,json=topK,proto3,oneof" json:"top_k,omitempty"`
 	// Penalty for repeated tokens; 1 disables.
 	RepeatPenalty *float32 `protobuf:"fixed32,5,opt,name=repeat_penalty,json=repeatPenalty,proto3,oneof" json:"repeat_penalty,omitempty"`
-	// Seed for reproducible sampling.
+	// Seed for reproducible sampling; with n choices, choice i uses seed + i, so seed + n - 1
+	// must fit an int64.
 	Seed *int64 `protobuf:"varint,6,opt,name=seed,proto3,oneof" json:"seed,omitempty"`
 	// Generation stops before any of these strings; they are not returned.
 	Stop []string `protobuf:"bytes,7,rep,name=stop,proto3" json:"stop,omitempty"`
@@ -1313,7 +1332,9 @@ type TextParameters struct {
 	ToolChoice *ToolChoice `protobuf:"bytes,10,opt,name=tool_choice,json=toolChoice,proto3" json:"tool_choice,omitempty"`
 	// Whether one reply may hold several tool calls; unset allows them.
 	ParallelToolCalls *bool `protobuf:"varint,11,opt,name=parallel_tool_calls,json=parallelToolCalls,proto3,oneof" json:"parallel_tool_calls,omitempty"`
-	// Return each generated token's log probability (OutputItem.logprobs, TextDelta.logprobs).
+	// Return each generated token's log probability (OutputItem.logprobs, TextDelta.logprobs;
+	// a stream's final event leaves them to its deltas). n x max_tokens x (top_logprobs + 1) is
+	// at most 200,000, else INVALID_ARGUMENT.
 	Logprobs bool `protobuf:"varint,12,opt,name=logprobs,proto3" json:"logprobs,omitempty"`
 	// With logprobs: how many most likely alternatives to return per token, 0 to 20.
 	TopLogprobs int32 `protobuf:"varint,13,opt,name=top_logprobs,json=topLogprobs,proto3" json:"top_logprobs,omitempty"`
