@@ -9,9 +9,28 @@ import json
 import statistics
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 Results = dict[str, Any]
+
+
+@dataclass
+class Streams:
+    """What concurrent generations produced: tokens in all, the wall time they took together,
+    and each one's time to its first token."""
+
+    tokens: int
+    wall_s: float
+    first_token_s: list[float]
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens / self.wall_s
+
+    @property
+    def ttft_ms(self) -> float:
+        return statistics.median(self.first_token_s) * 1e3
 
 
 def timed(call: Callable[[], object], count: int) -> list[float]:

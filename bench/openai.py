@@ -21,7 +21,6 @@ import statistics
 import sys
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from openai import AsyncOpenAI
 
-from bench.common import command_line, emit
+from bench.common import Streams, command_line, emit
 from genmesh.client import Client, text_request
 from genmesh.ttt.llama_engine import default_threads
 from genmesh.v1 import common_pb2
@@ -45,21 +44,6 @@ ECHO_PROMPT = "genmesh edge benchmark, one character per token. " * 2
 RATE_TARGET = 0.95
 TTFT_TARGET_MS = 5.0
 PATHS = ("grpc", "edge")
-
-
-@dataclass
-class Batch:
-    tokens: int
-    wall_s: float
-    first_token_s: list[float]
-
-    @property
-    def tokens_per_s(self) -> float:
-        return self.tokens / self.wall_s
-
-    @property
-    def ttft_ms(self) -> float:
-        return statistics.median(self.first_token_s) * 1e3
 
 
 One = Callable[[float], Awaitable[tuple[int, float]]]
@@ -105,17 +89,17 @@ async def edge_stream(sdk: AsyncOpenAI, binding: str, prompt: str, max_tokens: i
     return one
 
 
-async def batch(one: One, streams: int) -> Batch:
+async def batch(one: One, streams: int) -> Streams:
     start = time.perf_counter()
     done = await asyncio.gather(*(one(start) for _ in range(streams)))
     wall = time.perf_counter() - start
-    return Batch(sum(t for t, _ in done), wall, [f for _, f in done])
+    return Streams(sum(t for t, _ in done), wall, [f for _, f in done])
 
 
 async def compare(ones: dict[str, One], streams: int, rounds: int) -> dict[str, Any]:
     for one in ones.values():  # warm-up: connections, the prompt cache
         await batch(one, 1)
-    measured: dict[str, list[Batch]] = {path: [] for path in PATHS}
+    measured: dict[str, list[Streams]] = {path: [] for path in PATHS}
     for round_ in range(rounds):
         order = PATHS if round_ % 2 == 0 else PATHS[::-1]
         for path in order:

@@ -30,12 +30,12 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.common import Streams
 from genmesh.client import Client, text_request
 from genmesh.ttt.engine import ChatMessage, SamplingParams, TextEngine
 from genmesh.ttt.llama_engine import default_threads
@@ -49,22 +49,7 @@ TARGET = 0.95
 THREADS = default_threads()
 
 
-@dataclass
-class Run:
-    tokens: int
-    wall_s: float
-    first_token_s: list[float]
-
-    @property
-    def tokens_per_s(self) -> float:
-        return self.tokens / self.wall_s
-
-    @property
-    def ttft_p50_ms(self) -> float:
-        return statistics.median(self.first_token_s) * 1000
-
-
-async def mesh_run(client: Client, streams: int, max_tokens: int) -> Run:
+async def mesh_run(client: Client, streams: int, max_tokens: int) -> Streams:
     params = common_pb2.TextParameters(temperature=0, max_tokens=max_tokens)
     start = time.perf_counter()
 
@@ -82,10 +67,10 @@ async def mesh_run(client: Client, streams: int, max_tokens: int) -> Run:
 
     results = await asyncio.gather(*(one() for _ in range(streams)))
     wall = time.perf_counter() - start
-    return Run(sum(t for t, _ in results), wall, [f for _, f in results])
+    return Streams(sum(t for t, _ in results), wall, [f for _, f in results])
 
 
-def inprocess_run(llm: Any, streams: int, max_tokens: int) -> Run:
+def inprocess_run(llm: Any, streams: int, max_tokens: int) -> Streams:
     messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": PROMPT}]
     start = time.perf_counter()
     tokens = 0
@@ -99,10 +84,10 @@ def inprocess_run(llm: Any, streams: int, max_tokens: int) -> Run:
                 first = first or time.perf_counter() - start
                 tokens += 1
         firsts.append(first)
-    return Run(tokens, time.perf_counter() - start, firsts)
+    return Streams(tokens, time.perf_counter() - start, firsts)
 
 
-async def engine_run(engine: TextEngine, max_tokens: int) -> Run:
+async def engine_run(engine: TextEngine, max_tokens: int) -> Streams:
     messages = [ChatMessage("system", SYSTEM), ChatMessage("user", PROMPT)]
     start = time.perf_counter()
     first = 0.0
@@ -113,7 +98,7 @@ async def engine_run(engine: TextEngine, max_tokens: int) -> Run:
         tokens += chunk.tokens
         if chunk.tokens and not first:
             first = time.perf_counter() - start
-    return Run(tokens, time.perf_counter() - start, [first])
+    return Streams(tokens, time.perf_counter() - start, [first])
 
 
 async def compare_engines(max_tokens: int) -> dict[str, Any]:
@@ -135,10 +120,10 @@ async def compare_engines(max_tokens: int) -> dict[str, Any]:
         )
         figures[name] = {
             "tokens_per_s": round(best.tokens_per_s, 1),
-            "ttft_ms": round(best.ttft_p50_ms, 1),
+            "ttft_ms": round(best.ttft_ms, 1),
         }
         print(
-            f"  {name:28s} {best.tokens_per_s:7.1f} tok/s  ttft {best.ttft_p50_ms:7.1f} ms",
+            f"  {name:28s} {best.tokens_per_s:7.1f} tok/s  ttft {best.ttft_ms:7.1f} ms",
             flush=True,
         )
         await engine.unload()
@@ -163,7 +148,7 @@ def engine_at(rev: str) -> Any:
     return module.LlamaCppEngine
 
 
-async def engine_streams(engine: TextEngine, streams: int, max_tokens: int) -> Run:
+async def engine_streams(engine: TextEngine, streams: int, max_tokens: int) -> Streams:
     start = time.perf_counter()
 
     async def one(index: int) -> tuple[int, float]:
@@ -178,7 +163,7 @@ async def engine_streams(engine: TextEngine, streams: int, max_tokens: int) -> R
 
     results = await asyncio.gather(*(one(i) for i in range(streams)))
     wall = time.perf_counter() - start
-    return Run(sum(t for t, _ in results), wall, [f for _, f in results])
+    return Streams(sum(t for t, _ in results), wall, [f for _, f in results])
 
 
 async def compare_revisions(args: argparse.Namespace) -> dict[str, Any]:
@@ -199,7 +184,7 @@ async def compare_revisions(args: argparse.Namespace) -> dict[str, Any]:
     print(f"threads {args.threads}; {'streams':>7} " + " ".join(f"{n:>28}" for n in engines))
     figures: dict[str, Any] = {}
     for streams in args.streams:
-        runs: dict[str, list[Run]] = {name: [] for name in engines}
+        runs: dict[str, list[Streams]] = {name: [] for name in engines}
         for _ in range(args.rounds):  # interleaved, so load drift hits both alike
             for name, engine in engines.items():
                 runs[name].append(await engine_streams(engine, streams, args.max_tokens))
@@ -207,7 +192,7 @@ async def compare_revisions(args: argparse.Namespace) -> dict[str, Any]:
         for name, got in runs.items():
             row[name] = {
                 "tokens_per_s": round(statistics.median(r.tokens_per_s for r in got), 1),
-                "ttft_p50_ms": round(statistics.median(r.ttft_p50_ms for r in got), 1),
+                "ttft_p50_ms": round(statistics.median(r.ttft_ms for r in got), 1),
             }
         figures[str(streams)] = row
         cells = " ".join(
@@ -264,8 +249,8 @@ async def main() -> None:
                 f"{'mesh ttft ms':>13} {'in-proc ttft ms':>16}"
             )
             for streams in args.streams:
-                mesh: list[Run] = []
-                local: list[Run] = []
+                mesh: list[Streams] = []
+                local: list[Streams] = []
                 for _ in range(args.rounds):
                     mesh.append(await mesh_run(client, streams, args.max_tokens))
                     local.append(
@@ -276,15 +261,15 @@ async def main() -> None:
                 ratio = m.tokens_per_s / p.tokens_per_s
                 print(
                     f"{streams:>7} {m.tokens_per_s:>11.1f} {p.tokens_per_s:>14.1f} {ratio:>6.2f} "
-                    f"{m.ttft_p50_ms:>13.1f} {p.ttft_p50_ms:>16.1f}",
+                    f"{m.ttft_ms:>13.1f} {p.ttft_ms:>16.1f}",
                     flush=True,
                 )
                 report["streams"][streams] = {
                     "mesh_tokens_per_s": round(m.tokens_per_s, 1),
                     "inprocess_tokens_per_s": round(p.tokens_per_s, 1),
                     "ratio": round(ratio, 3),
-                    "mesh_ttft_p50_ms": round(m.ttft_p50_ms, 1),
-                    "inprocess_ttft_p50_ms": round(p.ttft_p50_ms, 1),
+                    "mesh_ttft_p50_ms": round(m.ttft_ms, 1),
+                    "inprocess_ttft_p50_ms": round(p.ttft_ms, 1),
                     "target_met": ratio >= TARGET,
                 }
     finally:

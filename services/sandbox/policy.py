@@ -398,6 +398,19 @@ _EXCEPTION = "an exception class, to catch"
 _CLASS = "a value class in C: its methods take values, not names"
 _LIBRARY = "a library function in Python: reads its arguments' values, walks no names"
 
+# The `re` functions that take a pattern (and flags): the runtime's versions refuse re.DEBUG.
+_RE_CALLS = (
+    "compile",
+    "search",
+    "match",
+    "fullmatch",
+    "split",
+    "findall",
+    "finditer",
+    "sub",
+    "subn",
+)
+
 # The pre-imported modules as views: the members a program sees, each with why it is safe.
 # Everything else a module holds (its imports, wrappers, attribute walkers) is not there.
 MODULES: dict[str, dict[str, str]] = {
@@ -471,17 +484,7 @@ MODULES: dict[str, dict[str, str]] = {
     },
     "re": {
         **dict.fromkeys(
-            (
-                "compile",
-                "search",
-                "match",
-                "fullmatch",
-                "split",
-                "findall",
-                "finditer",
-                "sub",
-                "subn",
-            ),
+            _RE_CALLS,
             "runtime version refusing re.DEBUG; patterns and replacement templates name groups, "
             "not attributes; a callable replacement is the program's own",
         ),
@@ -775,20 +778,7 @@ REPLACED_MEMBERS: dict[tuple[str, str], str] = {
     ("json", "loads"): "values must be attribute dicts; `cls=`, hooks and parse callbacks run "
     "arbitrary callables over internal parser state",
     **dict.fromkeys(
-        (
-            ("re", name)
-            for name in (
-                "compile",
-                "search",
-                "match",
-                "fullmatch",
-                "split",
-                "findall",
-                "finditer",
-                "sub",
-                "subn",
-            )
-        ),
+        (("re", name) for name in _RE_CALLS),
         "re.DEBUG (also reachable as a number) prints the pattern to the process's stdout",
     ),
     **dict.fromkeys(
