@@ -24,30 +24,9 @@ from openai.types.chat import (
 from pydantic import BaseModel, Field
 
 from tests.edge.conftest import async_sdk, raw, sdk
+from tests.schemas import PERSON, SCHEMAS
 from tests.support import ServiceProcess
 
-PERSON = {
-    "type": "object",
-    "properties": {
-        "name": {"type": "string", "maxLength": 12},
-        "age": {"type": "integer"},
-    },
-    "required": ["name", "age"],
-    "additionalProperties": False,
-}
-SCHEMAS: dict[str, dict[str, Any]] = {
-    "get_weather": {
-        "type": "object",
-        "properties": {"city": {"type": "string", "maxLength": 20}},
-        "required": ["city"],
-        "additionalProperties": False,
-    },
-    "get_time": {
-        "type": "object",
-        "properties": {"timezone": {"type": "string", "maxLength": 20}},
-        "required": ["timezone"],
-    },
-}
 TOOLS: list[ChatCompletionToolParam] = [
     {
         "type": "function",

@@ -27,32 +27,11 @@ from genmesh.client import (
 )
 from genmesh.v1 import common_pb2, generation_pb2
 from tests.gateway.conftest import Rest, rest  # noqa: F401 - the gateway fixture
+from tests.schemas import PERSON, SCHEMAS
 from tests.support import ServiceProcess, client_fixture, run_cli
 
 smol = client_fixture("smol_router")
 Mode = common_pb2.ToolChoice.Mode
-PERSON = {
-    "type": "object",
-    "properties": {
-        "name": {"type": "string", "maxLength": 12},
-        "age": {"type": "integer"},
-    },
-    "required": ["name", "age"],
-    "additionalProperties": False,
-}
-SCHEMAS: dict[str, dict[str, Any]] = {
-    "get_weather": {
-        "type": "object",
-        "properties": {"city": {"type": "string", "maxLength": 20}},
-        "required": ["city"],
-        "additionalProperties": False,
-    },
-    "get_time": {
-        "type": "object",
-        "properties": {"timezone": {"type": "string", "maxLength": 20}},
-        "required": ["timezone"],
-    },
-}
 WEATHER = tool("get_weather", "The current weather in a city.", SCHEMAS["get_weather"])
 TIME = tool("get_time", "The local time in a timezone.", SCHEMAS["get_time"])
 CALL = '<tool_call>{"name": "get_weather", "arguments": {"city": "Paris"}}</tool_call>'
