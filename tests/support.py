@@ -123,7 +123,11 @@ def echo_binding(*addresses: str, name: str = "echo") -> dict[str, Any]:
 
 def serve(service: str, config: dict[str, Any]) -> Iterator[ServiceProcess]:
     """A fixture's body (`yield from serve(...)`): the service runs for the fixture's scope."""
-    process = ServiceProcess(service, config)
+    return running(ServiceProcess(service, config))
+
+
+def running(process: ServiceProcess) -> Iterator[ServiceProcess]:
+    """A fixture's body for a process started otherwise: it stops with the fixture's scope."""
     yield process
     process.terminate()
 

@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 from openai import AsyncOpenAI, OpenAI
 
-from tests.support import API_KEY, ServiceProcess, echo_binding, router_config
+from tests.support import API_KEY, ServiceProcess, echo_binding, router_config, running, serve
 
 # A key the router knows, without the generate scope.
 AGENT_ONLY_KEY = "gm-agent-only-" + secrets.token_hex(8)
@@ -60,23 +60,17 @@ def echo_router(ttt: ServiceProcess) -> Iterator[ServiceProcess]:
         "sha256": hashlib.sha256(AGENT_ONLY_KEY.encode()).hexdigest(),
         "scopes": ["agent"],
     }
-    process = ServiceProcess("router", router_config(bindings, api_keys=[agent_only]))
-    yield process
-    process.terminate()
+    yield from serve("router", router_config(bindings, api_keys=[agent_only]))
 
 
 @pytest.fixture(scope="session")
 def edge(echo_router: ServiceProcess) -> Iterator[ServiceProcess]:
-    process = edge_process(echo_router)
-    yield process
-    process.terminate()
+    yield from running(edge_process(echo_router))
 
 
 @pytest.fixture(scope="package")
 def smol_edge(smol_router: ServiceProcess) -> Iterator[ServiceProcess]:
-    process = edge_process(smol_router)
-    yield process
-    process.terminate()
+    yield from running(edge_process(smol_router))
 
 
 @pytest.fixture(scope="session")
@@ -86,28 +80,24 @@ def media_router(tti: ServiceProcess, audio: ServiceProcess) -> Iterator[Service
         {"name": "piper", "tasks": ["speech"], "addresses": [audio.address]},
         {"name": "whisper", "tasks": ["transcription"], "addresses": [audio.address]},
     ]
-    process = ServiceProcess("router", router_config(bindings))
-    yield process
-    process.terminate()
+    yield from serve("router", router_config(bindings))
 
 
 @pytest.fixture(scope="session")
 def media_edge(media_router: ServiceProcess) -> Iterator[ServiceProcess]:
-    process = edge_process(media_router)
-    yield process
-    process.terminate()
+    yield from running(edge_process(media_router))
 
 
 @pytest.fixture(scope="session")
 def small_edge(media_router: ServiceProcess) -> Iterator[ServiceProcess]:
-    process = edge_process(
-        media_router,
-        max_body_bytes=SMALL_LIMIT,
-        max_message_bytes=SMALL_LIMIT,
-        max_upload_bytes=SMALL_UPLOAD,
+    yield from running(
+        edge_process(
+            media_router,
+            max_body_bytes=SMALL_LIMIT,
+            max_message_bytes=SMALL_LIMIT,
+            max_upload_bytes=SMALL_UPLOAD,
+        )
     )
-    yield process
-    process.terminate()
 
 
 def sdk(edge: ServiceProcess, key: str = API_KEY, **options: Any) -> OpenAI:

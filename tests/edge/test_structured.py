@@ -48,6 +48,10 @@ TOOLS: list[ChatCompletionToolParam] = [
 CALL = '<tool_call>{"name": "get_weather", "arguments": {"city": "Paris"}}</tool_call>'
 
 
+# The SmolLM2 requests' model and seed, so their outputs repeat.
+SMOL: dict[str, Any] = {"model": "smollm2", "seed": 7}
+
+
 def user(text: str) -> list[ChatCompletionMessageParam]:
     return [{"role": "user", "content": text}]
 
@@ -100,11 +104,10 @@ def smol(smol_edge: ServiceProcess) -> Iterator[OpenAI]:
 
 def test_json_schema_output_validates(smol: OpenAI) -> None:
     completion = smol.chat.completions.create(
-        model="smollm2",
+        **SMOL,
         messages=user("Describe a person."),
         response_format=json_schema_format(PERSON),
         max_tokens=80,
-        seed=7,
     )
     jsonschema.validate(json.loads(completion.choices[0].message.content or ""), PERSON)
     assert completion.choices[0].finish_reason == "stop"
@@ -112,11 +115,10 @@ def test_json_schema_output_validates(smol: OpenAI) -> None:
 
 def test_json_object_output_is_an_object(smol: OpenAI) -> None:
     completion = smol.chat.completions.create(
-        model="smollm2",
+        **SMOL,
         messages=user("Give me a JSON object about a cat."),
         response_format={"type": "json_object"},
         max_tokens=60,
-        seed=7,
     )
     if completion.choices[0].finish_reason == "stop":
         assert isinstance(json.loads(completion.choices[0].message.content or ""), dict)
@@ -131,11 +133,10 @@ class Person(BaseModel):
 
 def test_parse_with_a_pydantic_model(smol: OpenAI) -> None:
     completion = smol.chat.completions.parse(
-        model="smollm2",
+        **SMOL,
         messages=user("Describe a person."),
         response_format=Person,
         max_tokens=80,
-        seed=7,
     )
     parsed = completion.choices[0].message.parsed
     assert isinstance(parsed, Person)
@@ -148,12 +149,11 @@ async def test_required_tool_call_streams_then_the_result_is_answered(
     async with async_sdk(smol_edge, timeout=300.0) as client:
         question = user("What is the weather in Paris?")
         stream = await client.chat.completions.create(
-            model="smollm2",
+            **SMOL,
             messages=question,
             tools=TOOLS,
             tool_choice="required",
             max_tokens=120,
-            seed=7,
             stream=True,
         )
         chunks = [chunk async for chunk in stream]
@@ -183,12 +183,11 @@ async def test_required_tool_call_streams_then_the_result_is_answered(
             *results,
         ]
         answered = await client.chat.completions.create(
-            model="smollm2",
+            **SMOL,
             messages=history,
             tools=TOOLS,
             tool_choice="none",
             max_tokens=40,
-            seed=7,
         )
     choice = answered.choices[0]
     assert choice.finish_reason in ("stop", "length")
@@ -197,13 +196,12 @@ async def test_required_tool_call_streams_then_the_result_is_answered(
 
 def test_named_tool_call(smol: OpenAI) -> None:
     completion = smol.chat.completions.create(
-        model="smollm2",
+        **SMOL,
         messages=user("What time is it in Tokyo?"),
         tools=TOOLS,
         tool_choice={"type": "function", "function": {"name": "get_time"}},
         parallel_tool_calls=False,
         max_tokens=120,
-        seed=7,
     )
     choice = completion.choices[0]
     assert choice.finish_reason == "tool_calls"
@@ -216,11 +214,10 @@ def test_named_tool_call(smol: OpenAI) -> None:
 
 def test_auto_tool_choice_answers_either_way(smol: OpenAI) -> None:
     completion = smol.chat.completions.create(
-        model="smollm2",
+        **SMOL,
         messages=user("What is the weather in Paris?"),
         tools=TOOLS,
         max_tokens=120,
-        seed=7,
     )
     choice = completion.choices[0]
     if choice.finish_reason == "tool_calls":
@@ -233,18 +230,16 @@ def test_auto_tool_choice_answers_either_way(smol: OpenAI) -> None:
 async def test_logprobs_shape_in_results_and_chunks(smol_edge: ServiceProcess) -> None:
     async with async_sdk(smol_edge, timeout=300.0) as client:
         completion = await client.chat.completions.create(
-            model="smollm2",
+            **SMOL,
             messages=user("Say hello."),
             max_tokens=8,
-            seed=7,
             logprobs=True,
             top_logprobs=3,
         )
         stream = await client.chat.completions.create(
-            model="smollm2",
+            **SMOL,
             messages=user("Say hello."),
             max_tokens=8,
-            seed=7,
             logprobs=True,
             top_logprobs=3,
             stream=True,

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Annotated, Any, TypeVar
 
 from fastapi import Depends, Request
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sse_starlette import EventSourceResponse
 from starlette.background import BackgroundTask
 from starlette.datastructures import FormData, UploadFile
@@ -29,6 +29,11 @@ MAX_REQUEST_ID = 128
 # The bounds of the protobuf integer fields requests fill.
 INT32_MAX = 2**31 - 1
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+# The wire's ranges for request fields, so an out-of-range value is a 400 naming the field rather
+# than an error from protobuf.
+Count = Annotated[int, Field(ge=1, le=INT32_MAX)]
+Natural = Annotated[int, Field(ge=0, le=INT32_MAX)]
+Seed = Annotated[int, Field(ge=INT64_MIN, le=INT64_MAX)]
 # Comment lines keep idle connections (a long prompt, a queue) open through proxies.
 PING_SECONDS = 15
 

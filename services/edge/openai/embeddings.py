@@ -21,8 +21,8 @@ from genmesh.client import error_details
 from genmesh.edge import errors
 from genmesh.edge.mesh import Caller, Mesh, unless_disconnected
 from genmesh.edge.openai.common import (
-    INT32_MAX,
     CallerDep,
+    Count,
     MeshDep,
     OpenAIRequest,
     SettingsDep,
@@ -44,7 +44,7 @@ class EmbeddingRequest(OpenAIRequest):
     input: Input
     model: str = Field(min_length=1)
     encoding_format: Literal["float", "base64"] = "float"
-    dimensions: int | None = Field(default=None, ge=1, le=INT32_MAX)
+    dimensions: Count | None = None
     # genmesh's own, sent with the OpenAI SDK's `extra_body`.
     truncation: Literal["end", "none"] = "none"
 

@@ -21,12 +21,11 @@ from pydantic import Field
 from genmesh.edge import errors
 from genmesh.edge.mesh import Caller, Mesh
 from genmesh.edge.openai.common import (
-    INT32_MAX,
-    INT64_MAX,
-    INT64_MIN,
     CallerDep,
+    Count,
     MeshDep,
     OpenAIRequest,
+    Seed,
     SettingsDep,
     binding_and_model,
     form_fields,
@@ -61,9 +60,9 @@ class ImageRequest(OpenAIRequest):
     output_format: Literal["png", "jpeg", "webp"] | None = None
     # genmesh's own, sent with the OpenAI SDK's `extra_body`.
     negative_prompt: str = ""
-    steps: int | None = Field(default=None, ge=1, le=INT32_MAX)
+    steps: Count | None = None
     guidance_scale: float | None = None
-    seed: int | None = Field(default=None, ge=INT64_MIN, le=INT64_MAX)
+    seed: Seed | None = None
     strength: float | None = None
 
     def parameters(self) -> common_pb2.ImageParameters:

@@ -25,12 +25,13 @@ from pydantic import Field
 from genmesh.edge import errors
 from genmesh.edge.mesh import Caller, Indexed, Mesh, Prefetched, prefetch, unless_disconnected
 from genmesh.edge.openai.common import (
-    INT32_MAX,
     INT64_MAX,
-    INT64_MIN,
     CallerDep,
+    Count,
     MeshDep,
+    Natural,
     OpenAIRequest,
+    Seed,
     SettingsDep,
     binding_and_model,
     dumps,
@@ -63,6 +64,8 @@ Mode = common_pb2.ToolChoice.Mode
 TOOL_MODES = {"none": Mode.MODE_NONE, "auto": Mode.MODE_AUTO, "required": Mode.MODE_REQUIRED}
 # The most alternatives per token the engines return.
 MAX_TOP_LOGPROBS = 20
+# The logprobs of generated tokens, in order.
+Logprobs = Sequence[common_pb2.TokenLogprob]
 
 
 class StreamOptions(OpenAIRequest):
@@ -76,17 +79,17 @@ class TextRequest(OpenAIRequest):
     stream: bool = False
     stream_options: StreamOptions | None = None
     stop: str | list[str] | None = None
-    max_tokens: int | None = Field(default=None, ge=1, le=INT32_MAX)
+    max_tokens: Count | None = None
     temperature: float | None = Field(default=None, ge=0, le=2)
     top_p: float | None = Field(default=None, gt=0, le=1)
-    seed: int | None = Field(default=None, ge=INT64_MIN, le=INT64_MAX)
+    seed: Seed | None = None
     n: int | None = Field(default=None, ge=1)
     presence_penalty: float | None = None
     frequency_penalty: float | None = None
     logit_bias: dict[str, float] | None = None
     # genmesh's own, sent with the OpenAI SDK's `extra_body`.
     personality: str = ""
-    top_k: int | None = Field(default=None, ge=0, le=INT32_MAX)
+    top_k: Natural | None = None
     repetition_penalty: float | None = Field(default=None, gt=0)
 
     def unsupported(self) -> dict[str, Any]:
@@ -246,7 +249,7 @@ class NamedToolChoice(OpenAIRequest):
 
 class ChatRequest(TextRequest):
     messages: list[Message] = Field(min_length=1)
-    max_completion_tokens: int | None = Field(default=None, ge=1, le=INT32_MAX)
+    max_completion_tokens: Count | None = None
     response_format: ResponseFormat | None = None
     tools: list[ToolDefinition] | None = None
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
@@ -522,13 +525,7 @@ class Reply(ABC):
         """The chunk a streamed choice starts with, if any."""
 
     @abstractmethod
-    def delta(
-        self,
-        index: int,
-        text: str,
-        thoughts: str,
-        logprobs: Sequence[common_pb2.TokenLogprob],
-    ) -> dict[str, Any]:
+    def delta(self, index: int, text: str, thoughts: str, logprobs: Logprobs) -> dict[str, Any]:
         """A chunk of new text, with its tokens' logprobs."""
 
     @abstractmethod
@@ -576,13 +573,7 @@ class ChatReply(Reply):
         delta = {"role": "assistant", "content": ""}
         return {"index": index, "delta": delta, "finish_reason": None, "logprobs": None}
 
-    def delta(
-        self,
-        index: int,
-        text: str,
-        thoughts: str,
-        logprobs: Sequence[common_pb2.TokenLogprob],
-    ) -> dict[str, Any]:
+    def delta(self, index: int, text: str, thoughts: str, logprobs: Logprobs) -> dict[str, Any]:
         delta = _with_thoughts({"content": text}, thoughts)
         return {
             "index": index,
@@ -625,9 +616,7 @@ class CompletionReply(Reply):
     def _echo(self, index: int) -> str:
         return self.echoes[index] if self.echoes else ""
 
-    def _logprobs(
-        self, index: int, entries: Sequence[common_pb2.TokenLogprob]
-    ) -> dict[str, Any] | None:
+    def _logprobs(self, index: int, entries: Logprobs) -> dict[str, Any] | None:
         """The legacy shape: tokens, their logprobs, their alternatives by token, and where
         each starts in the choice's text (after any echoed prompt)."""
         if not self.logprobs:
@@ -652,13 +641,7 @@ class CompletionReply(Reply):
     def opening(self, index: int) -> dict[str, Any] | None:
         return self._choice(index, self.echoes[index], None) if self.echoes else None
 
-    def delta(
-        self,
-        index: int,
-        text: str,
-        thoughts: str,
-        logprobs: Sequence[common_pb2.TokenLogprob],
-    ) -> dict[str, Any]:
+    def delta(self, index: int, text: str, thoughts: str, logprobs: Logprobs) -> dict[str, Any]:
         return self._choice(index, text, None, self._logprobs(index, logprobs))
 
     def tool_call(self, index: int, piece: common_pb2.ToolCallDelta) -> dict[str, Any] | None:
