@@ -9,6 +9,7 @@ recogniser each admit `max_concurrency` jobs, with a bounded, timed queue behind
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 
 import grpc
 
@@ -29,6 +30,8 @@ from genmesh.runtime.limiter import Slots
 from genmesh.v1 import common_pb2, inference_pb2
 
 FORMAT_NAMES = ["wav", "pcm_s16le", "flac", "ogg_opus"]
+#: Bounds of a request's end_of_speech_silence, in milliseconds.
+MIN_SILENCE_MS, MAX_SILENCE_MS = 100, 10_000
 
 
 class AudioInferenceService(InferenceServicer):
@@ -79,11 +82,25 @@ class AudioInferenceService(InferenceServicer):
                 self._stt_slots,
                 requests,
                 options,
-                self._segmenter_config,
+                self._segmenter(request.transcription),
                 settings.max_audio_seconds,
+                voice_activity=request.transcription.voice_activity,
             )
         samples = await decode(item, settings.max_audio_seconds)
         return FileTranscription(self.stt, self._stt_slots, samples, options)
+
+    def _segmenter(self, params: common_pb2.TranscriptionParameters) -> SegmenterConfig:
+        """The service's segmentation, with the request's end-of-speech silence if it has one."""
+        if not params.HasField("end_of_speech_silence"):
+            return self._segmenter_config
+        ms = params.end_of_speech_silence.ToMilliseconds()
+        if not MIN_SILENCE_MS <= ms <= MAX_SILENCE_MS:
+            raise invalid(
+                f"end_of_speech_silence of {ms} ms is out of range",
+                "transcription.end_of_speech_silence",
+                f"must be {MIN_SILENCE_MS / 1000:g} to {MAX_SILENCE_MS / 1000:g} seconds",
+            )
+        return dataclasses.replace(self._segmenter_config, min_silence_ms=ms)
 
     # Catalogue.
 

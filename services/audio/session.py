@@ -3,7 +3,10 @@ audio here) up to Control END_OF_INPUT, transcribed as it comes.
 
 Voice activity detection cuts the stream into speech segments; each is reported as partial
 transcripts while it is open and as a final transcript when it ends. Each recognition queues for
-the recogniser on its own, so a long session does not hold it between utterances.
+the recogniser on its own, so a long session does not hold it between utterances. Asked for
+voice activity, the session also reports each segment's start and end as they are detected, and
+settles every ended segment with a final transcript, empty when it held no words, so that a voice
+loop knows each utterance's outcome.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from genmesh.audio.transcription import Transcribing, joined, segment_proto
 from genmesh.runtime.errors import ServiceError
 from genmesh.runtime.inference import Requests, Stop, is_cancel
 from genmesh.runtime.limiter import Slots
+from genmesh.runtime.timing import duration
 from genmesh.v1 import common_pb2
 
 #: A partial's language detection this sure settles the language of a stream.
@@ -58,8 +62,10 @@ class LiveTranscription(Transcribing):
         options: TranscribeOptions,
         config: SegmenterConfig,
         max_seconds: float,
+        voice_activity: bool = False,
     ) -> None:
         super().__init__(stt)
+        self.voice_activity = voice_activity
         self.recogniser = recogniser
         self.requests = requests
         self.options = options
@@ -78,9 +84,15 @@ class LiveTranscription(Transcribing):
                     raise event
                 if stop:
                     return
+                if event.kind != "speech":
+                    for boundary in self._boundary(event):
+                        yield boundary
+                    continue
                 if not event.final and not pending.empty():
                     continue  # a newer partial or the settled segment supersedes this one
                 update = await self._recognise(event)
+                if update is None and event.final and self.voice_activity:
+                    update = common_pb2.TranscriptUpdate(is_final=True)
                 if update is not None:
                     yield common_pb2.StreamEvent(transcript=update)
             self.complete = not stop
@@ -89,6 +101,19 @@ class LiveTranscription(Transcribing):
             reader.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await reader
+
+    def _boundary(self, event: SpeechEvent) -> list[common_pb2.StreamEvent]:
+        """A boundary's VoiceActivity event, and a dropped segment's empty final transcript."""
+        if not self.voice_activity:
+            return []
+        activity = common_pb2.VoiceActivity(
+            speaking=event.kind == "started", position=duration(event.start_s)
+        )
+        events = [common_pb2.StreamEvent(voice_activity=activity)]
+        if event.kind == "dropped":
+            empty = common_pb2.TranscriptUpdate(is_final=True)
+            events.append(common_pb2.StreamEvent(transcript=empty))
+        return events
 
     async def _recognise(self, event: SpeechEvent) -> common_pb2.TranscriptUpdate | None:
         async with self.recogniser.slot():

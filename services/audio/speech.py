@@ -19,6 +19,7 @@ from genmesh.audio.inputs import invalid, speech_text
 from genmesh.audio.tts import PiperTTS, SpeechInputError, SpeechOptions
 from genmesh.runtime.inference import InferJob, Stop
 from genmesh.runtime.limiter import Slots
+from genmesh.runtime.timing import duration
 from genmesh.v1 import common_pb2
 
 
@@ -64,6 +65,7 @@ class Speech(InferJob):
                     sample_rate=self.encoding.sample_rate,
                     sequence=index,
                     text=sentence,
+                    duration=duration(len(audio.samples) / self.tts.sample_rate),
                 )
             )
 

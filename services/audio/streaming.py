@@ -5,12 +5,14 @@ bundled ONNX model window by window, carrying the recurrent state and the 64-sam
 between calls; fed the same audio in any chunking it gives the same scores as one call.
 ``Segmenter`` turns the scores into events with the hysteresis rules of Silero's
 ``get_speech_timestamps``: a segment opens above ``threshold``, and closes after
-``min_silence_ms`` below ``neg_threshold``.
+``min_silence_ms`` below ``neg_threshold``. Boundary events mark each opening and closing as it
+happens, before any recognition, so a voice loop can react to speech at once.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -61,14 +63,25 @@ class SegmenterConfig:
     partial_every_s: float = 1.0
 
 
+#: Audio to recognise; or a boundary, without audio: speech started, a segment ended (its final
+#: event follows), or a segment ended too short to keep (nothing follows).
+EventKind = Literal["speech", "started", "ended", "dropped"]
+
+
 @dataclass(frozen=True)
 class SpeechEvent:
-    """A speech segment so far (``final`` False) or settled; positions in samples from 0."""
+    """A speech segment so far (``final`` False) or settled, or a boundary at ``start``;
+    positions in samples from 0."""
 
     start: int
     end: int
     audio: Samples
     final: bool
+    kind: EventKind = "speech"
+
+    @classmethod
+    def boundary(cls, kind: EventKind, position: int) -> SpeechEvent:
+        return cls(position, position, np.zeros(0, dtype=np.float32), final=False, kind=kind)
 
     @property
     def start_s(self) -> float:
@@ -105,16 +118,24 @@ class Segmenter:
     def _slice(self, start: int, end: int) -> Samples:
         return self._audio[max(start - self._base, 0) : max(end - self._base, 0)].copy()
 
-    def _close(self, end: int) -> SpeechEvent | None:
+    def _close(self, end: int) -> list[SpeechEvent]:
         assert self._start is not None
         start, self._start, self._silence_from = self._start, None, 0
         if end - start < self._min_speech:
-            return None
+            return [SpeechEvent.boundary("dropped", end)]
         lo, hi = max(start - self._pad, 0), min(end + self._pad, self.position)
-        return SpeechEvent(lo, hi, self._slice(lo, hi), final=True)
+        return [
+            SpeechEvent.boundary("ended", end),
+            SpeechEvent(lo, hi, self._slice(lo, hi), final=True),
+        ]
+
+    def _open(self, pos: int) -> SpeechEvent:
+        self._start, self._last_partial, self._silence_from = pos, pos, 0
+        return SpeechEvent.boundary("started", pos)
 
     def push(self, samples: Samples) -> list[SpeechEvent]:
-        """Feeds audio; returns the partial and final segments it completes, in order."""
+        """Feeds audio; returns the boundaries it crosses and the partial and final segments it
+        completes, in order."""
         self._audio = np.concatenate([self._audio, samples])
         events: list[SpeechEvent] = []
         c = self.config
@@ -123,19 +144,17 @@ class Segmenter:
             self._scored += WINDOW
             if self._start is None:
                 if prob >= c.threshold:
-                    self._start, self._last_partial, self._silence_from = pos, pos, 0
+                    events.append(self._open(pos))
                 continue
             if prob >= c.threshold:
                 self._silence_from = 0
             elif prob < c.neg_threshold and not self._silence_from:
                 self._silence_from = pos
             if self._silence_from and pos - self._silence_from >= self._min_silence:
-                closed = self._close(self._silence_from)
-                events += [closed] if closed else []
+                events += self._close(self._silence_from)
             elif pos - self._start >= self._max_segment:
-                closed = self._close(pos)
-                events += [closed] if closed else []
-                self._start, self._last_partial = pos, pos
+                events += self._close(pos)
+                events.append(self._open(pos))
             elif pos - self._last_partial >= self._partial_every and not self._silence_from:
                 self._last_partial = pos
                 lo = max(self._start - self._pad, 0)
@@ -147,9 +166,7 @@ class Segmenter:
         """Settles the open segment at the end of the input."""
         if self._start is None:
             return []
-        end = self._silence_from or self.position
-        closed = self._close(end)
-        return [closed] if closed else []
+        return self._close(self._silence_from or self.position)
 
     def _trim(self) -> None:
         """Drops audio no future segment can include (before the open one, or the padding)."""

@@ -6,7 +6,6 @@ which text it speaks, and so the first sentence is heard while later ones are st
 
 from __future__ import annotations
 
-import re
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -16,16 +15,10 @@ from piper import PiperVoice, SynthesisConfig
 
 from genmesh.audio.assets import PiperVoiceFiles, piper_voice
 from genmesh.audio.codecs import Samples
+from genmesh.audio.sentences import split_sentences
 
 MIN_SPEED, MAX_SPEED = 0.25, 4.0
 MAX_NOISE = 2.0
-_ABBREVIATIONS = ("Mr", "Mrs", "Ms", "Dr", "Prof", "St", "vs", "etc", "e.g", "i.e")
-_SENTENCE_END = re.compile(
-    # After a terminator, maybe followed by a closing quote or bracket,
-    "(?:(?<=[.!?\u2026])|(?<=[.!?\u2026][\"'\u201d\u2019)\\]]))"
-    + "".join(rf"(?<!\b{re.escape(a)}\.)" for a in _ABBREVIATIONS)
-    + r"\s+|\n\s*\n|\n(?=\s*[-*•])"  # or at a paragraph break or list item.
-)
 
 
 class SpeechInputError(ValueError):
@@ -49,11 +42,6 @@ class Sentence:
 
     text: str
     samples: Samples
-
-
-def split_sentences(text: str) -> list[str]:
-    """Sentences (or paragraphs and list items) in order, without empty pieces."""
-    return [s.strip() for s in _SENTENCE_END.split(text) if s and s.strip()]
 
 
 class PiperTTS:

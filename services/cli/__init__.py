@@ -18,6 +18,7 @@ from genmesh.cli.audio import speak, transcribe
 from genmesh.cli.embed import embed
 from genmesh.cli.image import image
 from genmesh.cli.sandbox import sandbox
+from genmesh.cli.talk import talk
 from genmesh.cli.up import up
 from genmesh.client import DEFAULT_ADDRESS, Client, json_schema, text_request
 from genmesh.runtime.server import run
@@ -195,5 +196,6 @@ main.add_command(agent)
 main.add_command(sandbox)
 main.add_command(speak)
 main.add_command(transcribe)
+main.add_command(talk)
 main.add_command(image)
 main.add_command(embed)

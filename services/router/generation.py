@@ -19,6 +19,7 @@ import grpc
 
 from genmesh.router import validation
 from genmesh.router.dispatch import Context, Dispatcher, Relay, Routed, new_turn_id, translate
+from genmesh.router.voice import VoiceConversation
 from genmesh.runtime import errors
 from genmesh.runtime.errors import FieldViolation
 from genmesh.v1 import common_pb2, generation_pb2, generation_pb2_grpc, inference_pb2
@@ -127,10 +128,20 @@ class GenerationService(generation_pb2_grpc.GenerationServiceServicer):
         self, request_iterator: AsyncIterator[generation_pb2.ConverseRequest], context: Context
     ) -> AsyncIterator[generation_pb2.ConverseResponse]:
         first = await anext(request_iterator, None)
-        if first is None or first.WhichOneof("message") != "config":
+        kind = first.WhichOneof("message") if first is not None else None
+        if first is not None and kind == "voice":
+            voice = VoiceConversation(self.dispatcher, first.voice, context)
+            context.set_trailing_metadata((("x-request-id", voice.request_id),))
+            async with contextlib.aclosing(voice.run(request_iterator)) as spoken:
+                async for response in spoken:
+                    yield response
+            return
+        if first is None or kind != "config":
             raise errors.invalid_argument(
                 "a conversation starts with a config message",
-                FieldViolation("config", "must be the first message"),
+                FieldViolation(
+                    "config", "must be the first message (voice for a voice conversation)"
+                ),
             )
         routed = self.dispatcher.resolve(first.config, needs_inputs=False)
         context.set_trailing_metadata((("x-request-id", routed.request.request_id),))

@@ -882,22 +882,36 @@ class TranscriptionParameters(_message.Message):
     LANGUAGE_FIELD_NUMBER: _builtins.int
     WORD_TIMESTAMPS_FIELD_NUMBER: _builtins.int
     INITIAL_PROMPT_FIELD_NUMBER: _builtins.int
+    END_OF_SPEECH_SILENCE_FIELD_NUMBER: _builtins.int
+    VOICE_ACTIVITY_FIELD_NUMBER: _builtins.int
     language: _builtins.str
     """ISO 639-1 language code; empty detects the language."""
     word_timestamps: _builtins.bool
     """Also return per-word timestamps."""
     initial_prompt: _builtins.str
     """Text that conditions the decoder (names, jargon)."""
+    voice_activity: _builtins.bool
+    """Streamed audio: also send a VoiceActivity event when speech starts and when it ends, and a
+    final transcript, empty when no words were recognised, for every speech segment that ends.
+    """
+    @_builtins.property
+    def end_of_speech_silence(self) -> _duration_pb2.Duration:
+        """Streamed audio: how long a silence ends a speech segment (in a voice conversation, the
+        user's turn), from 0.1 to 10 seconds; unset takes the service's setting (0.5 s by default).
+        """
+
     def __init__(
         self,
         *,
         language: _builtins.str = ...,
         word_timestamps: _builtins.bool = ...,
         initial_prompt: _builtins.str = ...,
+        end_of_speech_silence: _duration_pb2.Duration | None = ...,
+        voice_activity: _builtins.bool = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["end_of_speech_silence", b"end_of_speech_silence"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["initial_prompt", b"initial_prompt", "language", b"language", "word_timestamps", b"word_timestamps"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["end_of_speech_silence", b"end_of_speech_silence", "initial_prompt", b"initial_prompt", "language", b"language", "voice_activity", b"voice_activity", "word_timestamps", b"word_timestamps"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1370,6 +1384,7 @@ class AudioChunk(_message.Message):
     SAMPLE_RATE_FIELD_NUMBER: _builtins.int
     SEQUENCE_FIELD_NUMBER: _builtins.int
     TEXT_FIELD_NUMBER: _builtins.int
+    DURATION_FIELD_NUMBER: _builtins.int
     data: _builtins.bytes
     """Encoded audio for this piece (a self-contained file for WAV, FLAC and OGG formats)."""
     mime_type: _builtins.str
@@ -1380,6 +1395,10 @@ class AudioChunk(_message.Message):
     """Position of the chunk in the stream, from 0."""
     text: _builtins.str
     """The text this chunk speaks (speech output)."""
+    @_builtins.property
+    def duration(self) -> _duration_pb2.Duration:
+        """How long the chunk's audio plays (speech output)."""
+
     def __init__(
         self,
         *,
@@ -1388,10 +1407,11 @@ class AudioChunk(_message.Message):
         sample_rate: _builtins.int = ...,
         sequence: _builtins.int = ...,
         text: _builtins.str = ...,
+        duration: _duration_pb2.Duration | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["duration", b"duration"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "mime_type", b"mime_type", "sample_rate", b"sample_rate", "sequence", b"sequence", "text", b"text"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "duration", b"duration", "mime_type", b"mime_type", "sample_rate", b"sample_rate", "sequence", b"sequence", "text", b"text"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1492,6 +1512,37 @@ class TranscriptUpdate(_message.Message):
 Global___TranscriptUpdate: _TypeAlias = TranscriptUpdate  # noqa: Y015
 
 @_typing.final
+class VoiceActivity(_message.Message):
+    """Speech starting or ending in streamed audio (TranscriptionParameters.voice_activity)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SPEAKING_FIELD_NUMBER: _builtins.int
+    POSITION_FIELD_NUMBER: _builtins.int
+    speaking: _builtins.bool
+    """True when speech starts; false when it ends (the end_of_speech_silence has passed)."""
+    @_builtins.property
+    def position(self) -> _duration_pb2.Duration:
+        """Where, from the beginning of the streamed audio (in a voice conversation, of the audio
+        since it began or since the last END_OF_INPUT): the start of speech, or its end (the start
+        of the silence that ended it).
+        """
+
+    def __init__(
+        self,
+        *,
+        speaking: _builtins.bool = ...,
+        position: _duration_pb2.Duration | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["position", b"position"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["position", b"position", "speaking", b"speaking"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___VoiceActivity: _TypeAlias = VoiceActivity  # noqa: Y015
+
+@_typing.final
 class StreamEvent(_message.Message):
     """One event of a streamed generation."""
 
@@ -1505,6 +1556,7 @@ class StreamEvent(_message.Message):
     TRANSCRIPT_FIELD_NUMBER: _builtins.int
     FINAL_FIELD_NUMBER: _builtins.int
     TOOL_CALL_DELTA_FIELD_NUMBER: _builtins.int
+    VOICE_ACTIVITY_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def text_delta(self) -> Global___TextDelta:
         """New text."""
@@ -1537,6 +1589,10 @@ class StreamEvent(_message.Message):
     def tool_call_delta(self) -> Global___ToolCallDelta:
         """A piece of a tool call."""
 
+    @_builtins.property
+    def voice_activity(self) -> Global___VoiceActivity:
+        """Speech started or ended in streamed audio."""
+
     def __init__(
         self,
         *,
@@ -1548,12 +1604,13 @@ class StreamEvent(_message.Message):
         transcript: Global___TranscriptUpdate | None = ...,
         final: Global___GenerateResponse | None = ...,
         tool_call_delta: Global___ToolCallDelta | None = ...,
+        voice_activity: Global___VoiceActivity | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["audio_chunk", b"audio_chunk", "event", b"event", "final", b"final", "image_preview", b"image_preview", "info", b"info", "progress", b"progress", "text_delta", b"text_delta", "tool_call_delta", b"tool_call_delta", "transcript", b"transcript"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["audio_chunk", b"audio_chunk", "event", b"event", "final", b"final", "image_preview", b"image_preview", "info", b"info", "progress", b"progress", "text_delta", b"text_delta", "tool_call_delta", b"tool_call_delta", "transcript", b"transcript", "voice_activity", b"voice_activity"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["audio_chunk", b"audio_chunk", "event", b"event", "final", b"final", "image_preview", b"image_preview", "info", b"info", "progress", b"progress", "text_delta", b"text_delta", "tool_call_delta", b"tool_call_delta", "transcript", b"transcript"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audio_chunk", b"audio_chunk", "event", b"event", "final", b"final", "image_preview", b"image_preview", "info", b"info", "progress", b"progress", "text_delta", b"text_delta", "tool_call_delta", b"tool_call_delta", "transcript", b"transcript", "voice_activity", b"voice_activity"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["text_delta", "progress", "audio_chunk", "image_preview", "info", "transcript", "final", "tool_call_delta"]  # noqa: Y015
+    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["text_delta", "progress", "audio_chunk", "image_preview", "info", "transcript", "final", "tool_call_delta", "voice_activity"]  # noqa: Y015
     _WhichOneofArgType_event: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_event) -> _WhichOneofReturnType_event | None: ...
 
@@ -1576,7 +1633,9 @@ class Control(_message.Message):
         ACTION_CANCEL: Control._Action.ValueType  # 1
         """Stop the current generation; the stream stays open for the next turn."""
         ACTION_END_OF_INPUT: Control._Action.ValueType  # 2
-        """No more audio for now: finish transcribing what was sent."""
+        """No more audio for now: finish transcribing what was sent (in a voice conversation: the
+        user's turn ends now, without waiting for the silence; more audio may follow).
+        """
 
     class Action(_Action, metaclass=_ActionEnumTypeWrapper):
         """What to do."""
@@ -1586,7 +1645,9 @@ class Control(_message.Message):
     ACTION_CANCEL: Control.Action.ValueType  # 1
     """Stop the current generation; the stream stays open for the next turn."""
     ACTION_END_OF_INPUT: Control.Action.ValueType  # 2
-    """No more audio for now: finish transcribing what was sent."""
+    """No more audio for now: finish transcribing what was sent (in a voice conversation: the
+    user's turn ends now, without waiting for the silence; more audio may follow).
+    """
 
     ACTION_FIELD_NUMBER: _builtins.int
     action: Global___Control.Action.ValueType

@@ -26,7 +26,7 @@ from genmesh.v1 import common_pb2 as genmesh_dot_v1_dot_common__pb2
 from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bgenmesh/v1/generation.proto\x12\ngenmesh.v1\x1a\x17genmesh/v1/common.proto\x1a\x1cgoogle/api/annotations.proto\"E\n\x15GenerateStreamRequest\x12,\n\x07request\x18\x01 \x01(\x0b\x32\x1b.genmesh.v1.GenerateRequest\"T\n\x16GenerateStreamResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12&\n\x05\x65vent\x18\x02 \x01(\x0b\x32\x17.genmesh.v1.StreamEvent\"F\n\x0c\x43onverseTurn\x12\x0f\n\x07turn_id\x18\x01 \x01(\t\x12%\n\x06inputs\x18\x02 \x03(\x0b\x32\x15.genmesh.v1.InputItem\"\xc6\x01\n\x0f\x43onverseRequest\x12-\n\x06\x63onfig\x18\x01 \x01(\x0b\x32\x1b.genmesh.v1.GenerateRequestH\x00\x12(\n\x04turn\x18\x02 \x01(\x0b\x32\x18.genmesh.v1.ConverseTurnH\x00\x12\'\n\x05\x61udio\x18\x03 \x01(\x0b\x32\x16.genmesh.v1.AudioChunkH\x00\x12&\n\x07\x63ontrol\x18\x04 \x01(\x0b\x32\x13.genmesh.v1.ControlH\x00\x42\t\n\x07message\"_\n\x10\x43onverseResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0f\n\x07turn_id\x18\x02 \x01(\t\x12&\n\x05\x65vent\x18\x03 \x01(\x0b\x32\x17.genmesh.v1.StreamEvent2\xb9\x02\n\x11GenerationService\x12^\n\x08Generate\x12\x1b.genmesh.v1.GenerateRequest\x1a\x1c.genmesh.v1.GenerateResponse\"\x17\x82\xd3\xe4\x93\x02\x11\"\x0c/v1/generate:\x01*\x12y\n\x0eGenerateStream\x12!.genmesh.v1.GenerateStreamRequest\x1a\".genmesh.v1.GenerateStreamResponse\"\x1e\x82\xd3\xe4\x93\x02\x18\"\x13/v1/generate:stream:\x01*0\x01\x12I\n\x08\x43onverse\x12\x1b.genmesh.v1.ConverseRequest\x1a\x1c.genmesh.v1.ConverseResponse(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bgenmesh/v1/generation.proto\x12\ngenmesh.v1\x1a\x17genmesh/v1/common.proto\x1a\x1cgoogle/api/annotations.proto\"E\n\x15GenerateStreamRequest\x12,\n\x07request\x18\x01 \x01(\x0b\x32\x1b.genmesh.v1.GenerateRequest\"T\n\x16GenerateStreamResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12&\n\x05\x65vent\x18\x02 \x01(\x0b\x32\x17.genmesh.v1.StreamEvent\"F\n\x0c\x43onverseTurn\x12\x0f\n\x07turn_id\x18\x01 \x01(\t\x12%\n\x06inputs\x18\x02 \x03(\x0b\x32\x15.genmesh.v1.InputItem\"\xf0\x01\n\x0f\x43onverseRequest\x12-\n\x06\x63onfig\x18\x01 \x01(\x0b\x32\x1b.genmesh.v1.GenerateRequestH\x00\x12(\n\x04turn\x18\x02 \x01(\x0b\x32\x18.genmesh.v1.ConverseTurnH\x00\x12\'\n\x05\x61udio\x18\x03 \x01(\x0b\x32\x16.genmesh.v1.AudioChunkH\x00\x12&\n\x07\x63ontrol\x18\x04 \x01(\x0b\x32\x13.genmesh.v1.ControlH\x00\x12(\n\x05voice\x18\x05 \x01(\x0b\x32\x17.genmesh.v1.VoiceConfigH\x00\x42\t\n\x07message\"\xd9\x01\n\x0bVoiceConfig\x12)\n\x04\x63hat\x18\x01 \x01(\x0b\x32\x1b.genmesh.v1.GenerateRequest\x12\x1d\n\x15transcription_binding\x18\x02 \x01(\t\x12:\n\rtranscription\x18\x03 \x01(\x0b\x32#.genmesh.v1.TranscriptionParameters\x12\x16\n\x0espeech_binding\x18\x04 \x01(\t\x12,\n\x06speech\x18\x05 \x01(\x0b\x32\x1c.genmesh.v1.SpeechParameters\"_\n\x10\x43onverseResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0f\n\x07turn_id\x18\x02 \x01(\t\x12&\n\x05\x65vent\x18\x03 \x01(\x0b\x32\x17.genmesh.v1.StreamEvent2\xb9\x02\n\x11GenerationService\x12^\n\x08Generate\x12\x1b.genmesh.v1.GenerateRequest\x1a\x1c.genmesh.v1.GenerateResponse\"\x17\x82\xd3\xe4\x93\x02\x11\"\x0c/v1/generate:\x01*\x12y\n\x0eGenerateStream\x12!.genmesh.v1.GenerateStreamRequest\x1a\".genmesh.v1.GenerateStreamResponse\"\x1e\x82\xd3\xe4\x93\x02\x18\"\x13/v1/generate:stream:\x01*0\x01\x12I\n\x08\x43onverse\x12\x1b.genmesh.v1.ConverseRequest\x1a\x1c.genmesh.v1.ConverseResponse(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -44,9 +44,11 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CONVERSETURN']._serialized_start=255
   _globals['_CONVERSETURN']._serialized_end=325
   _globals['_CONVERSEREQUEST']._serialized_start=328
-  _globals['_CONVERSEREQUEST']._serialized_end=526
-  _globals['_CONVERSERESPONSE']._serialized_start=528
-  _globals['_CONVERSERESPONSE']._serialized_end=623
-  _globals['_GENERATIONSERVICE']._serialized_start=626
-  _globals['_GENERATIONSERVICE']._serialized_end=939
+  _globals['_CONVERSEREQUEST']._serialized_end=568
+  _globals['_VOICECONFIG']._serialized_start=571
+  _globals['_VOICECONFIG']._serialized_end=788
+  _globals['_CONVERSERESPONSE']._serialized_start=790
+  _globals['_CONVERSERESPONSE']._serialized_end=885
+  _globals['_GENERATIONSERVICE']._serialized_start=888
+  _globals['_GENERATIONSERVICE']._serialized_end=1201
 # @@protoc_insertion_point(module_scope)

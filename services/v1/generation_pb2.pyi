@@ -109,6 +109,7 @@ class ConverseRequest(_message.Message):
     TURN_FIELD_NUMBER: _builtins.int
     AUDIO_FIELD_NUMBER: _builtins.int
     CONTROL_FIELD_NUMBER: _builtins.int
+    VOICE_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def config(self) -> _common_pb2.GenerateRequest:
         """First message: the request template (task, binding, personality, parameters, starting history)."""
@@ -119,11 +120,18 @@ class ConverseRequest(_message.Message):
 
     @_builtins.property
     def audio(self) -> _common_pb2.AudioChunk:
-        """Audio to transcribe as it arrives (transcription conversations)."""
+        """Audio to transcribe as it arrives (transcription and voice conversations): raw 16-bit
+        mono PCM, "audio/pcm" (little-endian) or "audio/L16" (big-endian), at sample_rate
+        (16 kHz when 0).
+        """
 
     @_builtins.property
     def control(self) -> _common_pb2.Control:
         """Cancel the current turn, or end the audio input."""
+
+    @_builtins.property
+    def voice(self) -> Global___VoiceConfig:
+        """First message of a voice conversation, instead of config: speech in, speech out."""
 
     def __init__(
         self,
@@ -132,16 +140,85 @@ class ConverseRequest(_message.Message):
         turn: Global___ConverseTurn | None = ...,
         audio: _common_pb2.AudioChunk | None = ...,
         control: _common_pb2.Control | None = ...,
+        voice: Global___VoiceConfig | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["audio", b"audio", "config", b"config", "control", b"control", "message", b"message", "turn", b"turn"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["audio", b"audio", "config", b"config", "control", b"control", "message", b"message", "turn", b"turn", "voice", b"voice"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["audio", b"audio", "config", b"config", "control", b"control", "message", b"message", "turn", b"turn"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audio", b"audio", "config", b"config", "control", b"control", "message", b"message", "turn", b"turn", "voice", b"voice"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_message: _TypeAlias = _typing.Literal["config", "turn", "audio", "control"]  # noqa: Y015
+    _WhichOneofReturnType_message: _TypeAlias = _typing.Literal["config", "turn", "audio", "control", "voice"]  # noqa: Y015
     _WhichOneofArgType_message: _TypeAlias = _typing.Literal["message", b"message"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_message) -> _WhichOneofReturnType_message | None: ...
 
 Global___ConverseRequest: _TypeAlias = ConverseRequest  # noqa: Y015
+
+@_typing.final
+class VoiceConfig(_message.Message):
+    """A voice conversation: the client streams the user's speech as audio chunks; the router
+    recognises it, ends the user's turn after a silence (or at Control END_OF_INPUT), generates
+    the reply to the transcript and speaks it sentence by sentence, so the first sentence is heard
+    while the rest is still being written. Typed turns (ConverseTurn) are answered aloud too. Each
+    utterance opens a turn, and every event of the turn carries its turn_id, in this order:
+    voice_activity (speaking), partial transcripts, voice_activity (not speaking), the final
+    transcript, then the reply's text deltas and audio chunks interleaved as they are made (each
+    chunk speaks one sentence, named by its text, with sequence counting from 0 in the turn), and
+    the reply's final event last. A turn whose final transcript is empty (no words recognised) has
+    no reply.
+
+    Barge-in: speech that starts while a reply is being made stops it (the model and the voice
+    stop); its final event, sent before the new turn's first event, has FINISH_REASON_CANCELLED
+    and holds the text spoken so far. A client stops its playback when speech starts. The history
+    keeps each reply as far as it was heard: the sentences whose playback had begun when the user
+    spoke over it, taking playback to start as the first chunk is sent and to go on without gaps,
+    so a reply already made but still playing is cut in the history too. Control CANCEL stops the
+    reply being made the same way; closing the stream stops it too.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHAT_FIELD_NUMBER: _builtins.int
+    TRANSCRIPTION_BINDING_FIELD_NUMBER: _builtins.int
+    TRANSCRIPTION_FIELD_NUMBER: _builtins.int
+    SPEECH_BINDING_FIELD_NUMBER: _builtins.int
+    SPEECH_FIELD_NUMBER: _builtins.int
+    transcription_binding: _builtins.str
+    """The speech recogniser's binding; empty takes the default for TASK_TRANSCRIPTION."""
+    speech_binding: _builtins.str
+    """The voice's binding; empty takes the default for TASK_SPEECH."""
+    @_builtins.property
+    def chat(self) -> _common_pb2.GenerateRequest:
+        """The replies: binding, personality, model, text parameters and starting history, as a
+        text conversation's config (task TASK_TEXT or unset).
+        """
+
+    @_builtins.property
+    def transcription(self) -> _common_pb2.TranscriptionParameters:
+        """Recognition: the language (empty detects it on the first words and keeps it), the initial
+        prompt, and end_of_speech_silence, the silence that ends the user's turn.
+        """
+
+    @_builtins.property
+    def speech(self) -> _common_pb2.SpeechParameters:
+        """Synthesis of the replies: voice, speed, noise, and the format and sample rate of the audio
+        chunks (WAV at the voice's rate by default; each chunk is then a whole WAV file).
+        """
+
+    def __init__(
+        self,
+        *,
+        chat: _common_pb2.GenerateRequest | None = ...,
+        transcription_binding: _builtins.str = ...,
+        transcription: _common_pb2.TranscriptionParameters | None = ...,
+        speech_binding: _builtins.str = ...,
+        speech: _common_pb2.SpeechParameters | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["chat", b"chat", "speech", b"speech", "transcription", b"transcription"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chat", b"chat", "speech", b"speech", "speech_binding", b"speech_binding", "transcription", b"transcription", "transcription_binding", b"transcription_binding"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___VoiceConfig: _TypeAlias = VoiceConfig  # noqa: Y015
 
 @_typing.final
 class ConverseResponse(_message.Message):
@@ -155,7 +232,7 @@ class ConverseResponse(_message.Message):
     request_id: _builtins.str
     """The conversation's request id, echoed."""
     turn_id: _builtins.str
-    """The turn this event belongs to."""
+    """The turn this event belongs to (in a voice conversation, the utterance and its reply)."""
     @_builtins.property
     def event(self) -> _common_pb2.StreamEvent:
         """The event; a turn ends with a final event."""

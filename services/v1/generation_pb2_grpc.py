@@ -72,7 +72,8 @@ class GenerationServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Converse(self, request_iterator, context):
-        """A conversation on one stream: a config message first, then turns, audio chunks and controls.
+        """A conversation on one stream: a config message first (config, or voice for a spoken
+        conversation), then turns, audio chunks and controls.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -39,7 +39,9 @@ class GenerationServiceStub:
     GenerateStream: _grpc.UnaryStreamMultiCallable[_generation_pb2.GenerateStreamRequest, _generation_pb2.GenerateStreamResponse]
     """Generates and streams events as they happen; the last event is the complete result."""
     Converse: _grpc.StreamStreamMultiCallable[_generation_pb2.ConverseRequest, _generation_pb2.ConverseResponse]
-    """A conversation on one stream: a config message first, then turns, audio chunks and controls."""
+    """A conversation on one stream: a config message first (config, or voice for a spoken
+    conversation), then turns, audio chunks and controls.
+    """
 
 @_typing.type_check_only
 class GenerationServiceAsyncStub(GenerationServiceStub):
@@ -51,7 +53,9 @@ class GenerationServiceAsyncStub(GenerationServiceStub):
     GenerateStream: _aio.UnaryStreamMultiCallable[_generation_pb2.GenerateStreamRequest, _generation_pb2.GenerateStreamResponse]  # type: ignore[assignment]
     """Generates and streams events as they happen; the last event is the complete result."""
     Converse: _aio.StreamStreamMultiCallable[_generation_pb2.ConverseRequest, _generation_pb2.ConverseResponse]  # type: ignore[assignment]
-    """A conversation on one stream: a config message first, then turns, audio chunks and controls."""
+    """A conversation on one stream: a config message first (config, or voice for a spoken
+    conversation), then turns, audio chunks and controls.
+    """
 
 class GenerationServiceServicer(metaclass=_abc_1.ABCMeta):
     """Generation of text, images and audio, routed to the modality services."""
@@ -78,6 +82,8 @@ class GenerationServiceServicer(metaclass=_abc_1.ABCMeta):
         request_iterator: _MaybeAsyncIterator[_generation_pb2.ConverseRequest],
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_generation_pb2.ConverseResponse], _abc.AsyncIterator[_generation_pb2.ConverseResponse]]:
-        """A conversation on one stream: a config message first, then turns, audio chunks and controls."""
+        """A conversation on one stream: a config message first (config, or voice for a spoken
+        conversation), then turns, audio chunks and controls.
+        """
 
 def add_GenerationServiceServicer_to_server(servicer: GenerationServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -9,8 +9,9 @@ import pytest
 from faster_whisper.vad import get_vad_model
 
 from genmesh.audio import assets, codecs
+from genmesh.audio.sentences import split_sentences
 from genmesh.audio.streaming import WINDOW, Segmenter, StreamingVad
-from genmesh.audio.tts import PiperTTS, SpeechOptions, split_sentences
+from genmesh.audio.tts import PiperTTS, SpeechOptions
 from genmesh.v1 import common_pb2
 from tests.audio.conftest import normalise
 

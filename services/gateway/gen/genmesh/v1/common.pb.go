@@ -503,7 +503,8 @@ const (
 	Control_ACTION_UNSPECIFIED Control_Action = 0
 	// Stop the current generation; the stream stays open for the next turn.
 	Control_ACTION_CANCEL Control_Action = 1
-	// No more audio for now: finish transcribing what was sent.
+	// No more audio for now: finish transcribing what was sent (in a voice conversation: the
+	// user's turn ends now, without waiting for the silence; more audio may follow).
 	Control_ACTION_END_OF_INPUT Control_Action = 2
 )
 
@@ -545,7 +546,7 @@ func (x Control_Action) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use Control_Action.Descriptor instead.
 func (Control_Action) EnumDescriptor() ([]byte, []int) {
-	return file_genmesh_v1_common_proto_rawDescGZIP(), []int{28, 0}
+	return file_genmesh_v1_common_proto_rawDescGZIP(), []int{29, 0}
 }
 
 // One input to a generation.
@@ -1690,6 +1691,12 @@ type TranscriptionParameters struct {
 	WordTimestamps bool `protobuf:"varint,2,opt,name=word_timestamps,json=wordTimestamps,proto3" json:"word_timestamps,omitempty"`
 	// Text that conditions the decoder (names, jargon).
 	InitialPrompt string `protobuf:"bytes,3,opt,name=initial_prompt,json=initialPrompt,proto3" json:"initial_prompt,omitempty"`
+	// Streamed audio: how long a silence ends a speech segment (in a voice conversation, the
+	// user's turn), from 0.1 to 10 seconds; unset takes the service's setting (0.5 s by default).
+	EndOfSpeechSilence *durationpb.Duration `protobuf:"bytes,4,opt,name=end_of_speech_silence,json=endOfSpeechSilence,proto3" json:"end_of_speech_silence,omitempty"`
+	// Streamed audio: also send a VoiceActivity event when speech starts and when it ends, and a
+	// final transcript, empty when no words were recognised, for every speech segment that ends.
+	VoiceActivity bool `protobuf:"varint,5,opt,name=voice_activity,json=voiceActivity,proto3" json:"voice_activity,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1743,6 +1750,20 @@ func (x *TranscriptionParameters) GetInitialPrompt() string {
 		return x.InitialPrompt
 	}
 	return ""
+}
+
+func (x *TranscriptionParameters) GetEndOfSpeechSilence() *durationpb.Duration {
+	if x != nil {
+		return x.EndOfSpeechSilence
+	}
+	return nil
+}
+
+func (x *TranscriptionParameters) GetVoiceActivity() bool {
+	if x != nil {
+		return x.VoiceActivity
+	}
+	return false
 }
 
 // A full generation request.
@@ -2680,7 +2701,9 @@ type AudioChunk struct {
 	// Position of the chunk in the stream, from 0.
 	Sequence int32 `protobuf:"varint,4,opt,name=sequence,proto3" json:"sequence,omitempty"`
 	// The text this chunk speaks (speech output).
-	Text          string `protobuf:"bytes,5,opt,name=text,proto3" json:"text,omitempty"`
+	Text string `protobuf:"bytes,5,opt,name=text,proto3" json:"text,omitempty"`
+	// How long the chunk's audio plays (speech output).
+	Duration      *durationpb.Duration `protobuf:"bytes,6,opt,name=duration,proto3" json:"duration,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2748,6 +2771,13 @@ func (x *AudioChunk) GetText() string {
 		return x.Text
 	}
 	return ""
+}
+
+func (x *AudioChunk) GetDuration() *durationpb.Duration {
+	if x != nil {
+		return x.Duration
+	}
+	return nil
 }
 
 // A small preview of an image being generated.
@@ -2942,6 +2972,63 @@ func (x *TranscriptUpdate) GetSegment() *TranscriptSegment {
 	return nil
 }
 
+// Speech starting or ending in streamed audio (TranscriptionParameters.voice_activity).
+type VoiceActivity struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// True when speech starts; false when it ends (the end_of_speech_silence has passed).
+	Speaking bool `protobuf:"varint,1,opt,name=speaking,proto3" json:"speaking,omitempty"`
+	// Where, from the beginning of the streamed audio (in a voice conversation, of the audio
+	// since it began or since the last END_OF_INPUT): the start of speech, or its end (the start
+	// of the silence that ended it).
+	Position      *durationpb.Duration `protobuf:"bytes,2,opt,name=position,proto3" json:"position,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *VoiceActivity) Reset() {
+	*x = VoiceActivity{}
+	mi := &file_genmesh_v1_common_proto_msgTypes[27]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *VoiceActivity) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*VoiceActivity) ProtoMessage() {}
+
+func (x *VoiceActivity) ProtoReflect() protoreflect.Message {
+	mi := &file_genmesh_v1_common_proto_msgTypes[27]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use VoiceActivity.ProtoReflect.Descriptor instead.
+func (*VoiceActivity) Descriptor() ([]byte, []int) {
+	return file_genmesh_v1_common_proto_rawDescGZIP(), []int{27}
+}
+
+func (x *VoiceActivity) GetSpeaking() bool {
+	if x != nil {
+		return x.Speaking
+	}
+	return false
+}
+
+func (x *VoiceActivity) GetPosition() *durationpb.Duration {
+	if x != nil {
+		return x.Position
+	}
+	return nil
+}
+
 // One event of a streamed generation.
 type StreamEvent struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -2957,6 +3044,7 @@ type StreamEvent struct {
 	//	*StreamEvent_Transcript
 	//	*StreamEvent_Final
 	//	*StreamEvent_ToolCallDelta
+	//	*StreamEvent_VoiceActivity
 	Event         isStreamEvent_Event `protobuf_oneof:"event"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -2964,7 +3052,7 @@ type StreamEvent struct {
 
 func (x *StreamEvent) Reset() {
 	*x = StreamEvent{}
-	mi := &file_genmesh_v1_common_proto_msgTypes[27]
+	mi := &file_genmesh_v1_common_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2976,7 +3064,7 @@ func (x *StreamEvent) String() string {
 func (*StreamEvent) ProtoMessage() {}
 
 func (x *StreamEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_genmesh_v1_common_proto_msgTypes[27]
+	mi := &file_genmesh_v1_common_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2989,7 +3077,7 @@ func (x *StreamEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StreamEvent.ProtoReflect.Descriptor instead.
 func (*StreamEvent) Descriptor() ([]byte, []int) {
-	return file_genmesh_v1_common_proto_rawDescGZIP(), []int{27}
+	return file_genmesh_v1_common_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *StreamEvent) GetEvent() isStreamEvent_Event {
@@ -3071,6 +3159,15 @@ func (x *StreamEvent) GetToolCallDelta() *ToolCallDelta {
 	return nil
 }
 
+func (x *StreamEvent) GetVoiceActivity() *VoiceActivity {
+	if x != nil {
+		if x, ok := x.Event.(*StreamEvent_VoiceActivity); ok {
+			return x.VoiceActivity
+		}
+	}
+	return nil
+}
+
 type isStreamEvent_Event interface {
 	isStreamEvent_Event()
 }
@@ -3115,6 +3212,11 @@ type StreamEvent_ToolCallDelta struct {
 	ToolCallDelta *ToolCallDelta `protobuf:"bytes,8,opt,name=tool_call_delta,json=toolCallDelta,proto3,oneof"`
 }
 
+type StreamEvent_VoiceActivity struct {
+	// Speech started or ended in streamed audio.
+	VoiceActivity *VoiceActivity `protobuf:"bytes,9,opt,name=voice_activity,json=voiceActivity,proto3,oneof"`
+}
+
 func (*StreamEvent_TextDelta) isStreamEvent_Event() {}
 
 func (*StreamEvent_Progress) isStreamEvent_Event() {}
@@ -3131,6 +3233,8 @@ func (*StreamEvent_Final) isStreamEvent_Event() {}
 
 func (*StreamEvent_ToolCallDelta) isStreamEvent_Event() {}
 
+func (*StreamEvent_VoiceActivity) isStreamEvent_Event() {}
+
 // Control messages on bidirectional streams.
 type Control struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -3142,7 +3246,7 @@ type Control struct {
 
 func (x *Control) Reset() {
 	*x = Control{}
-	mi := &file_genmesh_v1_common_proto_msgTypes[28]
+	mi := &file_genmesh_v1_common_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3154,7 +3258,7 @@ func (x *Control) String() string {
 func (*Control) ProtoMessage() {}
 
 func (x *Control) ProtoReflect() protoreflect.Message {
-	mi := &file_genmesh_v1_common_proto_msgTypes[28]
+	mi := &file_genmesh_v1_common_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3167,7 +3271,7 @@ func (x *Control) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Control.ProtoReflect.Descriptor instead.
 func (*Control) Descriptor() ([]byte, []int) {
-	return file_genmesh_v1_common_proto_rawDescGZIP(), []int{28}
+	return file_genmesh_v1_common_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *Control) GetAction() Control_Action {
@@ -3216,7 +3320,7 @@ type ModelInfo struct {
 
 func (x *ModelInfo) Reset() {
 	*x = ModelInfo{}
-	mi := &file_genmesh_v1_common_proto_msgTypes[29]
+	mi := &file_genmesh_v1_common_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3228,7 +3332,7 @@ func (x *ModelInfo) String() string {
 func (*ModelInfo) ProtoMessage() {}
 
 func (x *ModelInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_genmesh_v1_common_proto_msgTypes[29]
+	mi := &file_genmesh_v1_common_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3241,7 +3345,7 @@ func (x *ModelInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ModelInfo.ProtoReflect.Descriptor instead.
 func (*ModelInfo) Descriptor() ([]byte, []int) {
-	return file_genmesh_v1_common_proto_rawDescGZIP(), []int{29}
+	return file_genmesh_v1_common_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *ModelInfo) GetName() string {
@@ -3468,11 +3572,13 @@ const file_genmesh_v1_common_proto_rawDesc = "" +
 	"\vsample_rate\x18\x05 \x01(\x05R\n" +
 	"sampleRateB\b\n" +
 	"\x06_speedB\b\n" +
-	"\x06_noise\"\x85\x01\n" +
+	"\x06_noise\"\xfa\x01\n" +
 	"\x17TranscriptionParameters\x12\x1a\n" +
 	"\blanguage\x18\x01 \x01(\tR\blanguage\x12'\n" +
 	"\x0fword_timestamps\x18\x02 \x01(\bR\x0ewordTimestamps\x12%\n" +
-	"\x0einitial_prompt\x18\x03 \x01(\tR\rinitialPrompt\"\x80\x04\n" +
+	"\x0einitial_prompt\x18\x03 \x01(\tR\rinitialPrompt\x12L\n" +
+	"\x15end_of_speech_silence\x18\x04 \x01(\v2\x19.google.protobuf.DurationR\x12endOfSpeechSilence\x12%\n" +
+	"\x0evoice_activity\x18\x05 \x01(\bR\rvoiceActivity\"\x80\x04\n" +
 	"\x0fGenerateRequest\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\x01 \x01(\tR\trequestId\x12$\n" +
@@ -3551,7 +3657,7 @@ const file_genmesh_v1_common_proto_rawDesc = "" +
 	"\x04step\x18\x01 \x01(\x05R\x04step\x12\x1f\n" +
 	"\vtotal_steps\x18\x02 \x01(\x05R\n" +
 	"totalSteps\x12\x14\n" +
-	"\x05stage\x18\x03 \x01(\tR\x05stage\"\x8e\x01\n" +
+	"\x05stage\x18\x03 \x01(\tR\x05stage\"\xc5\x01\n" +
 	"\n" +
 	"AudioChunk\x12\x12\n" +
 	"\x04data\x18\x01 \x01(\fR\x04data\x12\x1b\n" +
@@ -3559,7 +3665,8 @@ const file_genmesh_v1_common_proto_rawDesc = "" +
 	"\vsample_rate\x18\x03 \x01(\x05R\n" +
 	"sampleRate\x12\x1a\n" +
 	"\bsequence\x18\x04 \x01(\x05R\bsequence\x12\x12\n" +
-	"\x04text\x18\x05 \x01(\tR\x04text\"i\n" +
+	"\x04text\x18\x05 \x01(\tR\x04text\x125\n" +
+	"\bduration\x18\x06 \x01(\v2\x19.google.protobuf.DurationR\bduration\"i\n" +
 	"\fImagePreview\x12\x12\n" +
 	"\x04data\x18\x01 \x01(\fR\x04data\x12\x1b\n" +
 	"\tmime_type\x18\x02 \x01(\tR\bmimeType\x12\x12\n" +
@@ -3571,7 +3678,10 @@ const file_genmesh_v1_common_proto_rawDesc = "" +
 	"\x10TranscriptUpdate\x12\x19\n" +
 	"\bis_final\x18\x01 \x01(\bR\aisFinal\x12\x12\n" +
 	"\x04text\x18\x02 \x01(\tR\x04text\x127\n" +
-	"\asegment\x18\x03 \x01(\v2\x1d.genmesh.v1.TranscriptSegmentR\asegment\"\xe1\x03\n" +
+	"\asegment\x18\x03 \x01(\v2\x1d.genmesh.v1.TranscriptSegmentR\asegment\"b\n" +
+	"\rVoiceActivity\x12\x1a\n" +
+	"\bspeaking\x18\x01 \x01(\bR\bspeaking\x125\n" +
+	"\bposition\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\bposition\"\xa5\x04\n" +
 	"\vStreamEvent\x126\n" +
 	"\n" +
 	"text_delta\x18\x01 \x01(\v2\x15.genmesh.v1.TextDeltaH\x00R\ttextDelta\x122\n" +
@@ -3584,7 +3694,8 @@ const file_genmesh_v1_common_proto_rawDesc = "" +
 	"transcript\x18\x06 \x01(\v2\x1c.genmesh.v1.TranscriptUpdateH\x00R\n" +
 	"transcript\x124\n" +
 	"\x05final\x18\a \x01(\v2\x1c.genmesh.v1.GenerateResponseH\x00R\x05final\x12C\n" +
-	"\x0ftool_call_delta\x18\b \x01(\v2\x19.genmesh.v1.ToolCallDeltaH\x00R\rtoolCallDeltaB\a\n" +
+	"\x0ftool_call_delta\x18\b \x01(\v2\x19.genmesh.v1.ToolCallDeltaH\x00R\rtoolCallDelta\x12B\n" +
+	"\x0evoice_activity\x18\t \x01(\v2\x19.genmesh.v1.VoiceActivityH\x00R\rvoiceActivityB\a\n" +
 	"\x05event\"\x8b\x01\n" +
 	"\aControl\x122\n" +
 	"\x06action\x18\x01 \x01(\x0e2\x1a.genmesh.v1.Control.ActionR\x06action\"L\n" +
@@ -3675,7 +3786,7 @@ func file_genmesh_v1_common_proto_rawDescGZIP() []byte {
 }
 
 var file_genmesh_v1_common_proto_enumTypes = make([]protoimpl.EnumInfo, 8)
-var file_genmesh_v1_common_proto_msgTypes = make([]protoimpl.MessageInfo, 30)
+var file_genmesh_v1_common_proto_msgTypes = make([]protoimpl.MessageInfo, 31)
 var file_genmesh_v1_common_proto_goTypes = []any{
 	(ContentKind)(0),                // 0: genmesh.v1.ContentKind
 	(InputRole)(0),                  // 1: genmesh.v1.InputRole
@@ -3712,73 +3823,78 @@ var file_genmesh_v1_common_proto_goTypes = []any{
 	(*ImagePreview)(nil),            // 32: genmesh.v1.ImagePreview
 	(*Info)(nil),                    // 33: genmesh.v1.Info
 	(*TranscriptUpdate)(nil),        // 34: genmesh.v1.TranscriptUpdate
-	(*StreamEvent)(nil),             // 35: genmesh.v1.StreamEvent
-	(*Control)(nil),                 // 36: genmesh.v1.Control
-	(*ModelInfo)(nil),               // 37: genmesh.v1.ModelInfo
-	(*structpb.Struct)(nil),         // 38: google.protobuf.Struct
-	(*durationpb.Duration)(nil),     // 39: google.protobuf.Duration
-	(*structpb.Value)(nil),          // 40: google.protobuf.Value
+	(*VoiceActivity)(nil),           // 35: genmesh.v1.VoiceActivity
+	(*StreamEvent)(nil),             // 36: genmesh.v1.StreamEvent
+	(*Control)(nil),                 // 37: genmesh.v1.Control
+	(*ModelInfo)(nil),               // 38: genmesh.v1.ModelInfo
+	(*structpb.Struct)(nil),         // 39: google.protobuf.Struct
+	(*durationpb.Duration)(nil),     // 40: google.protobuf.Duration
+	(*structpb.Value)(nil),          // 41: google.protobuf.Value
 }
 var file_genmesh_v1_common_proto_depIdxs = []int32{
 	0,  // 0: genmesh.v1.InputItem.kind:type_name -> genmesh.v1.ContentKind
 	1,  // 1: genmesh.v1.InputItem.role:type_name -> genmesh.v1.InputRole
 	13, // 2: genmesh.v1.InputItem.tool_calls:type_name -> genmesh.v1.ToolCall
-	38, // 3: genmesh.v1.OutputConstraint.json_schema:type_name -> google.protobuf.Struct
+	39, // 3: genmesh.v1.OutputConstraint.json_schema:type_name -> google.protobuf.Struct
 	9,  // 4: genmesh.v1.OutputConstraint.choices:type_name -> genmesh.v1.ChoiceList
-	38, // 5: genmesh.v1.Tool.parameters:type_name -> google.protobuf.Struct
+	39, // 5: genmesh.v1.Tool.parameters:type_name -> google.protobuf.Struct
 	6,  // 6: genmesh.v1.ToolChoice.mode:type_name -> genmesh.v1.ToolChoice.Mode
 	15, // 7: genmesh.v1.TokenLogprob.top_logprobs:type_name -> genmesh.v1.TokenAlternative
 	10, // 8: genmesh.v1.TextParameters.constraint:type_name -> genmesh.v1.OutputConstraint
 	11, // 9: genmesh.v1.TextParameters.tools:type_name -> genmesh.v1.Tool
 	12, // 10: genmesh.v1.TextParameters.tool_choice:type_name -> genmesh.v1.ToolChoice
 	4,  // 11: genmesh.v1.SpeechParameters.format:type_name -> genmesh.v1.AudioFormat
-	2,  // 12: genmesh.v1.GenerateRequest.task:type_name -> genmesh.v1.Task
-	8,  // 13: genmesh.v1.GenerateRequest.inputs:type_name -> genmesh.v1.InputItem
-	17, // 14: genmesh.v1.GenerateRequest.text:type_name -> genmesh.v1.TextParameters
-	18, // 15: genmesh.v1.GenerateRequest.image:type_name -> genmesh.v1.ImageParameters
-	19, // 16: genmesh.v1.GenerateRequest.speech:type_name -> genmesh.v1.SpeechParameters
-	20, // 17: genmesh.v1.GenerateRequest.transcription:type_name -> genmesh.v1.TranscriptionParameters
-	38, // 18: genmesh.v1.GenerateRequest.extra:type_name -> google.protobuf.Struct
-	39, // 19: genmesh.v1.Timings.queue:type_name -> google.protobuf.Duration
-	39, // 20: genmesh.v1.Timings.first_token:type_name -> google.protobuf.Duration
-	39, // 21: genmesh.v1.Timings.total:type_name -> google.protobuf.Duration
-	39, // 22: genmesh.v1.TranscriptSegment.start:type_name -> google.protobuf.Duration
-	39, // 23: genmesh.v1.TranscriptSegment.end:type_name -> google.protobuf.Duration
-	25, // 24: genmesh.v1.TranscriptSegment.words:type_name -> genmesh.v1.TranscriptWord
-	39, // 25: genmesh.v1.TranscriptWord.start:type_name -> google.protobuf.Duration
-	39, // 26: genmesh.v1.TranscriptWord.end:type_name -> google.protobuf.Duration
-	24, // 27: genmesh.v1.Transcript.segments:type_name -> genmesh.v1.TranscriptSegment
-	39, // 28: genmesh.v1.Transcript.duration:type_name -> google.protobuf.Duration
-	0,  // 29: genmesh.v1.OutputItem.kind:type_name -> genmesh.v1.ContentKind
-	40, // 30: genmesh.v1.OutputItem.json:type_name -> google.protobuf.Value
-	26, // 31: genmesh.v1.OutputItem.transcript:type_name -> genmesh.v1.Transcript
-	13, // 32: genmesh.v1.OutputItem.tool_calls:type_name -> genmesh.v1.ToolCall
-	16, // 33: genmesh.v1.OutputItem.logprobs:type_name -> genmesh.v1.TokenLogprob
-	3,  // 34: genmesh.v1.OutputItem.finish_reason:type_name -> genmesh.v1.FinishReason
-	27, // 35: genmesh.v1.GenerateResponse.outputs:type_name -> genmesh.v1.OutputItem
-	22, // 36: genmesh.v1.GenerateResponse.usage:type_name -> genmesh.v1.Usage
-	3,  // 37: genmesh.v1.GenerateResponse.finish_reason:type_name -> genmesh.v1.FinishReason
-	23, // 38: genmesh.v1.GenerateResponse.timings:type_name -> genmesh.v1.Timings
-	16, // 39: genmesh.v1.TextDelta.logprobs:type_name -> genmesh.v1.TokenLogprob
-	38, // 40: genmesh.v1.Info.details:type_name -> google.protobuf.Struct
-	24, // 41: genmesh.v1.TranscriptUpdate.segment:type_name -> genmesh.v1.TranscriptSegment
-	29, // 42: genmesh.v1.StreamEvent.text_delta:type_name -> genmesh.v1.TextDelta
-	30, // 43: genmesh.v1.StreamEvent.progress:type_name -> genmesh.v1.Progress
-	31, // 44: genmesh.v1.StreamEvent.audio_chunk:type_name -> genmesh.v1.AudioChunk
-	32, // 45: genmesh.v1.StreamEvent.image_preview:type_name -> genmesh.v1.ImagePreview
-	33, // 46: genmesh.v1.StreamEvent.info:type_name -> genmesh.v1.Info
-	34, // 47: genmesh.v1.StreamEvent.transcript:type_name -> genmesh.v1.TranscriptUpdate
-	28, // 48: genmesh.v1.StreamEvent.final:type_name -> genmesh.v1.GenerateResponse
-	14, // 49: genmesh.v1.StreamEvent.tool_call_delta:type_name -> genmesh.v1.ToolCallDelta
-	7,  // 50: genmesh.v1.Control.action:type_name -> genmesh.v1.Control.Action
-	2,  // 51: genmesh.v1.ModelInfo.tasks:type_name -> genmesh.v1.Task
-	38, // 52: genmesh.v1.ModelInfo.details:type_name -> google.protobuf.Struct
-	5,  // 53: genmesh.v1.ModelInfo.kind:type_name -> genmesh.v1.ModelKind
-	54, // [54:54] is the sub-list for method output_type
-	54, // [54:54] is the sub-list for method input_type
-	54, // [54:54] is the sub-list for extension type_name
-	54, // [54:54] is the sub-list for extension extendee
-	0,  // [0:54] is the sub-list for field type_name
+	40, // 12: genmesh.v1.TranscriptionParameters.end_of_speech_silence:type_name -> google.protobuf.Duration
+	2,  // 13: genmesh.v1.GenerateRequest.task:type_name -> genmesh.v1.Task
+	8,  // 14: genmesh.v1.GenerateRequest.inputs:type_name -> genmesh.v1.InputItem
+	17, // 15: genmesh.v1.GenerateRequest.text:type_name -> genmesh.v1.TextParameters
+	18, // 16: genmesh.v1.GenerateRequest.image:type_name -> genmesh.v1.ImageParameters
+	19, // 17: genmesh.v1.GenerateRequest.speech:type_name -> genmesh.v1.SpeechParameters
+	20, // 18: genmesh.v1.GenerateRequest.transcription:type_name -> genmesh.v1.TranscriptionParameters
+	39, // 19: genmesh.v1.GenerateRequest.extra:type_name -> google.protobuf.Struct
+	40, // 20: genmesh.v1.Timings.queue:type_name -> google.protobuf.Duration
+	40, // 21: genmesh.v1.Timings.first_token:type_name -> google.protobuf.Duration
+	40, // 22: genmesh.v1.Timings.total:type_name -> google.protobuf.Duration
+	40, // 23: genmesh.v1.TranscriptSegment.start:type_name -> google.protobuf.Duration
+	40, // 24: genmesh.v1.TranscriptSegment.end:type_name -> google.protobuf.Duration
+	25, // 25: genmesh.v1.TranscriptSegment.words:type_name -> genmesh.v1.TranscriptWord
+	40, // 26: genmesh.v1.TranscriptWord.start:type_name -> google.protobuf.Duration
+	40, // 27: genmesh.v1.TranscriptWord.end:type_name -> google.protobuf.Duration
+	24, // 28: genmesh.v1.Transcript.segments:type_name -> genmesh.v1.TranscriptSegment
+	40, // 29: genmesh.v1.Transcript.duration:type_name -> google.protobuf.Duration
+	0,  // 30: genmesh.v1.OutputItem.kind:type_name -> genmesh.v1.ContentKind
+	41, // 31: genmesh.v1.OutputItem.json:type_name -> google.protobuf.Value
+	26, // 32: genmesh.v1.OutputItem.transcript:type_name -> genmesh.v1.Transcript
+	13, // 33: genmesh.v1.OutputItem.tool_calls:type_name -> genmesh.v1.ToolCall
+	16, // 34: genmesh.v1.OutputItem.logprobs:type_name -> genmesh.v1.TokenLogprob
+	3,  // 35: genmesh.v1.OutputItem.finish_reason:type_name -> genmesh.v1.FinishReason
+	27, // 36: genmesh.v1.GenerateResponse.outputs:type_name -> genmesh.v1.OutputItem
+	22, // 37: genmesh.v1.GenerateResponse.usage:type_name -> genmesh.v1.Usage
+	3,  // 38: genmesh.v1.GenerateResponse.finish_reason:type_name -> genmesh.v1.FinishReason
+	23, // 39: genmesh.v1.GenerateResponse.timings:type_name -> genmesh.v1.Timings
+	16, // 40: genmesh.v1.TextDelta.logprobs:type_name -> genmesh.v1.TokenLogprob
+	40, // 41: genmesh.v1.AudioChunk.duration:type_name -> google.protobuf.Duration
+	39, // 42: genmesh.v1.Info.details:type_name -> google.protobuf.Struct
+	24, // 43: genmesh.v1.TranscriptUpdate.segment:type_name -> genmesh.v1.TranscriptSegment
+	40, // 44: genmesh.v1.VoiceActivity.position:type_name -> google.protobuf.Duration
+	29, // 45: genmesh.v1.StreamEvent.text_delta:type_name -> genmesh.v1.TextDelta
+	30, // 46: genmesh.v1.StreamEvent.progress:type_name -> genmesh.v1.Progress
+	31, // 47: genmesh.v1.StreamEvent.audio_chunk:type_name -> genmesh.v1.AudioChunk
+	32, // 48: genmesh.v1.StreamEvent.image_preview:type_name -> genmesh.v1.ImagePreview
+	33, // 49: genmesh.v1.StreamEvent.info:type_name -> genmesh.v1.Info
+	34, // 50: genmesh.v1.StreamEvent.transcript:type_name -> genmesh.v1.TranscriptUpdate
+	28, // 51: genmesh.v1.StreamEvent.final:type_name -> genmesh.v1.GenerateResponse
+	14, // 52: genmesh.v1.StreamEvent.tool_call_delta:type_name -> genmesh.v1.ToolCallDelta
+	35, // 53: genmesh.v1.StreamEvent.voice_activity:type_name -> genmesh.v1.VoiceActivity
+	7,  // 54: genmesh.v1.Control.action:type_name -> genmesh.v1.Control.Action
+	2,  // 55: genmesh.v1.ModelInfo.tasks:type_name -> genmesh.v1.Task
+	39, // 56: genmesh.v1.ModelInfo.details:type_name -> google.protobuf.Struct
+	5,  // 57: genmesh.v1.ModelInfo.kind:type_name -> genmesh.v1.ModelKind
+	58, // [58:58] is the sub-list for method output_type
+	58, // [58:58] is the sub-list for method input_type
+	58, // [58:58] is the sub-list for extension type_name
+	58, // [58:58] is the sub-list for extension extendee
+	0,  // [0:58] is the sub-list for field type_name
 }
 
 func init() { file_genmesh_v1_common_proto_init() }
@@ -3806,7 +3922,7 @@ func file_genmesh_v1_common_proto_init() {
 		(*GenerateRequest_Speech)(nil),
 		(*GenerateRequest_Transcription)(nil),
 	}
-	file_genmesh_v1_common_proto_msgTypes[27].OneofWrappers = []any{
+	file_genmesh_v1_common_proto_msgTypes[28].OneofWrappers = []any{
 		(*StreamEvent_TextDelta)(nil),
 		(*StreamEvent_Progress)(nil),
 		(*StreamEvent_AudioChunk)(nil),
@@ -3815,6 +3931,7 @@ func file_genmesh_v1_common_proto_init() {
 		(*StreamEvent_Transcript)(nil),
 		(*StreamEvent_Final)(nil),
 		(*StreamEvent_ToolCallDelta)(nil),
+		(*StreamEvent_VoiceActivity)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -3822,7 +3939,7 @@ func file_genmesh_v1_common_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_genmesh_v1_common_proto_rawDesc), len(file_genmesh_v1_common_proto_rawDesc)),
 			NumEnums:      8,
-			NumMessages:   30,
+			NumMessages:   31,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -189,6 +189,7 @@ type ConverseRequest struct {
 	//	*ConverseRequest_Turn
 	//	*ConverseRequest_Audio
 	//	*ConverseRequest_Control
+	//	*ConverseRequest_Voice
 	Message       isConverseRequest_Message `protobuf_oneof:"message"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -267,6 +268,15 @@ func (x *ConverseRequest) GetControl() *Control {
 	return nil
 }
 
+func (x *ConverseRequest) GetVoice() *VoiceConfig {
+	if x != nil {
+		if x, ok := x.Message.(*ConverseRequest_Voice); ok {
+			return x.Voice
+		}
+	}
+	return nil
+}
+
 type isConverseRequest_Message interface {
 	isConverseRequest_Message()
 }
@@ -282,13 +292,20 @@ type ConverseRequest_Turn struct {
 }
 
 type ConverseRequest_Audio struct {
-	// Audio to transcribe as it arrives (transcription conversations).
+	// Audio to transcribe as it arrives (transcription and voice conversations): raw 16-bit
+	// mono PCM, "audio/pcm" (little-endian) or "audio/L16" (big-endian), at sample_rate
+	// (16 kHz when 0).
 	Audio *AudioChunk `protobuf:"bytes,3,opt,name=audio,proto3,oneof"`
 }
 
 type ConverseRequest_Control struct {
 	// Cancel the current turn, or end the audio input.
 	Control *Control `protobuf:"bytes,4,opt,name=control,proto3,oneof"`
+}
+
+type ConverseRequest_Voice struct {
+	// First message of a voice conversation, instead of config: speech in, speech out.
+	Voice *VoiceConfig `protobuf:"bytes,5,opt,name=voice,proto3,oneof"`
 }
 
 func (*ConverseRequest_Config) isConverseRequest_Message() {}
@@ -299,12 +316,116 @@ func (*ConverseRequest_Audio) isConverseRequest_Message() {}
 
 func (*ConverseRequest_Control) isConverseRequest_Message() {}
 
+func (*ConverseRequest_Voice) isConverseRequest_Message() {}
+
+// A voice conversation: the client streams the user's speech as audio chunks; the router
+// recognises it, ends the user's turn after a silence (or at Control END_OF_INPUT), generates
+// the reply to the transcript and speaks it sentence by sentence, so the first sentence is heard
+// while the rest is still being written. Typed turns (ConverseTurn) are answered aloud too. Each
+// utterance opens a turn, and every event of the turn carries its turn_id, in this order:
+// voice_activity (speaking), partial transcripts, voice_activity (not speaking), the final
+// transcript, then the reply's text deltas and audio chunks interleaved as they are made (each
+// chunk speaks one sentence, named by its text, with sequence counting from 0 in the turn), and
+// the reply's final event last. A turn whose final transcript is empty (no words recognised) has
+// no reply.
+//
+// Barge-in: speech that starts while a reply is being made stops it (the model and the voice
+// stop); its final event, sent before the new turn's first event, has FINISH_REASON_CANCELLED
+// and holds the text spoken so far. A client stops its playback when speech starts. The history
+// keeps each reply as far as it was heard: the sentences whose playback had begun when the user
+// spoke over it, taking playback to start as the first chunk is sent and to go on without gaps,
+// so a reply already made but still playing is cut in the history too. Control CANCEL stops the
+// reply being made the same way; closing the stream stops it too.
+type VoiceConfig struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The replies: binding, personality, model, text parameters and starting history, as a
+	// text conversation's config (task TASK_TEXT or unset).
+	Chat *GenerateRequest `protobuf:"bytes,1,opt,name=chat,proto3" json:"chat,omitempty"`
+	// The speech recogniser's binding; empty takes the default for TASK_TRANSCRIPTION.
+	TranscriptionBinding string `protobuf:"bytes,2,opt,name=transcription_binding,json=transcriptionBinding,proto3" json:"transcription_binding,omitempty"`
+	// Recognition: the language (empty detects it on the first words and keeps it), the initial
+	// prompt, and end_of_speech_silence, the silence that ends the user's turn.
+	Transcription *TranscriptionParameters `protobuf:"bytes,3,opt,name=transcription,proto3" json:"transcription,omitempty"`
+	// The voice's binding; empty takes the default for TASK_SPEECH.
+	SpeechBinding string `protobuf:"bytes,4,opt,name=speech_binding,json=speechBinding,proto3" json:"speech_binding,omitempty"`
+	// Synthesis of the replies: voice, speed, noise, and the format and sample rate of the audio
+	// chunks (WAV at the voice's rate by default; each chunk is then a whole WAV file).
+	Speech        *SpeechParameters `protobuf:"bytes,5,opt,name=speech,proto3" json:"speech,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *VoiceConfig) Reset() {
+	*x = VoiceConfig{}
+	mi := &file_genmesh_v1_generation_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *VoiceConfig) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*VoiceConfig) ProtoMessage() {}
+
+func (x *VoiceConfig) ProtoReflect() protoreflect.Message {
+	mi := &file_genmesh_v1_generation_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use VoiceConfig.ProtoReflect.Descriptor instead.
+func (*VoiceConfig) Descriptor() ([]byte, []int) {
+	return file_genmesh_v1_generation_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *VoiceConfig) GetChat() *GenerateRequest {
+	if x != nil {
+		return x.Chat
+	}
+	return nil
+}
+
+func (x *VoiceConfig) GetTranscriptionBinding() string {
+	if x != nil {
+		return x.TranscriptionBinding
+	}
+	return ""
+}
+
+func (x *VoiceConfig) GetTranscription() *TranscriptionParameters {
+	if x != nil {
+		return x.Transcription
+	}
+	return nil
+}
+
+func (x *VoiceConfig) GetSpeechBinding() string {
+	if x != nil {
+		return x.SpeechBinding
+	}
+	return ""
+}
+
+func (x *VoiceConfig) GetSpeech() *SpeechParameters {
+	if x != nil {
+		return x.Speech
+	}
+	return nil
+}
+
 // A server message on a conversation.
 type ConverseResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The conversation's request id, echoed.
 	RequestId string `protobuf:"bytes,1,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
-	// The turn this event belongs to.
+	// The turn this event belongs to (in a voice conversation, the utterance and its reply).
 	TurnId string `protobuf:"bytes,2,opt,name=turn_id,json=turnId,proto3" json:"turn_id,omitempty"`
 	// The event; a turn ends with a final event.
 	Event         *StreamEvent `protobuf:"bytes,3,opt,name=event,proto3" json:"event,omitempty"`
@@ -314,7 +435,7 @@ type ConverseResponse struct {
 
 func (x *ConverseResponse) Reset() {
 	*x = ConverseResponse{}
-	mi := &file_genmesh_v1_generation_proto_msgTypes[4]
+	mi := &file_genmesh_v1_generation_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -326,7 +447,7 @@ func (x *ConverseResponse) String() string {
 func (*ConverseResponse) ProtoMessage() {}
 
 func (x *ConverseResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_genmesh_v1_generation_proto_msgTypes[4]
+	mi := &file_genmesh_v1_generation_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -339,7 +460,7 @@ func (x *ConverseResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConverseResponse.ProtoReflect.Descriptor instead.
 func (*ConverseResponse) Descriptor() ([]byte, []int) {
-	return file_genmesh_v1_generation_proto_rawDescGZIP(), []int{4}
+	return file_genmesh_v1_generation_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *ConverseResponse) GetRequestId() string {
@@ -377,13 +498,20 @@ const file_genmesh_v1_generation_proto_rawDesc = "" +
 	"\x05event\x18\x02 \x01(\v2\x17.genmesh.v1.StreamEventR\x05event\"V\n" +
 	"\fConverseTurn\x12\x17\n" +
 	"\aturn_id\x18\x01 \x01(\tR\x06turnId\x12-\n" +
-	"\x06inputs\x18\x02 \x03(\v2\x15.genmesh.v1.InputItemR\x06inputs\"\xe4\x01\n" +
+	"\x06inputs\x18\x02 \x03(\v2\x15.genmesh.v1.InputItemR\x06inputs\"\x95\x02\n" +
 	"\x0fConverseRequest\x125\n" +
 	"\x06config\x18\x01 \x01(\v2\x1b.genmesh.v1.GenerateRequestH\x00R\x06config\x12.\n" +
 	"\x04turn\x18\x02 \x01(\v2\x18.genmesh.v1.ConverseTurnH\x00R\x04turn\x12.\n" +
 	"\x05audio\x18\x03 \x01(\v2\x16.genmesh.v1.AudioChunkH\x00R\x05audio\x12/\n" +
-	"\acontrol\x18\x04 \x01(\v2\x13.genmesh.v1.ControlH\x00R\acontrolB\t\n" +
-	"\amessage\"y\n" +
+	"\acontrol\x18\x04 \x01(\v2\x13.genmesh.v1.ControlH\x00R\acontrol\x12/\n" +
+	"\x05voice\x18\x05 \x01(\v2\x17.genmesh.v1.VoiceConfigH\x00R\x05voiceB\t\n" +
+	"\amessage\"\x9b\x02\n" +
+	"\vVoiceConfig\x12/\n" +
+	"\x04chat\x18\x01 \x01(\v2\x1b.genmesh.v1.GenerateRequestR\x04chat\x123\n" +
+	"\x15transcription_binding\x18\x02 \x01(\tR\x14transcriptionBinding\x12I\n" +
+	"\rtranscription\x18\x03 \x01(\v2#.genmesh.v1.TranscriptionParametersR\rtranscription\x12%\n" +
+	"\x0espeech_binding\x18\x04 \x01(\tR\rspeechBinding\x124\n" +
+	"\x06speech\x18\x05 \x01(\v2\x1c.genmesh.v1.SpeechParametersR\x06speech\"y\n" +
 	"\x10ConverseResponse\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\x01 \x01(\tR\trequestId\x12\x17\n" +
@@ -409,40 +537,47 @@ func file_genmesh_v1_generation_proto_rawDescGZIP() []byte {
 	return file_genmesh_v1_generation_proto_rawDescData
 }
 
-var file_genmesh_v1_generation_proto_msgTypes = make([]protoimpl.MessageInfo, 5)
+var file_genmesh_v1_generation_proto_msgTypes = make([]protoimpl.MessageInfo, 6)
 var file_genmesh_v1_generation_proto_goTypes = []any{
-	(*GenerateStreamRequest)(nil),  // 0: genmesh.v1.GenerateStreamRequest
-	(*GenerateStreamResponse)(nil), // 1: genmesh.v1.GenerateStreamResponse
-	(*ConverseTurn)(nil),           // 2: genmesh.v1.ConverseTurn
-	(*ConverseRequest)(nil),        // 3: genmesh.v1.ConverseRequest
-	(*ConverseResponse)(nil),       // 4: genmesh.v1.ConverseResponse
-	(*GenerateRequest)(nil),        // 5: genmesh.v1.GenerateRequest
-	(*StreamEvent)(nil),            // 6: genmesh.v1.StreamEvent
-	(*InputItem)(nil),              // 7: genmesh.v1.InputItem
-	(*AudioChunk)(nil),             // 8: genmesh.v1.AudioChunk
-	(*Control)(nil),                // 9: genmesh.v1.Control
-	(*GenerateResponse)(nil),       // 10: genmesh.v1.GenerateResponse
+	(*GenerateStreamRequest)(nil),   // 0: genmesh.v1.GenerateStreamRequest
+	(*GenerateStreamResponse)(nil),  // 1: genmesh.v1.GenerateStreamResponse
+	(*ConverseTurn)(nil),            // 2: genmesh.v1.ConverseTurn
+	(*ConverseRequest)(nil),         // 3: genmesh.v1.ConverseRequest
+	(*VoiceConfig)(nil),             // 4: genmesh.v1.VoiceConfig
+	(*ConverseResponse)(nil),        // 5: genmesh.v1.ConverseResponse
+	(*GenerateRequest)(nil),         // 6: genmesh.v1.GenerateRequest
+	(*StreamEvent)(nil),             // 7: genmesh.v1.StreamEvent
+	(*InputItem)(nil),               // 8: genmesh.v1.InputItem
+	(*AudioChunk)(nil),              // 9: genmesh.v1.AudioChunk
+	(*Control)(nil),                 // 10: genmesh.v1.Control
+	(*TranscriptionParameters)(nil), // 11: genmesh.v1.TranscriptionParameters
+	(*SpeechParameters)(nil),        // 12: genmesh.v1.SpeechParameters
+	(*GenerateResponse)(nil),        // 13: genmesh.v1.GenerateResponse
 }
 var file_genmesh_v1_generation_proto_depIdxs = []int32{
-	5,  // 0: genmesh.v1.GenerateStreamRequest.request:type_name -> genmesh.v1.GenerateRequest
-	6,  // 1: genmesh.v1.GenerateStreamResponse.event:type_name -> genmesh.v1.StreamEvent
-	7,  // 2: genmesh.v1.ConverseTurn.inputs:type_name -> genmesh.v1.InputItem
-	5,  // 3: genmesh.v1.ConverseRequest.config:type_name -> genmesh.v1.GenerateRequest
+	6,  // 0: genmesh.v1.GenerateStreamRequest.request:type_name -> genmesh.v1.GenerateRequest
+	7,  // 1: genmesh.v1.GenerateStreamResponse.event:type_name -> genmesh.v1.StreamEvent
+	8,  // 2: genmesh.v1.ConverseTurn.inputs:type_name -> genmesh.v1.InputItem
+	6,  // 3: genmesh.v1.ConverseRequest.config:type_name -> genmesh.v1.GenerateRequest
 	2,  // 4: genmesh.v1.ConverseRequest.turn:type_name -> genmesh.v1.ConverseTurn
-	8,  // 5: genmesh.v1.ConverseRequest.audio:type_name -> genmesh.v1.AudioChunk
-	9,  // 6: genmesh.v1.ConverseRequest.control:type_name -> genmesh.v1.Control
-	6,  // 7: genmesh.v1.ConverseResponse.event:type_name -> genmesh.v1.StreamEvent
-	5,  // 8: genmesh.v1.GenerationService.Generate:input_type -> genmesh.v1.GenerateRequest
-	0,  // 9: genmesh.v1.GenerationService.GenerateStream:input_type -> genmesh.v1.GenerateStreamRequest
-	3,  // 10: genmesh.v1.GenerationService.Converse:input_type -> genmesh.v1.ConverseRequest
-	10, // 11: genmesh.v1.GenerationService.Generate:output_type -> genmesh.v1.GenerateResponse
-	1,  // 12: genmesh.v1.GenerationService.GenerateStream:output_type -> genmesh.v1.GenerateStreamResponse
-	4,  // 13: genmesh.v1.GenerationService.Converse:output_type -> genmesh.v1.ConverseResponse
-	11, // [11:14] is the sub-list for method output_type
-	8,  // [8:11] is the sub-list for method input_type
-	8,  // [8:8] is the sub-list for extension type_name
-	8,  // [8:8] is the sub-list for extension extendee
-	0,  // [0:8] is the sub-list for field type_name
+	9,  // 5: genmesh.v1.ConverseRequest.audio:type_name -> genmesh.v1.AudioChunk
+	10, // 6: genmesh.v1.ConverseRequest.control:type_name -> genmesh.v1.Control
+	4,  // 7: genmesh.v1.ConverseRequest.voice:type_name -> genmesh.v1.VoiceConfig
+	6,  // 8: genmesh.v1.VoiceConfig.chat:type_name -> genmesh.v1.GenerateRequest
+	11, // 9: genmesh.v1.VoiceConfig.transcription:type_name -> genmesh.v1.TranscriptionParameters
+	12, // 10: genmesh.v1.VoiceConfig.speech:type_name -> genmesh.v1.SpeechParameters
+	7,  // 11: genmesh.v1.ConverseResponse.event:type_name -> genmesh.v1.StreamEvent
+	6,  // 12: genmesh.v1.GenerationService.Generate:input_type -> genmesh.v1.GenerateRequest
+	0,  // 13: genmesh.v1.GenerationService.GenerateStream:input_type -> genmesh.v1.GenerateStreamRequest
+	3,  // 14: genmesh.v1.GenerationService.Converse:input_type -> genmesh.v1.ConverseRequest
+	13, // 15: genmesh.v1.GenerationService.Generate:output_type -> genmesh.v1.GenerateResponse
+	1,  // 16: genmesh.v1.GenerationService.GenerateStream:output_type -> genmesh.v1.GenerateStreamResponse
+	5,  // 17: genmesh.v1.GenerationService.Converse:output_type -> genmesh.v1.ConverseResponse
+	15, // [15:18] is the sub-list for method output_type
+	12, // [12:15] is the sub-list for method input_type
+	12, // [12:12] is the sub-list for extension type_name
+	12, // [12:12] is the sub-list for extension extendee
+	0,  // [0:12] is the sub-list for field type_name
 }
 
 func init() { file_genmesh_v1_generation_proto_init() }
@@ -456,6 +591,7 @@ func file_genmesh_v1_generation_proto_init() {
 		(*ConverseRequest_Turn)(nil),
 		(*ConverseRequest_Audio)(nil),
 		(*ConverseRequest_Control)(nil),
+		(*ConverseRequest_Voice)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -463,7 +599,7 @@ func file_genmesh_v1_generation_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_genmesh_v1_generation_proto_rawDesc), len(file_genmesh_v1_generation_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   5,
+			NumMessages:   6,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -34,7 +34,8 @@ type GenerationServiceClient interface {
 	Generate(ctx context.Context, in *GenerateRequest, opts ...grpc.CallOption) (*GenerateResponse, error)
 	// Generates and streams events as they happen; the last event is the complete result.
 	GenerateStream(ctx context.Context, in *GenerateStreamRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[GenerateStreamResponse], error)
-	// A conversation on one stream: a config message first, then turns, audio chunks and controls.
+	// A conversation on one stream: a config message first (config, or voice for a spoken
+	// conversation), then turns, audio chunks and controls.
 	Converse(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[ConverseRequest, ConverseResponse], error)
 }
 
@@ -98,7 +99,8 @@ type GenerationServiceServer interface {
 	Generate(context.Context, *GenerateRequest) (*GenerateResponse, error)
 	// Generates and streams events as they happen; the last event is the complete result.
 	GenerateStream(*GenerateStreamRequest, grpc.ServerStreamingServer[GenerateStreamResponse]) error
-	// A conversation on one stream: a config message first, then turns, audio chunks and controls.
+	// A conversation on one stream: a config message first (config, or voice for a spoken
+	// conversation), then turns, audio chunks and controls.
 	Converse(grpc.BidiStreamingServer[ConverseRequest, ConverseResponse]) error
 	mustEmbedUnimplementedGenerationServiceServer()
 }
