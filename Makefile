@@ -11,7 +11,7 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(CURDIR)/.cache/bin:$(PATH)
 
 .PHONY: up test setup proto proto-check lint typecheck pytest bench clean chart-check
 
-up: setup
+up: setup web
 	$(VENV)/bin/genmesh up
 
 test: setup proto-check lint typecheck chart-check pytest
@@ -53,8 +53,8 @@ typecheck: setup
 gateway:
 	services/gateway/build.sh >/dev/null
 
-pytest: setup vault-server gateway
-	$(VENV)/bin/pytest -q --ignore=tests/chart $(PYTEST_ARGS)
+pytest: setup vault-server gateway web chromium
+	$(VENV)/bin/pytest -q --ignore=tests/chart --ignore=tests/kube --ignore=tests/images $(PYTEST_ARGS)
 
 # A Vault-compatible server for the runtime secrets tests, built once from the Go module proxy
 # into $GENMESH_CACHE/bin (scripts/vault_server.sh says why it is Vault rather than OpenBao).
@@ -67,6 +67,22 @@ vault-server:
 chart-check: setup
 	scripts/helm_tools.sh
 	$(VENV)/bin/pytest -q tests/chart
+
+# The web playground the edge serves at / (web/, Vite): built once per change of its sources
+# into $GENMESH_CACHE/web, where the edge finds it.
+.PHONY: web chromium playground-test
+web:
+	scripts/build_web.sh >/dev/null
+
+# Debian's chromium, for the playground's browser tests (Playwright drives it; no browser
+# download of its own).
+chromium:
+	command -v chromium >/dev/null || (apt-get update -q && apt-get install -y -q chromium)
+
+# The playground alone: headless Chromium against a real mesh; screenshots in
+# .cache/artifacts/playground/.
+playground-test: setup web chromium
+	$(VENV)/bin/pytest -q tests/playground $(PYTEST_ARGS)
 
 bench: setup
 	$(PY) bench/report.py

@@ -105,14 +105,21 @@ COMPONENTS = (
     ),
     Component("sandbox", 4),
 )
+# The router's Prometheus port, after the components'.
+ROUTER_METRICS_OFFSET = 5
 
 
 def mesh_config(base_port: int, edge_port: int = 8000) -> dict[str, Any]:
     """The YAML every process reads: ports, the router's bindings pointing at them, and the
-    edge pointing at the router."""
+    edge pointing at the router (and at its /metrics, for the playground's status)."""
+    metrics = base_port + ROUTER_METRICS_OFFSET
     config: dict[str, Any] = {
-        "router": {"port": base_port, "bindings": []},
-        "edge": {"port": edge_port, "router_address": f"127.0.0.1:{base_port}"},
+        "router": {"port": base_port, "bindings": [], "metrics_port": metrics},
+        "edge": {
+            "port": edge_port,
+            "router_address": f"127.0.0.1:{base_port}",
+            "status_sources": {"router": f"http://127.0.0.1:{metrics}/metrics"},
+        },
     }
     for component in COMPONENTS:
         port = base_port + component.offset
@@ -348,6 +355,7 @@ def up(
         click.echo(f"  API key: {key}  ({origin})")
         if edge_port:
             base_url = f"http://127.0.0.1:{edge_port}/v1"
+            click.echo(f"  Playground: http://127.0.0.1:{edge_port}/  (API docs at /docs/)")
             click.echo(f"  OpenAI-compatible API: {base_url}  (the API key above is the key)")
             click.echo(
                 f'    OpenAI(base_url="{base_url}", api_key="{key}")'

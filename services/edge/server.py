@@ -17,7 +17,7 @@ from opentelemetry import propagate, trace
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from genmesh.edge import errors, openai
+from genmesh.edge import api, bridge, errors, openai, playground
 from genmesh.edge.mesh import Mesh
 from genmesh.edge.openai.common import MAX_REQUEST_ID, REQUEST_ID
 from genmesh.edge.settings import EdgeSettings
@@ -117,10 +117,13 @@ def create_app(settings: EdgeSettings, on_ready: Callable[[], None] | None = Non
         finally:
             await app.state.mesh.close()
 
-    app = FastAPI(title="genmesh edge", lifespan=lifespan)
+    # /docs is the playground's (Swagger UI bundled from npm), not FastAPI's from a CDN.
+    app = FastAPI(title="genmesh edge", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.settings = settings
     errors.install(app)
     app.include_router(openai.router)
+    api.install(app)
+    app.include_router(bridge.router)
 
     @app.get("/health")
     async def health() -> JSONResponse:
@@ -130,6 +133,7 @@ def create_app(settings: EdgeSettings, on_ready: Callable[[], None] | None = Non
             return JSONResponse({"status": "ok"})
         return JSONResponse({"status": "router unavailable"}, status_code=503)
 
+    playground.install(app, settings)
     return RequestContext(BodyLimit(app, settings.max_body_bytes))
 
 

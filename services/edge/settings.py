@@ -3,6 +3,8 @@ how much one request may ask for."""
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import ClassVar, Literal, Self
 
 from pydantic import Field, model_validator
@@ -30,6 +32,12 @@ OPENAI_ALIASES: dict[Kind, dict[str, str]] = {
 MIB = 1024 * 1024
 
 
+def built_playground() -> Path:
+    """Where scripts/build_web.sh leaves the playground it built last."""
+    cache = Path(os.environ.get("GENMESH_CACHE") or Path.home() / ".cache" / "genmesh")
+    return cache / "web" / "dist"
+
+
 class EdgeSettings(ServiceSettings):
     """The edge's own settings beside every service's (`max_message_bytes` bounds each message
     to and from the router). The body and upload limits sit below the message limit, so a request
@@ -48,6 +56,11 @@ class EdgeSettings(ServiceSettings):
     max_upload_bytes: int = Field(default=15 * MIB, gt=0)
     # Most generations one text request may start (prompts times n).
     max_choices: int = Field(default=16, ge=1)
+    # The built web playground served at `/` (scripts/build_web.sh builds it).
+    web_dir: Path = Field(default_factory=built_playground)
+    # Prometheus /metrics pages the playground's status shows queues and request rates of, by
+    # service name (e.g. {"router": "http://127.0.0.1:9464/metrics"}).
+    status_sources: dict[str, str] = {}
 
     @model_validator(mode="after")
     def _limits_agree(self) -> Self:
