@@ -27,6 +27,7 @@ from tests.gateway.process import GatewayProcess
 # Custom resources have no schema in Kubernetes itself; nothing else may go unvalidated.
 CUSTOM_RESOURCES = {("monitoring.coreos.com/v1", "ServiceMonitor")}
 INFERENCE = ("ttt", "tti", "audio")
+HTTP_SERVICES = ("gateway", "edge")
 
 
 @pytest.mark.parametrize("value_set", sorted(VALUE_SETS))
@@ -99,10 +100,11 @@ def test_grpc_services_have_native_grpc_probes(rendered: Rendered) -> None:
         probes = {
             name: container[name] for name in ("startupProbe", "readinessProbe", "livenessProbe")
         }
-        if component == "gateway":
-            assert probes["readinessProbe"]["httpGet"]["path"] == "/healthz"
-            # The gateway's /healthz is the router's health: a router outage must not restart it.
-            assert "tcpSocket" in probes["livenessProbe"]
+        if component in HTTP_SERVICES:
+            health_path = rendered.values()[component]["healthPath"]
+            assert probes["readinessProbe"]["httpGet"]["path"] == health_path, component
+            # Their health is the router's: a router outage must not restart them.
+            assert "tcpSocket" in probes["livenessProbe"], component
             continue
         assert probes["readinessProbe"]["grpc"]["port"] == port, component
         assert probes["readinessProbe"]["grpc"]["service"].startswith("genmesh.v1."), component
@@ -153,6 +155,18 @@ def test_router_bindings_dial_the_headless_services(rendered: Rendered) -> None:
             assert services[name]["ports"][0]["port"] == int(port)
 
 
+def test_edge_dials_the_router_service(rendered: Rendered) -> None:
+    if "edge" not in rendered.deployments():
+        return
+    host, port = rendered.config("edge")["router_address"].rsplit(":", 1)
+    name, namespace, *_ = host.split(".")
+    router = rendered.get("Service", name)
+    assert rendered.component(router) == "router" and namespace == "ai"
+    assert router["spec"]["ports"][0]["port"] == int(port)
+    env = rendered.deployments()["edge"]["spec"]["template"]["spec"]["containers"][0]["env"]
+    assert not [e for e in env if "KEY" in e["name"]], "the edge forwards its clients' keys"
+
+
 def settings_class(service: str) -> type[ServiceSettings]:
     """The service's own settings class, from its settings module."""
     module = importlib.import_module(f"genmesh.{service}.settings")
@@ -162,7 +176,7 @@ def settings_class(service: str) -> type[ServiceSettings]:
     raise AssertionError(f"genmesh.{service}.settings defines no settings class")
 
 
-@pytest.mark.parametrize("service", PYTHON_SERVICES)
+@pytest.mark.parametrize("service", [*PYTHON_SERVICES, "edge"])
 def test_generated_config_loads_with_the_service_settings(
     rendered_sets: dict[str, Rendered],
     service: str,
@@ -269,8 +283,19 @@ def test_hardened_values_lock_the_mesh_down(rendered_sets: dict[str, Rendered]) 
     for policy in rendered.of_kind("NetworkPolicy"):
         for rule in policy["spec"]["ingress"]:
             assert rule.get("from"), f"{policy['metadata']['name']} admits anyone"
-    assert rendered.of_kind("ServiceMonitor")
     assert rendered.get("PodDisruptionBudget", "genmesh-router")["spec"]["minAvailable"] == 2
+
+
+@pytest.mark.parametrize("api_versions", [[], ["monitoring.coreos.com/v1/ServiceMonitor"]])
+def test_service_monitor_renders_only_where_its_api_exists(
+    tools: Tools, api_versions: list[str]
+) -> None:
+    """The hardened values ask for one; a cluster without the Prometheus Operator gets none."""
+    flags = [f"--api-versions={v}" for v in api_versions]
+    result = template(tools, VALUE_SETS["hardened"], *flags)
+    assert result.returncode == 0, result.stderr
+    monitors = Rendered("hardened", result.stdout).of_kind("ServiceMonitor")
+    assert len(monitors) == len(api_versions)
 
 
 def test_helm_test_pod_checks_every_enabled_service(rendered: Rendered) -> None:
@@ -279,7 +304,7 @@ def test_helm_test_pod_checks_every_enabled_service(rendered: Rendered) -> None:
     targets = pod["spec"]["containers"][0]["args"][1:]
     checked = {target.split(":")[1].split(".")[0] for target in targets}
     expected = {
-        f"genmesh-{c}" + ("" if c in ("router", "gateway") else "-headless")
+        f"genmesh-{c}" + ("" if c in ("router", *HTTP_SERVICES) else "-headless")
         for c in rendered.deployments()
     }
     assert checked == expected

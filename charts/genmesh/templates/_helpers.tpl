@@ -1,6 +1,26 @@
-{{/* The services the chart deploys, in a stable order; gateway is the only non-gRPC one. */}}
+{{/* The services the chart deploys, in a stable order. */}}
 {{- define "genmesh.services" -}}
-router ttt tti audio sandbox gateway
+router ttt tti audio sandbox gateway edge
+{{- end -}}
+
+{{/* Services that speak HTTP rather than gRPC: the REST gateway and the OpenAI-compatible edge. */}}
+{{- define "genmesh.httpServices" -}}
+gateway edge
+{{- end -}}
+
+{{/* Services clients call, each behind a ClusterIP Service; the others get headless Services. */}}
+{{- define "genmesh.publicServices" -}}
+router gateway edge
+{{- end -}}
+
+{{/* Whether a service speaks gRPC, as "true" or "": (include "genmesh.isGrpc" "ttt"). */}}
+{{- define "genmesh.isGrpc" -}}
+{{- if not (has . (splitList " " (include "genmesh.httpServices" .))) }}true{{ end -}}
+{{- end -}}
+
+{{/* Whether a service has a ClusterIP Service for clients, as "true" or "". */}}
+{{- define "genmesh.isPublic" -}}
+{{- if has . (splitList " " (include "genmesh.publicServices" .)) }}true{{ end -}}
 {{- end -}}
 
 {{/* Services the router balances over a headless Service. */}}
@@ -38,8 +58,8 @@ ttt tti audio
 
 {{- define "genmesh.labels" -}}
 helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
-app.kubernetes.io/name: {{ include "genmesh.name" . }}
-app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/name: {{ include "genmesh.name" . | quote }}
+app.kubernetes.io/instance: {{ .Release.Name | quote }}
 app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
 app.kubernetes.io/managed-by: {{ .Release.Service }}
 app.kubernetes.io/part-of: genmesh
@@ -50,8 +70,8 @@ app.kubernetes.io/part-of: genmesh
 
 {{/* Selector labels of one service: (dict "ctx" $ "svc" "ttt"). */}}
 {{- define "genmesh.selectorLabels" -}}
-app.kubernetes.io/name: {{ include "genmesh.name" .ctx }}
-app.kubernetes.io/instance: {{ .ctx.Release.Name }}
+app.kubernetes.io/name: {{ include "genmesh.name" .ctx | quote }}
+app.kubernetes.io/instance: {{ .ctx.Release.Name | quote }}
 app.kubernetes.io/component: {{ .svc }}
 {{- end -}}
 
@@ -73,7 +93,7 @@ annotations:
 {{- define "genmesh.svcMetadata" -}}
 metadata:
   name: {{ include "genmesh.svcName" . }}
-  namespace: {{ .ctx.Release.Namespace }}
+  namespace: {{ .ctx.Release.Namespace | quote }}
   labels:
     {{- include "genmesh.svcLabels" . | nindent 4 }}
   {{- with include "genmesh.annotations" (dict "ctx" .ctx "extra" .annotations) }}
@@ -106,7 +126,7 @@ metadata:
 
 {{/* In-cluster DNS name of a service's Service: (dict "ctx" $ "svc" "ttt"). */}}
 {{- define "genmesh.svcHost" -}}
-{{- $suffix := ternary "" "-headless" (has .svc (list "router" "gateway")) -}}
+{{- $suffix := ternary "" "-headless" (eq (include "genmesh.isPublic" .svc) "true") -}}
 {{- printf "%s%s.%s.svc.%s" (include "genmesh.svcName" .) $suffix .ctx.Release.Namespace .ctx.Values.clusterDomain -}}
 {{- end -}}
 
@@ -156,6 +176,10 @@ Host and port go in the environment instead, which overrides both this file and 
 {{- $_ := set $section "vault" (dict "address" .address "auth" "kubernetes" "auth_mount" .authMount "role" .role "mount" .kvMount "path" .path "jwt_path" "/var/run/secrets/vault/token") -}}
 {{- end -}}
 {{- end -}}
+{{- end -}}
+{{- if eq .svc "edge" -}}
+{{- $router := include "genmesh.svcHost" (dict "ctx" .ctx "svc" "router") -}}
+{{- $_ := set $section "router_address" (printf "%s:%v" $router .ctx.Values.router.service.port) -}}
 {{- end -}}
 {{- toYaml (mergeOverwrite $section (deepCopy $values.config)) -}}
 {{- end -}}
