@@ -30,6 +30,9 @@ from genmesh.v1 import common_pb2
 
 #: A partial's language detection this sure settles the language of a stream.
 LANGUAGE_LOCK = 0.8
+#: Segments (partial or settled) and boundaries found but not yet reported, beyond which the
+#: stream's audio is not read until the recogniser catches up.
+MAX_PENDING = 16
 
 Pending = asyncio.Queue[SpeechEvent | ServiceError | None]
 
@@ -72,6 +75,7 @@ class LiveTranscription(Transcribing):
         self.segmenter = Segmenter(config)
         self.limit = max_seconds * WHISPER_RATE
         self.probability = 1.0 if options.language else 0.0
+        self._taken = asyncio.Event()  # set as the events loop takes an event
 
     async def events(self, stop: Stop) -> AsyncGenerator[common_pb2.StreamEvent, None]:
         pending: Pending = asyncio.Queue()
@@ -80,6 +84,7 @@ class LiveTranscription(Transcribing):
         stopper.add_done_callback(lambda _: pending.put_nowait(None))
         try:
             while (event := await pending.get()) is not None:
+                self._taken.set()
                 if isinstance(event, ServiceError):
                     raise event
                 if stop:
@@ -172,6 +177,12 @@ class LiveTranscription(Transcribing):
                 samples = chunk_samples(message.audio)
                 for event in await asyncio.to_thread(segmenter.push, samples):
                     pending.put_nowait(event)
+                # The segmenter outruns the recogniser: audio sent faster than it plays waits
+                # here (and so in the client's stream), not queued as segments, each with its
+                # audio (a partial of every second of speech holds all the speech before it).
+                while pending.qsize() >= MAX_PENDING:
+                    self._taken.clear()
+                    await self._taken.wait()
                 if segmenter.position > self.limit:
                     raise invalid("the audio is too long", "audio", "exceeds max_audio_seconds")
             if not ended:  # the client closed its side without END_OF_INPUT

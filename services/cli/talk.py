@@ -138,10 +138,10 @@ class VoiceCall:
             await asyncio.sleep(max(0.0, start + index * seconds - loop.time()))
             self.send(chunk)
 
-    def ask(self, text: str) -> None:
+    def ask(self, text: str, turn_id: str = "") -> None:
         """A typed turn: answered aloud like a spoken one."""
         prompt = common_pb2.InputItem(kind=common_pb2.CONTENT_KIND_TEXT, text=text)
-        turn = generation_pb2.ConverseTurn(inputs=[prompt])
+        turn = generation_pb2.ConverseTurn(turn_id=turn_id, inputs=[prompt])
         self._outgoing.put_nowait(generation_pb2.ConverseRequest(turn=turn))
 
     def control(self, action: common_pb2.Control.Action.ValueType) -> None:

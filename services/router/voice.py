@@ -38,6 +38,11 @@ log = logging.getLogger(__name__)
 END_OF_INPUT = inference_pb2.InferRequest(
     control=common_pb2.Control(action=common_pb2.Control.ACTION_END_OF_INPUT)
 )
+#: How many events may wait for a client that reads slowly, or not at all, before the recognition,
+#: the model and the voice wait for it.
+MAX_BEHIND = 32
+#: How long a cancelled task may run on before it is cancelled again.
+RECANCEL_SECONDS = 0.1
 Heard = Callable[[common_pb2.StreamEvent], Awaitable[None]]
 Requests = AsyncIterator[generation_pb2.ConverseRequest]
 
@@ -52,6 +57,16 @@ async def _closing(source: EventSource) -> AsyncGenerator[common_pb2.StreamEvent
     finally:
         if isinstance(events, AsyncGenerator):
             await events.aclose()
+
+
+async def _stop(*tasks: asyncio.Future[Any]) -> None:
+    """Cancels the tasks and waits until they have ended. The cancel is repeated while one runs
+    on: code that swallows a cancel (as asyncio.wait_for on Python 3.11 does when it lands as the
+    awaited result arrives) would otherwise leave the model writing its whole reply to nobody."""
+    while pending := [task for task in tasks if not task.done()]:
+        for task in pending:
+            task.cancel()
+        await asyncio.wait(pending, timeout=RECANCEL_SECONDS)
 
 
 class Recognition:
@@ -110,9 +125,6 @@ class Recognition:
             await self.call.write(END_OF_INPUT)
             await self.call.done_writing()
 
-    def close(self) -> None:
-        self.task.cancel()
-
 
 @dataclass
 class Playback:
@@ -150,22 +162,35 @@ class Reply:
         self.item: common_pb2.InputItem | None = None
         # Why the reply was cut, set before its task is cancelled.
         self.cut = "client gone"
+        self.stopping = False
+        self.outcome = "failed"
         self.task = asyncio.ensure_future(self._run())
+        self.task.add_done_callback(self._ended)
 
     def stop(self, reason: str) -> None:
-        if not self.task.done():
+        # Cancelled once: a second cancel would cut short the cleanup of the first.
+        if not self.task.done() and not self.stopping:
+            self.stopping = True
             self.cut = reason
             self.task.cancel()
 
     async def _run(self) -> None:
-        voice = self.voice
-        outcome = "failed"
         try:
             final = await self._generate()
-            outcome = "completed"
-            voice.replied(self, final, "".join(self.text))
-        except asyncio.CancelledError:
-            outcome = self.cut
+        except Exception as exc:
+            self.outcome = "failed"
+            self.voice.fail(exc)
+            return
+        self.outcome = "completed"
+        self.voice.replied(self, final, "".join(self.text))
+
+    def _ended(self, task: asyncio.Future[None]) -> None:
+        """A cut reply's final, CANCELLED with what was spoken: here rather than in `_run`,
+        which never runs when the reply is cut before its task starts (a turn and a control
+        read together), and would leave the turn without a final or a place in the history."""
+        voice = self.voice
+        if task.cancelled():
+            self.outcome = self.cut
             request = voice.chat.request
             final = common_pb2.GenerateResponse(
                 request_id=request.request_id,
@@ -176,18 +201,14 @@ class Reply:
             spoken = self.playback.spoken(time.monotonic())
             final.outputs.add(kind=common_pb2.CONTENT_KIND_TEXT, text=spoken)
             voice.replied(self, final, spoken)
-            raise
-        except Exception as exc:
-            voice.fail(exc)
-        finally:
-            telemetry.event(
-                log,
-                "voice reply ended",
-                request_id=voice.request_id,
-                turn_id=self.turn_id,
-                outcome=outcome,
-                sentences=self.sentences,
-            )
+        telemetry.event(
+            log,
+            "voice reply ended",
+            request_id=voice.request_id,
+            turn_id=self.turn_id,
+            outcome=self.outcome,
+            sentences=self.sentences,
+        )
 
     async def _generate(self) -> common_pb2.GenerateResponse:
         """The reply written and spoken; a failure of either, or a cut, stops both, and their
@@ -201,9 +222,7 @@ class Reply:
                 task.result()
             return writer.result()
         finally:
-            writer.cancel()
-            speaker.cancel()
-            await asyncio.wait({writer, speaker})
+            await _stop(writer, speaker)
 
     async def _write(self, pending: asyncio.Queue[str | None]) -> common_pb2.GenerateResponse:
         """Streams the model's reply out, handing each sentence to the voice as it ends."""
@@ -223,7 +242,7 @@ class Reply:
             if event.HasField("final"):
                 final = event.final
                 continue
-            voice.emit(self.turn_id, event)
+            await voice.emit(self.turn_id, event)
             if event.HasField("text_delta") and event.text_delta.index == 0:
                 self.text.append(event.text_delta.text)
                 for sentence in sentences.push(event.text_delta.text):
@@ -248,9 +267,10 @@ class Reply:
                     continue
                 chunk = event.audio_chunk
                 chunk.sequence = self.sentences
+                await voice.emit(self.turn_id, event)
+                # Played from when it goes out, which waits while the client is behind.
                 self.sentences += 1
                 self.playback.sent(chunk.text, chunk.duration.ToTimedelta().total_seconds())
-                voice.emit(self.turn_id, event)
 
 
 class VoiceConversation:
@@ -283,6 +303,8 @@ class VoiceConversation:
         self.out: asyncio.Queue[generation_pb2.ConverseResponse | Exception | None] = (
             asyncio.Queue()
         )
+        # Room on `out` for events other than finals, failures and the end, which never wait.
+        self.room = asyncio.Semaphore(MAX_BEHIND)
         self.turn_id = ""  # the utterance being heard
         self.reply: Reply | None = None  # the reply being made
         self.last: Reply | None = None  # the latest reply, which may still be playing
@@ -308,19 +330,25 @@ class VoiceConversation:
             while (item := await self.out.get()) is not None:
                 if isinstance(item, Exception):
                     raise item
+                if not item.event.HasField("final"):
+                    self.room.release()
                 yield item
         finally:
-            reader.cancel()
-            ending = [reader]
+            # In this order, so that none starts another (a recognition, a reply) once stopped.
+            await _stop(reader)
+            if self.recognition is not None:
+                await _stop(self.recognition.task)
             if self.reply is not None:
                 self.reply.stop("client gone")
-                ending.append(self.reply.task)
-            if self.recognition is not None:
-                self.recognition.close()
-                ending.append(self.recognition.task)
-            await asyncio.wait(ending)
+                await asyncio.wait([self.reply.task])
 
-    def emit(self, turn_id: str, event: common_pb2.StreamEvent) -> None:
+    async def emit(self, turn_id: str, event: common_pb2.StreamEvent) -> None:
+        """Queues an event for the client, once it is less than MAX_BEHIND events behind: a
+        client that does not read holds back what makes them instead of filling memory."""
+        await self.room.acquire()
+        self._send(turn_id, event)
+
+    def _send(self, turn_id: str, event: common_pb2.StreamEvent) -> None:
         self.out.put_nowait(
             generation_pb2.ConverseResponse(
                 request_id=self.request_id, turn_id=turn_id, event=event
@@ -393,7 +421,7 @@ class VoiceConversation:
             await self._interrupt("barge-in")
             self.turn_id = new_turn_id("")
         turn_id = self.turn_id = self.turn_id or new_turn_id("")
-        self.emit(turn_id, event)
+        await self.emit(turn_id, event)
         if event.HasField("transcript") and event.transcript.is_final:
             self.turn_id = ""
             if event.transcript.text:
@@ -406,6 +434,10 @@ class VoiceConversation:
 
     async def _respond(self, turn_id: str, inputs: list[common_pb2.InputItem]) -> None:
         await self._interrupt("new turn")
+        # A typed turn and an utterance may both wait for the same cut: the later one cuts the
+        # reply the other started meanwhile, so only one reply runs, and none is left running.
+        while self.reply is not None and not self.reply.task.done():
+            await self._interrupt("new turn")
         self.reply = self.last = Reply(self, turn_id, inputs)
 
     async def _interrupt(self, reason: str) -> None:
@@ -421,7 +453,7 @@ class VoiceConversation:
 
     def replied(self, reply: Reply, final: common_pb2.GenerateResponse, spoken: str) -> None:
         """A reply ended: its final event goes out and the history keeps the turn."""
-        self.emit(reply.turn_id, common_pb2.StreamEvent(final=final))
+        self._send(reply.turn_id, common_pb2.StreamEvent(final=final))
         reply.item = common_pb2.InputItem(
             kind=common_pb2.CONTENT_KIND_TEXT,
             role=common_pb2.INPUT_ROLE_ASSISTANT_REPLY,

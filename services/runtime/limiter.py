@@ -50,7 +50,10 @@ class Slots:
             )
         self.waiting += 1
         try:
-            await asyncio.wait_for(self._free.acquire(), self.timeout)
+            # Not asyncio.wait_for: on Python 3.11 it drops a cancel that lands as the slot is
+            # granted, and a cancelled call would then run to its end for nobody.
+            async with asyncio.timeout(self.timeout):
+                await self._free.acquire()
         except TimeoutError:
             raise errors.resource_exhausted(
                 f"{self.kind} '{self.name}' is busy: no slot within {self.timeout:g} s",

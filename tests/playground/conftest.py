@@ -109,7 +109,9 @@ def spoken_wav(edge: ServiceProcess, path: Path) -> None:
         out.writeframes(silence(LEADING_SILENCE) + frames + silence(TRAILING_SILENCE))
 
 
-@pytest.fixture(scope="session")
+# Module scope: Playwright's sync API keeps an event loop running in the main thread while it is
+# open, and pytest-asyncio cannot run the async tests of later modules beside it.
+@pytest.fixture(scope="module")
 def browser(playground: ServiceProcess) -> Iterator[BrowserContext]:
     """One Chromium with a fresh profile whose microphone plays the mesh's own speech."""
     with tempfile.TemporaryDirectory(prefix="genmesh-chromium-") as profile:

@@ -13,7 +13,7 @@ import pytest
 from genmesh.cli.talk import Pcm, Turn, VoiceCall, voice_config
 from genmesh.client import Client, error_details
 from genmesh.v1 import common_pb2, generation_pb2
-from tests.audio.conftest import normalise, word_error_rate
+from tests.audio.conftest import word_error_rate
 from tests.support import ServiceProcess, run_cli
 from tests.ttt.conftest import Inference
 from tests.voice.conftest import QUESTION, RATE, Heard, silence, transcribe, wav_bytes
@@ -254,7 +254,62 @@ def test_talk_answers_a_wav_file_with_a_wav_file(
     assert talked.returncode == 0, talked.stderr
     lines = talked.stdout.splitlines()
     heard = next(line for line in lines if line.startswith("you: "))
-    assert normalise(heard[5:]) == normalise(QUESTION), lines
+    assert word_error_rate(QUESTION, heard[5:]) <= 0.2, lines
     assert any(line.startswith("genmesh: ") and len(line) > 10 for line in lines), lines
     with wave.open(str(answered)) as wav:
         assert wav.getnchannels() == 1 and wav.getnframes() > wav.getframerate() // 2
+
+
+@pytest.mark.parametrize("cut", ["control", "turn"])
+async def test_a_reply_cut_as_it_starts_stops_and_still_ends_its_turn(
+    voice_client: Client, cut: str
+) -> None:
+    # The cut is read with the turn it cuts: the reply may not have started yet, or be just
+    # getting its slot of the model (where a lost cancel once let it write on to the end).
+    config = echo_config(f"voice-cut-at-once-{cut}")
+    config.chat.text.max_tokens = len(STORY)  # the whole story, if nothing stops it
+    call = VoiceCall(voice_client, config)
+    call.ask(STORY, turn_id="story")
+    if cut == "control":
+        call.control(common_pb2.Control.ACTION_CANCEL)
+    call.ask("Hello there.", turn_id="hello")
+    call.close()
+    heard = Heard()
+    await heard.rest(call)
+
+    assert set(heard.turns) == {"story", "hello"}
+    story, hello = heard.turns["story"], heard.turns["hello"]
+    assert story.final is not None
+    assert story.final.finish_reason == common_pb2.FINISH_REASON_CANCELLED
+    assert len(story.text) < len(STORY) and heard.kinds("story")[-1] == "final"
+    assert hello.text == "Hello there." and hello.audio
+    assert hello.final is not None and hello.final.finish_reason == common_pb2.FINISH_REASON_STOP
+
+
+async def test_a_client_that_does_not_read_holds_the_reply_back(
+    voice_client: Client,
+    smol_ttt: ServiceProcess,
+    audio: ServiceProcess,
+    voice_router: ServiceProcess,
+) -> None:
+    request_id = "voice-not-reading"
+    sentence = "The dragon flew over the sea, and every boat came home. "
+    count = 3000
+    config = echo_config(request_id, delay_ms=0)
+    config.chat.text.max_tokens = len(sentence) * count
+    config.chat.extra.update({"repeat": count})
+    call = VoiceCall(voice_client, config)
+    call.ask(sentence)
+
+    # Unread, the reply is held back: once the transport's buffers and the router's few queued
+    # events are full, the model waits (it once ran on, the reply piling up in the router).
+    # From its first sentence spoken (waited for in a thread: the call needs this loop).
+    await asyncio.to_thread(audio.wait_for_event, "generation ended", request_id=request_id)
+    await asyncio.sleep(2.0)
+    assert not [e for e in smol_ttt.events("generation ended") if e["request_id"] == request_id]
+
+    # Read, it goes on.
+    turn = await Heard().until_first_audio(call)
+    call.hang_up()
+    reply = voice_router.wait_for_event("voice reply ended", turn_id=turn.turn_id)
+    assert reply["outcome"] == "client gone"
