@@ -54,7 +54,7 @@ gateway:
 	services/gateway/build.sh >/dev/null
 
 pytest: setup vault-server gateway web chromium
-	$(VENV)/bin/pytest -q --ignore=tests/chart --ignore=tests/kube --ignore=tests/images $(PYTEST_ARGS)
+	$(VENV)/bin/pytest -q --durations=15 --ignore=tests/chart --ignore=tests/kube --ignore=tests/images $(PYTEST_ARGS)
 
 # A Vault-compatible server for the runtime secrets tests, built once from the Go module proxy
 # into $GENMESH_CACHE/bin (scripts/vault_server.sh says why it is Vault rather than OpenBao).

@@ -5,8 +5,13 @@ sequences (each sequence is a slot: its own KV-cache stream, positions and sampl
 one `llama_decode` over it: a token for every sequence that is generating, then as much of the
 waiting prompts as the step's token budget leaves, so a long prompt is prefilled in chunks between
 the running streams' tokens instead of stalling them. New sequences join between steps; a finished
-or cancelled one frees its slot and its KV cache at once. The llama.cpp calls go through ctypes,
-which releases the GIL while the C code runs, so the asyncio side keeps serving meanwhile.
+or cancelled one frees its slot at once. The llama.cpp calls go through ctypes, which releases the
+GIL while the C code runs, so the asyncio side keeps serving meanwhile.
+
+Prefix reuse: a freed slot keeps its KV cells (its stream's cache is reserved for it either way),
+and a new sequence takes the free slot whose cached tokens share the longest prefix with its
+prompt (a long system prompt, a personality's conditioning, the conversation so far), drops the
+cells after that prefix and prefills only the rest, as llama-server's prompt cache does.
 
 Each sequence samples with its own llama.cpp sampler chain (penalties, grammar, top-k, typical,
 top-p, min-p, temperature and a seeded distribution; greedy at temperature 0), built in the order
@@ -56,6 +61,7 @@ class Sequence:
     slot: int = -1
     sampler: Any = None
     pending: list[int] = field(default_factory=list)  # prompt tokens not yet decoded
+    decoded: list[int] = field(default_factory=list)  # tokens in the slot's KV cells
     position: int = 0
     next_token: int = -1  # sampled, to be decoded in the next step
     decoder: Any = field(default_factory=lambda: codecs.getincrementaldecoder("utf-8")("replace"))
@@ -76,6 +82,7 @@ class Batcher:
         batch_tokens: int,
         threads: int,
         threads_batch: int,
+        reuse_prefix: bool = True,
     ) -> None:
         from llama_cpp import llama_cpp as lib
 
@@ -86,6 +93,7 @@ class Batcher:
         # A prompt is prefilled in chunks of `batch_tokens` (its last one shorter), one chunk
         # per step between the generating sequences' tokens.
         self.batch_tokens = batch_tokens
+        self.reuse_prefix = reuse_prefix
         capacity = max(batch_tokens, slots)
         params = lib.llama_context_default_params()
         params.n_ctx = slots * context_per_slot
@@ -106,6 +114,9 @@ class Batcher:
         self._n_vocab = llm.n_vocab()
         self._batch = lib.llama_batch_init(capacity, 0, 1)
         self._free = list(range(slots))
+        # The tokens each slot's KV cells hold, kept after its sequence ends for the next prompt.
+        self._cached: list[list[int]] = [[] for _ in range(slots)]
+        self.reused_tokens = 0
         self._active: list[Sequence] = []
         self._inbox: list[Sequence] = []
         self._cancelled: set[int] = set()
@@ -200,22 +211,43 @@ class Batcher:
             except Exception as exc:  # every sequence in the failed step gets the error
                 for sequence in list(self._active):
                     outbox += [(sequence, exc), (sequence, _DONE)]
+                    sequence.decoded = []  # what the failed step left in the cells is unknown
                     self._release(sequence)
             _hand_over(outbox)
 
     def _start(self, sequence: Sequence) -> None:
-        lib = self._lib
         sequence.sampler = self._sampler(sequence.run.params, sequence.grammar)
-        sequence.slot = self._free.pop(0)
-        lib.llama_memory_seq_rm(self._memory, sequence.slot, -1, -1)
+        slot, reused = max(
+            ((slot, self._shared_prefix(slot, sequence.pending)) for slot in self._free),
+            key=lambda candidate: candidate[1],  # the first of the free slots on a tie
+        )
+        self._free.remove(slot)
+        if not self._lib.llama_memory_seq_rm(self._memory, slot, reused, -1):
+            reused = 0  # the model's memory cannot cut a sequence short: start afresh
+            self._lib.llama_memory_seq_rm(self._memory, slot, -1, -1)
+        sequence.slot, sequence.position = slot, reused
+        sequence.decoded = sequence.pending[:reused]
+        del sequence.pending[:reused]
+        self.reused_tokens += reused
         self._active.append(sequence)
 
+    def _shared_prefix(self, slot: int, prompt: list[int]) -> int:
+        """How many of the prompt's first tokens the slot's cells hold, all but the last at
+        most: the last is decoded again for its logits."""
+        if not self.reuse_prefix:
+            return 0
+        shared = 0
+        for cached, token in zip(self._cached[slot], prompt[:-1], strict=False):
+            if cached != token:
+                break
+            shared += 1
+        return shared
+
     def _release(self, sequence: Sequence) -> None:
-        """Frees the sequence's slot and KV cells at once."""
-        lib = self._lib
+        """Frees the sequence's slot at once; its KV cells stay as the slot's cache."""
         self._active.remove(sequence)
-        lib.llama_memory_seq_rm(self._memory, sequence.slot, -1, -1)
-        lib.llama_sampler_free(sequence.sampler)
+        self._cached[sequence.slot] = sequence.decoded
+        self._lib.llama_sampler_free(sequence.sampler)
         sequence.sampler = None
         self._free.append(sequence.slot)
         self._free.sort()
@@ -265,6 +297,7 @@ class Batcher:
         n = 0
         outputs: list[tuple[Sequence, int]] = []
         for sequence, tokens in parts:
+            sequence.decoded += tokens
             for token in tokens:
                 batch.token[n] = token
                 batch.pos[n] = sequence.position

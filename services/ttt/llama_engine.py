@@ -3,7 +3,8 @@
 By default concurrent generations share decode steps (continuous batching, `batching.Batcher`):
 `slots` sequences run in one context of `context_size` tokens per slot, each with its own
 sampler, and the service's per-model limit (the one admission point) admits as many requests as
-there are slots. With `batching=False` one `Llama` context serves generations one at a time in a
+there are slots; a prompt that starts as a slot's last one did reuses its cached prefix
+(`prefix_reuse`). With `batching=False` one `Llama` context serves generations one at a time in a
 worker thread with the `Llama.generate` loop, as before. Either way a cancellation is seen
 between two tokens, constraints and tool calls become a GBNF grammar for llama.cpp's grammar
 sampler (`grammar`), and logprobs come from the logits of each step.
@@ -72,6 +73,7 @@ class LlamaCppEngine(ThreadedEngine):
         batching: bool = True,
         slots: int = 1,
         batch_tokens: int = DEFAULT_BATCH_TOKENS,
+        prefix_reuse: bool = True,
     ) -> None:
         super().__init__(
             model_path, name=name or model_path.stem, max_output_tokens=max_output_tokens
@@ -86,6 +88,7 @@ class LlamaCppEngine(ThreadedEngine):
         self._batching = batching
         self._slots = slots
         self._batch_tokens = batch_tokens
+        self._prefix_reuse = prefix_reuse
         self._batcher: Batcher | None = None
         self._llm: Llama | None = None
         self._formatter: Jinja2ChatFormatter | None = None
@@ -118,6 +121,7 @@ class LlamaCppEngine(ThreadedEngine):
                 batch_tokens=self._batch_tokens,
                 threads=self._threads,
                 threads_batch=self._threads_batch,
+                reuse_prefix=self._prefix_reuse,
             )
         template = llm.metadata.get("tokenizer.chat_template")
         if not template:
@@ -293,6 +297,7 @@ class LlamaCppEngine(ThreadedEngine):
                 "loaded": llm is not None,
                 "batching": self._batching,
                 "slots": self._slots if self._batching else 1,
+                "reused_prompt_tokens": self._batcher.reused_tokens if self._batcher else 0,
             },
         )
 

@@ -12,6 +12,10 @@ from genmesh.runtime.limiter import Slots
 from genmesh.runtime.settings import ServiceSettings, choose_default
 
 DEFAULT_EMBEDDING_MODEL = "all-MiniLM-L6-v2"
+# A llama.cpp model's concurrency (its batching slots) unless set: four streams gave 1.7x one
+# stream's tokens/s on 2 cores, as much as llama-server at four (bench/README.md, ttt_throughput),
+# while each slot reserves its whole KV cache; llama-server's own default is four slots too.
+DEFAULT_LLAMA_SLOTS = 4
 
 
 class Admission(BaseModel):
@@ -47,6 +51,8 @@ class ModelSpec(Admission):
         decode step, with its own `context_size`) per admitted request, so the service's queue is
         the only place a request waits. `options.slots` may say otherwise explicitly."""
         if self.engine == "llama.cpp":
+            if "concurrency" not in self.model_fields_set:
+                self.concurrency = DEFAULT_LLAMA_SLOTS
             self.options = {"slots": self.concurrency, **self.options}
         return self
 
