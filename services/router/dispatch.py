@@ -176,6 +176,18 @@ class Dispatcher:
     def relay(self, routed: Routed, context: Context) -> EventSource:
         return self.source(routed, context.time_remaining())
 
+    def turn(
+        self, routed: Routed, inputs: list[common_pb2.InputItem], context: Context
+    ) -> tuple[common_pb2.GenerateRequest, EventSource]:
+        """A conversation's next generation: its template with `inputs` (the history so far and
+        the new turn) in place of the template's own, checked and routed."""
+        request = common_pb2.GenerateRequest()
+        request.CopyFrom(routed.request)
+        del request.inputs[:]
+        request.inputs.extend(inputs)
+        validation.check_request(request, self.max_request_bytes)
+        return request, self.relay(Routed(routed.route, request, routed.personality), context)
+
     async def generate(
         self, request: common_pb2.GenerateRequest, timeout: float | None = None
     ) -> common_pb2.GenerateResponse:

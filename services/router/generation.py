@@ -17,7 +17,6 @@ from typing import Any
 
 import grpc
 
-from genmesh.router import validation
 from genmesh.router.dispatch import Context, Dispatcher, Relay, Routed, new_turn_id, translate
 from genmesh.router.voice import VoiceConversation
 from genmesh.runtime import errors
@@ -248,14 +247,8 @@ class Conversation:
         self, turn: generation_pb2.ConverseTurn
     ) -> AsyncIterator[generation_pb2.ConverseResponse]:
         turn_id = new_turn_id(turn.turn_id)
-        request = common_pb2.GenerateRequest()
-        request.CopyFrom(self.routed.request)
-        del request.inputs[:]
-        request.inputs.extend([*self.history, *turn.inputs])
-        validation.check_request(request, self.dispatcher.max_request_bytes)
-        relay = self.dispatcher.source(
-            Routed(self.routed.route, request, self.routed.personality),
-            self.context.time_remaining(),
+        request, relay = self.dispatcher.turn(
+            self.routed, [*self.history, *turn.inputs], self.context
         )
         if isinstance(relay, Relay):
             relay.interactive = True

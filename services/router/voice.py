@@ -25,7 +25,6 @@ from typing import Any
 import grpc
 
 from genmesh.audio.sentences import SentenceStream
-from genmesh.router import validation
 from genmesh.router.backends import BindingRoute, InferCall
 from genmesh.router.dispatch import Context, Dispatcher, Routed, new_turn_id, translate
 from genmesh.router.source import EventSource
@@ -227,15 +226,7 @@ class Reply:
     async def _write(self, pending: asyncio.Queue[str | None]) -> common_pb2.GenerateResponse:
         """Streams the model's reply out, handing each sentence to the voice as it ends."""
         voice = self.voice
-        request = common_pb2.GenerateRequest()
-        request.CopyFrom(voice.chat.request)
-        del request.inputs[:]
-        request.inputs.extend([*voice.history, *self.inputs])
-        validation.check_request(request, voice.dispatcher.max_request_bytes)
-        source = voice.dispatcher.source(
-            Routed(voice.chat.route, request, voice.chat.personality),
-            voice.context.time_remaining(),
-        )
+        _, source = voice.dispatcher.turn(voice.chat, [*voice.history, *self.inputs], voice.context)
         final = common_pb2.GenerateResponse()
         sentences = SentenceStream()
         async for event in _closing(source):
