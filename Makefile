@@ -14,7 +14,10 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(CURDIR)/.cache/bin:$(PATH)
 up: setup web
 	$(VENV)/bin/genmesh up
 
-test: kube-tools-background setup proto-check lint typecheck chart-check pytest kube-test images-test
+# pytest, the cluster tests and the image tests run side by side: the latter two mostly wait (on
+# the API server, on podman), so beside pytest they add little to the run's length.
+test: kube-tools-background setup proto-check lint typecheck chart-check
+	$(MAKE) -j3 --output-sync=target pytest kube-test images-test
 
 setup: $(VENV)/.installed $(BUF)
 

@@ -8,6 +8,7 @@ script's default one.
 from __future__ import annotations
 
 import dataclasses
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -70,22 +71,32 @@ async def test_a_short_training_run_gives_a_servable_pipeline(
     assert image.size == (32, 32)
 
 
-def test_the_same_seed_gives_the_same_weights(trained: Path, tmp_path: Path) -> None:
-    run_training(tmp_path / "again", *SHORT)
-    assert weights(tmp_path / "again") == weights(trained)
-    run_training(tmp_path / "other", *SHORT, "--seed", "2")
-    assert weights(tmp_path / "other") != weights(trained)
+def copy_of(trained: Path, out: Path) -> Path:
+    """A copy of the fixture's folder, written times kept, to train again over."""
+    shutil.copytree(trained, out)
+    return out
 
 
-def test_a_folder_trained_with_the_same_recipe_is_kept(tmp_path: Path) -> None:
-    out = tmp_path / "cached"
-    run_training(out, *SHORT)
-    written = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
-    assert "already holds" in run_training(out, *SHORT)
-    assert {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()} == written
-    assert "already holds" not in run_training(out, *SHORT, "--force")
-    assert "already holds" not in run_training(out, *SHORT[:-1], "4")
-    assert Recipe.of(out) == dataclasses.replace(SHORT_RECIPE, batch=4)
+def test_forced_training_with_the_same_seed_gives_the_same_weights(
+    trained: Path, tmp_path: Path
+) -> None:
+    again = copy_of(trained, tmp_path / "again")
+    assert "already holds" not in run_training(again, *SHORT, "--force")
+    assert weights(again) == weights(trained)
+
+
+def test_a_changed_recipe_trains_again(trained: Path, tmp_path: Path) -> None:
+    other = copy_of(trained, tmp_path / "other")
+    assert "already holds" not in run_training(other, *SHORT, "--seed", "2")
+    assert weights(other) != weights(trained)
+    assert Recipe.of(other) == dataclasses.replace(SHORT_RECIPE, seed=2)
+
+
+def test_a_folder_trained_with_the_same_recipe_is_kept(trained: Path, tmp_path: Path) -> None:
+    kept = copy_of(trained, tmp_path / "kept")
+    written = {p: p.stat().st_mtime_ns for p in kept.rglob("*") if p.is_file()}
+    assert "already holds" in run_training(kept, *SHORT)
+    assert {p: p.stat().st_mtime_ns for p in kept.rglob("*") if p.is_file()} == written
 
 
 def test_the_embedded_model_was_trained_with_the_scripts_defaults() -> None:
