@@ -29,7 +29,7 @@ import soundfile as sf
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import command_line, emit
+from bench.common import command_line, emit, service_options
 from genmesh.audio.settings import StreamingSettings
 from genmesh.v1 import common_pb2, inference_pb2, inference_pb2_grpc
 from tests.support import INTERNAL_KEY, ServiceProcess
@@ -184,9 +184,7 @@ def report(results: dict[str, Any]) -> None:
 
 def main() -> None:
     parser = command_line(__doc__)
-    parser.add_argument("--address", help="a running audio service (default: start one)")
-    parser.add_argument("--api-key", default=INTERNAL_KEY, help="its internal key")
-    parser.add_argument("--runs", type=int, default=3)
+    service_options(parser, "audio service", INTERNAL_KEY, runs=3)
     args = parser.parse_args()
     with contextlib.ExitStack() as stack:
         address = args.address

@@ -67,6 +67,14 @@ def command_line(doc: str | None) -> argparse.ArgumentParser:
     return parser
 
 
+def service_options(parser: argparse.ArgumentParser, what: str, api_key: str, runs: int) -> None:
+    """`--address` and `--api-key` of a running `what` to measure instead of the one the script
+    starts, and `--runs`."""
+    parser.add_argument("--address", help=f"a running {what} (default: start one)")
+    parser.add_argument("--api-key", default=api_key, help="its key")
+    parser.add_argument("--runs", type=int, default=runs)
+
+
 def emit(results: Results, as_json: bool, report: Callable[[Results], None]) -> None:
     """The results as one JSON object, or as the script's own report for a reader."""
     if as_json:

@@ -27,7 +27,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import command_line, emit
+from bench.common import command_line, emit, service_options
 from genmesh.cli.talk import Pcm, VoiceCall, voice_config
 from genmesh.client import Client
 from genmesh.v1 import common_pb2
@@ -236,28 +236,29 @@ def report(results: dict[str, Any]) -> None:
         )
 
 
+def mesh(stack: contextlib.ExitStack) -> str:
+    """Starts a ttt service with SmolLM2, an audio service and a router over them, stopped with
+    `stack`; returns the router's address."""
+    ttt = ServiceProcess("ttt", {"models": [smol_model()]})
+    stack.callback(ttt.terminate)
+    audio = ServiceProcess("audio", {})
+    stack.callback(audio.terminate)
+    bindings = [
+        {**binding("smollm2", ttt.address, SMOL), "default": True},
+        {"name": "piper", "tasks": ["speech"], "addresses": [audio.address]},
+        {"name": "whisper", "tasks": ["transcription"], "addresses": [audio.address]},
+    ]
+    router = ServiceProcess("router", router_config(bindings))
+    stack.callback(router.terminate)
+    return router.address
+
+
 def main() -> None:
     parser = command_line(__doc__)
-    parser.add_argument("--address", help="a running router (default: start a mesh)")
-    parser.add_argument("--api-key", default=API_KEY, help="its key")
-    parser.add_argument("--runs", type=int, default=4)
+    service_options(parser, "router", API_KEY, runs=4)
     args = parser.parse_args()
     with contextlib.ExitStack() as stack:
-        address = args.address
-        if not address:
-            ttt = ServiceProcess("ttt", {"models": [smol_model()]})
-            stack.callback(ttt.terminate)
-            audio = ServiceProcess("audio", {})
-            stack.callback(audio.terminate)
-            bindings = [
-                {**binding("smollm2", ttt.address, SMOL), "default": True},
-                {"name": "piper", "tasks": ["speech"], "addresses": [audio.address]},
-                {"name": "whisper", "tasks": ["transcription"], "addresses": [audio.address]},
-            ]
-            router = ServiceProcess("router", router_config(bindings))
-            stack.callback(router.terminate)
-            address = router.address
-        results = asyncio.run(measure(address, args.api_key, args.runs))
+        results = asyncio.run(measure(args.address or mesh(stack), args.api_key, args.runs))
     emit(results, args.json, report)
 
 

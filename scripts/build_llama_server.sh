@@ -10,20 +10,10 @@
 set -euo pipefail
 version=0.3.36
 python=${PYTHON:-python3}
-cache=${GENMESH_CACHE:-$HOME/.cache/genmesh}
-bin="$cache/bin/llama-server-$version"
-if [ "${1:-}" = --path ]; then
-  echo "$bin"
-  exit 0
-fi
-mkdir -p "$cache/bin"
-# Parallel callers wait for one build instead of each starting their own.
-exec 9>"$cache/bin/.llama-server-build.lock"
-flock 9
-if [ -x "$bin" ]; then
-  echo "$bin"
-  exit 0
-fi
+# shellcheck source=scripts/lib.sh
+. "$(dirname "$0")/lib.sh"
+bin="$cache_bin/llama-server-$version"
+cached_binary "$bin" llama-server-build "$@"
 echo "building llama-server from llama-cpp-python $version's llama.cpp (one time, ~10 min)" >&2
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT

@@ -10,12 +10,10 @@
 # Prints nothing on success. Usage: scripts/kube_tools.sh [bin-dir]
 set -euo pipefail
 KUBERNETES_VERSION=v1.37.2
-bin=${1:-${GENMESH_CACHE:-$HOME/.cache/genmesh}/bin}
-mkdir -p "$bin"
-
-# Two concurrent runs (a background `make kube-tools` and the tests) build once.
-exec 9>"$bin/.kube-tools.lock"
-flock 9
+# shellcheck source=scripts/lib.sh
+. "$(dirname "$0")/lib.sh"
+bin=${1:-$cache_bin}
+lock "$bin" kube-tools
 
 target="$bin/kube-apiserver-$KUBERNETES_VERSION"
 if [ ! -x "$target" ]; then

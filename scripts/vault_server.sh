@@ -21,20 +21,10 @@ fi
 # The newest release whose tree matches the api and sdk releases its go.mod requires (1.21.4's
 # tree is ahead of sdk v0.20.0 and behind v0.21.0, so it compiles against neither).
 version=v1.21.0
-cache=${GENMESH_CACHE:-$HOME/.cache/genmesh}
-bin="$cache/bin/vault-$version"
-if [ "${1:-}" = --path ]; then
-  echo "$bin"
-  exit 0
-fi
-mkdir -p "$cache/bin"
-# Parallel callers wait for one build instead of each starting their own.
-exec 9>"$cache/bin/.vault-build.lock"
-flock 9
-if [ -x "$bin" ]; then
-  echo "$bin"
-  exit 0
-fi
+# shellcheck source=scripts/lib.sh
+. "$(dirname "$0")/lib.sh"
+bin="$cache_bin/vault-$version"
+cached_binary "$bin" vault-build "$@"
 echo "building the Vault $version server from the Go module proxy (one time, several minutes)" >&2
 work=$(mktemp -d)
 trap 'chmod -R u+w "$work"; rm -rf "$work"' EXIT

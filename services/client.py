@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType, TracebackType
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import grpc
 from google.rpc import error_details_pb2, status_pb2
@@ -28,6 +28,11 @@ from genmesh.v1 import (
 )
 
 DEFAULT_ADDRESS = "127.0.0.1:50051"
+# The content kind and input role of each kind of media a request takes as a file's bytes.
+_MEDIA = {
+    "audio": (common_pb2.CONTENT_KIND_AUDIO, common_pb2.INPUT_ROLE_INPUT_AUDIO),
+    "image": (common_pb2.CONTENT_KIND_IMAGE, common_pb2.INPUT_ROLE_INPUT_IMAGE),
+}
 
 
 def key_file() -> Path:
@@ -110,6 +115,14 @@ def tool_result(call_id: str, content: str) -> common_pb2.InputItem:
         text=content,
         tool_call_id=call_id,
     )
+
+
+def media_input(
+    media: Literal["audio", "image"], data: bytes, mime_type: str
+) -> common_pb2.InputItem:
+    """Audio to transcribe or answer, or an image to edit or read: the bytes of its file."""
+    kind, role = _MEDIA[media]
+    return common_pb2.InputItem(kind=kind, role=role, data=data, mime_type=mime_type)
 
 
 def embed_request(

@@ -13,7 +13,7 @@ import click
 import grpc
 from google.protobuf import json_format
 
-from genmesh.client import DEFAULT_ADDRESS, Client, error_details
+from genmesh.client import DEFAULT_ADDRESS, Client, error_details, media_input
 from genmesh.v1 import common_pb2
 
 FORMATS = {
@@ -149,14 +149,7 @@ def transcribe(
     request = common_pb2.GenerateRequest(
         task=common_pb2.TASK_TRANSCRIPTION,
         binding=binding,
-        inputs=[
-            common_pb2.InputItem(
-                kind=common_pb2.CONTENT_KIND_AUDIO,
-                role=common_pb2.INPUT_ROLE_INPUT_AUDIO,
-                data=file.read_bytes(),
-                mime_type=mime,
-            )
-        ],
+        inputs=[media_input("audio", file.read_bytes(), mime)],
         transcription=common_pb2.TranscriptionParameters(language=language, word_timestamps=words),
     )
 

@@ -27,7 +27,7 @@ import click
 import yaml
 from google.protobuf import json_format
 
-from genmesh.client import Client, embed_request, key_file, text_request
+from genmesh.client import Client, embed_request, key_file, media_input, text_request
 from genmesh.v1 import common_pb2
 
 PR_SET_PDEATHSIG = 1
@@ -274,14 +274,7 @@ async def demo(address: str, key: str, out_dir: Path) -> None:
         heard = await client.generate(
             common_pb2.GenerateRequest(
                 task=common_pb2.TASK_TRANSCRIPTION,
-                inputs=[
-                    common_pb2.InputItem(
-                        kind=common_pb2.CONTENT_KIND_AUDIO,
-                        role=common_pb2.INPUT_ROLE_INPUT_AUDIO,
-                        data=speech.data,
-                        mime_type=speech.mime_type,
-                    )
-                ],
+                inputs=[media_input("audio", speech.data, speech.mime_type)],
             ),
             timeout=600,
         )

@@ -23,7 +23,6 @@ from genmesh.runtime.interceptors import (
     Interceptor,
     Stream,
     Unary,
-    is_health,
     refusal,
 )
 from genmesh.runtime.settings import ApiKey, ServiceSettings
@@ -105,6 +104,8 @@ class AuthInterceptor(Interceptor):
     Inside the error interceptor (its refusals become statuses) and outside the message check
     (a caller without a key learns nothing of what a method takes)."""
 
+    skips_health = True
+
     def __init__(self, keys: KeyStore) -> None:
         super().__init__()
         self.keys = keys
@@ -127,8 +128,6 @@ class AuthInterceptor(Interceptor):
             )
 
     def around(self, method: str, handler: Handler) -> Around | None:
-        if is_health(method):
-            return None
         service = method.split("/")[1] if method.count("/") == 2 else method
         scope = SERVICE_SCOPES.get(service)
 

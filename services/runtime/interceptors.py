@@ -23,7 +23,7 @@ import inspect
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, TypeAlias
+from typing import Any, ClassVar, TypeAlias
 
 import grpc
 from grpc_health.v1.health import SERVICE_NAME as HEALTH_SERVICE
@@ -126,7 +126,10 @@ def wrap(handler: Handler, around: Around) -> Handler:
 
 
 class Interceptor(grpc.aio.ServerInterceptor):
-    """An interceptor with one job: `around` says what it is for a method, once per method."""
+    """An interceptor with one job: `around` says what it is for a method, once per method.
+    A job with `skips_health` leaves grpc's health service alone, unasked."""
+
+    skips_health: ClassVar[bool] = False
 
     def __init__(self) -> None:
         self._handlers: dict[str, Handler] = {}
@@ -152,7 +155,8 @@ class Interceptor(grpc.aio.ServerInterceptor):
                 return self.unknown(handler_call_details)
             if _refuses(handler):
                 return handler
-            around = self.around(method, handler)
+            skipped = self.skips_health and is_health(method)
+            around = None if skipped else self.around(method, handler)
             wrapped = handler if around is None else wrap(handler, around)
             self._handlers[method] = wrapped
         return wrapped
@@ -290,6 +294,8 @@ class CallGate(Interceptor):
     UNAVAILABLE while the open ones finish (grpc itself would cancel them without a word).
     Health is left out: it reports the shutdown itself, and its Watch streams never end."""
 
+    skips_health = True
+
     def __init__(self) -> None:
         super().__init__()
         self.closed = False
@@ -314,8 +320,6 @@ class CallGate(Interceptor):
             await asyncio.wait_for(self._idle.wait(), timeout)
 
     def around(self, method: str, handler: Handler) -> Around | None:
-        if is_health(method):
-            return None
         announce = bool(handler.request_streaming)
 
         async def unary(behaviour: Unary, request: Any, context: Context) -> Any:

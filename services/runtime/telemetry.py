@@ -24,15 +24,7 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from prometheus_client import Gauge
 
 from genmesh.runtime import metrics
-from genmesh.runtime.interceptors import (
-    Around,
-    Context,
-    Handler,
-    Interceptor,
-    Stream,
-    Unary,
-    is_health,
-)
+from genmesh.runtime.interceptors import Around, Context, Handler, Interceptor, Stream, Unary
 from genmesh.runtime.settings import TelemetrySettings
 from genmesh.v1 import common_pb2, program_pb2
 
@@ -289,13 +281,13 @@ class TracingInterceptor(Interceptor):
     figures come from the responses (`_Observed`), so services need no code of their own.
     """
 
+    skips_health = True
+
     def __init__(self) -> None:
         super().__init__()
         self._tracer = trace.get_tracer("genmesh")
 
     def around(self, method: str, handler: Handler) -> Around | None:
-        if is_health(method):
-            return None
         name = method.lstrip("/")
         service, _, rpc_name = name.partition("/")
         rpc = _Rpc(

@@ -10,6 +10,7 @@ import grpc
 import jiwer
 import pytest_asyncio
 
+from genmesh.client import media_input
 from genmesh.runtime.channel import channel_options, key_interceptors
 from genmesh.v1 import common_pb2, inference_pb2, inference_pb2_grpc
 from tests.support import INTERNAL_KEY, ServiceProcess
@@ -79,18 +80,7 @@ def speech_request(text: str, **params: Any) -> common_pb2.GenerateRequest:
 def transcription_request(
     data: bytes | None = None, mime_type: str = "", **params: Any
 ) -> common_pb2.GenerateRequest:
-    inputs = (
-        []
-        if data is None
-        else [
-            common_pb2.InputItem(
-                kind=common_pb2.CONTENT_KIND_AUDIO,
-                role=common_pb2.INPUT_ROLE_INPUT_AUDIO,
-                data=data,
-                mime_type=mime_type,
-            )
-        ]
-    )
+    inputs = [] if data is None else [media_input("audio", data, mime_type)]
     return common_pb2.GenerateRequest(
         request_id="transcribe",
         task=common_pb2.TASK_TRANSCRIPTION,

@@ -93,6 +93,17 @@ def finishes(chunks: list[ChatCompletionChunk]) -> dict[int, list[str]]:
     return found
 
 
+def streamed_tokens(chunks: list[ChatCompletionChunk]) -> list[str]:
+    """The tokens the chunks' logprobs name, in order, across choices."""
+    return [
+        entry.token
+        for chunk in chunks
+        for choice in chunk.choices
+        if choice.logprobs and choice.logprobs.content
+        for entry in choice.logprobs.content
+    ]
+
+
 @pytest.fixture(scope="module")
 def smol(smol_edge: ServiceProcess) -> Iterator[OpenAI]:
     with sdk(smol_edge, timeout=300.0) as opened:
@@ -258,14 +269,7 @@ async def test_logprobs_shape_in_results_and_chunks(smol_edge: ServiceProcess) -
     assert bytes(b for entry in content for b in entry.bytes or []).decode() == (
         choice.message.content
     )
-    streamed = [
-        entry.token
-        for chunk in chunks
-        for c in chunk.choices
-        if c.logprobs and c.logprobs.content
-        for entry in c.logprobs.content
-    ]
-    assert streamed == [entry.token for entry in content]
+    assert streamed_tokens(chunks) == [entry.token for entry in content]
 
 
 def test_a_prompt_over_the_context_is_context_length_exceeded(smol: OpenAI) -> None:
@@ -369,14 +373,7 @@ def test_echo_logprobs_in_chunks(client: OpenAI) -> None:
             model="echo", messages=user("hey"), logprobs=True, stream=True
         )
     )
-    tokens = [
-        entry.token
-        for chunk in chunks
-        for choice in chunk.choices
-        if choice.logprobs and choice.logprobs.content
-        for entry in choice.logprobs.content
-    ]
-    assert tokens == ["h", "e", "y"]
+    assert streamed_tokens(chunks) == ["h", "e", "y"]
     plain = client.chat.completions.create(model="echo", messages=user("hey"))
     assert plain.choices[0].logprobs is None
 

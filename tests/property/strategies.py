@@ -20,6 +20,7 @@ from google.protobuf.message import Message
 from hypothesis import strategies as st
 from PIL import Image
 
+from genmesh.client import media_input
 from genmesh.v1 import agent_pb2, common_pb2, embedding_pb2, generation_pb2, program_pb2
 
 Field = descriptor.FieldDescriptor
@@ -230,15 +231,6 @@ def prompt(text: str) -> common_pb2.InputItem:
     )
 
 
-def media(data: bytes, mime: str, role: common_pb2.InputRole.ValueType) -> common_pb2.InputItem:
-    kind = (
-        common_pb2.CONTENT_KIND_IMAGE
-        if mime.startswith("image/")
-        else common_pb2.CONTENT_KIND_AUDIO
-    )
-    return common_pb2.InputItem(kind=kind, role=role, data=data, mime_type=mime)
-
-
 def bases() -> dict[str, list[Message]]:
     """Requests the mesh serves, one per kind of work: the starting points of mutations."""
     image = common_pb2.ImageParameters(steps=1, width=32, height=32)
@@ -260,14 +252,14 @@ def bases() -> dict[str, list[Message]]:
                 task=common_pb2.TASK_IMAGE_EDIT,
                 inputs=[
                     prompt("a blue square"),
-                    media(png(), "image/png", common_pb2.INPUT_ROLE_INPUT_IMAGE),
+                    media_input("image", png(), "image/png"),
                 ],
                 image=image,
             ),
             common_pb2.GenerateRequest(task=common_pb2.TASK_SPEECH, inputs=[prompt("Hi.")]),
             common_pb2.GenerateRequest(
                 task=common_pb2.TASK_TRANSCRIPTION,
-                inputs=[media(wav(), "audio/wav", common_pb2.INPUT_ROLE_INPUT_AUDIO)],
+                inputs=[media_input("audio", wav(), "audio/wav")],
             ),
         ],
         "genmesh.v1.Program": [*server_programs, client_program],

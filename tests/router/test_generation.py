@@ -15,7 +15,7 @@ from typing import Any
 import grpc
 import pytest
 
-from genmesh.client import Client, error_details, text_request
+from genmesh.client import Client, error_details, media_input, text_request
 from genmesh.v1 import common_pb2, generation_pb2
 from tests.support import API_KEY, ServiceProcess, echo_binding, router_config, run_genmesh
 
@@ -181,15 +181,6 @@ async def test_deadline_gives_deadline_exceeded_and_stops_the_backend(
     assert ended["outcome"] == "cancelled by client or deadline"
 
 
-def image_item(data: bytes, mime: str) -> common_pb2.InputItem:
-    return common_pb2.InputItem(
-        kind=common_pb2.CONTENT_KIND_IMAGE,
-        role=common_pb2.INPUT_ROLE_INPUT_IMAGE,
-        data=data,
-        mime_type=mime,
-    )
-
-
 BAD_REQUESTS = {
     "no inputs": (common_pb2.GenerateRequest(), grpc.StatusCode.INVALID_ARGUMENT, "inputs"),
     "unknown binding": (
@@ -204,14 +195,17 @@ BAD_REQUESTS = {
     ),
     "wrong mime type": (
         common_pb2.GenerateRequest(
-            inputs=[common_pb2.InputItem(text="x"), image_item(b"\x89PNG\r\n\x1a\n", "text/plain")]
+            inputs=[
+                common_pb2.InputItem(text="x"),
+                media_input("image", b"\x89PNG\r\n\x1a\n", "text/plain"),
+            ]
         ),
         grpc.StatusCode.INVALID_ARGUMENT,
         "inputs[1].mime_type",
     ),
     "garbage bytes": (
         common_pb2.GenerateRequest(
-            inputs=[common_pb2.InputItem(text="x"), image_item(b"garbage!", "image/png")]
+            inputs=[common_pb2.InputItem(text="x"), media_input("image", b"garbage!", "image/png")]
         ),
         grpc.StatusCode.INVALID_ARGUMENT,
         "inputs[1].data",

@@ -11,7 +11,7 @@ import pytest
 import pytest_asyncio
 
 from genmesh.cli.talk import Pcm, Turn, VoiceCall
-from genmesh.client import Client
+from genmesh.client import Client, media_input
 from genmesh.v1 import common_pb2, generation_pb2
 from tests.support import API_KEY, ServiceProcess, router_config, serve
 from tests.ttt.conftest import SMOL, binding
@@ -72,14 +72,7 @@ async def transcribe(client: Client, pcm: Pcm) -> str:
     """What Whisper hears in PCM, through the router."""
     request = common_pb2.GenerateRequest(
         task=common_pb2.TASK_TRANSCRIPTION,
-        inputs=[
-            common_pb2.InputItem(
-                kind=common_pb2.CONTENT_KIND_AUDIO,
-                role=common_pb2.INPUT_ROLE_INPUT_AUDIO,
-                data=wav_bytes(pcm),
-                mime_type="audio/wav",
-            )
-        ],
+        inputs=[media_input("audio", wav_bytes(pcm), "audio/wav")],
         transcription=common_pb2.TranscriptionParameters(language="en"),
     )
     return (await client.generate(request)).outputs[0].text

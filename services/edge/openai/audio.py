@@ -17,6 +17,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from google.protobuf import duration_pb2
 from pydantic import Field
 
+from genmesh.client import media_input
 from genmesh.edge import errors
 from genmesh.edge.openai.common import (
     CallerDep,
@@ -205,14 +206,7 @@ async def transcriptions(
         task=common_pb2.TASK_TRANSCRIPTION,
         binding=binding,
         model=model,
-        inputs=[
-            common_pb2.InputItem(
-                kind=common_pb2.CONTENT_KIND_AUDIO,
-                role=common_pb2.INPUT_ROLE_INPUT_AUDIO,
-                data=audio.data,
-                mime_type=audio.mime_type,
-            )
-        ],
+        inputs=[media_input("audio", audio.data, audio.mime_type)],
         transcription=common_pb2.TranscriptionParameters(
             language=body.language, word_timestamps=words, initial_prompt=body.prompt
         ),
