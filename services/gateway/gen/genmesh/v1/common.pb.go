@@ -856,15 +856,18 @@ type OutputConstraint_JsonSchema struct {
 }
 
 type OutputConstraint_Regex struct {
-	// The output matches this regular expression in full (Python's `re.fullmatch`; `^` and `$`
-	// are allowed only at the pattern's ends, including the ends of top-level alternatives).
-	// Dialect: literals and escapes (\$, \", \n, \xHH, \uHHHH), `.` (not newline), classes
-	// with ranges and negation, \d, \w, \s and their negations (\d, \w and \s are written as
-	// their ASCII members), groups `(...)` and `(?:...)`, named groups, alternation, and the
-	// quantifiers ?, *, +, {m}, {m,}, {m,n}, greedy or lazy. Refused (FAILED_PRECONDITION, the
-	// message names the construct): backreferences, lookaround, conditionals, possessive
-	// quantifiers, atomic groups and the flags i, m, a and L. A JSON schema's `pattern` uses the
-	// same dialect; its output is then a match of the whole string.
+	// The output matches this regular expression in full (Python's `re.fullmatch`). The syntax
+	// is Python's; what an engine cannot enforce is refused with FAILED_PRECONDITION, the
+	// message naming the construct, and no engine takes backreferences or lookaround. A JSON
+	// schema's `pattern` is read the same way; its output is then a match of the whole string.
+	// The llama.cpp engine takes: literals and escapes (\$, \", \n, \xHH, \uHHHH), `.` (not
+	// newline), classes with ranges and negation, \d, \w, \s and their negations (written as
+	// their ASCII members), groups `(...)` and `(?:...)`, named groups, alternation, the
+	// quantifiers ?, *, +, {m}, {m,}, {m,n}, greedy or lazy, and `^` and `$` only at the
+	// pattern's ends (the ends of top-level alternatives included); it refuses conditionals,
+	// possessive quantifiers, atomic groups and the flags i, m, a and L. The onnxruntime-genai
+	// and transformers engines (llguidance) also take inline flags such as `(?i)`, and read
+	// \d, \w and \s as Unicode classes, as Python does.
 	Regex string `protobuf:"bytes,2,opt,name=regex,proto3,oneof"`
 }
 
