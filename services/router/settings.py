@@ -69,10 +69,13 @@ class BindingConfig(BaseModel):
     # under a request's and a personality's; and default engine extras.
     parameters: dict[str, Any] = {}
     extra: dict[str, Any] = {}
-    # Admission control: this many requests run at once, up to max_queue wait, each at most
-    # queue_timeout_seconds; beyond that callers get RESOURCE_EXHAUSTED with a retry delay.
-    max_concurrent: int = Field(default=256, ge=1)
-    max_queue: int = Field(default=1024, ge=0)
+    # Admission control: this many requests in flight at once, up to max_queue more waiting,
+    # each at most queue_timeout_seconds; beyond that callers get RESOURCE_EXHAUSTED with a
+    # retry delay. By default the router does not queue: a request waits in one place, the
+    # service's queue, which knows its engine's slots, and whose refusal (with its RetryInfo)
+    # reaches the caller. A router queue is for sharing one backend between bindings.
+    max_concurrent: int = Field(default=4096, ge=1)
+    max_queue: int = Field(default=0, ge=0)
     queue_timeout_seconds: float = Field(default=30.0, gt=0)
 
     @field_validator("addresses")

@@ -1,4 +1,5 @@
-"""Per-binding admission: a concurrency limit, a bounded queue and a queue timeout."""
+"""Admission through the router: a concurrency limit, a bounded queue and a queue timeout,
+whether the binding queues at the router or (by default) only the service does."""
 
 from __future__ import annotations
 
@@ -11,21 +12,30 @@ import pytest
 from genmesh.client import Client, error_details, text_request
 from genmesh.v1 import common_pb2, generation_pb2
 from tests.router.mesh import slow
-from tests.support import API_KEY, ServiceProcess, echo_binding, router_config
+from tests.support import API_KEY, ServiceProcess, echo_binding, router_config, serve
+
+NARROW = {"concurrency": 1, "queue_size": 1, "queue_timeout_seconds": 1.0}
 
 
-@pytest.fixture(scope="module")
-def narrow_router(ttt: ServiceProcess) -> Iterator[ServiceProcess]:
-    """One request at a time on the binding, one more may wait, for at most 1 s."""
-    binding = {
-        **echo_binding(ttt.address, name="narrow"),
-        "max_concurrent": 1,
-        "max_queue": 1,
-        "queue_timeout_seconds": 1.0,
-    }
-    process = ServiceProcess("router", router_config([binding]))
-    yield process
-    process.terminate()
+@pytest.fixture(scope="module", params=["router", "service"])
+def narrow_router(request: pytest.FixtureRequest, ttt: ServiceProcess) -> Iterator[ServiceProcess]:
+    """One request at a time, one more may wait, for at most 1 s: in the binding's own queue
+    at the router, or (the router's default, no queue of its own) in the model's at ttt."""
+    if request.param == "router":
+        binding = {
+            **echo_binding(ttt.address, name="narrow"),
+            "max_concurrent": 1,
+            "max_queue": NARROW["queue_size"],
+            "queue_timeout_seconds": NARROW["queue_timeout_seconds"],
+        }
+        yield from serve("router", router_config([binding]))
+        return
+    model = {"name": "echo", "engine": "echo", **NARROW}
+    narrow_ttt = ServiceProcess("ttt", {"models": [model]})
+    try:
+        yield from serve("router", router_config([echo_binding(narrow_ttt.address)]))
+    finally:
+        narrow_ttt.terminate()
 
 
 async def test_full_queue_and_queue_timeout_are_resource_exhausted(
