@@ -141,17 +141,24 @@ def test_seeds_of_every_choice_must_fit(client: OpenAI) -> None:
     "headers",
     [
         {"Authorization": "Bearer gm-bad\tkey"},
-        {"Authorization": "Bearer gm-bad\x7fkey"},
+        {"Authorization": "Bearer gm-bad\xe9key"},
         {"Authorization": "", "x-api-key": "gm-bad\tkey"},
     ],
 )
-def test_a_key_with_control_characters_is_401(
+def test_a_key_with_control_or_non_ascii_characters_is_401(
     edge: ServiceProcess, headers: dict[str, str]
 ) -> None:
     body = json.dumps({"model": "echo", "messages": USER}).encode()
     answer = raw(edge, "POST", "/v1/chat/completions", body, headers)
     assert answer.status == 401, answer.body
     assert answer.json()["error"]["code"] == "invalid_api_key"
+
+
+def test_a_header_http_does_not_allow_is_400(edge: ServiceProcess) -> None:
+    """DEL is not a header value character: the HTTP parser refuses the request itself."""
+    body = json.dumps({"model": "echo", "messages": USER}).encode()
+    answer = raw(edge, "POST", "/v1/chat/completions", body, {"Authorization": "Bearer a\x7fb"})
+    assert answer.status == 400, answer.body
 
 
 def test_an_unusable_request_id_is_replaced(edge: ServiceProcess) -> None:
