@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
@@ -217,22 +218,28 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         """Streams the sandbox's messages, answering server-side calls itself; client calls are
         passed through when there is a client to answer them (its results and controls come
         from `client`, read only once the start has gone: a result sent ahead of any call must
-        not overtake it), and refused otherwise."""
+        not overtake it), and refused otherwise.
+
+        Requests are written on the call itself, one at a time (grpc takes one write at once),
+        rather than fed from a queue through grpc's own consumer task: a run that makes no host
+        call costs one write and no task switch beside its read."""
         first = SandboxRequest()
         first.start.request_id = request_id
         first.start.program.CopyFrom(program)
         first.start.server_functions = self.functions.source
         client_names = await self._client_names(program)
-        sandbox_requests: asyncio.Queue[SandboxRequest | None] = asyncio.Queue()
-        sandbox_requests.put_nowait(first)
+        stream = self.sandbox.Execute()
+        writing = asyncio.Lock()
 
-        async def feed() -> AsyncIterator[SandboxRequest]:
-            while (item := await sandbox_requests.get()) is not None:
-                yield item
+        async def send(request: SandboxRequest) -> None:
+            """Writes `request`; a stream that has ended takes nothing more, and its status comes
+            from reading it."""
+            async with writing:
+                with contextlib.suppress(asyncio.InvalidStateError, grpc.aio.AioRpcError):
+                    await stream.write(request)
 
         async def answer(call: program_pb2.FunctionCall) -> None:
-            result = await self.functions.call(call)
-            await sandbox_requests.put(SandboxRequest(result=result))
+            await send(SandboxRequest(result=await self.functions.call(call)))
 
         relayed: set[int] = set()  # calls the client was asked to answer and has not yet
         closed = False  # the client ended its stream: it answers nothing more
@@ -254,22 +261,22 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
                         if request.result.call_id not in relayed:
                             continue
                         relayed.discard(request.result.call_id)
-                    await sandbox_requests.put(request)
+                    await send(request)
             except errors.ServiceError as exc:
                 refused.append(exc)
                 stream.cancel()
                 return
             closed = True
             for call_id in sorted(relayed):
-                await sandbox_requests.put(refusal(call_id, CLIENT_CLOSED))
+                await send(refusal(call_id, CLIENT_CLOSED))
             relayed.clear()
 
         tasks: set[asyncio.Task[None]] = set()
-        if client is not None:
-            tasks.add(asyncio.create_task(forward(client)))
-        stream = self.sandbox.Execute(feed())
         ended = False  # the result came: the sandbox ends the stream itself
         try:
+            await send(first)
+            if client is not None:
+                tasks.add(asyncio.create_task(forward(client)))
             async for response in stream:
                 kind = response.WhichOneof("message")
                 ended = kind == "result"
@@ -282,7 +289,7 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
                         continue
                     if client is None or closed:
                         error = CLIENT_CLOSED if closed else f"unknown function {call.name!r}"
-                        await sandbox_requests.put(refusal(call.call_id, error))
+                        await send(refusal(call.call_id, error))
                         continue
                     relayed.add(call.call_id)
                 yield response
@@ -295,9 +302,8 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         finally:
             for task in tasks:
                 task.cancel()
-            await sandbox_requests.put(None)
-            # Cancelling a stream that is ending anyway would race its last status: an RST_STREAM
-            # to the sandbox service, and grpc logging the cancelled request iterator.
+            # Cancelling a stream that is ending anyway would race its last status (an
+            # RST_STREAM to the sandbox service); one that is not ending is cancelled now.
             if ended:
                 asyncio.get_running_loop().call_later(RESULT_GRACE_SECONDS, stream.cancel)
             else:

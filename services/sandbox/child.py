@@ -971,10 +971,11 @@ def prefault(template: Template) -> None:
     """Takes, in a spare child waiting for its program, the page faults a run would take.
 
     A forked child shares the zygote's memory copy-on-write, and a first compile, namespace and
-    frame write to several hundred of those pages (reference counts, allocator state): 1 to 2 ms
-    of faults on a run's critical path, unless a spare, idle until its program comes, takes them
-    first. Nothing here runs code of a program or touches RUN, the guard's caches, random or the
-    module views, so the run starts from the state it would start from without this."""
+    frame write to several hundred of those pages (reference counts, allocator state): about a
+    millisecond of faults on a run's critical path, unless a spare, idle until its program comes,
+    takes them first (for 2 to 3 ms of CPU: worth it only while the service is idle). Nothing
+    here runs code of a program or touches RUN, the guard's caches, random or the module views,
+    so the run starts from the state it would start from without this."""
     start: dict[str, Any] = {"source": dict(_PREFAULT_SOURCE)}
     _load(start)
     lookup = template.namespace(start)["lookup"]
@@ -985,11 +986,15 @@ def prefault(template: Template) -> None:
 
 
 def execute(template: Template, fd: int) -> NoReturn:
-    """Runs the one program this child exists for, then exits; never returns."""
+    """Runs the one program this child exists for, then exits; never returns. A "warm" message
+    from the service ahead of the program (sent while the service is idle) warms up first."""
     RUN.fd = fd
     status = 0
     try:
         start = RUN.receive()
+        if start.get("t") == "warm":
+            prefault(template)
+            start = RUN.receive()
         limits = start.get("limits") or {}
         RUN.max_calls = int(limits.get("max_calls") or 1000)
         RUN.max_output = int(limits.get("max_output_bytes") or 1 << 20)

@@ -55,14 +55,18 @@ WATCHDOG_GRACE = 2.0
 # How long a child that hung up may take to report its exit status through the zygote.
 EXIT_WAIT = 5.0
 # Children forked, jailed and connected ahead of the runs that will take them: with two, runs
-# that come back to back or in pairs find one ready. A spare forked after a run (REFILL_DELAY
-# later) warms up while it waits (`child.prefault`); one forked because runs come faster than
-# that does not, as warming up would take the CPU from the runs.
+# that come back to back or in pairs find one ready.
 SPARES = 2
-# How long after a run ends the spare that replaces its child is forked: the fork, the jail and
-# the warm-up (a few ms of CPU in all) then happen once the run's result is on its way to the
-# caller rather than beside it.
+# How long after a run ends the spare that replaces its child is forked: the fork and the jail
+# then happen once the run's result is on its way to the caller rather than beside it.
 REFILL_DELAY = 0.005
+# Spares warm up (`child.prefault`: 2 to 3 ms of CPU that take about a millisecond of page faults
+# off the next run's path) when they are topped up with no run under way and the last two runs
+# started at least this far apart. Runs that come closer together, back to back or side by side,
+# get cold spares: the warm-up would compete with them for the CPU, or hold up the next one.
+WARM_INTERVAL = 0.015
+# What asks a spare to warm up before its program comes.
+WARM = wire.encode({"t": "warm"})
 # Distinct server-function declarations kept parsed: one per router build in practice.
 SERVER_STUB_CACHE = 8
 
@@ -167,6 +171,13 @@ class Child:
     exited: asyncio.Future[Exit]
     reader: asyncio.StreamReader | None = None
     writer: asyncio.StreamWriter | None = None
+    warm: bool = False
+
+    def warm_up(self) -> None:
+        """Asks the connected child, once, to warm up before its program comes."""
+        if not self.warm and self.writer is not None:
+            self.writer.write(WARM)
+            self.warm = True
 
     async def connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         """The stream to the child, opened on the first call; `close` releases it."""
@@ -203,6 +214,8 @@ class Exit(NamedTuple):
 
 # A spawned child as the zygote reports it: pid, pidfd and the future of its exit status.
 _Spawned = tuple[int, int, asyncio.Future[Exit]]
+# The zygote's request for a child; the child's socket travels with it.
+SPAWN = json.dumps({"t": "spawn"}).encode()
 
 
 class ZygoteGoneError(Exception):
@@ -291,14 +304,13 @@ class Zygote:
         self._spawning.clear()
         self._exits.clear()
 
-    async def spawn(self, *, warm: bool = False) -> Child:
-        """A new jailed child, waiting for its program; a `warm` one warms up first."""
+    async def spawn(self) -> Child:
+        """A new jailed child, waiting for its program."""
         if self._sock is None:
             raise ZygoteGoneError("the sandbox parent process is not running")
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        request = json.dumps({"t": "spawn", "warm": warm}).encode()
         try:
-            socket.send_fds(self._sock, [request], [theirs.fileno()])
+            socket.send_fds(self._sock, [SPAWN], [theirs.fileno()])
         except OSError as exc:
             ours.close()
             raise ZygoteGoneError(f"the sandbox parent process cannot be reached: {exc}") from None
@@ -446,6 +458,9 @@ class Executor:
             )
         )
         self._spares: deque[asyncio.Task[Child]] = deque()
+        self._running = 0  # runs under way: spares warm up only when there are none
+        self._last_start = -math.inf
+        self._interval = math.inf  # between the last two runs' starts
         self._lock = asyncio.Lock()
         self._server_stubs = ServerStubs()
 
@@ -474,9 +489,16 @@ class Executor:
         await self._drop_spares()
         await self.zygote.stop()
 
-    def _refill(self, *, warm: bool = True) -> None:
+    def _refill(self, *, cold: bool = False) -> None:
+        """Tops the spares up. Unless `cold`, the new spares and the waiting ones warm up too if
+        runs are sparse (see WARM_INTERVAL)."""
+        warm = not cold and self._sparse()
         while self.zygote.alive and len(self._spares) < SPARES:
             self._spares.append(asyncio.create_task(self._prepare(warm=warm)))
+        if warm:
+            for spare in self._spares:
+                if spare.done() and not spare.cancelled() and spare.exception() is None:
+                    spare.result().warm_up()
 
     async def _drop_spares(self) -> None:
         while self._spares:
@@ -486,14 +508,21 @@ class Executor:
                 (await spare).close()
 
     async def _prepare(self, *, warm: bool) -> Child:
-        """A new child, connected: what a run needs of it before its program can go out."""
-        child = await self.zygote.spawn(warm=warm)
+        """A new child, connected: what a run needs of it before its program can go out; a
+        `warm` one warms up if still no run is under way."""
+        child = await self.zygote.spawn()
         try:
             await child.connect()
         except BaseException:
             child.close()
             raise
+        if warm and self._sparse():
+            child.warm_up()
         return child
+
+    def _sparse(self) -> bool:
+        """Whether spares may warm up now: no run is under way, and runs come far apart."""
+        return not self._running and self._interval >= WARM_INTERVAL
 
     async def _acquire(self) -> Child:
         async with self._lock:
@@ -502,7 +531,7 @@ class Executor:
                 await self._drop_spares()
                 await self.zygote.start()
             if len(self._spares) < SPARES:  # runs come faster than spares are replaced
-                self._refill(warm=False)
+                self._refill(cold=True)
             spare = self._spares.popleft() if self._spares else None
         child = await _take(spare) if spare is not None else None
         if child is None or child.exited.done():
@@ -527,6 +556,8 @@ class Executor:
         value: struct_pb2.Value | None = None
         failure: program_pb2.ProgramError | None
         watchdog = asyncio.timeout(limits.wall_seconds + WATCHDOG_GRACE)
+        self._interval, self._last_start = started - self._last_start, started
+        self._running += 1
         try:
             async with watchdog:
                 value, failure = await self._run(
@@ -545,6 +576,8 @@ class Executor:
                     Kind.KIND_CRASHED,
                     "the sandbox failed while running the program (the service logged why)",
                 )
+        finally:
+            self._running -= 1
         return self._finish(call_log, started, value, failure)
 
     async def _run(

@@ -109,22 +109,18 @@ def _spawn(
     *,
     ctrl: socket.socket,
     run_fd: int,
-    warm: bool,
     template: child.Template,
     limits: jail.JailLimits,
     layers: dict[str, jail.Layer],
     seccomp: jail.Seccomp | None,
 ) -> None:
-    """Forks a child that enters the jail, warms up if asked (`child.prefault`, already jailed),
-    and waits for its program on `run_fd`."""
+    """Forks a child that enters the jail and then waits for its program on `run_fd`."""
     pid = os.fork()
     if pid == 0:
         try:
             signal.set_wakeup_fd(-1)
             signal.signal(signal.SIGCHLD, signal.SIG_DFL)
             fd = jail.enter(run_fd, limits, layers, seccomp)
-            if warm:
-                child.prefault(template)
             child.execute(template, fd)
         finally:
             os._exit(5)
@@ -178,12 +174,10 @@ def main() -> NoReturn:
                     data, fds = b"", []
                 if not data:
                     os._exit(0)  # the service is gone; children see EOF on their pipes
-                warm = json.loads(data).get("warm") is True
                 for fd in fds:
                     _spawn(
                         ctrl=ctrl,
                         run_fd=fd,
-                        warm=warm,
                         template=template,
                         limits=limits,
                         layers=layers,

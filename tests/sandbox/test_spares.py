@@ -1,5 +1,5 @@
-"""Spare children: one that warmed up before its program came runs it as a cold one does, and runs
-beyond the spares get children of their own."""
+"""Spare children: one that warmed up before its program came runs it as a cold one does, spares
+warm up only while runs are sparse, and runs beyond the spares get children of their own."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from genmesh.sandbox import wire
-from genmesh.sandbox.executor import SPARES, Executor, Zygote
+from genmesh.sandbox.executor import REFILL_DELAY, SPARES, Executor, Zygote
 from genmesh.v1 import program_pb2
 from tests.sandbox.conftest import PythonHost, run_result, sleep_echo
 
@@ -46,9 +46,11 @@ START = {
 
 async def messages(zygote: Zygote, *, warm: bool) -> list[dict[str, Any]]:
     """Every message a child of `zygote` sends for SOURCE, its host call answered."""
-    child = await zygote.spawn(warm=warm)
+    child = await zygote.spawn()
     try:
         reader, writer = await child.connect()
+        if warm:
+            child.warm_up()
         writer.write(wire.encode(START))
         sent: list[dict[str, Any]] = []
         while not sent or sent[-1]["t"] != "done":
@@ -69,6 +71,39 @@ async def test_a_warm_child_runs_its_program_as_a_cold_one(executor: Executor) -
     call, done = warm
     assert (call["id"], call["line"], call["args"]) == (1, 2, {"query": "a", "limit": 3})
     assert done["value"][0] == 7, done
+
+
+async def asked_to_warm_up(executor: Executor) -> list[bool]:
+    """Whether each spare of `executor`, once connected, was asked to warm up."""
+    return [(await spare).warm for spare in list(executor._spares)]
+
+
+async def test_spares_warm_up_only_while_runs_are_sparse() -> None:
+    """Warming up costs a spare more CPU than it saves its run: runs under way, or coming close
+    together, would pay for it."""
+    executor = Executor()
+    await executor.start()
+    try:
+        assert await asked_to_warm_up(executor) == [True] * SPARES
+        release = asyncio.Event()
+
+        async def hold() -> int:
+            await release.wait()
+            return 1
+
+        program = program_pb2.Program(code="hold()", client_functions="def hold(): ...\n")
+        runs = [asyncio.create_task(executor.run(program, PythonHost(hold=hold))) for _ in "ab"]
+        await asyncio.sleep(0.5)  # both runs are under way, one on a spare forked for it
+        assert await asked_to_warm_up(executor) == [False] * (SPARES - 1)
+        release.set()
+        assert [run_result(result) for result in await asyncio.gather(*runs)] == [1, 1]
+        await asyncio.sleep(REFILL_DELAY + 0.2)
+        assert await asked_to_warm_up(executor) == [False] * SPARES  # they started together
+        assert run_result(await executor.run(program_pb2.Program(code="1"), PythonHost())) == 1
+        await asyncio.sleep(REFILL_DELAY + 0.2)
+        assert await asked_to_warm_up(executor) == [True] * SPARES
+    finally:
+        await executor.stop()
 
 
 async def test_runs_beyond_the_spares_get_children_of_their_own(executor: Executor) -> None:
