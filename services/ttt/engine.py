@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
+from genmesh.ttt import templates
+
 _T = TypeVar("_T")
 Role = Literal["system", "user", "assistant", "tool"]
 
@@ -168,6 +170,10 @@ class TextEngine(abc.ABC):
     # "grammar", "choices"), "tools" (calls it can make valid) and "logprobs". The service
     # refuses a request asking for anything else with FAILED_PRECONDITION.
     features: frozenset[str] = frozenset()
+    # The Jinja chat template the loaded engine renders prompts with ("": it renders none itself,
+    # as a remote endpoint); the service gives tools to it as data when it writes them itself
+    # (`tools.conversation`).
+    chat_template: str = ""
 
     @abc.abstractmethod
     async def load(self) -> None:
@@ -202,10 +208,15 @@ class LocalEngine(TextEngine):
 
     engine: str
 
-    def __init__(self, path: Path, *, name: str, max_output_tokens: int = 0) -> None:
+    def __init__(
+        self, path: Path, *, name: str, max_output_tokens: int = 0, chat_template: str = ""
+    ) -> None:
         self.name = name
         self._path = path
         self._max_output_tokens = max_output_tokens
+        # The `chat_template` option, read and checked now so a bad one stops the start-up:
+        # it replaces the model's own template (as vLLM's and llama-server's --chat-template).
+        self._template_option = templates.read_option(chat_template) if chat_template else ""
         self.generated_tokens = 0
 
     def _require(self, value: _T | None) -> _T:
@@ -215,8 +226,9 @@ class LocalEngine(TextEngine):
         return value
 
     @abc.abstractmethod
-    def prompt_tokens(self, messages: list[ChatMessage]) -> list[int]:
-        """The messages rendered with the model's chat template, as token ids."""
+    def prompt_tokens(self, messages: list[ChatMessage], use: ToolUse | None) -> list[int]:
+        """The messages rendered with the chat template, as token ids; the template gets the
+        tools of `use` when it writes them itself (`tools.template_inputs`)."""
 
     @abc.abstractmethod
     def context_window(self) -> int:
@@ -227,7 +239,7 @@ class LocalEngine(TextEngine):
     ) -> tuple[list[int], int]:
         """The prompt's tokens and how many the generation may produce: what the request asks,
         capped by the room the prompt leaves in the context and by the model's output cap."""
-        prompt = self.prompt_tokens(messages)
+        prompt = self.prompt_tokens(messages, params.tools)
         context = self.context_window()
         if context and len(prompt) >= context:
             raise PromptTooLongError(len(prompt), context)

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Literal, cast
 
 import numpy as np
 
-from genmesh.ttt import grammar
+from genmesh.ttt import grammar, tools
 from genmesh.ttt.batching import Batcher
 from genmesh.ttt.engine import (
     ChatMessage,
@@ -32,6 +32,7 @@ from genmesh.ttt.engine import (
     GenerationChunk,
     SamplingParams,
     TokenLogprob,
+    ToolUse,
 )
 from genmesh.ttt.threaded import ThreadedEngine, TokenRun
 
@@ -74,9 +75,13 @@ class LlamaCppEngine(ThreadedEngine):
         slots: int = 1,
         batch_tokens: int = DEFAULT_BATCH_TOKENS,
         prefix_reuse: bool = True,
+        chat_template: str = "",
     ) -> None:
         super().__init__(
-            model_path, name=name or model_path.stem, max_output_tokens=max_output_tokens
+            model_path,
+            name=name or model_path.stem,
+            max_output_tokens=max_output_tokens,
+            chat_template=chat_template,
         )
         if slots < 1 or batch_tokens < 1:
             raise TypeError("slots and batch_tokens must be at least 1")
@@ -123,13 +128,15 @@ class LlamaCppEngine(ThreadedEngine):
                 threads_batch=self._threads_batch,
                 reuse_prefix=self._prefix_reuse,
             )
-        template = llm.metadata.get("tokenizer.chat_template")
-        if not template:
+        self.chat_template = self._template_option or llm.metadata.get(
+            "tokenizer.chat_template", ""
+        )
+        if not self.chat_template:
             raise ValueError(f"{self._path.name} has no chat template in its metadata")
         model = llm._model
         eos, bos = llm.token_eos(), llm.token_bos()
         formatter = Jinja2ChatFormatter(
-            template=template,
+            template=self.chat_template,
             eos_token=model.token_get_text(eos) if eos != -1 else "",
             bos_token=model.token_get_text(bos) if bos != -1 else "",
         )
@@ -166,16 +173,18 @@ class LlamaCppEngine(ThreadedEngine):
     def llm(self) -> Llama:
         return self._require(self._llm)
 
-    def render(self, messages: list[ChatMessage]) -> str:
-        """The prompt text, rendered with the model's chat template."""
+    def render(self, messages: list[ChatMessage], use: ToolUse | None) -> str:
+        """The prompt text, rendered with the chat template."""
+        chat, definitions = tools.template_inputs(messages, use, self.chat_template)
         response = self._require(self._formatter)(
-            messages=cast(Any, [{"role": m.role, "content": m.content} for m in messages])
+            messages=cast(Any, chat), tools=cast(Any, definitions)
         )
         return str(response.prompt)
 
-    def prompt_tokens(self, messages: list[ChatMessage]) -> list[int]:
+    def prompt_tokens(self, messages: list[ChatMessage], use: ToolUse | None) -> list[int]:
         """The templated prompt as token ids (the template writes the special tokens itself)."""
-        return list(self.llm.tokenize(self.render(messages).encode(), add_bos=False, special=True))
+        text = self.render(messages, use)
+        return list(self.llm.tokenize(text.encode(), add_bos=False, special=True))
 
     def context_window(self) -> int:
         if self._batcher is not None:

@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import llguidance
 
-from genmesh.ttt import guidance
-from genmesh.ttt.engine import ChatMessage, EngineModelInfo, SamplingParams
+from genmesh.ttt import guidance, tools
+from genmesh.ttt.engine import ChatMessage, EngineModelInfo, SamplingParams, ToolUse
 from genmesh.ttt.threaded import ThreadedEngine, TokenRun
 
 if TYPE_CHECKING:
@@ -40,8 +40,14 @@ class OnnxGenAIEngine(ThreadedEngine):
         name: str | None = None,
         provider: str = "cpu",
         max_output_tokens: int = 0,
+        chat_template: str = "",
     ) -> None:
-        super().__init__(path, name=name or path.name, max_output_tokens=max_output_tokens)
+        super().__init__(
+            path,
+            name=name or path.name,
+            max_output_tokens=max_output_tokens,
+            chat_template=chat_template,
+        )
         self._provider = provider
         config = json.loads((path / "genai_config.json").read_text())
         self._context = int(config["model"].get("context_length", 0))
@@ -64,6 +70,7 @@ class OnnxGenAIEngine(ThreadedEngine):
         if self._provider != "cpu":
             config.append_provider(self._provider)
         self._model = og.Model(config)
+        self.chat_template = self._template_option or folder_template(self._path)
         self._tokenizer = og.Tokenizer(self._model)
         self._guide = llguidance.LLTokenizer(
             str(self._path / "tokenizer.json"), n_vocab=self._vocab, eos_token=sorted(self._eos)
@@ -77,10 +84,16 @@ class OnnxGenAIEngine(ThreadedEngine):
     def _loaded(self) -> tuple[og.Model, og.Tokenizer]:
         return self._require(self._model), self._require(self._tokenizer)
 
-    def prompt_tokens(self, messages: list[ChatMessage]) -> list[int]:
+    def prompt_tokens(self, messages: list[ChatMessage], use: ToolUse | None) -> list[int]:
         _, tokenizer = self._loaded()
-        conversation = json.dumps([{"role": m.role, "content": m.content} for m in messages])
-        text = tokenizer.apply_chat_template(conversation, add_generation_prompt=True)
+        chat, definitions = tools.template_inputs(messages, use, self.chat_template)
+        text = tokenizer.apply_chat_template(
+            json.dumps(chat),
+            # The template this engine judged (`chat_template`), so the two never differ.
+            template_str=self.chat_template or None,
+            tools=None if definitions is None else json.dumps(definitions),
+            add_generation_prompt=True,
+        )
         return [int(t) for t in tokenizer.encode(text)]
 
     def context_window(self) -> int:
@@ -149,3 +162,14 @@ class OnnxGenAIEngine(ThreadedEngine):
                 "loaded": self._model is not None,
             },
         )
+
+
+def folder_template(path: Path) -> str:
+    """The chat template of a model folder, where Hugging Face keeps it (`chat_template.jinja`,
+    else tokenizer_config.json's "chat_template"); "" leaves onnxruntime-genai to its own."""
+    file = path / "chat_template.jinja"
+    if file.is_file():
+        return file.read_text()
+    config = path / "tokenizer_config.json"
+    template = json.loads(config.read_text()).get("chat_template") if config.is_file() else None
+    return template if isinstance(template, str) else ""

@@ -224,7 +224,7 @@ class ServedModel:
         messages = chat_messages(request)
         if self.system_prompt and messages[0].role != "system":
             messages = [ChatMessage("system", self.system_prompt), *messages]
-        return tools.plain_messages(messages, params.tools)
+        return tools.conversation(messages, params.tools, self.engine.chat_template)
 
 
 def deltas(index: int, split: Split) -> list[common_pb2.StreamEvent]:

@@ -40,10 +40,13 @@ Mode = common_pb2.ToolChoice.Mode
 
 
 def json_value(value: Any) -> Any:
-    """A Struct's JSON with integral numbers as ints again: protobuf keeps every number as a
-    double, and schema keywords such as maxLength must be integers."""
+    """A Struct's JSON with integral numbers as ints again (protobuf keeps every number as a
+    double, and schema keywords such as maxLength must be integers) and keys sorted: a Struct's
+    fields come back in an order that changes from process to process, which would make the
+    prompts and grammars built from them (and so seeded outputs and reused prompt prefixes)
+    differ between replicas and restarts."""
     if isinstance(value, dict):
-        return {k: json_value(v) for k, v in value.items()}
+        return {k: json_value(value[k]) for k in sorted(value)}
     if isinstance(value, list):
         return [json_value(v) for v in value]
     if isinstance(value, float) and value.is_integer():
@@ -132,7 +135,9 @@ def tool_use(text: common_pb2.TextParameters, bad: list[FieldViolation]) -> Tool
     return ToolUse(
         tuple(tools),
         required=mode in (Mode.MODE_REQUIRED, Mode.MODE_NAMED),
-        parallel=text.parallel_tool_calls if text.HasField("parallel_tool_calls") else True,
+        # A named tool is called once, as OpenAI's API and vLLM do.
+        parallel=mode != Mode.MODE_NAMED
+        and (text.parallel_tool_calls if text.HasField("parallel_tool_calls") else True),
         only=name if mode == Mode.MODE_NAMED else "",
     )
 

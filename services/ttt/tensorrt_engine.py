@@ -12,12 +12,14 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from genmesh.ttt import tools
 from genmesh.ttt.engine import (
     ChatMessage,
     EngineModelInfo,
     GenerationChunk,
     LocalEngine,
     SamplingParams,
+    ToolUse,
 )
 
 if TYPE_CHECKING:
@@ -65,11 +67,10 @@ class TensorRTLLMEngine(LocalEngine):
     def context_window(self) -> int:
         return int(getattr(self.llm.args, "max_seq_len", 0) or 0)
 
-    def prompt_tokens(self, messages: list[ChatMessage]) -> list[int]:
+    def prompt_tokens(self, messages: list[ChatMessage], use: ToolUse | None) -> list[int]:
+        chat, definitions = tools.template_inputs(messages, use, self.chat_template)
         prompt: list[int] = self.llm.tokenizer.apply_chat_template(
-            [{"role": m.role, "content": m.content} for m in messages],
-            add_generation_prompt=True,
-            tokenize=True,
+            chat, tools=definitions, add_generation_prompt=True, tokenize=True
         )
         return prompt
 

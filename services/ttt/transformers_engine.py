@@ -19,12 +19,13 @@ from typing import TYPE_CHECKING, Any, cast
 
 import llguidance
 
-from genmesh.ttt import guidance
+from genmesh.ttt import guidance, tools
 from genmesh.ttt.engine import (
     ChatMessage,
     EngineModelInfo,
     GenerationChunk,
     SamplingParams,
+    ToolUse,
 )
 from genmesh.ttt.threaded import ThreadedEngine, TokenRun
 
@@ -49,11 +50,13 @@ class TransformersEngine(ThreadedEngine):
         device: str = "cpu",
         threads: int | None = None,
         max_output_tokens: int = 0,
+        chat_template: str = "",
     ) -> None:
         super().__init__(
             path,
             name=name or (path.stem if path.is_file() else path.name),
             max_output_tokens=max_output_tokens,
+            chat_template=chat_template,
         )
         self._device = device
         self._threads = threads or os.cpu_count() or 1
@@ -76,6 +79,10 @@ class TransformersEngine(ThreadedEngine):
         else:
             folder, kwargs = self._path, {}
         self._tokenizer = AutoTokenizer.from_pretrained(folder, **kwargs)
+        try:
+            self.chat_template = self._template_option or self._tokenizer.get_chat_template()
+        except ValueError:
+            raise ValueError(f"{self._path.name} has no chat template") from None
         # from_pretrained returns the model in inference (eval) mode.
         self._model = AutoModelForCausalLM.from_pretrained(
             folder, dtype=torch.float32, device_map=self._device, **kwargs
@@ -111,12 +118,17 @@ class TransformersEngine(ThreadedEngine):
         grammar = guidance.compile_grammar(params, self._require(self._guide))
         return None if grammar is None else grammar.matcher
 
-    def prompt_tokens(self, messages: list[ChatMessage]) -> list[int]:
-        conversation = [{"role": m.role, "content": m.content} for m in messages]
+    def prompt_tokens(self, messages: list[ChatMessage], use: ToolUse | None) -> list[int]:
+        chat, definitions = tools.template_inputs(messages, use, self.chat_template)
         return cast(
             "list[int]",
             self.tokenizer.apply_chat_template(
-                conversation, add_generation_prompt=True, tokenize=True, return_dict=False
+                cast(Any, chat),
+                tools=cast(Any, definitions),
+                chat_template=self.chat_template,
+                add_generation_prompt=True,
+                tokenize=True,
+                return_dict=False,
             ),
         )
 

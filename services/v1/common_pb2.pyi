@@ -460,7 +460,7 @@ class ToolChoice(_message.Message):
         MODE_REQUIRED: ToolChoice._Mode.ValueType  # 3
         """The model calls at least one of the tools."""
         MODE_NAMED: ToolChoice._Mode.ValueType  # 4
-        """The model calls the tool given by `name`."""
+        """The model calls the tool given by `name`, once (parallel_tool_calls aside)."""
 
     class Mode(_Mode, metaclass=_ModeEnumTypeWrapper):
         """The policy."""
@@ -474,7 +474,7 @@ class ToolChoice(_message.Message):
     MODE_REQUIRED: ToolChoice.Mode.ValueType  # 3
     """The model calls at least one of the tools."""
     MODE_NAMED: ToolChoice.Mode.ValueType  # 4
-    """The model calls the tool given by `name`."""
+    """The model calls the tool given by `name`, once (parallel_tool_calls aside)."""
 
     MODE_FIELD_NUMBER: _builtins.int
     NAME_FIELD_NUMBER: _builtins.int

@@ -446,7 +446,7 @@ const (
 	ToolChoice_MODE_AUTO ToolChoice_Mode = 2
 	// The model calls at least one of the tools.
 	ToolChoice_MODE_REQUIRED ToolChoice_Mode = 3
-	// The model calls the tool given by `name`.
+	// The model calls the tool given by `name`, once (parallel_tool_calls aside).
 	ToolChoice_MODE_NAMED ToolChoice_Mode = 4
 )
 
