@@ -16,7 +16,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import grpc
 from google.protobuf import struct_pb2
@@ -41,6 +41,8 @@ from genmesh.runtime.timing import duration
 from genmesh.v1 import common_pb2
 
 Context = grpc.aio.ServicerContext[Any, Any]
+# The stages of the time to first token a service measures, passed on as it reports them.
+SERVICE_STAGES: tuple[Literal["input_processing", "prefill"], ...] = ("input_processing", "prefill")
 
 
 @dataclass
@@ -292,8 +294,18 @@ class Relay(EventSource):
     def finish(self, final: common_pb2.GenerateResponse) -> None:
         final.request_id = self.request.request_id
         final.binding = self.route.name
-        backend_queue = final.timings.queue.ToTimedelta().total_seconds()
-        final.timings.CopyFrom(self.clock.timings(extra_queue_s=backend_queue))
+        backend = final.timings
+        stages: dict[str, float] = {
+            name: getattr(backend, name).ToTimedelta().total_seconds()
+            for name in SERVICE_STAGES
+            if backend.HasField(name)
+        }
+        if self.clock.first_token_s is not None and backend.HasField("first_token"):
+            backend_first = backend.first_token.ToTimedelta().total_seconds()
+            routing = self.clock.first_token_s - self.clock.queue_s - backend_first
+            stages["routing"] = max(0.0, routing)
+        backend_queue = backend.queue.ToTimedelta().total_seconds()
+        final.timings.CopyFrom(self.clock.timings(extra_queue_s=backend_queue, stages=stages))
         if self.clock.first_token_s is None:
             final.timings.first_token.CopyFrom(duration(self.clock.elapsed()))
 

@@ -108,6 +108,11 @@ class InferJob(abc.ABC):
         """Figures for the "generation ended" log event."""
         return {}
 
+    def stages(self) -> dict[str, float]:
+        """The stages of the time to first output the job measured, in seconds, by their
+        Timings field names (`input_processing`, `prefill`)."""
+        return {}
+
 
 Prepare = Callable[[common_pb2.GenerateRequest, Requests], Awaitable[InferJob]]
 
@@ -214,7 +219,7 @@ async def serve_infer(
         telemetry.event(log, "generation ended", **fields)
     final.request_id = rid
     final.model = final.model or job.model
-    final.timings.CopyFrom(clock.timings())
+    final.timings.CopyFrom(clock.timings(stages=job.stages()))
     context.set_trailing_metadata((("x-request-id", rid), *clock.metadata()))
     yield response(rid, final=final)
 

@@ -1,8 +1,10 @@
-"""Per-request stage timings (queue, first token, total), shared by every service."""
+"""Per-request stage timings (queue, first token, total, and the stages of the first token),
+shared by every service."""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 
 from google.protobuf import duration_pb2
 
@@ -33,13 +35,19 @@ class Stopwatch:
     def elapsed(self) -> float:
         return time.monotonic() - self.start
 
-    def timings(self, extra_queue_s: float = 0.0) -> common_pb2.Timings:
+    def timings(
+        self, extra_queue_s: float = 0.0, stages: Mapping[str, float] | None = None
+    ) -> common_pb2.Timings:
+        """The figures, with `stages` (Timings field names, in seconds) measured elsewhere."""
         total = self.elapsed()
-        return common_pb2.Timings(
+        timings = common_pb2.Timings(
             queue=duration(self.queue_s + extra_queue_s),
             first_token=duration(self.first_token_s if self.first_token_s is not None else total),
             total=duration(total),
         )
+        for name, seconds in (stages or {}).items():
+            getattr(timings, name).CopyFrom(duration(seconds))
+        return timings
 
     def metadata(self) -> tuple[tuple[str, str], ...]:
         """The same figures as trailing metadata, in milliseconds."""

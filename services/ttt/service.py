@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import time
 from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -274,14 +275,19 @@ class TextJob(InferJob):
         ]
         check = structured.call_check(self.params.tools)
         self.outputs = [TextOutput(self.params.stop, calls=check) for _ in self.choices]
+        self._stages: dict[str, float] = {}
 
     async def events(self, stop: Stop) -> AsyncGenerator[common_pb2.StreamEvent, None]:
         for index, (params, output) in enumerate(zip(self.choices, self.outputs, strict=True)):
             if stop:
                 return
+            started = time.perf_counter()
             generation = await start_generation(self.engine, self.messages, params)
+            engine_started = time.perf_counter()
+            self._stages.setdefault("input_processing", engine_started - started)
             try:
                 async for chunk in generation:
+                    self._stages.setdefault("prefill", time.perf_counter() - engine_started)
                     for event in deltas(index, output.feed(chunk)):
                         yield event
                     if output.finished or stop:
@@ -337,6 +343,10 @@ class TextJob(InferJob):
 
     def summary(self) -> dict[str, Any]:
         return {"completion_tokens": sum(out.completion_tokens for out in self.outputs)}
+
+    def stages(self) -> dict[str, float]:
+        """The first choice's: later choices start after the first token went out."""
+        return self._stages
 
 
 class TextInferenceService(InferenceServicer):

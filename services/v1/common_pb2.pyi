@@ -1028,13 +1028,19 @@ Global___Usage: _TypeAlias = Usage  # noqa: Y015
 
 @_typing.final
 class Timings(_message.Message):
-    """Where the time went."""
+    """Where the time went. For text generation the time to first token is split into stages:
+    queue + routing + input_processing + prefill is at most first_token, the rest being the
+    service's relaying of the first token.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
     QUEUE_FIELD_NUMBER: _builtins.int
     FIRST_TOKEN_FIELD_NUMBER: _builtins.int
     TOTAL_FIELD_NUMBER: _builtins.int
+    ROUTING_FIELD_NUMBER: _builtins.int
+    INPUT_PROCESSING_FIELD_NUMBER: _builtins.int
+    PREFILL_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def queue(self) -> _duration_pb2.Duration:
         """Time spent waiting for a free slot (router and backend queues)."""
@@ -1047,16 +1053,38 @@ class Timings(_message.Message):
     def total(self) -> _duration_pb2.Duration:
         """From arrival to the final response."""
 
+    @_builtins.property
+    def routing(self) -> _duration_pb2.Duration:
+        """The router's share: its checks, personality and inputs before the service had the request,
+        and the hop there and back for the first token (first_token less queue less the service's
+        own time to its first token).
+        """
+
+    @_builtins.property
+    def input_processing(self) -> _duration_pb2.Duration:
+        """Input processing at the service: rendering the chat template, tokenizing the prompt and
+        compiling a constraint's grammar.
+        """
+
+    @_builtins.property
+    def prefill(self) -> _duration_pb2.Duration:
+        """The engine, from taking the prompt to its first token: evaluating the prompt (less what a
+        reused prefix saves) and sampling the token.
+        """
+
     def __init__(
         self,
         *,
         queue: _duration_pb2.Duration | None = ...,
         first_token: _duration_pb2.Duration | None = ...,
         total: _duration_pb2.Duration | None = ...,
+        routing: _duration_pb2.Duration | None = ...,
+        input_processing: _duration_pb2.Duration | None = ...,
+        prefill: _duration_pb2.Duration | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["first_token", b"first_token", "queue", b"queue", "total", b"total"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["first_token", b"first_token", "input_processing", b"input_processing", "prefill", b"prefill", "queue", b"queue", "routing", b"routing", "total", b"total"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["first_token", b"first_token", "queue", b"queue", "total", b"total"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["first_token", b"first_token", "input_processing", b"input_processing", "prefill", b"prefill", "queue", b"queue", "routing", b"routing", "total", b"total"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

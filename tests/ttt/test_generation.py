@@ -30,6 +30,11 @@ async def test_capital_of_france_is_paris(mesh: Client) -> None:
     )
     timings = response.timings
     assert timings.first_token.ToTimedelta() <= timings.total.ToTimedelta()
+    # The time to first token, stage by stage: each measured, together within it.
+    stages = [timings.routing, timings.input_processing, timings.prefill]
+    assert all(stage.ToNanoseconds() > 0 for stage in stages)
+    before_first = sum(s.ToNanoseconds() for s in [timings.queue, *stages])
+    assert before_first <= timings.first_token.ToNanoseconds()
 
 
 async def test_stream_deltas_add_up_to_the_final_text(mesh: Client) -> None:

@@ -2017,7 +2017,9 @@ func (x *Usage) GetTotalTokens() int32 {
 	return 0
 }
 
-// Where the time went.
+// Where the time went. For text generation the time to first token is split into stages:
+// queue + routing + input_processing + prefill is at most first_token, the rest being the
+// service's relaying of the first token.
 type Timings struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Time spent waiting for a free slot (router and backend queues).
@@ -2025,7 +2027,17 @@ type Timings struct {
 	// From arrival to the first output token or chunk.
 	FirstToken *durationpb.Duration `protobuf:"bytes,2,opt,name=first_token,json=firstToken,proto3" json:"first_token,omitempty"`
 	// From arrival to the final response.
-	Total         *durationpb.Duration `protobuf:"bytes,3,opt,name=total,proto3" json:"total,omitempty"`
+	Total *durationpb.Duration `protobuf:"bytes,3,opt,name=total,proto3" json:"total,omitempty"`
+	// The router's share: its checks, personality and inputs before the service had the request,
+	// and the hop there and back for the first token (first_token less queue less the service's
+	// own time to its first token).
+	Routing *durationpb.Duration `protobuf:"bytes,4,opt,name=routing,proto3" json:"routing,omitempty"`
+	// Input processing at the service: rendering the chat template, tokenizing the prompt and
+	// compiling a constraint's grammar.
+	InputProcessing *durationpb.Duration `protobuf:"bytes,5,opt,name=input_processing,json=inputProcessing,proto3" json:"input_processing,omitempty"`
+	// The engine, from taking the prompt to its first token: evaluating the prompt (less what a
+	// reused prefix saves) and sampling the token.
+	Prefill       *durationpb.Duration `protobuf:"bytes,6,opt,name=prefill,proto3" json:"prefill,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2077,6 +2089,27 @@ func (x *Timings) GetFirstToken() *durationpb.Duration {
 func (x *Timings) GetTotal() *durationpb.Duration {
 	if x != nil {
 		return x.Total
+	}
+	return nil
+}
+
+func (x *Timings) GetRouting() *durationpb.Duration {
+	if x != nil {
+		return x.Routing
+	}
+	return nil
+}
+
+func (x *Timings) GetInputProcessing() *durationpb.Duration {
+	if x != nil {
+		return x.InputProcessing
+	}
+	return nil
+}
+
+func (x *Timings) GetPrefill() *durationpb.Duration {
+	if x != nil {
+		return x.Prefill
 	}
 	return nil
 }
@@ -3601,12 +3634,15 @@ const file_genmesh_v1_common_proto_rawDesc = "" +
 	"\x05Usage\x12#\n" +
 	"\rprompt_tokens\x18\x01 \x01(\x05R\fpromptTokens\x12+\n" +
 	"\x11completion_tokens\x18\x02 \x01(\x05R\x10completionTokens\x12!\n" +
-	"\ftotal_tokens\x18\x03 \x01(\x05R\vtotalTokens\"\xa7\x01\n" +
+	"\ftotal_tokens\x18\x03 \x01(\x05R\vtotalTokens\"\xd7\x02\n" +
 	"\aTimings\x12/\n" +
 	"\x05queue\x18\x01 \x01(\v2\x19.google.protobuf.DurationR\x05queue\x12:\n" +
 	"\vfirst_token\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\n" +
 	"firstToken\x12/\n" +
-	"\x05total\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\x05total\"\xb7\x01\n" +
+	"\x05total\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\x05total\x123\n" +
+	"\arouting\x18\x04 \x01(\v2\x19.google.protobuf.DurationR\arouting\x12D\n" +
+	"\x10input_processing\x18\x05 \x01(\v2\x19.google.protobuf.DurationR\x0finputProcessing\x123\n" +
+	"\aprefill\x18\x06 \x01(\v2\x19.google.protobuf.DurationR\aprefill\"\xb7\x01\n" +
 	"\x11TranscriptSegment\x12/\n" +
 	"\x05start\x18\x01 \x01(\v2\x19.google.protobuf.DurationR\x05start\x12+\n" +
 	"\x03end\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\x03end\x12\x12\n" +
@@ -3858,46 +3894,49 @@ var file_genmesh_v1_common_proto_depIdxs = []int32{
 	40, // 20: genmesh.v1.Timings.queue:type_name -> google.protobuf.Duration
 	40, // 21: genmesh.v1.Timings.first_token:type_name -> google.protobuf.Duration
 	40, // 22: genmesh.v1.Timings.total:type_name -> google.protobuf.Duration
-	40, // 23: genmesh.v1.TranscriptSegment.start:type_name -> google.protobuf.Duration
-	40, // 24: genmesh.v1.TranscriptSegment.end:type_name -> google.protobuf.Duration
-	25, // 25: genmesh.v1.TranscriptSegment.words:type_name -> genmesh.v1.TranscriptWord
-	40, // 26: genmesh.v1.TranscriptWord.start:type_name -> google.protobuf.Duration
-	40, // 27: genmesh.v1.TranscriptWord.end:type_name -> google.protobuf.Duration
-	24, // 28: genmesh.v1.Transcript.segments:type_name -> genmesh.v1.TranscriptSegment
-	40, // 29: genmesh.v1.Transcript.duration:type_name -> google.protobuf.Duration
-	0,  // 30: genmesh.v1.OutputItem.kind:type_name -> genmesh.v1.ContentKind
-	41, // 31: genmesh.v1.OutputItem.json:type_name -> google.protobuf.Value
-	26, // 32: genmesh.v1.OutputItem.transcript:type_name -> genmesh.v1.Transcript
-	13, // 33: genmesh.v1.OutputItem.tool_calls:type_name -> genmesh.v1.ToolCall
-	16, // 34: genmesh.v1.OutputItem.logprobs:type_name -> genmesh.v1.TokenLogprob
-	3,  // 35: genmesh.v1.OutputItem.finish_reason:type_name -> genmesh.v1.FinishReason
-	27, // 36: genmesh.v1.GenerateResponse.outputs:type_name -> genmesh.v1.OutputItem
-	22, // 37: genmesh.v1.GenerateResponse.usage:type_name -> genmesh.v1.Usage
-	3,  // 38: genmesh.v1.GenerateResponse.finish_reason:type_name -> genmesh.v1.FinishReason
-	23, // 39: genmesh.v1.GenerateResponse.timings:type_name -> genmesh.v1.Timings
-	16, // 40: genmesh.v1.TextDelta.logprobs:type_name -> genmesh.v1.TokenLogprob
-	40, // 41: genmesh.v1.AudioChunk.duration:type_name -> google.protobuf.Duration
-	39, // 42: genmesh.v1.Info.details:type_name -> google.protobuf.Struct
-	24, // 43: genmesh.v1.TranscriptUpdate.segment:type_name -> genmesh.v1.TranscriptSegment
-	40, // 44: genmesh.v1.VoiceActivity.position:type_name -> google.protobuf.Duration
-	29, // 45: genmesh.v1.StreamEvent.text_delta:type_name -> genmesh.v1.TextDelta
-	30, // 46: genmesh.v1.StreamEvent.progress:type_name -> genmesh.v1.Progress
-	31, // 47: genmesh.v1.StreamEvent.audio_chunk:type_name -> genmesh.v1.AudioChunk
-	32, // 48: genmesh.v1.StreamEvent.image_preview:type_name -> genmesh.v1.ImagePreview
-	33, // 49: genmesh.v1.StreamEvent.info:type_name -> genmesh.v1.Info
-	34, // 50: genmesh.v1.StreamEvent.transcript:type_name -> genmesh.v1.TranscriptUpdate
-	28, // 51: genmesh.v1.StreamEvent.final:type_name -> genmesh.v1.GenerateResponse
-	14, // 52: genmesh.v1.StreamEvent.tool_call_delta:type_name -> genmesh.v1.ToolCallDelta
-	35, // 53: genmesh.v1.StreamEvent.voice_activity:type_name -> genmesh.v1.VoiceActivity
-	7,  // 54: genmesh.v1.Control.action:type_name -> genmesh.v1.Control.Action
-	2,  // 55: genmesh.v1.ModelInfo.tasks:type_name -> genmesh.v1.Task
-	39, // 56: genmesh.v1.ModelInfo.details:type_name -> google.protobuf.Struct
-	5,  // 57: genmesh.v1.ModelInfo.kind:type_name -> genmesh.v1.ModelKind
-	58, // [58:58] is the sub-list for method output_type
-	58, // [58:58] is the sub-list for method input_type
-	58, // [58:58] is the sub-list for extension type_name
-	58, // [58:58] is the sub-list for extension extendee
-	0,  // [0:58] is the sub-list for field type_name
+	40, // 23: genmesh.v1.Timings.routing:type_name -> google.protobuf.Duration
+	40, // 24: genmesh.v1.Timings.input_processing:type_name -> google.protobuf.Duration
+	40, // 25: genmesh.v1.Timings.prefill:type_name -> google.protobuf.Duration
+	40, // 26: genmesh.v1.TranscriptSegment.start:type_name -> google.protobuf.Duration
+	40, // 27: genmesh.v1.TranscriptSegment.end:type_name -> google.protobuf.Duration
+	25, // 28: genmesh.v1.TranscriptSegment.words:type_name -> genmesh.v1.TranscriptWord
+	40, // 29: genmesh.v1.TranscriptWord.start:type_name -> google.protobuf.Duration
+	40, // 30: genmesh.v1.TranscriptWord.end:type_name -> google.protobuf.Duration
+	24, // 31: genmesh.v1.Transcript.segments:type_name -> genmesh.v1.TranscriptSegment
+	40, // 32: genmesh.v1.Transcript.duration:type_name -> google.protobuf.Duration
+	0,  // 33: genmesh.v1.OutputItem.kind:type_name -> genmesh.v1.ContentKind
+	41, // 34: genmesh.v1.OutputItem.json:type_name -> google.protobuf.Value
+	26, // 35: genmesh.v1.OutputItem.transcript:type_name -> genmesh.v1.Transcript
+	13, // 36: genmesh.v1.OutputItem.tool_calls:type_name -> genmesh.v1.ToolCall
+	16, // 37: genmesh.v1.OutputItem.logprobs:type_name -> genmesh.v1.TokenLogprob
+	3,  // 38: genmesh.v1.OutputItem.finish_reason:type_name -> genmesh.v1.FinishReason
+	27, // 39: genmesh.v1.GenerateResponse.outputs:type_name -> genmesh.v1.OutputItem
+	22, // 40: genmesh.v1.GenerateResponse.usage:type_name -> genmesh.v1.Usage
+	3,  // 41: genmesh.v1.GenerateResponse.finish_reason:type_name -> genmesh.v1.FinishReason
+	23, // 42: genmesh.v1.GenerateResponse.timings:type_name -> genmesh.v1.Timings
+	16, // 43: genmesh.v1.TextDelta.logprobs:type_name -> genmesh.v1.TokenLogprob
+	40, // 44: genmesh.v1.AudioChunk.duration:type_name -> google.protobuf.Duration
+	39, // 45: genmesh.v1.Info.details:type_name -> google.protobuf.Struct
+	24, // 46: genmesh.v1.TranscriptUpdate.segment:type_name -> genmesh.v1.TranscriptSegment
+	40, // 47: genmesh.v1.VoiceActivity.position:type_name -> google.protobuf.Duration
+	29, // 48: genmesh.v1.StreamEvent.text_delta:type_name -> genmesh.v1.TextDelta
+	30, // 49: genmesh.v1.StreamEvent.progress:type_name -> genmesh.v1.Progress
+	31, // 50: genmesh.v1.StreamEvent.audio_chunk:type_name -> genmesh.v1.AudioChunk
+	32, // 51: genmesh.v1.StreamEvent.image_preview:type_name -> genmesh.v1.ImagePreview
+	33, // 52: genmesh.v1.StreamEvent.info:type_name -> genmesh.v1.Info
+	34, // 53: genmesh.v1.StreamEvent.transcript:type_name -> genmesh.v1.TranscriptUpdate
+	28, // 54: genmesh.v1.StreamEvent.final:type_name -> genmesh.v1.GenerateResponse
+	14, // 55: genmesh.v1.StreamEvent.tool_call_delta:type_name -> genmesh.v1.ToolCallDelta
+	35, // 56: genmesh.v1.StreamEvent.voice_activity:type_name -> genmesh.v1.VoiceActivity
+	7,  // 57: genmesh.v1.Control.action:type_name -> genmesh.v1.Control.Action
+	2,  // 58: genmesh.v1.ModelInfo.tasks:type_name -> genmesh.v1.Task
+	39, // 59: genmesh.v1.ModelInfo.details:type_name -> google.protobuf.Struct
+	5,  // 60: genmesh.v1.ModelInfo.kind:type_name -> genmesh.v1.ModelKind
+	61, // [61:61] is the sub-list for method output_type
+	61, // [61:61] is the sub-list for method input_type
+	61, // [61:61] is the sub-list for extension type_name
+	61, // [61:61] is the sub-list for extension extendee
+	0,  // [0:61] is the sub-list for field type_name
 }
 
 func init() { file_genmesh_v1_common_proto_init() }
