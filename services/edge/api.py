@@ -233,7 +233,7 @@ class Rates:
         return (requests - previous.requests) / (now - previous.at)
 
 
-def rates(request: Request) -> Rates:
+async def rates(request: Request) -> Rates:
     found: Rates = request.app.state.rates
     return found
 

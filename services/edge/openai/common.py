@@ -45,12 +45,14 @@ class OpenAIRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
 
-def mesh(request: Request) -> Mesh:
+# Dependencies are coroutines: FastAPI runs a plain function's in a worker thread, three thread
+# hops a request for what only reads the request.
+async def mesh(request: Request) -> Mesh:
     found: Mesh = request.app.state.mesh
     return found
 
 
-def settings(request: Request) -> EdgeSettings:
+async def settings(request: Request) -> EdgeSettings:
     found: EdgeSettings = request.app.state.settings
     return found
 
@@ -59,7 +61,7 @@ def settings(request: Request) -> EdgeSettings:
 CLIENT_TIMEOUT = "x-stainless-read-timeout"
 
 
-def caller(request: Request) -> Caller:
+async def caller(request: Request) -> Caller:
     """The key from `Authorization: Bearer` (or `x-api-key`), the request id the edge's
     middleware made sure of, and how long the client waits, when it says so. A key that could
     not travel as gRPC metadata (control or non-ASCII characters) is refused here."""
