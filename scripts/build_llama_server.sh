@@ -12,11 +12,8 @@ version=0.3.36
 python=${PYTHON:-python3}
 # shellcheck source=scripts/lib.sh
 . "$(dirname "$0")/lib.sh"
-bin="$cache_bin/llama-server-$version"
-cached_binary "$bin" llama-server-build "$@"
+cached_binary llama-server "$version" "$@"
 echo "building llama-server from llama-cpp-python $version's llama.cpp (one time, ~10 min)" >&2
-work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
 "$python" -m pip download -q --no-binary llama-cpp-python --no-deps -d "$work" "llama-cpp-python==$version"
 tar -xzf "$work/llama_cpp_python-$version.tar.gz" -C "$work"
 src="$work/llama_cpp_python-$version/vendor/llama.cpp"

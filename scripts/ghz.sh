@@ -6,11 +6,8 @@ set -euo pipefail
 version=v0.93.0
 # shellcheck source=scripts/lib.sh
 . "$(dirname "$0")/lib.sh"
-bin="$cache_bin/ghz-$version"
-cached_binary "$bin" ghz-build "$@"
+cached_binary ghz "$version" "$@"
 echo "building ghz $version from the Go module proxy (one time)" >&2
-work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
 GOBIN="$work" CGO_ENABLED=0 GOFLAGS=-buildvcs=false \
   go install -trimpath -ldflags=-s "github.com/bojand/ghz/cmd/ghz@$version"
 mv "$work/ghz" "$bin"

@@ -17,8 +17,7 @@ lock "$bin" kube-tools
 
 target="$bin/kube-apiserver-$KUBERNETES_VERSION"
 if [ ! -x "$target" ]; then
-	work=$(mktemp -d)
-	trap 'rm -rf "$work"' EXIT
+	scratch
 	# The version the server reports (helm checks charts' kubeVersion against it), set as
 	# Kubernetes' own build does (hack/lib/version.sh).
 	minor=${KUBERNETES_VERSION#v1.}

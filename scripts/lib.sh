@@ -13,15 +13,27 @@ lock() {
   flock 9
 }
 
-# cached_binary BIN LOCK [--path]: for a script that builds one binary and prints its path. With
-# --path it prints BIN (where it is or would be) and ends the script; so it does once BIN is there,
-# built before or by a parallel caller. Otherwise it returns, holding LOCK, for the script to build
-# BIN.
+# cached_binary NAME VERSION [--path]: for a script that builds one binary, $cache_bin/NAME-VERSION
+# (in $bin), and prints its path. With --path it prints the path (where the binary is or would
+# be) and ends the script; so it does once the binary is there, built before or by a parallel
+# caller. Otherwise it returns, holding the NAME-build lock and with a scratch folder in $work,
+# for the script to build it.
 cached_binary() {
+  bin="$cache_bin/$1-$2"
   if [ "${3:-}" != --path ]; then
-    lock "$(dirname "$1")" "$2"
-    [ -x "$1" ] || return 0
+    lock "$cache_bin" "$1-build"
+    if [ ! -x "$bin" ]; then
+      scratch
+      return 0
+    fi
   fi
-  echo "$1"
+  echo "$bin"
   exit 0
+}
+
+# scratch: a new temporary folder in $work, removed (read-only files too, as Go's module cache
+# leaves them) when the script ends.
+scratch() {
+  work=$(mktemp -d)
+  trap 'chmod -R u+w "$work"; rm -rf "$work"' EXIT
 }

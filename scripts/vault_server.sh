@@ -23,11 +23,8 @@ fi
 version=v1.21.0
 # shellcheck source=scripts/lib.sh
 . "$(dirname "$0")/lib.sh"
-bin="$cache_bin/vault-$version"
-cached_binary "$bin" vault-build "$@"
+cached_binary vault "$version" "$@"
 echo "building the Vault $version server from the Go module proxy (one time, several minutes)" >&2
-work=$(mktemp -d)
-trap 'chmod -R u+w "$work"; rm -rf "$work"' EXIT
 cd "$work"
 src=$(go mod download -json "github.com/hashicorp/vault@$version" |
   sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')

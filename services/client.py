@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType, TracebackType
@@ -115,6 +115,23 @@ def tool_result(call_id: str, content: str) -> common_pb2.InputItem:
         text=content,
         tool_call_id=call_id,
     )
+
+
+def with_tool_results(
+    request: common_pb2.GenerateRequest,
+    calls: Sequence[common_pb2.ToolCall],
+    results: Sequence[str],
+) -> common_pb2.GenerateRequest:
+    """The next turn of a tool loop: `request` again, then the reply that made `calls` and each
+    call's result, with the tool choice back to auto so that the model may answer from them."""
+    follow_up = common_pb2.GenerateRequest()
+    follow_up.CopyFrom(request)
+    follow_up.text.tool_choice.mode = common_pb2.ToolChoice.MODE_AUTO
+    follow_up.inputs.append(tool_calls_item(calls))
+    follow_up.inputs.extend(
+        tool_result(call.id, result) for call, result in zip(calls, results, strict=True)
+    )
+    return follow_up
 
 
 def media_input(

@@ -24,6 +24,7 @@ from genmesh.client import (
     tool,
     tool_calls_item,
     tool_result,
+    with_tool_results,
 )
 from genmesh.v1 import common_pb2, generation_pb2
 from tests.gateway.conftest import Rest, rest  # noqa: F401 - the gateway fixture
@@ -134,11 +135,8 @@ async def test_named_tool_call_and_result_round_trip(smol: Client) -> None:
     (call,) = called.outputs[0].tool_calls
     assert call.name == "get_time" and call.id
     jsonschema.validate(json.loads(call.arguments), SCHEMAS["get_time"])
-    follow_up = common_pb2.GenerateRequest()
-    follow_up.CopyFrom(question)
-    follow_up.text.tool_choice.mode = Mode.MODE_AUTO
+    follow_up = with_tool_results(question, [call], ["09:30 JST"])
     follow_up.text.max_tokens = 40
-    follow_up.inputs.extend([tool_calls_item([call]), tool_result(call.id, "09:30 JST")])
     answered = await smol.generate(follow_up)
     assert answered.outputs[0].finish_reason in (
         common_pb2.FINISH_REASON_STOP,

@@ -16,7 +16,7 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from genmesh.client import Client, text_request, tool, tool_calls_item, tool_result
+from genmesh.client import Client, text_request, tool, with_tool_results
 from genmesh.runtime.errors import FieldViolation
 from genmesh.runtime.settings import ConfigError
 from genmesh.ttt import structured, tools
@@ -208,11 +208,8 @@ async def test_a_required_call_and_its_result_go_through_the_template(
     (call,) = called.outputs[0].tool_calls
     jsonschema.validate(json.loads(call.arguments), SCHEMAS["get_weather"])
 
-    follow_up = common_pb2.GenerateRequest()
-    follow_up.CopyFrom(question)
-    follow_up.text.tool_choice.mode = Mode.MODE_AUTO
+    follow_up = with_tool_results(question, [call], ["18 C, sunny"])
     follow_up.text.max_tokens = 4
-    follow_up.inputs.extend([tool_calls_item([call]), tool_result(call.id, "18 C, sunny")])
     answered = await hermes.generate(follow_up)
     # The service built the prompt the template makes of the call and result as data.
     use = tool_use(common_pb2.ToolChoice(mode=Mode.MODE_AUTO))
