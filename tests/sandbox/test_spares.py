@@ -8,14 +8,10 @@ import subprocess
 import sys
 from typing import Any
 
-import pytest
-
 from genmesh.sandbox import wire
 from genmesh.sandbox.executor import REFILL_DELAY, SPARES, Executor, Zygote
 from genmesh.v1 import program_pb2
 from tests.sandbox.conftest import PythonHost, run_result, sleep_echo
-
-pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 # What the zygote holds when it forks: its module, the child runtime's template, the jail.
 ZYGOTE_IMPORTS = """
