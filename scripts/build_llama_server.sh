@@ -12,13 +12,14 @@ version=0.3.36
 python=${PYTHON:-python3}
 # shellcheck source=scripts/lib.sh
 . "$(dirname "$0")/lib.sh"
-cached_binary llama-server "$version" "$@"
+cached_binary llama-server "$version${llama_cflags:+-noamx}" "$@"
 echo "building llama-server from llama-cpp-python $version's llama.cpp (one time, ~10 min)" >&2
 "$python" -m pip download -q --no-binary llama-cpp-python --no-deps -d "$work" "llama-cpp-python==$version"
 tar -xzf "$work/llama_cpp_python-$version.tar.gz" -C "$work"
 src="$work/llama_cpp_python-$version/vendor/llama.cpp"
 # Static, so the binary needs none of the build's shared libraries; no libcurl: models are
-# local files. GGML's other options keep their defaults, as in the wheel's build.
+# local files. GGML's other options keep their defaults, and the compiler flags are the wheel's.
+export CFLAGS="$llama_cflags" CXXFLAGS="$llama_cflags"
 cmake -S "$src" -B "$work/build" -G Ninja -DCMAKE_BUILD_TYPE=Release \
   -DBUILD_SHARED_LIBS=OFF -DLLAMA_CURL=OFF -DGGML_CUDA=OFF -DGGML_METAL=OFF -DGGML_VULKAN=OFF \
   -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=ON >&2

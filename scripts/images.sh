@@ -107,7 +107,7 @@ inputs_of() {
       hash_files services/gateway
     else
       hash_files pyproject.toml README.md services
-      [ "$service" != ttt ] || ls "$cache/wheels"
+      [ "$service" != ttt ] || hash_files "$cache/wheels"
       [ "${GENMESH_BAKE_MODELS:-0}" != 1 ] || hash_files "$cache/models"
       # The playground's build folder is named by the hash of its sources.
       [ "$service" != edge ] || echo "$web"

@@ -4,6 +4,16 @@
 # shellcheck disable=SC2034  # used by the scripts that source this
 cache_bin=${GENMESH_CACHE:-$HOME/.cache/genmesh}/bin
 
+# llama.cpp's builds (the wheel, llama-server) compile for this machine's CPU, but without AMX:
+# a CPU can report it and still fault on the first tile instruction (in a VM that does not keep
+# the tile state, ggml's AMX matrix multiply died of a general protection fault on `ldtilecfg`
+# while the CPU and the kernel said AMX was there). AVX-512 and VNNI stay.
+# shellcheck disable=SC2034
+llama_cflags=""
+if [ "$(uname -m)" = x86_64 ]; then
+  llama_cflags="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
+fi
+
 # lock DIR NAME: creates DIR and holds DIR/.NAME.lock until the script ends, so that parallel
 # callers (a background `make` target and the tests) wait for one build instead of each starting
 # their own.

