@@ -25,13 +25,12 @@ from fastapi.responses import JSONResponse
 from google.protobuf import json_format
 from google.protobuf.message import Message
 from prometheus_client.parser import text_string_to_metric_families
-from sse_starlette import EventSourceResponse
-from starlette.background import BackgroundTask
 
 from genmesh.client import error_details
 from genmesh.edge import errors
 from genmesh.edge.mesh import Caller, Mesh, prefetch, unless_disconnected
-from genmesh.edge.openai.common import PING_SECONDS, CallerDep, MeshDep, SettingsDep
+from genmesh.edge.openai.common import CallerDep, MeshDep, SettingsDep
+from genmesh.edge.sse import EventStream, frame
 from genmesh.v1 import (
     agent_pb2,
     agent_pb2_grpc,
@@ -176,24 +175,22 @@ async def generate(http: Request, mesh: MeshDep, caller: CallerDep) -> dict[str,
 
 
 @router.post("/generate:stream")
-async def generate_stream(http: Request, mesh: MeshDep, caller: CallerDep) -> EventSourceResponse:
+async def generate_stream(http: Request, mesh: MeshDep, caller: CallerDep) -> EventStream:
     """SSE `data:` lines, each a StreamEvent; an error after the first event is an `error`
     event with the same body as an error answer. Leaving cancels the generation."""
     request = await generate_request(http, caller)
     with mesh_errors():
         events = await prefetch(http, mesh.stream(request, caller), FIRST_EVENT_GRACE)
 
-    async def lines() -> AsyncGenerator[dict[str, str], None]:
+    async def frames() -> AsyncGenerator[bytes, None]:
         try:
             async with aclosing(events):
                 async for event in events:
-                    yield {"data": json.dumps(to_json(event))}
+                    yield frame(json.dumps(to_json(event)))
         except grpc.aio.AioRpcError as error:
-            yield {"event": "error", "data": json.dumps(MeshError(error).body())}
+            yield frame(json.dumps(MeshError(error).body()), "error")
 
-    return EventSourceResponse(
-        lines(), sep="\n", ping=PING_SECONDS, background=BackgroundTask(events.aclose)
-    )
+    return EventStream(frames(), events.aclose)
 
 
 @router.post("/tokenize")

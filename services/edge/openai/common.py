@@ -14,13 +14,12 @@ from typing import Annotated, Any, TypeVar
 
 from fastapi import Depends, Request
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from sse_starlette import EventSourceResponse
-from starlette.background import BackgroundTask
 from starlette.datastructures import FormData, UploadFile
 
 from genmesh.edge import errors
 from genmesh.edge.mesh import Caller, Mesh, Prefetched, unless_disconnected
 from genmesh.edge.settings import EdgeSettings
+from genmesh.edge.sse import EventStream, frame
 from genmesh.v1 import common_pb2
 
 REQUEST_ID = "x-request-id"
@@ -34,8 +33,6 @@ INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 Count = Annotated[int, Field(ge=1, le=INT32_MAX)]
 Natural = Annotated[int, Field(ge=0, le=INT32_MAX)]
 Seed = Annotated[int, Field(ge=INT64_MIN, le=INT64_MAX)]
-# Comment lines keep idle connections (a long prompt, a queue) open through proxies.
-PING_SECONDS = 15
 
 
 class OpenAIRequest(BaseModel):
@@ -138,18 +135,16 @@ def dumps(data: Any) -> str:
     return json.dumps(data, separators=(",", ":"), ensure_ascii=False)
 
 
-async def _data(events: AsyncGenerator[str, None]) -> AsyncIterator[dict[str, str]]:
+async def _frames(events: AsyncGenerator[str, None]) -> AsyncGenerator[bytes, None]:
     async with aclosing(events):
         async for data in events:
-            yield {"data": data}
+            yield frame(data)
 
 
-def event_stream(events: AsyncGenerator[str, None], source: Prefetched[Any]) -> EventSourceResponse:
+def event_stream(events: AsyncGenerator[str, None], source: Prefetched[Any]) -> EventStream:
     """An SSE response of JSON `data:` lines; a client that leaves closes `events`, and the
     end of the response closes `source` (the gRPC calls behind them) even if none was sent."""
-    return EventSourceResponse(
-        _data(events), sep="\n", ping=PING_SECONDS, background=BackgroundTask(source.aclose)
-    )
+    return EventStream(_frames(events), source.aclose)
 
 
 M = TypeVar("M", bound=BaseModel)

@@ -1,0 +1,59 @@
+"""The edge's SSE responses: pings keep a quiet stream alive, and the calls behind a stream are
+closed when it ends, whether or not it made a frame."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncGenerator
+
+import httpx
+import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.routing import Route
+
+from genmesh.edge.sse import EventStream, frame
+
+
+async def served(
+    frames: AsyncGenerator[bytes, None], ping: float, closed: asyncio.Event
+) -> httpx.Response:
+    async def close() -> None:
+        closed.set()
+
+    async def route(request: Request) -> EventStream:
+        return EventStream(frames, close, ping=ping)
+
+    app = Starlette(routes=[Route("/", route)])
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://edge") as c:
+        return await c.get("/")
+
+
+async def test_a_quiet_stream_is_kept_alive_with_pings() -> None:
+    async def frames() -> AsyncGenerator[bytes, None]:
+        await asyncio.sleep(0.5)
+        yield frame('{"n":1}')
+        yield frame("[DONE]")
+
+    closed = asyncio.Event()
+    response = await served(frames(), 0.1, closed)
+    assert response.headers["content-type"].startswith("text/event-stream")
+    head, _, data = response.text.rpartition(": ping\n\n")
+    assert head.startswith(": ping\n\n")  # at least two pings while nothing else was sent
+    assert data == 'data: {"n":1}\n\ndata: [DONE]\n\n'
+    assert closed.is_set()
+
+
+async def test_a_stream_that_fails_before_its_first_frame_still_closes_its_calls() -> None:
+    async def frames() -> AsyncGenerator[bytes, None]:
+        raise RuntimeError("the router went away")
+        yield b""  # pragma: no cover - makes this a generator
+
+    closed = asyncio.Event()
+    with pytest.raises(RuntimeError, match="went away"):
+        await served(frames(), 10, closed)
+    assert closed.is_set()
+
+
+def test_an_event_frame_names_its_event() -> None:
+    assert frame('{"error":1}', "error") == b'event: error\ndata: {"error":1}\n\n'
