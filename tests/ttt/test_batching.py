@@ -14,16 +14,18 @@ from tests.support import ServiceProcess, serve
 from tests.ttt.conftest import SMOL, Inference, smol_model
 
 SLOTS = 8
+CROWD = 32
 Stream = grpc.aio.StreamStreamCall[inference_pb2.InferRequest, inference_pb2.InferResponse]
 
 
 @pytest.fixture(scope="module")
 def batch_ttt() -> Iterator[ServiceProcess]:
     pytest.importorskip("llama_cpp")
-    # Eight slots of 1,024 tokens, prompts prefilled 128 tokens a step.
+    # Eight slots of 1,024 tokens, prompts prefilled 128 tokens a step; a queue as long as the
+    # largest crowd a test sends.
     options = {"context_size": 1024, "batch_tokens": 128}
     yield from serve(
-        "ttt", {"models": [smol_model(concurrency=SLOTS, queue_size=SLOTS, options=options)]}
+        "ttt", {"models": [smol_model(concurrency=SLOTS, queue_size=CROWD, options=options)]}
     )
 
 
@@ -78,6 +80,24 @@ async def test_concurrent_streams_give_what_each_gives_alone(ttt: Inference) -> 
     together = await asyncio.gather(*(generate(ttt, request(p, 24)) for p in prompts))
     assert list(together) == alone
     assert len(set(alone)) > 1  # the prompts (and so the texts) differ per sequence
+
+
+async def test_a_crowd_queues_for_the_slots_and_the_same_batch_gives_the_same_texts(
+    ttt: Inference,
+) -> None:
+    """Four times more streams than slots: the rest wait in the queue and are served as slots
+    free, and greedy decoding gives each prompt the same text in a second crowd, whichever
+    sequences it shared its steps with."""
+    params = common_pb2.TextParameters(temperature=0, max_tokens=12)
+    prompts = [f"Count from {i} to {i + 5}." for i in range(CROWD)]
+    requests = [text_request(p, model=SMOL, parameters=params) for p in prompts]
+    first = await asyncio.gather(*(final(call(ttt, r)) for r in requests))
+    again = await asyncio.gather(*(final(call(ttt, r)) for r in reversed(requests)))
+    assert all(r.usage.completion_tokens > 0 for r in first)
+    assert max(r.timings.queue.ToMilliseconds() for r in first) > 0  # some of them waited
+    texts = [r.outputs[0].text for r in first]
+    assert [r.outputs[0].text for r in reversed(again)] == texts
+    assert len(set(texts)) > 1
 
 
 async def test_cancelled_stream_frees_its_slot(ttt: Inference) -> None:
