@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import codecs
-import os
 import random
 import threading
 from collections.abc import AsyncIterator
@@ -23,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Literal, cast
 
 import numpy as np
 
+from genmesh.runtime.cpus import usable_cpus
 from genmesh.ttt import grammar, tools
 from genmesh.ttt.batching import Batcher
 from genmesh.ttt.engine import (
@@ -50,10 +50,11 @@ BATCHING_TOKENIZER_CONTEXT = 64
 
 
 def default_threads() -> int:
-    """All cores but one: llama.cpp's threads spin at barriers, so one descheduled thread stalls
-    every token, and the service's own gRPC work (and neighbours) need a core. Measured on a busy
-    2-core machine: 1 thread ~20 tokens/s, 2 threads 1-4 tokens/s."""
-    return max(1, (os.cpu_count() or 1) - 1)
+    """All the process's CPUs but one: llama.cpp's threads spin at barriers, so one descheduled
+    thread stalls every token, and the service's own gRPC work (and the mesh's other services,
+    which `genmesh up` runs on the same machine) need a core. Measured on a busy 2-core machine:
+    1 thread ~20 tokens/s, 2 threads 1-4 tokens/s; on a quiet one 2 threads gave 1.6x one's."""
+    return max(1, usable_cpus() - 1)
 
 
 class LlamaCppEngine(ThreadedEngine):

@@ -10,7 +10,6 @@ before temperature, top-k and top-p, every token its grammar does not allow next
 from __future__ import annotations
 
 import asyncio
-import os
 import random
 import threading
 from collections.abc import Callable
@@ -19,6 +18,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 import llguidance
 
+from genmesh.runtime.cpus import usable_cpus
 from genmesh.ttt import guidance, tools
 from genmesh.ttt.engine import (
     ChatMessage,
@@ -59,7 +59,7 @@ class TransformersEngine(ThreadedEngine):
             chat_template=chat_template,
         )
         self._device = device
-        self._threads = threads or os.cpu_count() or 1
+        self._threads = threads or usable_cpus()
         self._model: PreTrainedModel | None = None
         self._tokenizer: PreTrainedTokenizerBase | None = None
         self._guide: llguidance.LLTokenizer | None = None
