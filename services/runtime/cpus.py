@@ -17,7 +17,9 @@ CGROUP_ROOT = Path("/sys/fs/cgroup")
 
 
 def usable_cpus(cgroup_root: Path = CGROUP_ROOT) -> int:
-    count = len(os.sched_getaffinity(0))
+    # Affinity is Linux's; elsewhere every core counts.
+    affinity = getattr(os, "sched_getaffinity", None)
+    count = len(affinity(0)) if affinity else os.cpu_count() or 1
     quota = cpu_quota(cgroup_root)
     if quota is not None:
         count = min(count, max(1, math.ceil(quota)))

@@ -41,3 +41,10 @@ def test_a_quota_caps_the_affinity_rounded_up(tmp_path: Path) -> None:
     assert usable_cpus(cgroup(tmp_path / "wide", {"cpu.max": "6400000 100000"})) == affinity
     if affinity > 1:
         assert usable_cpus(cgroup(tmp_path / "tight", {"cpu.max": "150000 100000"})) == 2
+
+
+def test_without_affinity_every_core_counts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delattr(os, "sched_getaffinity")
+    assert usable_cpus(cgroup(tmp_path, {})) == os.cpu_count()
