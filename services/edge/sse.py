@@ -45,12 +45,12 @@ class EventStream(StreamingResponse):
         self._close = close
         self._ping = ping
         self._last_sent = 0.0
-        self._gone = False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         loop = asyncio.get_running_loop()
         streaming = asyncio.current_task()
         assert streaming is not None
+        self._last_sent = loop.time()
         watcher = asyncio.create_task(self._watch(receive, send, streaming))
         try:
             await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
@@ -59,30 +59,37 @@ class EventStream(StreamingResponse):
                 self._last_sent = loop.time()
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         except asyncio.CancelledError:
-            if not self._gone:
-                raise
+            # The client left (the watcher cancelled this task), or the server's grace for open
+            # streams ran out: either way the stream is over, and ends quietly once its calls
+            # are closed below.
             streaming.uncancel()
         finally:
             watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher
-            await self._frames.aclose()
-            await self._close()
+            try:
+                await self._frames.aclose()
+            finally:
+                await self._close()
 
     async def _watch(self, receive: Receive, send: Send, streaming: asyncio.Task[None]) -> None:
-        """Pings while the stream is quiet, and cancels it when the client leaves. A ping needs
-        no turn with the frames: each send writes one whole frame to the transport."""
+        """Pings once the stream has been quiet for the ping interval, and cancels it when the
+        client leaves or can no longer be reached. A ping needs no turn with the frames: each
+        send writes one whole frame to the transport."""
         loop = asyncio.get_running_loop()
-        while True:
-            try:
-                async with asyncio.timeout(self._ping):
-                    message = await receive()
-            except TimeoutError:
-                if loop.time() - self._last_sent >= self._ping:
+        # A client that can no longer be read from or written to has gone as well.
+        with contextlib.suppress(Exception):
+            while True:
+                quiet_until = self._last_sent + self._ping
+                if loop.time() >= quiet_until:
                     await send({"type": "http.response.body", "body": PING, "more_body": True})
                     self._last_sent = loop.time()
-                continue
-            if message["type"] == "http.disconnect":
-                self._gone = True
-                streaming.cancel()
-                return
+                    continue
+                try:
+                    async with asyncio.timeout_at(quiet_until):
+                        message = await receive()
+                except TimeoutError:
+                    continue
+                if message["type"] == "http.disconnect":
+                    break
+        streaming.cancel()

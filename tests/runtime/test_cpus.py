@@ -38,7 +38,8 @@ def test_a_quota_caps_the_affinity_rounded_up(tmp_path: Path) -> None:
     affinity = len(os.sched_getaffinity(0))
     assert usable_cpus(cgroup(tmp_path / "none", {})) == affinity
     assert usable_cpus(cgroup(tmp_path / "half", {"cpu.max": "50000 100000"})) == 1
-    assert usable_cpus(cgroup(tmp_path / "wide", {"cpu.max": "6400000 100000"})) == affinity
+    wide = f"{(affinity + 1) * 100000} 100000"
+    assert usable_cpus(cgroup(tmp_path / "wide", {"cpu.max": wide})) == affinity
     if affinity > 1:
         assert usable_cpus(cgroup(tmp_path / "tight", {"cpu.max": "150000 100000"})) == 2
 
