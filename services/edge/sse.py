@@ -2,8 +2,8 @@
 gRPC calls behind a stream closed when its client leaves.
 
 Written here rather than taken from sse-starlette, which spent a task group of four tasks on every
-response and a cancel scope with a timeout on every frame: a tenth of the edge's CPU on a streamed
-completion, and time to first token."""
+response and a cancel scope with a timeout on every frame: a third of the edge's CPU on a streamed
+completion (6.7 ms against 4.3 for 24 tokens), and time to first token."""
 
 from __future__ import annotations
 
