@@ -19,8 +19,8 @@ characters/s of each path, so any merging is visible. CPU time per character of 
 than the rates do.
 
 One synchronous grpcio client in this process drives both paths, so its own cost is in both;
-the ratios are what matter. Targets (DESIGN.md section 4): unary p50 via the router <= 1.5x
-direct; streaming (characters/s) >= 0.8x direct.
+the ratios are what matter. Targets (DESIGN.md section 4): unary p50 via the router <= 1.2x
+direct; streaming (characters/s) >= 0.9x direct.
 """
 
 from __future__ import annotations

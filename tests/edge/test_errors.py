@@ -260,8 +260,8 @@ def test_full_binding_is_429_with_retry_after(client: OpenAI) -> None:
 def test_deadline_from_the_client_timeout_is_504(edge: ServiceProcess) -> None:
     """The SDK says how long it waits; the generation stops a little before, so the client
     hears why instead of timing out."""
-    with sdk(edge, timeout=4.0) as client, pytest.raises(openai.APIStatusError) as caught:
-        client.chat.completions.create(model="slow", messages=LONG)
+    with sdk(edge, timeout=8.0) as client, pytest.raises(openai.APIStatusError) as caught:
+        client.chat.completions.create(model="slow", messages=LONG, max_tokens=1000)
     assert caught.value.status_code == 504
     assert error_of(caught)["type"] == "timeout_error"
 

@@ -33,7 +33,7 @@ async def served(
 
 async def test_a_quiet_stream_is_kept_alive_with_pings() -> None:
     async def frames() -> AsyncGenerator[bytes, None]:
-        await asyncio.sleep(0.5)
+        await asyncio.sleep(1.0)  # ten pings' time; two suffice, should the machine stall
         yield frame('{"n":1}')
         yield frame("[DONE]")
 

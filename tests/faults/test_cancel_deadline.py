@@ -35,7 +35,7 @@ async def test_deadline_ends_the_generation_with_its_partial_output(
     request_id = f"deadline-{uuid.uuid4().hex[:8]}"
     async with grpc.aio.insecure_channel(router.address) as channel:
         stub = generation_pb2_grpc.GenerationServiceStub(channel)
-        response = await stub.Generate(slow(1000, 20, request_id), metadata=KEY, timeout=3)
+        response = await stub.Generate(slow(1000, 50, request_id), metadata=KEY, timeout=8)
         assert response.finish_reason == common_pb2.FINISH_REASON_DEADLINE
         assert 0 < len(response.outputs[0].text) < 1000
         assert response.usage.completion_tokens == len(response.outputs[0].text)

@@ -92,7 +92,7 @@ async def test_kill_a_replica_mid_stream(replicas: list[ServiceProcess]) -> None
             async def both_healthy() -> bool:
                 return await healthy_replicas(client) == 2
 
-            await eventually(both_healthy)
+            await eventually(both_healthy, timeout=60)
             back = {(await client.generate(text_request("hi"))).model for _ in range(4)}
             assert back == {"echo-a", "echo-b"}
     finally:

@@ -78,10 +78,15 @@ async def test_active_streams_and_queue_depth_while_busy(traced: TracedMesh) -> 
     """Two slow streams on the echo model (one slot): one runs, the other waits in its queue."""
     async with grpc.aio.insecure_channel(traced.router.address) as channel:
         stub = generation_pb2_grpc.GenerationServiceStub(channel)
-        request = generation_pb2.GenerateStreamRequest(request=slow_request("x" * 40, 50))
+        request = generation_pb2.GenerateStreamRequest(request=slow_request("x" * 200, 50))
         calls = [stub.GenerateStream(request, metadata=KEY) for _ in range(2)]
         firsts = [asyncio.ensure_future(anext(aiter(call))) for call in calls]
         await asyncio.wait(firsts, return_when=asyncio.FIRST_COMPLETED)
+        # One runs; the other may still be on its way to the service's queue.
+        for _ in range(100):
+            if value(traced.ttt, "genmesh_queue_depth", queue="echo") == 1:
+                break
+            await asyncio.sleep(0.05)
         assert value(traced.router, "genmesh_active_streams", method=STREAM) == 2
         assert value(traced.ttt, "genmesh_active_streams", method=INFER) == 2
         assert value(traced.ttt, "genmesh_queue_depth", queue="echo") == 1

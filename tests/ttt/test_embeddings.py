@@ -253,7 +253,7 @@ async def running(limited: Embeddings, busy: asyncio.Future[embedding_pb2.EmbedR
 async def test_full_queue_is_resource_exhausted_with_retry_info(limited: Embeddings) -> None:
     """`single` runs one request and queues none: a second one while it runs is refused."""
     text = " ".join(["busy"] * 250)
-    busy = asyncio.ensure_future(limited.embed(*[text] * 16, model="single"))
+    busy = asyncio.ensure_future(limited.embed(*[text] * 64, model="single"))
     await running(limited, busy)
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await limited.embed("hi", model="single")
@@ -261,7 +261,7 @@ async def test_full_queue_is_resource_exhausted_with_retry_info(limited: Embeddi
     assert details.code == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert details.reason == "QUEUE_FULL"
     assert details.retry_after is not None and details.retry_after > 0
-    assert len((await busy).embeddings) == 16
+    assert len((await busy).embeddings) == 64
 
 
 async def test_a_cancelled_request_frees_its_slot(limited: Embeddings) -> None:

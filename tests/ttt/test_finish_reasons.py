@@ -26,8 +26,9 @@ async def collect(
 
 
 async def test_deadline_ends_the_generation_with_its_partial_output(inference: Inference) -> None:
-    # 1000 characters at 20 ms each would take 20 s; the call allows 3.
-    responses = await collect(inference, infer(slow_echo("x" * 1000, 20)), timeout=3)
+    # 256 characters (the default max_tokens) at 50 ms each would take 12.8 s; the call allows 8,
+    # and the service stops 0.8 s early: time for the final message on a busy machine.
+    responses = await collect(inference, infer(slow_echo("x" * 1000, 50)), timeout=8)
     final = responses[-1].event.final
     assert final.finish_reason == common_pb2.FINISH_REASON_DEADLINE
     streamed = text(responses[:-1])
