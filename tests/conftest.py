@@ -13,7 +13,14 @@ from collections.abc import Iterator
 import pytest
 
 from genmesh.tti.settings import EMBEDDED_MODEL
-from tests.support import ServiceProcess, client_fixture, echo_binding, router_config, serve
+from tests.support import (
+    ServiceProcess,
+    client_fixture,
+    echo_binding,
+    router_config,
+    serve,
+    until_idle,
+)
 from tests.tti.conftest import LIMITS
 from tests.ttt.conftest import SMOL, binding, smol_model
 
@@ -21,6 +28,15 @@ from tests.ttt.conftest import SMOL, binding, smol_model
 @pytest.fixture(scope="session")
 def ttt() -> Iterator[ServiceProcess]:
     yield from serve("ttt", {})
+
+
+@pytest.fixture(autouse=True)
+def echo_left_idle(request: pytest.FixtureRequest) -> Iterator[None]:
+    """A test on the session's echo ttt (one generation at a time) leaves it idle: work it left
+    running fails that test, not the next one, which would wait behind it."""
+    yield
+    if "ttt" in request.fixturenames:
+        until_idle(request.getfixturevalue("ttt"), "echo")
 
 
 @pytest.fixture(scope="session")

@@ -14,14 +14,32 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 import yaml
 
 from genmesh.client import Client
+from genmesh.v1 import inference_pb2, inference_pb2_grpc
 
 API_KEY = "gm-test-" + secrets.token_hex(8)
 INTERNAL_KEY = "gm-internal-" + secrets.token_hex(8)
 STARTUP_TIMEOUT_S = 300.0
+
+
+def until_idle(ttt: ServiceProcess, model: str, timeout: float = 30.0) -> None:
+    """Waits until no generation runs or waits on `model` of the ttt service `ttt`."""
+    request = inference_pb2.InferenceServiceGetModelInfoRequest(model=model)
+    metadata = (("x-api-key", INTERNAL_KEY),)
+    deadline = time.monotonic() + timeout
+    with grpc.insecure_channel(ttt.address) as channel:
+        stub = inference_pb2_grpc.InferenceServiceStub(channel)
+        while True:
+            details = stub.GetModelInfo(request, metadata=metadata, timeout=10).model.details
+            if not details["active"] and not details["queued"]:
+                return
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{model} still busy {timeout:.0f} s on: {dict(details)}")
+            time.sleep(0.02)
 
 
 class ServiceProcess:
