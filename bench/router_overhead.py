@@ -10,11 +10,11 @@ measures side by side in one run:
   median over the pairs of characters/s through the router over characters/s direct, i.e. of the
   time until the whole text has arrived.
 
-Characters, not messages, because the router coalesces: text deltas that are already waiting when
-it can write to the client go out as one message (same text, same order; the final event stays
-separate and last). The service sends one message per token, so the router path may deliver the
-same text in fewer messages; messages/s and characters per message are reported beside the
-characters/s of each path, so any merging is visible. CPU time per character of each process
+Characters, not messages, because every hop coalesces (genmesh.runtime.streams): text deltas
+already waiting when the service or the router can write go out as one message (same text, same
+order; the final event stays separate and last), so the echo, which makes tokens faster than
+gRPC carries messages, arrives in a few large deltas on both paths; messages/s and characters
+per message are reported beside the characters/s of each path, so the merging is visible. CPU time per character of each process
 (this client, the router, the ttt service) is reported too: on a shared machine it moves less
 than the rates do.
 

@@ -287,7 +287,7 @@ class Relay(EventSource):
             reason="STREAM_INTERRUPTED",
             binding=self.route.name,
             request_id=self.request.request_id,
-            completion_tokens=str(self.deltas),
+            deltas=str(self.deltas),
             output_chars=str(self.chars),
         )
 

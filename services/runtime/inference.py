@@ -31,6 +31,7 @@ import grpc
 from genmesh.runtime import errors, telemetry
 from genmesh.runtime.errors import FieldViolation, ServiceError
 from genmesh.runtime.limiter import Slots
+from genmesh.runtime.streams import coalesced
 from genmesh.runtime.timing import Stopwatch
 from genmesh.v1 import common_pb2, inference_pb2, inference_pb2_grpc
 
@@ -182,7 +183,7 @@ async def serve_infer(
     try:
         async with job.slots.slot() if job.slots else contextlib.nullcontext(0.0):
             clock.dequeued()
-            events = job.events(stop)
+            events = coalesced(job.events(stop))
             try:
                 async for event in events:
                     if event.WhichOneof("event") in job.output_events:

@@ -72,7 +72,7 @@ async def test_kill_a_replica_mid_stream(replicas: list[ServiceProcess]) -> None
             assert details.retry_after is not None
             partial = "".join(e.text_delta.text for e in received)
             assert partial and ("cut" * 100).startswith(partial)
-            assert details.metadata["completion_tokens"] == str(len(received))
+            assert details.metadata["deltas"] == str(len(received))
             assert details.metadata["output_chars"] == str(len(partial))
             assert details.metadata["binding"] == "pair"
 

@@ -1,0 +1,92 @@
+"""Event streams read ahead and merged: every hop of a generation's stream (a service's Infer to
+its caller, the router to its client) reads its source in a task of its own, so the next read
+overlaps the write in flight instead of waiting for it. Text deltas that pile up meanwhile,
+because the reader's consumer takes them more slowly than the source produces them, go out as
+one merged delta: the same text in the same order, in fewer messages. A delta is never held back
+to wait for more; other events (progress, audio, images, info, the final result) are never
+merged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import AsyncGenerator, AsyncIterable
+
+from genmesh.v1 import common_pb2
+
+# How many text deltas may wait for the client before the reader stops reading the backend (which
+# then feels the client's flow control as before). Other events wait one at a time: audio and
+# images can be large.
+READ_AHEAD = 256
+
+
+def _next_merged(waiting: deque[common_pb2.StreamEvent]) -> common_pb2.StreamEvent:
+    """The first waiting event; a text delta takes the text deltas of the same choice queued
+    right behind it along, with their logprobs (up to thoughts that would otherwise move ahead
+    of answer text)."""
+    event = waiting.popleft()
+    if not (waiting and event.HasField("text_delta") and waiting[0].HasField("text_delta")):
+        return event
+    first = event.text_delta
+    texts, thoughts, logprobs = [first.text], [first.thoughts], list(first.logprobs)
+    answered = bool(texts[0])
+    while waiting and waiting[0].HasField("text_delta"):
+        following = waiting[0].text_delta
+        if (answered and following.thoughts) or following.index != first.index:
+            break
+        texts.append(following.text)
+        thoughts.append(following.thoughts)
+        logprobs.extend(following.logprobs)
+        answered = answered or bool(following.text)
+        waiting.popleft()
+    merged = common_pb2.TextDelta(
+        text="".join(texts), thoughts="".join(thoughts), index=first.index, logprobs=logprobs
+    )
+    return common_pb2.StreamEvent(text_delta=merged)
+
+
+async def coalesced(
+    events: AsyncIterable[common_pb2.StreamEvent],
+) -> AsyncGenerator[common_pb2.StreamEvent, None]:
+    """`events`, read ahead in a task; text deltas that wait for the consumer come out merged.
+
+    The source's error, if any, is raised after the events that came before it. Closing this
+    generator cancels the reader, which closes the source (and so cancels the backend call, or
+    stops the engine) before the close returns.
+    """
+    waiting: deque[common_pb2.StreamEvent] = deque()
+    arrived, drained = asyncio.Event(), asyncio.Event()
+    failure: list[Exception] = []
+
+    async def read() -> None:
+        stream = aiter(events)
+        try:
+            async for event in stream:
+                waiting.append(event)
+                arrived.set()
+                if len(waiting) >= READ_AHEAD or not event.HasField("text_delta"):
+                    drained.clear()
+                    await drained.wait()
+        except Exception as exc:
+            failure.append(exc)
+        finally:
+            arrived.set()
+            if isinstance(stream, AsyncGenerator):
+                await stream.aclose()
+
+    reader = asyncio.ensure_future(read())
+    try:
+        while True:
+            await arrived.wait()
+            arrived.clear()
+            while waiting:
+                yield _next_merged(waiting)
+            drained.set()
+            if reader.done():
+                if failure:
+                    raise failure[0]
+                return
+    finally:
+        reader.cancel()
+        await asyncio.wait({reader})
