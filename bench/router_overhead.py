@@ -14,9 +14,9 @@ Characters, not messages, because every hop coalesces (genmesh.runtime.streams):
 already waiting when the service or the router can write go out as one message (same text, same
 order; the final event stays separate and last), so the echo, which makes tokens faster than
 gRPC carries messages, arrives in a few large deltas on both paths; messages/s and characters
-per message are reported beside the characters/s of each path, so the merging is visible. CPU time per character of each process
-(this client, the router, the ttt service) is reported too: on a shared machine it moves less
-than the rates do.
+per message are reported beside the characters/s of each path, so the merging is visible. CPU
+time per character of each process (this client, the router, the ttt service) is reported too:
+on a shared machine it moves less than the rates do.
 
 One synchronous grpcio client in this process drives both paths, so its own cost is in both;
 the ratios are what matter. Targets (DESIGN.md section 4): unary p50 via the router <= 1.2x
