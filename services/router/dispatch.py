@@ -38,7 +38,7 @@ from genmesh.router.source import EventSource
 from genmesh.runtime import errors
 from genmesh.runtime.errors import FieldViolation, ServiceError
 from genmesh.runtime.timing import duration
-from genmesh.v1 import common_pb2
+from genmesh.v1 import common_pb2, inference_pb2
 
 Context = grpc.aio.ServicerContext[Any, Any]
 # The stages of the time to first token a service measures, passed on as it reports them.
@@ -211,8 +211,6 @@ class Relay(EventSource):
         self.route = route
         self.timeout = timeout
         self.inputs = inputs
-        # True when the caller only wants the final result: a stream cut mid-way can restart.
-        self.restartable = False
         # True when the caller may cancel in-band (a conversation turn).
         self.interactive = False
         self.call: InferCall | None = None
@@ -228,8 +226,32 @@ class Relay(EventSource):
         return self.call is not None and await cancel_in_band(self.call)
 
     async def result(self) -> common_pb2.GenerateResponse:
-        self.restartable = True
-        return await super().result()
+        """The whole generation in one call (InferenceService.Generate): one message each way
+        instead of a stream to read, and any failure may be retried on another replica."""
+        route = self.route
+        await self.inputs.resolve(self.request)
+        async with route.slots.slot():
+            self.clock.dequeued()
+            request = inference_pb2.InferenceServiceGenerateRequest(request=self.request)
+            exclude: Replica | None = None
+            for attempt in range(2):
+                replica = route.pick(exclude)
+                try:
+                    answer = await replica.stub.Generate(request, timeout=self.timeout)
+                    break
+                except grpc.aio.AioRpcError as error:
+                    if not self.retried(error, replica, attempt, started=False):
+                        raise translate(error, route) from None
+                    exclude = replica
+        final = answer.response
+        backend = final.timings
+        if backend.HasField("first_token"):
+            # The backend's first output as the router would have seen it on a stream.
+            after_first = backend.total.ToTimedelta() - backend.first_token.ToTimedelta()
+            since = self.clock.elapsed() - after_first.total_seconds()
+            self.clock.first_token_s = max(self.clock.queue_s, since)
+        self.finish(final)
+        return final
 
     async def __aiter__(self) -> AsyncIterator[common_pb2.StreamEvent]:
         route = self.route
@@ -255,23 +277,24 @@ class Relay(EventSource):
                         yield event
                     return
                 except grpc.aio.AioRpcError as error:
-                    unavailable = error.code() == grpc.StatusCode.UNAVAILABLE
-                    if unavailable:
-                        replica.mark_down()
-                    retry = (
-                        unavailable
-                        and attempt == 0
-                        and len(route.replicas) > 1
-                        and (not started or self.restartable)
-                    )
-                    if retry:
+                    if self.retried(error, replica, attempt, started):
                         exclude = replica
                         continue
-                    if unavailable and started:
+                    if error.code() == grpc.StatusCode.UNAVAILABLE and started:
                         raise self.interrupted(error) from None
                     raise translate(error, route) from None
                 finally:
                     call.cancel()
+
+    def retried(
+        self, error: grpc.aio.AioRpcError, replica: Replica, attempt: int, started: bool
+    ) -> bool:
+        """Whether a failed attempt goes to another replica: only when `replica` is down (now
+        marked so), on the first attempt, before any output, and when there is another."""
+        unavailable = error.code() == grpc.StatusCode.UNAVAILABLE
+        if unavailable:
+            replica.mark_down()
+        return unavailable and attempt == 0 and len(self.route.replicas) > 1 and not started
 
     def count(self, event: common_pb2.StreamEvent) -> None:
         if event.HasField("text_delta"):

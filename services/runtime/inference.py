@@ -235,6 +235,20 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer, abc.ABC):
         async for message in serve_infer(request_iterator, context, self.job):
             yield message
 
+    async def Generate(  # noqa: N802 - gRPC method name
+        self, request: inference_pb2.InferenceServiceGenerateRequest, context: Context
+    ) -> inference_pb2.InferenceServiceGenerateResponse:
+        """Infer with nothing after the request, its final event the answer."""
+
+        async def opening() -> Requests:
+            yield inference_pb2.InferRequest(request=request.request)
+
+        answer = inference_pb2.InferenceServiceGenerateResponse()
+        async for message in serve_infer(opening(), context, self.job):
+            if message.event.HasField("final"):
+                answer.response.CopyFrom(message.event.final)
+        return answer
+
     @abc.abstractmethod
     async def job(self, request: common_pb2.GenerateRequest, requests: Requests) -> InferJob:
         """The job for an opening request; `requests` is the rest of the stream."""

@@ -26,7 +26,7 @@ from prometheus_client import Gauge
 from genmesh.runtime import metrics
 from genmesh.runtime.interceptors import Around, Context, Handler, Interceptor, Stream, Unary
 from genmesh.runtime.settings import TelemetrySettings
-from genmesh.v1 import common_pb2, program_pb2
+from genmesh.v1 import common_pb2, inference_pb2, program_pb2
 
 log = logging.getLogger(__name__)
 _configured = False
@@ -88,6 +88,7 @@ _GENERATION = frozenset(
         "/genmesh.v1.GenerationService/GenerateStream",
         "/genmesh.v1.GenerationService/Converse",
         "/genmesh.v1.InferenceService/Infer",
+        "/genmesh.v1.InferenceService/Generate",
     }
 )
 Metadata = Collection[tuple[str, str | bytes]]
@@ -147,6 +148,8 @@ class _Observed:
     def see(self, message: Any) -> None:
         """Cheap per message: a field check, then nothing once the outcome is known."""
         try:
+            if isinstance(message, inference_pb2.InferenceServiceGenerateResponse):
+                message = message.response
             if isinstance(message, common_pb2.GenerateResponse):
                 self.final = message
                 return

@@ -87,6 +87,54 @@ class InferResponse(_message.Message):
 Global___InferResponse: _TypeAlias = InferResponse  # noqa: Y015
 
 @_typing.final
+class InferenceServiceGenerateRequest(_message.Message):
+    """One whole generation."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def request(self) -> _common_pb2.GenerateRequest:
+        """The request, with binding defaults and personality already merged (as Infer's first message)."""
+
+    def __init__(
+        self,
+        *,
+        request: _common_pb2.GenerateRequest | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["request", b"request"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["request", b"request"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___InferenceServiceGenerateRequest: _TypeAlias = InferenceServiceGenerateRequest  # noqa: Y015
+
+@_typing.final
+class InferenceServiceGenerateResponse(_message.Message):
+    """What the generation gave."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESPONSE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def response(self) -> _common_pb2.GenerateResponse:
+        """The final result: outputs, usage, timings and finish reason (Infer's final event)."""
+
+    def __init__(
+        self,
+        *,
+        response: _common_pb2.GenerateResponse | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["response", b"response"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["response", b"response"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___InferenceServiceGenerateResponse: _TypeAlias = InferenceServiceGenerateResponse  # noqa: Y015
+
+@_typing.final
 class InferenceServiceListModelsRequest(_message.Message):
     """Lists models."""
 

@@ -40,6 +40,11 @@ class InferenceServiceStub:
                 request_serializer=genmesh_dot_v1_dot_inference__pb2.InferRequest.SerializeToString,
                 response_deserializer=genmesh_dot_v1_dot_inference__pb2.InferResponse.FromString,
                 _registered_method=True)
+        self.Generate = channel.unary_unary(
+                '/genmesh.v1.InferenceService/Generate',
+                request_serializer=genmesh_dot_v1_dot_inference__pb2.InferenceServiceGenerateRequest.SerializeToString,
+                response_deserializer=genmesh_dot_v1_dot_inference__pb2.InferenceServiceGenerateResponse.FromString,
+                _registered_method=True)
         self.ListModels = channel.unary_unary(
                 '/genmesh.v1.InferenceService/ListModels',
                 request_serializer=genmesh_dot_v1_dot_inference__pb2.InferenceServiceListModelsRequest.SerializeToString,
@@ -74,6 +79,15 @@ class InferenceServiceServicer:
     def Infer(self, request_iterator, context):
         """Runs one generation. The first message is the resolved request; audio chunks and controls may
         follow. Events stream back; the last one is the final result.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Generate(self, request, context):
+        """Runs one generation to its end and answers with its final result alone: Infer for a caller
+        that wants no stream (the router's unary Generate), one message each way. A generation that
+        fails part-way still answers, with FINISH_REASON_ERROR and the output so far.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -122,6 +136,11 @@ def add_InferenceServiceServicer_to_server(servicer, server):
                     servicer.Infer,
                     request_deserializer=genmesh_dot_v1_dot_inference__pb2.InferRequest.FromString,
                     response_serializer=genmesh_dot_v1_dot_inference__pb2.InferResponse.SerializeToString,
+            ),
+            'Generate': grpc.unary_unary_rpc_method_handler(
+                    servicer.Generate,
+                    request_deserializer=genmesh_dot_v1_dot_inference__pb2.InferenceServiceGenerateRequest.FromString,
+                    response_serializer=genmesh_dot_v1_dot_inference__pb2.InferenceServiceGenerateResponse.SerializeToString,
             ),
             'ListModels': grpc.unary_unary_rpc_method_handler(
                     servicer.ListModels,
@@ -177,6 +196,33 @@ class InferenceService:
             '/genmesh.v1.InferenceService/Infer',
             genmesh_dot_v1_dot_inference__pb2.InferRequest.SerializeToString,
             genmesh_dot_v1_dot_inference__pb2.InferResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Generate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/genmesh.v1.InferenceService/Generate',
+            genmesh_dot_v1_dot_inference__pb2.InferenceServiceGenerateRequest.SerializeToString,
+            genmesh_dot_v1_dot_inference__pb2.InferenceServiceGenerateResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -37,6 +37,11 @@ class InferenceServiceStub:
     """Runs one generation. The first message is the resolved request; audio chunks and controls may
     follow. Events stream back; the last one is the final result.
     """
+    Generate: _grpc.UnaryUnaryMultiCallable[_inference_pb2.InferenceServiceGenerateRequest, _inference_pb2.InferenceServiceGenerateResponse]
+    """Runs one generation to its end and answers with its final result alone: Infer for a caller
+    that wants no stream (the router's unary Generate), one message each way. A generation that
+    fails part-way still answers, with FINISH_REASON_ERROR and the output so far.
+    """
     ListModels: _grpc.UnaryUnaryMultiCallable[_inference_pb2.InferenceServiceListModelsRequest, _inference_pb2.InferenceServiceListModelsResponse]
     """Lists the models this service can serve."""
     GetModelInfo: _grpc.UnaryUnaryMultiCallable[_inference_pb2.InferenceServiceGetModelInfoRequest, _inference_pb2.InferenceServiceGetModelInfoResponse]
@@ -58,6 +63,11 @@ class InferenceServiceAsyncStub(InferenceServiceStub):
     Infer: _aio.StreamStreamMultiCallable[_inference_pb2.InferRequest, _inference_pb2.InferResponse]  # type: ignore[assignment]
     """Runs one generation. The first message is the resolved request; audio chunks and controls may
     follow. Events stream back; the last one is the final result.
+    """
+    Generate: _aio.UnaryUnaryMultiCallable[_inference_pb2.InferenceServiceGenerateRequest, _inference_pb2.InferenceServiceGenerateResponse]  # type: ignore[assignment]
+    """Runs one generation to its end and answers with its final result alone: Infer for a caller
+    that wants no stream (the router's unary Generate), one message each way. A generation that
+    fails part-way still answers, with FINISH_REASON_ERROR and the output so far.
     """
     ListModels: _aio.UnaryUnaryMultiCallable[_inference_pb2.InferenceServiceListModelsRequest, _inference_pb2.InferenceServiceListModelsResponse]  # type: ignore[assignment]
     """Lists the models this service can serve."""
@@ -83,6 +93,17 @@ class InferenceServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_abc.Iterator[_inference_pb2.InferResponse], _abc.AsyncIterator[_inference_pb2.InferResponse]]:
         """Runs one generation. The first message is the resolved request; audio chunks and controls may
         follow. Events stream back; the last one is the final result.
+        """
+
+    @_abc_1.abstractmethod
+    def Generate(
+        self,
+        request: _inference_pb2.InferenceServiceGenerateRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_inference_pb2.InferenceServiceGenerateResponse, _abc.Awaitable[_inference_pb2.InferenceServiceGenerateResponse]]:
+        """Runs one generation to its end and answers with its final result alone: Infer for a caller
+        that wants no stream (the router's unary Generate), one message each way. A generation that
+        fails part-way still answers, with FINISH_REASON_ERROR and the output so far.
         """
 
     @_abc_1.abstractmethod

@@ -25,6 +25,8 @@ ROUTER, TTT, SANDBOX = "genmesh-router", "genmesh-ttt", "genmesh-sandbox"
 GATEWAY = "genmesh-gateway"
 GENERATE = "genmesh.v1.GenerationService/Generate"
 INFER = "genmesh.v1.InferenceService/Infer"
+# What the router calls on a service for a unary generation.
+INFER_WHOLE = "genmesh.v1.InferenceService/Generate"
 
 
 def named(spans: list[Span], service: str, name: str) -> Span:
@@ -58,9 +60,9 @@ async def test_generate_is_one_trace_client_router_ttt(traced: TracedMesh) -> No
         )
     assert response.outputs[0].text == prompt
 
-    spans = traced.receiver.trace(trace_id, having((ROUTER, GENERATE), (TTT, INFER)))
+    spans = traced.receiver.trace(trace_id, having((ROUTER, GENERATE), (TTT, INFER_WHOLE)))
     router = named(spans, ROUTER, GENERATE)
-    ttt = named(spans, TTT, INFER)
+    ttt = named(spans, TTT, INFER_WHOLE)
     assert (router.parent_id, router.kind) == (client_span, "SPAN_KIND_SERVER")
     assert ttt.parent_id == router.span_id
     assert router.start_ns <= ttt.start_ns and ttt.end_ns <= router.end_ns
@@ -111,13 +113,13 @@ async def test_agent_run_traces_router_sandbox_and_callback(traced: TracedMesh) 
             (ROUTER, execute),
             (SANDBOX, sandbox_name),
             (ROUTER, "callback generate_text"),
-            (TTT, INFER),
+            (TTT, INFER_WHOLE),
         ),
     )
     router = named(spans, ROUTER, execute)
     sandbox = named(spans, SANDBOX, sandbox_name)
     callback = named(spans, ROUTER, "callback generate_text")
-    ttt = named(spans, TTT, INFER)
+    ttt = named(spans, TTT, INFER_WHOLE)
     assert router.parent_id == client_span
     assert sandbox.parent_id == router.span_id
     assert callback.parent_id == router.span_id
@@ -158,13 +160,16 @@ def test_rest_request_is_one_trace_client_gateway_router_ttt(
     spans = traced.receiver.trace(
         trace_id,
         having(
-            (GATEWAY, "POST /v1/generate"), (GATEWAY, GENERATE), (ROUTER, GENERATE), (TTT, INFER)
+            (GATEWAY, "POST /v1/generate"),
+            (GATEWAY, GENERATE),
+            (ROUTER, GENERATE),
+            (TTT, INFER_WHOLE),
         ),
     )
     request = named(spans, GATEWAY, "POST /v1/generate")
     call = named(spans, GATEWAY, GENERATE)
     router = named(spans, ROUTER, GENERATE)
-    ttt = named(spans, TTT, INFER)
+    ttt = named(spans, TTT, INFER_WHOLE)
     assert (request.parent_id, request.kind) == (client_span, "SPAN_KIND_SERVER")
     assert (call.parent_id, call.kind) == (request.span_id, "SPAN_KIND_CLIENT")
     assert router.parent_id == call.span_id

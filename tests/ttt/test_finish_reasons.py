@@ -6,6 +6,9 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Iterator
 
+import grpc
+import pytest
+
 from genmesh.client import text_request
 from genmesh.v1 import common_pb2, inference_pb2
 from tests.ttt.conftest import Inference
@@ -71,3 +74,35 @@ async def test_engine_failure_mid_stream_is_finish_reason_error(inference: Infer
     # The service goes on serving.
     again = await collect(inference, infer(text_request("fine", model="echo")))
     assert again[-1].event.final.outputs[0].text == "fine"
+
+
+async def test_generate_answers_with_the_final_result_alone(inference: Inference) -> None:
+    """InferenceService.Generate, the router's way to a unary generation: Infer's final event as
+    the one answer, an engine failing part-way included; a bad request is refused the same way."""
+    whole = inference_pb2.InferenceServiceGenerateRequest
+    answer = await inference.stub.Generate(
+        whole(request=text_request("hello", model="echo")), metadata=inference.metadata
+    )
+    assert answer.response.outputs[0].text == "hello"
+    assert answer.response.finish_reason == common_pb2.FINISH_REASON_STOP
+    assert answer.response.usage.completion_tokens == 5
+    assert answer.response.timings.first_token.ToNanoseconds() > 0
+    assert answer.response.timings.first_token.ToNanoseconds() <= (
+        answer.response.timings.total.ToNanoseconds()
+    )
+
+    failing = text_request("abcdefghij", model="echo")
+    failing.extra.update({"fail_after": 4})
+    answer = await inference.stub.Generate(whole(request=failing), metadata=inference.metadata)
+    assert answer.response.finish_reason == common_pb2.FINISH_REASON_ERROR
+    assert answer.response.outputs[0].text == "abcd"
+
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await inference.stub.Generate(whole(request=text_request("hi", model="nope")))
+    assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await inference.stub.Generate(
+            whole(request=text_request("hi", model="nope")), metadata=inference.metadata
+        )
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+    await inference.until_idle("echo")

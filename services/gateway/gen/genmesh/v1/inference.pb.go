@@ -180,6 +180,98 @@ func (x *InferResponse) GetEvent() *StreamEvent {
 	return nil
 }
 
+// One whole generation.
+type InferenceServiceGenerateRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The request, with binding defaults and personality already merged (as Infer's first message).
+	Request       *GenerateRequest `protobuf:"bytes,1,opt,name=request,proto3" json:"request,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *InferenceServiceGenerateRequest) Reset() {
+	*x = InferenceServiceGenerateRequest{}
+	mi := &file_genmesh_v1_inference_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *InferenceServiceGenerateRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*InferenceServiceGenerateRequest) ProtoMessage() {}
+
+func (x *InferenceServiceGenerateRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_genmesh_v1_inference_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use InferenceServiceGenerateRequest.ProtoReflect.Descriptor instead.
+func (*InferenceServiceGenerateRequest) Descriptor() ([]byte, []int) {
+	return file_genmesh_v1_inference_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *InferenceServiceGenerateRequest) GetRequest() *GenerateRequest {
+	if x != nil {
+		return x.Request
+	}
+	return nil
+}
+
+// What the generation gave.
+type InferenceServiceGenerateResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The final result: outputs, usage, timings and finish reason (Infer's final event).
+	Response      *GenerateResponse `protobuf:"bytes,1,opt,name=response,proto3" json:"response,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *InferenceServiceGenerateResponse) Reset() {
+	*x = InferenceServiceGenerateResponse{}
+	mi := &file_genmesh_v1_inference_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *InferenceServiceGenerateResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*InferenceServiceGenerateResponse) ProtoMessage() {}
+
+func (x *InferenceServiceGenerateResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_genmesh_v1_inference_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use InferenceServiceGenerateResponse.ProtoReflect.Descriptor instead.
+func (*InferenceServiceGenerateResponse) Descriptor() ([]byte, []int) {
+	return file_genmesh_v1_inference_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *InferenceServiceGenerateResponse) GetResponse() *GenerateResponse {
+	if x != nil {
+		return x.Response
+	}
+	return nil
+}
+
 // Lists models.
 type InferenceServiceListModelsRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -189,7 +281,7 @@ type InferenceServiceListModelsRequest struct {
 
 func (x *InferenceServiceListModelsRequest) Reset() {
 	*x = InferenceServiceListModelsRequest{}
-	mi := &file_genmesh_v1_inference_proto_msgTypes[2]
+	mi := &file_genmesh_v1_inference_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -201,7 +293,7 @@ func (x *InferenceServiceListModelsRequest) String() string {
 func (*InferenceServiceListModelsRequest) ProtoMessage() {}
 
 func (x *InferenceServiceListModelsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_genmesh_v1_inference_proto_msgTypes[2]
+	mi := &file_genmesh_v1_inference_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -214,7 +306,7 @@ func (x *InferenceServiceListModelsRequest) ProtoReflect() protoreflect.Message 
 
 // Deprecated: Use InferenceServiceListModelsRequest.ProtoReflect.Descriptor instead.
 func (*InferenceServiceListModelsRequest) Descriptor() ([]byte, []int) {
-	return file_genmesh_v1_inference_proto_rawDescGZIP(), []int{2}
+	return file_genmesh_v1_inference_proto_rawDescGZIP(), []int{4}
 }
 
 // The models.
@@ -228,7 +320,7 @@ type InferenceServiceListModelsResponse struct {
 
 func (x *InferenceServiceListModelsResponse) Reset() {
 	*x = InferenceServiceListModelsResponse{}
-	mi := &file_genmesh_v1_inference_proto_msgTypes[3]
+	mi := &file_genmesh_v1_inference_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -240,7 +332,7 @@ func (x *InferenceServiceListModelsResponse) String() string {
 func (*InferenceServiceListModelsResponse) ProtoMessage() {}
 
 func (x *InferenceServiceListModelsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_genmesh_v1_inference_proto_msgTypes[3]
+	mi := &file_genmesh_v1_inference_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -253,7 +345,7 @@ func (x *InferenceServiceListModelsResponse) ProtoReflect() protoreflect.Message
 
 // Deprecated: Use InferenceServiceListModelsResponse.ProtoReflect.Descriptor instead.
 func (*InferenceServiceListModelsResponse) Descriptor() ([]byte, []int) {
-	return file_genmesh_v1_inference_proto_rawDescGZIP(), []int{3}
+	return file_genmesh_v1_inference_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *InferenceServiceListModelsResponse) GetModels() []*ModelInfo {
@@ -274,7 +366,7 @@ type InferenceServiceGetModelInfoRequest struct {
 
 func (x *InferenceServiceGetModelInfoRequest) Reset() {
 	*x = InferenceServiceGetModelInfoRequest{}
-	mi := &file_genmesh_v1_inference_proto_msgTypes[4]
+	mi := &file_genmesh_v1_inference_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -286,7 +378,7 @@ func (x *InferenceServiceGetModelInfoRequest) String() string {
 func (*InferenceServiceGetModelInfoRequest) ProtoMessage() {}
 
 func (x *InferenceServiceGetModelInfoRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_genmesh_v1_inference_proto_msgTypes[4]
+	mi := &file_genmesh_v1_inference_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -299,7 +391,7 @@ func (x *InferenceServiceGetModelInfoRequest) ProtoReflect() protoreflect.Messag
 
 // Deprecated: Use InferenceServiceGetModelInfoRequest.ProtoReflect.Descriptor instead.
 func (*InferenceServiceGetModelInfoRequest) Descriptor() ([]byte, []int) {
-	return file_genmesh_v1_inference_proto_rawDescGZIP(), []int{4}
+	return file_genmesh_v1_inference_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *InferenceServiceGetModelInfoRequest) GetModel() string {
@@ -320,7 +412,7 @@ type InferenceServiceGetModelInfoResponse struct {
 
 func (x *InferenceServiceGetModelInfoResponse) Reset() {
 	*x = InferenceServiceGetModelInfoResponse{}
-	mi := &file_genmesh_v1_inference_proto_msgTypes[5]
+	mi := &file_genmesh_v1_inference_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -332,7 +424,7 @@ func (x *InferenceServiceGetModelInfoResponse) String() string {
 func (*InferenceServiceGetModelInfoResponse) ProtoMessage() {}
 
 func (x *InferenceServiceGetModelInfoResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_genmesh_v1_inference_proto_msgTypes[5]
+	mi := &file_genmesh_v1_inference_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -345,7 +437,7 @@ func (x *InferenceServiceGetModelInfoResponse) ProtoReflect() protoreflect.Messa
 
 // Deprecated: Use InferenceServiceGetModelInfoResponse.ProtoReflect.Descriptor instead.
 func (*InferenceServiceGetModelInfoResponse) Descriptor() ([]byte, []int) {
-	return file_genmesh_v1_inference_proto_rawDescGZIP(), []int{5}
+	return file_genmesh_v1_inference_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *InferenceServiceGetModelInfoResponse) GetModel() *ModelInfo {
@@ -370,7 +462,7 @@ type InferenceServiceTokenizeRequest struct {
 
 func (x *InferenceServiceTokenizeRequest) Reset() {
 	*x = InferenceServiceTokenizeRequest{}
-	mi := &file_genmesh_v1_inference_proto_msgTypes[6]
+	mi := &file_genmesh_v1_inference_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -382,7 +474,7 @@ func (x *InferenceServiceTokenizeRequest) String() string {
 func (*InferenceServiceTokenizeRequest) ProtoMessage() {}
 
 func (x *InferenceServiceTokenizeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_genmesh_v1_inference_proto_msgTypes[6]
+	mi := &file_genmesh_v1_inference_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -395,7 +487,7 @@ func (x *InferenceServiceTokenizeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InferenceServiceTokenizeRequest.ProtoReflect.Descriptor instead.
 func (*InferenceServiceTokenizeRequest) Descriptor() ([]byte, []int) {
-	return file_genmesh_v1_inference_proto_rawDescGZIP(), []int{6}
+	return file_genmesh_v1_inference_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *InferenceServiceTokenizeRequest) GetModel() string {
@@ -432,7 +524,7 @@ type InferenceServiceTokenizeResponse struct {
 
 func (x *InferenceServiceTokenizeResponse) Reset() {
 	*x = InferenceServiceTokenizeResponse{}
-	mi := &file_genmesh_v1_inference_proto_msgTypes[7]
+	mi := &file_genmesh_v1_inference_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -444,7 +536,7 @@ func (x *InferenceServiceTokenizeResponse) String() string {
 func (*InferenceServiceTokenizeResponse) ProtoMessage() {}
 
 func (x *InferenceServiceTokenizeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_genmesh_v1_inference_proto_msgTypes[7]
+	mi := &file_genmesh_v1_inference_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -457,7 +549,7 @@ func (x *InferenceServiceTokenizeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InferenceServiceTokenizeResponse.ProtoReflect.Descriptor instead.
 func (*InferenceServiceTokenizeResponse) Descriptor() ([]byte, []int) {
-	return file_genmesh_v1_inference_proto_rawDescGZIP(), []int{7}
+	return file_genmesh_v1_inference_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *InferenceServiceTokenizeResponse) GetTokens() []int32 {
@@ -487,7 +579,7 @@ type InferenceServiceDetokenizeRequest struct {
 
 func (x *InferenceServiceDetokenizeRequest) Reset() {
 	*x = InferenceServiceDetokenizeRequest{}
-	mi := &file_genmesh_v1_inference_proto_msgTypes[8]
+	mi := &file_genmesh_v1_inference_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -499,7 +591,7 @@ func (x *InferenceServiceDetokenizeRequest) String() string {
 func (*InferenceServiceDetokenizeRequest) ProtoMessage() {}
 
 func (x *InferenceServiceDetokenizeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_genmesh_v1_inference_proto_msgTypes[8]
+	mi := &file_genmesh_v1_inference_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -512,7 +604,7 @@ func (x *InferenceServiceDetokenizeRequest) ProtoReflect() protoreflect.Message 
 
 // Deprecated: Use InferenceServiceDetokenizeRequest.ProtoReflect.Descriptor instead.
 func (*InferenceServiceDetokenizeRequest) Descriptor() ([]byte, []int) {
-	return file_genmesh_v1_inference_proto_rawDescGZIP(), []int{8}
+	return file_genmesh_v1_inference_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *InferenceServiceDetokenizeRequest) GetModel() string {
@@ -540,7 +632,7 @@ type InferenceServiceDetokenizeResponse struct {
 
 func (x *InferenceServiceDetokenizeResponse) Reset() {
 	*x = InferenceServiceDetokenizeResponse{}
-	mi := &file_genmesh_v1_inference_proto_msgTypes[9]
+	mi := &file_genmesh_v1_inference_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -552,7 +644,7 @@ func (x *InferenceServiceDetokenizeResponse) String() string {
 func (*InferenceServiceDetokenizeResponse) ProtoMessage() {}
 
 func (x *InferenceServiceDetokenizeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_genmesh_v1_inference_proto_msgTypes[9]
+	mi := &file_genmesh_v1_inference_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -565,7 +657,7 @@ func (x *InferenceServiceDetokenizeResponse) ProtoReflect() protoreflect.Message
 
 // Deprecated: Use InferenceServiceDetokenizeResponse.ProtoReflect.Descriptor instead.
 func (*InferenceServiceDetokenizeResponse) Descriptor() ([]byte, []int) {
-	return file_genmesh_v1_inference_proto_rawDescGZIP(), []int{9}
+	return file_genmesh_v1_inference_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *InferenceServiceDetokenizeResponse) GetText() string {
@@ -587,7 +679,7 @@ type InferenceServiceEmbedRequest struct {
 
 func (x *InferenceServiceEmbedRequest) Reset() {
 	*x = InferenceServiceEmbedRequest{}
-	mi := &file_genmesh_v1_inference_proto_msgTypes[10]
+	mi := &file_genmesh_v1_inference_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -599,7 +691,7 @@ func (x *InferenceServiceEmbedRequest) String() string {
 func (*InferenceServiceEmbedRequest) ProtoMessage() {}
 
 func (x *InferenceServiceEmbedRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_genmesh_v1_inference_proto_msgTypes[10]
+	mi := &file_genmesh_v1_inference_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -612,7 +704,7 @@ func (x *InferenceServiceEmbedRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InferenceServiceEmbedRequest.ProtoReflect.Descriptor instead.
 func (*InferenceServiceEmbedRequest) Descriptor() ([]byte, []int) {
-	return file_genmesh_v1_inference_proto_rawDescGZIP(), []int{10}
+	return file_genmesh_v1_inference_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *InferenceServiceEmbedRequest) GetRequest() *EmbedRequest {
@@ -633,7 +725,7 @@ type InferenceServiceEmbedResponse struct {
 
 func (x *InferenceServiceEmbedResponse) Reset() {
 	*x = InferenceServiceEmbedResponse{}
-	mi := &file_genmesh_v1_inference_proto_msgTypes[11]
+	mi := &file_genmesh_v1_inference_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -645,7 +737,7 @@ func (x *InferenceServiceEmbedResponse) String() string {
 func (*InferenceServiceEmbedResponse) ProtoMessage() {}
 
 func (x *InferenceServiceEmbedResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_genmesh_v1_inference_proto_msgTypes[11]
+	mi := &file_genmesh_v1_inference_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -658,7 +750,7 @@ func (x *InferenceServiceEmbedResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InferenceServiceEmbedResponse.ProtoReflect.Descriptor instead.
 func (*InferenceServiceEmbedResponse) Descriptor() ([]byte, []int) {
-	return file_genmesh_v1_inference_proto_rawDescGZIP(), []int{11}
+	return file_genmesh_v1_inference_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *InferenceServiceEmbedResponse) GetResponse() *EmbedResponse {
@@ -682,7 +774,11 @@ const file_genmesh_v1_inference_proto_rawDesc = "" +
 	"\rInferResponse\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\x01 \x01(\tR\trequestId\x12-\n" +
-	"\x05event\x18\x02 \x01(\v2\x17.genmesh.v1.StreamEventR\x05event\"#\n" +
+	"\x05event\x18\x02 \x01(\v2\x17.genmesh.v1.StreamEventR\x05event\"X\n" +
+	"\x1fInferenceServiceGenerateRequest\x125\n" +
+	"\arequest\x18\x01 \x01(\v2\x1b.genmesh.v1.GenerateRequestR\arequest\"\\\n" +
+	" InferenceServiceGenerateResponse\x128\n" +
+	"\bresponse\x18\x01 \x01(\v2\x1c.genmesh.v1.GenerateResponseR\bresponse\"#\n" +
 	"!InferenceServiceListModelsRequest\"S\n" +
 	"\"InferenceServiceListModelsResponse\x12-\n" +
 	"\x06models\x18\x01 \x03(\v2\x15.genmesh.v1.ModelInfoR\x06models\";\n" +
@@ -705,9 +801,10 @@ const file_genmesh_v1_inference_proto_rawDesc = "" +
 	"\x1cInferenceServiceEmbedRequest\x122\n" +
 	"\arequest\x18\x01 \x01(\v2\x18.genmesh.v1.EmbedRequestR\arequest\"V\n" +
 	"\x1dInferenceServiceEmbedResponse\x125\n" +
-	"\bresponse\x18\x01 \x01(\v2\x19.genmesh.v1.EmbedResponseR\bresponse2\xe6\x04\n" +
+	"\bresponse\x18\x01 \x01(\v2\x19.genmesh.v1.EmbedResponseR\bresponse2\xcd\x05\n" +
 	"\x10InferenceService\x12@\n" +
-	"\x05Infer\x12\x18.genmesh.v1.InferRequest\x1a\x19.genmesh.v1.InferResponse(\x010\x01\x12k\n" +
+	"\x05Infer\x12\x18.genmesh.v1.InferRequest\x1a\x19.genmesh.v1.InferResponse(\x010\x01\x12e\n" +
+	"\bGenerate\x12+.genmesh.v1.InferenceServiceGenerateRequest\x1a,.genmesh.v1.InferenceServiceGenerateResponse\x12k\n" +
 	"\n" +
 	"ListModels\x12-.genmesh.v1.InferenceServiceListModelsRequest\x1a..genmesh.v1.InferenceServiceListModelsResponse\x12q\n" +
 	"\fGetModelInfo\x12/.genmesh.v1.InferenceServiceGetModelInfoRequest\x1a0.genmesh.v1.InferenceServiceGetModelInfoResponse\x12e\n" +
@@ -731,54 +828,61 @@ func file_genmesh_v1_inference_proto_rawDescGZIP() []byte {
 	return file_genmesh_v1_inference_proto_rawDescData
 }
 
-var file_genmesh_v1_inference_proto_msgTypes = make([]protoimpl.MessageInfo, 12)
+var file_genmesh_v1_inference_proto_msgTypes = make([]protoimpl.MessageInfo, 14)
 var file_genmesh_v1_inference_proto_goTypes = []any{
 	(*InferRequest)(nil),                         // 0: genmesh.v1.InferRequest
 	(*InferResponse)(nil),                        // 1: genmesh.v1.InferResponse
-	(*InferenceServiceListModelsRequest)(nil),    // 2: genmesh.v1.InferenceServiceListModelsRequest
-	(*InferenceServiceListModelsResponse)(nil),   // 3: genmesh.v1.InferenceServiceListModelsResponse
-	(*InferenceServiceGetModelInfoRequest)(nil),  // 4: genmesh.v1.InferenceServiceGetModelInfoRequest
-	(*InferenceServiceGetModelInfoResponse)(nil), // 5: genmesh.v1.InferenceServiceGetModelInfoResponse
-	(*InferenceServiceTokenizeRequest)(nil),      // 6: genmesh.v1.InferenceServiceTokenizeRequest
-	(*InferenceServiceTokenizeResponse)(nil),     // 7: genmesh.v1.InferenceServiceTokenizeResponse
-	(*InferenceServiceDetokenizeRequest)(nil),    // 8: genmesh.v1.InferenceServiceDetokenizeRequest
-	(*InferenceServiceDetokenizeResponse)(nil),   // 9: genmesh.v1.InferenceServiceDetokenizeResponse
-	(*InferenceServiceEmbedRequest)(nil),         // 10: genmesh.v1.InferenceServiceEmbedRequest
-	(*InferenceServiceEmbedResponse)(nil),        // 11: genmesh.v1.InferenceServiceEmbedResponse
-	(*GenerateRequest)(nil),                      // 12: genmesh.v1.GenerateRequest
-	(*AudioChunk)(nil),                           // 13: genmesh.v1.AudioChunk
-	(*Control)(nil),                              // 14: genmesh.v1.Control
-	(*StreamEvent)(nil),                          // 15: genmesh.v1.StreamEvent
-	(*ModelInfo)(nil),                            // 16: genmesh.v1.ModelInfo
-	(*EmbedRequest)(nil),                         // 17: genmesh.v1.EmbedRequest
-	(*EmbedResponse)(nil),                        // 18: genmesh.v1.EmbedResponse
+	(*InferenceServiceGenerateRequest)(nil),      // 2: genmesh.v1.InferenceServiceGenerateRequest
+	(*InferenceServiceGenerateResponse)(nil),     // 3: genmesh.v1.InferenceServiceGenerateResponse
+	(*InferenceServiceListModelsRequest)(nil),    // 4: genmesh.v1.InferenceServiceListModelsRequest
+	(*InferenceServiceListModelsResponse)(nil),   // 5: genmesh.v1.InferenceServiceListModelsResponse
+	(*InferenceServiceGetModelInfoRequest)(nil),  // 6: genmesh.v1.InferenceServiceGetModelInfoRequest
+	(*InferenceServiceGetModelInfoResponse)(nil), // 7: genmesh.v1.InferenceServiceGetModelInfoResponse
+	(*InferenceServiceTokenizeRequest)(nil),      // 8: genmesh.v1.InferenceServiceTokenizeRequest
+	(*InferenceServiceTokenizeResponse)(nil),     // 9: genmesh.v1.InferenceServiceTokenizeResponse
+	(*InferenceServiceDetokenizeRequest)(nil),    // 10: genmesh.v1.InferenceServiceDetokenizeRequest
+	(*InferenceServiceDetokenizeResponse)(nil),   // 11: genmesh.v1.InferenceServiceDetokenizeResponse
+	(*InferenceServiceEmbedRequest)(nil),         // 12: genmesh.v1.InferenceServiceEmbedRequest
+	(*InferenceServiceEmbedResponse)(nil),        // 13: genmesh.v1.InferenceServiceEmbedResponse
+	(*GenerateRequest)(nil),                      // 14: genmesh.v1.GenerateRequest
+	(*AudioChunk)(nil),                           // 15: genmesh.v1.AudioChunk
+	(*Control)(nil),                              // 16: genmesh.v1.Control
+	(*StreamEvent)(nil),                          // 17: genmesh.v1.StreamEvent
+	(*GenerateResponse)(nil),                     // 18: genmesh.v1.GenerateResponse
+	(*ModelInfo)(nil),                            // 19: genmesh.v1.ModelInfo
+	(*EmbedRequest)(nil),                         // 20: genmesh.v1.EmbedRequest
+	(*EmbedResponse)(nil),                        // 21: genmesh.v1.EmbedResponse
 }
 var file_genmesh_v1_inference_proto_depIdxs = []int32{
-	12, // 0: genmesh.v1.InferRequest.request:type_name -> genmesh.v1.GenerateRequest
-	13, // 1: genmesh.v1.InferRequest.audio:type_name -> genmesh.v1.AudioChunk
-	14, // 2: genmesh.v1.InferRequest.control:type_name -> genmesh.v1.Control
-	15, // 3: genmesh.v1.InferResponse.event:type_name -> genmesh.v1.StreamEvent
-	16, // 4: genmesh.v1.InferenceServiceListModelsResponse.models:type_name -> genmesh.v1.ModelInfo
-	16, // 5: genmesh.v1.InferenceServiceGetModelInfoResponse.model:type_name -> genmesh.v1.ModelInfo
-	17, // 6: genmesh.v1.InferenceServiceEmbedRequest.request:type_name -> genmesh.v1.EmbedRequest
-	18, // 7: genmesh.v1.InferenceServiceEmbedResponse.response:type_name -> genmesh.v1.EmbedResponse
-	0,  // 8: genmesh.v1.InferenceService.Infer:input_type -> genmesh.v1.InferRequest
-	2,  // 9: genmesh.v1.InferenceService.ListModels:input_type -> genmesh.v1.InferenceServiceListModelsRequest
-	4,  // 10: genmesh.v1.InferenceService.GetModelInfo:input_type -> genmesh.v1.InferenceServiceGetModelInfoRequest
-	6,  // 11: genmesh.v1.InferenceService.Tokenize:input_type -> genmesh.v1.InferenceServiceTokenizeRequest
-	8,  // 12: genmesh.v1.InferenceService.Detokenize:input_type -> genmesh.v1.InferenceServiceDetokenizeRequest
-	10, // 13: genmesh.v1.InferenceService.Embed:input_type -> genmesh.v1.InferenceServiceEmbedRequest
-	1,  // 14: genmesh.v1.InferenceService.Infer:output_type -> genmesh.v1.InferResponse
-	3,  // 15: genmesh.v1.InferenceService.ListModels:output_type -> genmesh.v1.InferenceServiceListModelsResponse
-	5,  // 16: genmesh.v1.InferenceService.GetModelInfo:output_type -> genmesh.v1.InferenceServiceGetModelInfoResponse
-	7,  // 17: genmesh.v1.InferenceService.Tokenize:output_type -> genmesh.v1.InferenceServiceTokenizeResponse
-	9,  // 18: genmesh.v1.InferenceService.Detokenize:output_type -> genmesh.v1.InferenceServiceDetokenizeResponse
-	11, // 19: genmesh.v1.InferenceService.Embed:output_type -> genmesh.v1.InferenceServiceEmbedResponse
-	14, // [14:20] is the sub-list for method output_type
-	8,  // [8:14] is the sub-list for method input_type
-	8,  // [8:8] is the sub-list for extension type_name
-	8,  // [8:8] is the sub-list for extension extendee
-	0,  // [0:8] is the sub-list for field type_name
+	14, // 0: genmesh.v1.InferRequest.request:type_name -> genmesh.v1.GenerateRequest
+	15, // 1: genmesh.v1.InferRequest.audio:type_name -> genmesh.v1.AudioChunk
+	16, // 2: genmesh.v1.InferRequest.control:type_name -> genmesh.v1.Control
+	17, // 3: genmesh.v1.InferResponse.event:type_name -> genmesh.v1.StreamEvent
+	14, // 4: genmesh.v1.InferenceServiceGenerateRequest.request:type_name -> genmesh.v1.GenerateRequest
+	18, // 5: genmesh.v1.InferenceServiceGenerateResponse.response:type_name -> genmesh.v1.GenerateResponse
+	19, // 6: genmesh.v1.InferenceServiceListModelsResponse.models:type_name -> genmesh.v1.ModelInfo
+	19, // 7: genmesh.v1.InferenceServiceGetModelInfoResponse.model:type_name -> genmesh.v1.ModelInfo
+	20, // 8: genmesh.v1.InferenceServiceEmbedRequest.request:type_name -> genmesh.v1.EmbedRequest
+	21, // 9: genmesh.v1.InferenceServiceEmbedResponse.response:type_name -> genmesh.v1.EmbedResponse
+	0,  // 10: genmesh.v1.InferenceService.Infer:input_type -> genmesh.v1.InferRequest
+	2,  // 11: genmesh.v1.InferenceService.Generate:input_type -> genmesh.v1.InferenceServiceGenerateRequest
+	4,  // 12: genmesh.v1.InferenceService.ListModels:input_type -> genmesh.v1.InferenceServiceListModelsRequest
+	6,  // 13: genmesh.v1.InferenceService.GetModelInfo:input_type -> genmesh.v1.InferenceServiceGetModelInfoRequest
+	8,  // 14: genmesh.v1.InferenceService.Tokenize:input_type -> genmesh.v1.InferenceServiceTokenizeRequest
+	10, // 15: genmesh.v1.InferenceService.Detokenize:input_type -> genmesh.v1.InferenceServiceDetokenizeRequest
+	12, // 16: genmesh.v1.InferenceService.Embed:input_type -> genmesh.v1.InferenceServiceEmbedRequest
+	1,  // 17: genmesh.v1.InferenceService.Infer:output_type -> genmesh.v1.InferResponse
+	3,  // 18: genmesh.v1.InferenceService.Generate:output_type -> genmesh.v1.InferenceServiceGenerateResponse
+	5,  // 19: genmesh.v1.InferenceService.ListModels:output_type -> genmesh.v1.InferenceServiceListModelsResponse
+	7,  // 20: genmesh.v1.InferenceService.GetModelInfo:output_type -> genmesh.v1.InferenceServiceGetModelInfoResponse
+	9,  // 21: genmesh.v1.InferenceService.Tokenize:output_type -> genmesh.v1.InferenceServiceTokenizeResponse
+	11, // 22: genmesh.v1.InferenceService.Detokenize:output_type -> genmesh.v1.InferenceServiceDetokenizeResponse
+	13, // 23: genmesh.v1.InferenceService.Embed:output_type -> genmesh.v1.InferenceServiceEmbedResponse
+	17, // [17:24] is the sub-list for method output_type
+	10, // [10:17] is the sub-list for method input_type
+	10, // [10:10] is the sub-list for extension type_name
+	10, // [10:10] is the sub-list for extension extendee
+	0,  // [0:10] is the sub-list for field type_name
 }
 
 func init() { file_genmesh_v1_inference_proto_init() }
@@ -799,7 +903,7 @@ func file_genmesh_v1_inference_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_genmesh_v1_inference_proto_rawDesc), len(file_genmesh_v1_inference_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   12,
+			NumMessages:   14,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

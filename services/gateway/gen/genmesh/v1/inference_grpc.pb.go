@@ -20,6 +20,7 @@ const _ = grpc.SupportPackageIsVersion9
 
 const (
 	InferenceService_Infer_FullMethodName        = "/genmesh.v1.InferenceService/Infer"
+	InferenceService_Generate_FullMethodName     = "/genmesh.v1.InferenceService/Generate"
 	InferenceService_ListModels_FullMethodName   = "/genmesh.v1.InferenceService/ListModels"
 	InferenceService_GetModelInfo_FullMethodName = "/genmesh.v1.InferenceService/GetModelInfo"
 	InferenceService_Tokenize_FullMethodName     = "/genmesh.v1.InferenceService/Tokenize"
@@ -36,6 +37,10 @@ type InferenceServiceClient interface {
 	// Runs one generation. The first message is the resolved request; audio chunks and controls may
 	// follow. Events stream back; the last one is the final result.
 	Infer(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[InferRequest, InferResponse], error)
+	// Runs one generation to its end and answers with its final result alone: Infer for a caller
+	// that wants no stream (the router's unary Generate), one message each way. A generation that
+	// fails part-way still answers, with FINISH_REASON_ERROR and the output so far.
+	Generate(ctx context.Context, in *InferenceServiceGenerateRequest, opts ...grpc.CallOption) (*InferenceServiceGenerateResponse, error)
 	// Lists the models this service can serve.
 	ListModels(ctx context.Context, in *InferenceServiceListModelsRequest, opts ...grpc.CallOption) (*InferenceServiceListModelsResponse, error)
 	// Describes one model.
@@ -69,6 +74,16 @@ func (c *inferenceServiceClient) Infer(ctx context.Context, opts ...grpc.CallOpt
 
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type InferenceService_InferClient = grpc.BidiStreamingClient[InferRequest, InferResponse]
+
+func (c *inferenceServiceClient) Generate(ctx context.Context, in *InferenceServiceGenerateRequest, opts ...grpc.CallOption) (*InferenceServiceGenerateResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(InferenceServiceGenerateResponse)
+	err := c.cc.Invoke(ctx, InferenceService_Generate_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
 
 func (c *inferenceServiceClient) ListModels(ctx context.Context, in *InferenceServiceListModelsRequest, opts ...grpc.CallOption) (*InferenceServiceListModelsResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
@@ -129,6 +144,10 @@ type InferenceServiceServer interface {
 	// Runs one generation. The first message is the resolved request; audio chunks and controls may
 	// follow. Events stream back; the last one is the final result.
 	Infer(grpc.BidiStreamingServer[InferRequest, InferResponse]) error
+	// Runs one generation to its end and answers with its final result alone: Infer for a caller
+	// that wants no stream (the router's unary Generate), one message each way. A generation that
+	// fails part-way still answers, with FINISH_REASON_ERROR and the output so far.
+	Generate(context.Context, *InferenceServiceGenerateRequest) (*InferenceServiceGenerateResponse, error)
 	// Lists the models this service can serve.
 	ListModels(context.Context, *InferenceServiceListModelsRequest) (*InferenceServiceListModelsResponse, error)
 	// Describes one model.
@@ -152,6 +171,9 @@ type UnimplementedInferenceServiceServer struct{}
 
 func (UnimplementedInferenceServiceServer) Infer(grpc.BidiStreamingServer[InferRequest, InferResponse]) error {
 	return status.Error(codes.Unimplemented, "method Infer not implemented")
+}
+func (UnimplementedInferenceServiceServer) Generate(context.Context, *InferenceServiceGenerateRequest) (*InferenceServiceGenerateResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Generate not implemented")
 }
 func (UnimplementedInferenceServiceServer) ListModels(context.Context, *InferenceServiceListModelsRequest) (*InferenceServiceListModelsResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ListModels not implemented")
@@ -195,6 +217,24 @@ func _InferenceService_Infer_Handler(srv interface{}, stream grpc.ServerStream) 
 
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type InferenceService_InferServer = grpc.BidiStreamingServer[InferRequest, InferResponse]
+
+func _InferenceService_Generate_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(InferenceServiceGenerateRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(InferenceServiceServer).Generate(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: InferenceService_Generate_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(InferenceServiceServer).Generate(ctx, req.(*InferenceServiceGenerateRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
 
 func _InferenceService_ListModels_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(InferenceServiceListModelsRequest)
@@ -293,6 +333,10 @@ var InferenceService_ServiceDesc = grpc.ServiceDesc{
 	ServiceName: "genmesh.v1.InferenceService",
 	HandlerType: (*InferenceServiceServer)(nil),
 	Methods: []grpc.MethodDesc{
+		{
+			MethodName: "Generate",
+			Handler:    _InferenceService_Generate_Handler,
+		},
 		{
 			MethodName: "ListModels",
 			Handler:    _InferenceService_ListModels_Handler,
