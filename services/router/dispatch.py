@@ -13,6 +13,7 @@ result). A stream cut after output was relayed ends with UNAVAILABLE carrying th
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -209,7 +210,8 @@ class Relay(EventSource):
     ) -> None:
         super().__init__(request)
         self.route = route
-        self.timeout = timeout
+        # Each backend call gets what is left of the caller's time, after queueing or a retry.
+        self.deadline = None if timeout is None else time.monotonic() + timeout
         self.inputs = inputs
         # True when the caller may cancel in-band (a conversation turn).
         self.interactive = False
@@ -217,8 +219,11 @@ class Relay(EventSource):
         self.deltas = 0
         self.chars = 0
 
+    def remaining(self) -> float | None:
+        return None if self.deadline is None else max(0.0, self.deadline - time.monotonic())
+
     def open(self, replica: Replica) -> InferCall:
-        self.call = replica.stub.Infer(timeout=self.timeout)
+        self.call = replica.stub.Infer(timeout=self.remaining())
         return self.call
 
     async def cancel(self) -> bool:
@@ -227,22 +232,12 @@ class Relay(EventSource):
 
     async def result(self) -> common_pb2.GenerateResponse:
         """The whole generation in one call (InferenceService.Generate): one message each way
-        instead of a stream to read, and any failure may be retried on another replica."""
-        route = self.route
-        await self.inputs.resolve(self.request)
-        async with route.slots.slot():
-            self.clock.dequeued()
-            request = inference_pb2.InferenceServiceGenerateRequest(request=self.request)
-            exclude: Replica | None = None
-            for attempt in range(2):
-                replica = route.pick(exclude)
-                try:
-                    answer = await replica.stub.Generate(request, timeout=self.timeout)
-                    break
-                except grpc.aio.AioRpcError as error:
-                    if not self.retried(error, replica, attempt, started=False):
-                        raise translate(error, route) from None
-                    exclude = replica
+        instead of a stream to read."""
+        answer = await self.whole()
+        if answer is None:  # a service of an earlier version, mid-upgrade: it only streams
+            return await super().result()
+        if not answer.HasField("response"):
+            raise errors.unavailable("the generation ended without a result")
         final = answer.response
         backend = final.timings
         if backend.HasField("first_token"):
@@ -252,6 +247,28 @@ class Relay(EventSource):
             self.clock.first_token_s = max(self.clock.queue_s, since)
         self.finish(final)
         return final
+
+    async def whole(self) -> inference_pb2.InferenceServiceGenerateResponse | None:
+        """InferenceService.Generate's answer (from another replica if the first is down), or
+        None from a service without that RPC."""
+        route = self.route
+        await self.inputs.resolve(self.request)
+        async with route.slots.slot():
+            self.clock.dequeued()
+            request = inference_pb2.InferenceServiceGenerateRequest(request=self.request)
+            exclude: Replica | None = None
+            for attempt in range(2):
+                replica = route.pick(exclude)
+                try:
+                    answer = await replica.stub.Generate(request, timeout=self.remaining())
+                    break
+                except grpc.aio.AioRpcError as error:
+                    if error.code() == grpc.StatusCode.UNIMPLEMENTED:
+                        return None
+                    if not self.retried(error, replica, attempt, started=False):
+                        raise translate(error, route) from None
+                    exclude = replica
+        return answer
 
     async def __aiter__(self) -> AsyncIterator[common_pb2.StreamEvent]:
         route = self.route

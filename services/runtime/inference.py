@@ -168,7 +168,7 @@ def failure_info(exc: BaseException) -> common_pb2.Info:
 
 async def serve_infer(
     requests: Requests, context: Context, prepare: Prepare
-) -> AsyncIterator[inference_pb2.InferResponse]:
+) -> AsyncGenerator[inference_pb2.InferResponse, None]:
     """Runs one Infer stream: `prepare` turns the opening request into the modality's job."""
     clock = Stopwatch()
     request = await first_request(requests)
@@ -232,8 +232,10 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer, abc.ABC):
     async def Infer(  # noqa: N802 - gRPC method name
         self, request_iterator: Requests, context: Context
     ) -> AsyncIterator[inference_pb2.InferResponse]:
-        async for message in serve_infer(request_iterator, context, self.job):
-            yield message
+        # Closed here, not later by the garbage collector: the call ends once the engine stopped.
+        async with contextlib.aclosing(serve_infer(request_iterator, context, self.job)) as served:
+            async for message in served:
+                yield message
 
     async def Generate(  # noqa: N802 - gRPC method name
         self, request: inference_pb2.InferenceServiceGenerateRequest, context: Context
@@ -244,9 +246,10 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer, abc.ABC):
             yield inference_pb2.InferRequest(request=request.request)
 
         answer = inference_pb2.InferenceServiceGenerateResponse()
-        async for message in serve_infer(opening(), context, self.job):
-            if message.event.HasField("final"):
-                answer.response.CopyFrom(message.event.final)
+        async with contextlib.aclosing(serve_infer(opening(), context, self.job)) as served:
+            async for message in served:
+                if message.event.HasField("final"):
+                    answer.response.CopyFrom(message.event.final)
         return answer
 
     @abc.abstractmethod

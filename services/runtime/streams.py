@@ -13,12 +13,16 @@ import asyncio
 from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterable
 
+from genmesh.runtime import errors
 from genmesh.v1 import common_pb2
 
 # How many text deltas may wait for the client before the reader stops reading the backend (which
 # then feels the client's flow control as before). Other events wait one at a time: audio and
 # images can be large.
 READ_AHEAD = 256
+# A merged delta stops growing past this size, so one message never nears a receiver's limit (4 MiB
+# by default) however far its reader falls behind, logprobs included.
+MAX_MERGED_BYTES = 64 * 1024
 
 
 def _next_merged(waiting: deque[common_pb2.StreamEvent]) -> common_pb2.StreamEvent:
@@ -31,9 +35,13 @@ def _next_merged(waiting: deque[common_pb2.StreamEvent]) -> common_pb2.StreamEve
     first = event.text_delta
     texts, thoughts, logprobs = [first.text], [first.thoughts], list(first.logprobs)
     answered = bool(texts[0])
+    size = first.ByteSize()
     while waiting and waiting[0].HasField("text_delta"):
         following = waiting[0].text_delta
         if (answered and following.thoughts) or following.index != first.index:
+            break
+        size += following.ByteSize()
+        if size > MAX_MERGED_BYTES:
             break
         texts.append(following.text)
         thoughts.append(following.thoughts)
@@ -86,6 +94,8 @@ async def coalesced(
             if reader.done():
                 if failure:
                     raise failure[0]
+                if reader.cancelled():  # by the source itself: it did not end, it was cut
+                    raise errors.unavailable("the stream's source was cancelled")
                 return
     finally:
         reader.cancel()

@@ -1,7 +1,7 @@
 """GenerateStream relays the backend stream faithfully, merging text deltas only when they wait.
 
 The router reads the backend ahead of the client; text deltas that pile up while the client is
-slow go out merged (see genmesh.router.generation). These tests pin down what must not change:
+slow go out merged (see genmesh.runtime.streams). These tests pin down what must not change:
 the text and the thoughts, their order, the final event (last, separate, with usage and finish
 reason) and cancellation reaching the engine.
 """
@@ -9,13 +9,11 @@ reason) and cancellation reaching the engine.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
 import grpc
-import pytest
 
 from genmesh.client import Client, text_request
-from genmesh.runtime.streams import READ_AHEAD, coalesced
+from genmesh.runtime.streams import READ_AHEAD
 from genmesh.v1 import common_pb2, generation_pb2, generation_pb2_grpc
 from tests.support import API_KEY, ServiceProcess
 
@@ -109,67 +107,3 @@ async def test_cancelling_a_stalled_client_reaches_the_engine(
     ended = ttt.wait_for_event("generation ended", request_id="stalled-cancel-1")
     assert ended["outcome"] == "cancelled by client or deadline"
     assert ended["completion_tokens"] < len("stalled ") * 100_000
-
-
-def delta(text: str = "", thoughts: str = "") -> common_pb2.StreamEvent:
-    return common_pb2.StreamEvent(text_delta=common_pb2.TextDelta(text=text, thoughts=thoughts))
-
-
-async def source(
-    events: list[common_pb2.StreamEvent], closed: list[bool]
-) -> AsyncIterator[common_pb2.StreamEvent]:
-    try:
-        for event in events:
-            yield event
-    finally:
-        closed.append(True)
-
-
-async def test_a_consumer_that_keeps_up_gets_every_delta_as_it_came() -> None:
-    async def paced() -> AsyncIterator[common_pb2.StreamEvent]:
-        for text in "abc":
-            yield delta(text)
-            await asyncio.sleep(0)
-
-    assert [e async for e in coalesced(paced())] == [delta("a"), delta("b"), delta("c")]
-
-
-async def test_waiting_text_deltas_merge_and_nothing_else_does() -> None:
-    progress = common_pb2.StreamEvent(progress=common_pb2.Progress(step=1, total_steps=2))
-    final = common_pb2.StreamEvent(final=common_pb2.GenerateResponse(request_id="r"))
-    events = [delta("a"), delta("b"), delta("c"), progress, delta("d"), delta("e"), final]
-    got = [e async for e in coalesced(source(events, []))]
-    assert got == [delta("abc"), progress, delta("de"), final]
-
-
-async def test_thoughts_after_answer_text_are_not_merged_into_it() -> None:
-    events = [delta("x"), delta(thoughts="p"), delta(thoughts="q"), delta("r"), delta(thoughts="s")]
-    got = [e async for e in coalesced(source(events, []))]
-    assert [(e.text_delta.thoughts, e.text_delta.text) for e in got] == [
-        ("", "x"),
-        ("pq", "r"),
-        ("s", ""),
-    ]
-
-
-async def test_an_error_comes_after_the_events_before_it() -> None:
-    async def failing() -> AsyncIterator[common_pb2.StreamEvent]:
-        yield delta("a")
-        yield delta("b")
-        raise RuntimeError("backend gone")
-
-    received: list[common_pb2.StreamEvent] = []
-    with pytest.raises(RuntimeError, match="backend gone"):
-        async for event in coalesced(failing()):
-            received.append(event)
-    assert text_of(received) == "ab"
-
-
-async def test_closing_early_closes_the_source() -> None:
-    closed: list[bool] = []
-    events = coalesced(source([delta(str(i)) for i in range(READ_AHEAD * 4)], closed))
-    await anext(events)
-    await events.aclose()
-    for _ in range(10):
-        await asyncio.sleep(0)
-    assert closed == [True]
