@@ -32,11 +32,13 @@ def ttt() -> Iterator[ServiceProcess]:
 
 @pytest.fixture(autouse=True)
 def echo_left_idle(request: pytest.FixtureRequest) -> Iterator[None]:
-    """A test on the session's echo ttt (one generation at a time) leaves it idle: work it left
-    running fails that test, not the next one, which would wait behind it."""
+    """A test on a session ttt's echo model (one generation at a time) leaves it idle: work it
+    left running fails that test, not the next one, which would wait behind it (or, on
+    `smol_ttt`'s echo, which queues none, be refused)."""
     yield
-    if "ttt" in request.fixturenames:
-        until_idle(request.getfixturevalue("ttt"), "echo")
+    for name in ("ttt", "smol_ttt"):
+        if name in request.fixturenames:
+            until_idle(request.getfixturevalue(name), "echo")
 
 
 @pytest.fixture(scope="session")

@@ -40,6 +40,9 @@ END_OF_INPUT = inference_pb2.InferRequest(
 #: How many events may wait for a client that reads slowly, or not at all, before the recognition,
 #: the model and the voice wait for it.
 MAX_BEHIND = 32
+#: How many written sentences may wait for the voice: a text delta can hold many (the service
+#: merges the deltas that wait for its writes), and the model must wait when the voice does.
+MAX_UNSPOKEN = 4
 #: How long a cancelled task may run on before it is cancelled again.
 RECANCEL_SECONDS = 0.1
 Heard = Callable[[common_pb2.StreamEvent], Awaitable[None]]
@@ -212,7 +215,7 @@ class Reply:
     async def _generate(self) -> common_pb2.GenerateResponse:
         """The reply written and spoken; a failure of either, or a cut, stops both, and their
         backend streams are closed before this returns."""
-        pending: asyncio.Queue[str | None] = asyncio.Queue()
+        pending: asyncio.Queue[str | None] = asyncio.Queue(MAX_UNSPOKEN)
         writer = asyncio.ensure_future(self._write(pending))
         speaker = asyncio.ensure_future(self._speak(pending))
         try:
@@ -237,10 +240,10 @@ class Reply:
             if event.HasField("text_delta") and event.text_delta.index == 0:
                 self.text.append(event.text_delta.text)
                 for sentence in sentences.push(event.text_delta.text):
-                    pending.put_nowait(sentence)
+                    await pending.put(sentence)
         for sentence in sentences.finish():
-            pending.put_nowait(sentence)
-        pending.put_nowait(None)
+            await pending.put(sentence)
+        await pending.put(None)
         return final
 
     async def _speak(self, pending: asyncio.Queue[str | None]) -> None:

@@ -20,9 +20,17 @@ from genmesh.v1 import common_pb2
 # then feels the client's flow control as before). Other events wait one at a time: audio and
 # images can be large.
 READ_AHEAD = 256
+# ... or once this much text waits: a delta that arrives already merged (from the hop before) can be
+# large, and a slow client must not make a hop hold more than this per stream.
+READ_AHEAD_CHARS = 64 * 1024
 # A merged delta stops growing past this size, so one message never nears a receiver's limit (4 MiB
 # by default) however far its reader falls behind, logprobs included.
 MAX_MERGED_BYTES = 64 * 1024
+
+
+def _chars(event: common_pb2.StreamEvent) -> int:
+    delta = event.text_delta
+    return len(delta.text) + len(delta.thoughts)
 
 
 def _next_merged(waiting: deque[common_pb2.StreamEvent]) -> common_pb2.StreamEvent:
@@ -64,18 +72,23 @@ async def coalesced(
     stops the engine) before the close returns.
     """
     waiting: deque[common_pb2.StreamEvent] = deque()
+    held = 0  # characters of the waiting text deltas
     arrived, drained = asyncio.Event(), asyncio.Event()
     failure: list[Exception] = []
 
     async def read() -> None:
+        nonlocal held
         stream = aiter(events)
         try:
             async for event in stream:
                 waiting.append(event)
                 arrived.set()
-                if len(waiting) >= READ_AHEAD or not event.HasField("text_delta"):
-                    drained.clear()
-                    await drained.wait()
+                held += _chars(event)
+                text = event.HasField("text_delta")
+                if text and len(waiting) < READ_AHEAD and held < READ_AHEAD_CHARS:
+                    continue
+                drained.clear()
+                await drained.wait()
         except Exception as exc:
             failure.append(exc)
         finally:
@@ -89,7 +102,9 @@ async def coalesced(
             await arrived.wait()
             arrived.clear()
             while waiting:
-                yield _next_merged(waiting)
+                event = _next_merged(waiting)
+                held -= _chars(event)
+                yield event
             drained.set()
             if reader.done():
                 if failure:

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from genmesh.runtime.errors import ServiceError
-from genmesh.runtime.streams import MAX_MERGED_BYTES, READ_AHEAD, coalesced
+from genmesh.runtime.streams import MAX_MERGED_BYTES, READ_AHEAD, READ_AHEAD_CHARS, coalesced
 from genmesh.v1 import common_pb2
 
 
@@ -97,3 +97,21 @@ async def test_a_source_cancelled_from_within_is_unavailable_not_a_clean_end() -
         async for event in coalesced(cut()):
             received.append(event)
     assert text_of(received) == "a"
+
+
+async def test_the_reader_stops_once_enough_text_waits() -> None:
+    """Deltas that come merged already (from the hop before) are held by size, not by count."""
+    produced = 0
+
+    async def large() -> AsyncIterator[common_pb2.StreamEvent]:
+        nonlocal produced
+        for _ in range(1000):
+            produced += 1
+            yield delta("x" * 1000)
+
+    events = coalesced(large())
+    await anext(events)  # and then the consumer falls silent
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert produced <= READ_AHEAD_CHARS // 1000 + 2
+    await events.aclose()

@@ -301,7 +301,7 @@ async def test_a_client_that_does_not_read_holds_the_reply_back(
 ) -> None:
     request_id = "voice-not-reading"
     sentence = "The dragon flew over the sea, and every boat came home. "
-    count = 3000
+    count = 15000
     config = echo_config(request_id, delay_ms=0)
     config.chat.text.max_tokens = len(sentence) * count
     config.chat.extra.update({"repeat": count})
@@ -320,3 +320,6 @@ async def test_a_client_that_does_not_read_holds_the_reply_back(
     call.hang_up()
     reply = voice_router.wait_for_event("voice reply ended", turn_id=turn.turn_id)
     assert reply["outcome"] == "client gone"
+    # The model stopped where the buffers between it and the voice filled, far short of the reply.
+    ended = smol_ttt.wait_for_event("generation ended", request_id=request_id)
+    assert ended["completion_tokens"] < len(sentence) * count // 2
