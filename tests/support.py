@@ -10,7 +10,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,11 @@ INTERNAL_KEY = "gm-internal-" + secrets.token_hex(8)
 STARTUP_TIMEOUT_S = 300.0
 
 
+def idle(details: Mapping[str, Any]) -> bool:
+    """A ttt model's GetModelInfo details say no generation holds, waits for or runs on it."""
+    return not (details["active"] or details.get("queued") or details.get("running"))
+
+
 def until_idle(ttt: ServiceProcess, model: str, timeout: float = 30.0) -> None:
     """Waits until no generation runs or waits on `model` of the ttt service `ttt`."""
     request = inference_pb2.InferenceServiceGetModelInfoRequest(model=model)
@@ -34,11 +39,12 @@ def until_idle(ttt: ServiceProcess, model: str, timeout: float = 30.0) -> None:
     with grpc.insecure_channel(ttt.address) as channel:
         stub = inference_pb2_grpc.InferenceServiceStub(channel)
         while True:
-            details = stub.GetModelInfo(request, metadata=metadata, timeout=10).model.details
-            if not details["active"] and not details["queued"]:
+            answer = stub.GetModelInfo(request, metadata=metadata, timeout=10)
+            details = dict(answer.model.details)
+            if idle(details):
                 return
             if time.monotonic() > deadline:
-                raise AssertionError(f"{model} still busy {timeout:.0f} s on: {dict(details)}")
+                raise AssertionError(f"{model} still busy {timeout:.0f} s on: {details}")
             time.sleep(0.02)
 
 

@@ -4,6 +4,7 @@ sandbox's runs and violations, read by scraping each service."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 import grpc
 import pytest
@@ -29,6 +30,15 @@ def value(process: ServiceProcess, name: str, **labels: str) -> float:
     """The sum of a metric's samples whose labels include `labels`."""
     samples = scrape(process).get(name, [])
     return sum(v for found, v in samples if labels.items() <= found.items())
+
+
+async def settled(check: Callable[[], bool]) -> None:
+    """Gives `check` up to 5 s to hold: metrics are recorded as calls end, not as clients see
+    them end. The caller asserts what it needs afterwards, so a failure names the value."""
+    for _ in range(100):
+        if check():
+            return
+        await asyncio.sleep(0.05)
 
 
 def slow_request(prompt: str, delay_ms: int) -> common_pb2.GenerateRequest:
@@ -72,10 +82,7 @@ async def test_failed_generation_is_counted_with_its_error_type(traced: TracedMe
         assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     # An error's status goes out before the router's telemetry has recorded the call.
     count = "gen_ai_server_request_duration_seconds_count"
-    for _ in range(100):
-        if value(traced.router, count, error_type="INVALID_ARGUMENT") >= 1:
-            break
-        await asyncio.sleep(0.05)
+    await settled(lambda: value(traced.router, count, error_type="INVALID_ARGUMENT") >= 1)
     assert value(traced.router, count, error_type="INVALID_ARGUMENT") >= 1
 
 
@@ -88,20 +95,14 @@ async def test_active_streams_and_queue_depth_while_busy(traced: TracedMesh) -> 
         firsts = [asyncio.ensure_future(anext(aiter(call))) for call in calls]
         await asyncio.wait(firsts, return_when=asyncio.FIRST_COMPLETED)
         # One runs; the other may still be on its way to the service's queue.
-        for _ in range(100):
-            if value(traced.ttt, "genmesh_queue_depth", queue="echo") == 1:
-                break
-            await asyncio.sleep(0.05)
+        await settled(lambda: value(traced.ttt, "genmesh_queue_depth", queue="echo") == 1)
         assert value(traced.router, "genmesh_active_streams", method=STREAM) == 2
         assert value(traced.ttt, "genmesh_active_streams", method=INFER) == 2
         assert value(traced.ttt, "genmesh_queue_depth", queue="echo") == 1
         for call in calls:
             call.cancel()
         await asyncio.gather(*firsts, return_exceptions=True)
-    for _ in range(100):
-        if value(traced.ttt, "genmesh_active_streams", method=INFER) == 0:
-            break
-        await asyncio.sleep(0.05)
+    await settled(lambda: value(traced.ttt, "genmesh_active_streams", method=INFER) == 0)
     assert value(traced.router, "genmesh_active_streams", method=STREAM) == 0
     assert value(traced.ttt, "genmesh_active_streams", method=INFER) == 0
     assert value(traced.ttt, "genmesh_queue_depth", queue="echo") == 0

@@ -10,7 +10,7 @@ import grpc
 import pytest
 
 from genmesh.v1 import inference_pb2, inference_pb2_grpc
-from tests.support import INTERNAL_KEY, ServiceProcess, client_fixture
+from tests.support import INTERNAL_KEY, ServiceProcess, client_fixture, idle
 
 CONTEXT = 2048
 SMOL = "smollm2"
@@ -53,10 +53,11 @@ class Inference:
         return response
 
     async def until_idle(self, model: str) -> dict[str, Any]:
-        """Polls the model's info until no generation holds or runs on it; returns its details."""
+        """Polls the model's info until no generation holds, waits for or runs on it; returns its
+        details."""
         for _ in range(2000):
             details = dict((await self.info(model)).model.details)
-            if not details["active"] and not details.get("running"):
+            if idle(details):
                 return details
             await asyncio.sleep(0.01)
         raise AssertionError(f"{model} never became idle")
