@@ -59,12 +59,16 @@ class Timeline:
     """When each event of one turn arrived (perf_counter seconds)."""
 
     push_to_talk: bool
+    # Where the speech ended: the last chunk sent (push-to-talk), or where the VAD put its end.
     speech_end: float = 0.0
+    # When the VAD's end-of-speech event arrived, after the silence it waits for.
     vad_end: float = 0.0
     transcript: float = 0.0
     first_token: float = 0.0
+    # When the text showed the first spoken sentence had ended (`sentence_written`).
     sentence_done: float = 0.0
     first_audio: float = 0.0
+    # (arrival, length of the text so far) per text delta.
     deltas: list[tuple[float, int]] = field(default_factory=list)
     text: str = ""
 

@@ -54,12 +54,22 @@ class StreamingVad:
 
 @dataclass(frozen=True)
 class SegmenterConfig:
+    """The thresholds are Silero's defaults; the silence, padding and lengths suit a spoken turn
+    of a conversation rather than a recording's sentences."""
+
+    # A window scored at or above this opens a segment (and keeps one open).
     threshold: float = 0.5
+    # Only below this does silence start counting: scores in between keep a segment as it is.
     neg_threshold: float = 0.35
+    # Silence that closes a segment: how long a turn waits after its speech ends.
     min_silence_ms: int = 500
+    # Shorter segments are dropped as clicks and breaths.
     min_speech_ms: int = 250
+    # Audio kept on each side of a segment, so recognition hears its first and last sounds.
     speech_pad_ms: int = 200
+    # A longer segment is cut and a new one opened: Whisper hears 30 s at most.
     max_segment_s: float = 25.0
+    # How often an open segment is recognised so far (a partial transcript).
     partial_every_s: float = 1.0
 
 

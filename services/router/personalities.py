@@ -83,6 +83,9 @@ class PersonalityConfig(BaseModel):
 
 @dataclass(frozen=True)
 class Personality:
+    """A loaded personality folder."""
+
+    # The folder's name: what requests name it by, whatever its config's display name says.
     key: str
     folder: Path
     config: PersonalityConfig

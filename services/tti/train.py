@@ -55,11 +55,16 @@ RECIPE_FILE = "genmesh_training.json"
 class Recipe:
     """Everything a run's weights depend on besides the code; equal recipes give equal weights."""
 
+    # Optimiser steps of the UNet and text encoder together, the most of a run's time.
     steps: int = 5000
+    # Seeds the dataset's scenes, the initial weights and every random draw of training.
     seed: int = 1
+    # Captioned scenes drawn once; the autoencoder and the UNet both learn from them.
     dataset_size: int = 20000
+    # Steps of the autoencoder alone first: the UNet learns in its latent space.
     autoencoder_steps: int = 1200
     batch: int = 32
+    # Part of the recipe: torch's CPU kernels split sums by thread, so the weights differ.
     threads: int = 2
 
     @classmethod

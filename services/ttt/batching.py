@@ -106,6 +106,8 @@ class Batcher:
         capacity = max(batch_tokens, slots)
         params = lib.llama_context_default_params()
         params.n_ctx = slots * context_per_slot
+        # A decode holds one prompt chunk or a token per slot; a micro-batch as large computes
+        # it in one pass.
         params.n_batch = capacity
         params.n_ubatch = capacity
         params.n_seq_max = slots

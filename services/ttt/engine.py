@@ -82,10 +82,14 @@ class SamplingParams:
     """Resolved sampling parameters: defaults, personality and request already merged."""
 
     max_tokens: int = 256
+    # 0: greedy, the likeliest token every time (then top_p, top_k and seed do not apply).
     temperature: float = 0.7
     top_p: float = 0.95
     top_k: int = 40
+    # A repeated token's logit is divided by it (multiplied when negative); 1: none. Which
+    # tokens count as repeated is the engine's choice (llama.cpp: the last 64 generated).
     repeat_penalty: float = 1.1
+    # None: a fresh seed per generation.
     seed: int | None = None
     stop: tuple[str, ...] = ()
     extra: dict[str, Any] = field(default_factory=dict)
