@@ -178,7 +178,9 @@ async def llama_server(binary: str, threads: int, slots: int, system: str) -> As
     process = await asyncio.create_subprocess_exec(
         *command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
-    limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
+    # llama-server closes a connection idle for 5 s (while genmesh's turn runs): one reused just
+    # as it closes ends the request with "Server disconnected", so idle ones are not kept as long.
+    limits = httpx.Limits(max_connections=None, max_keepalive_connections=None, keepalive_expiry=2)
     try:
         async with httpx.AsyncClient(
             base_url=f"http://127.0.0.1:{port}", timeout=600, limits=limits
