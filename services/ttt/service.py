@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import math
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
@@ -116,8 +117,8 @@ def sampling_params(request: common_pb2.GenerateRequest, info: EngineModelInfo) 
         bad.append(FieldViolation("text.top_p", "must be in (0, 1]"))
     if text.HasField("top_k") and text.top_k < 0:
         bad.append(FieldViolation("text.top_k", "must be >= 0"))
-    if text.HasField("repeat_penalty") and text.repeat_penalty <= 0:
-        bad.append(FieldViolation("text.repeat_penalty", "must be > 0"))
+    if text.HasField("repeat_penalty") and not 0 < text.repeat_penalty < math.inf:  # NaN too
+        bad.append(FieldViolation("text.repeat_penalty", "must be a finite number > 0"))
     constraint = structured.constraint(text, bad)
     tool_use = structured.tool_use(text, bad)
     top_logprobs = structured.top_logprobs(text, bad)

@@ -221,6 +221,11 @@ BAD_REQUESTS = {
         grpc.StatusCode.INVALID_ARGUMENT,
         "text.temperature",
     ),
+    "repeat penalty not a number": (
+        text_request("x", parameters=common_pb2.TextParameters(repeat_penalty=float("nan"))),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "text.repeat_penalty",
+    ),
     "task not in the enum": (
         common_pb2.GenerateRequest(task=99, inputs=[common_pb2.InputItem(text="x")]),  # type: ignore[arg-type]
         grpc.StatusCode.INVALID_ARGUMENT,

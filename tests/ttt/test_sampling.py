@@ -1,10 +1,12 @@
 """The batcher's own repeat penalty and greedy argmax sample exactly as llama.cpp's sampler chain
-does: the same texts as a batcher whose chain holds llama.cpp's penalties and greedy samplers."""
+does: the same texts and logprobs as a batcher whose chain holds llama.cpp's penalties and greedy
+samplers, with and without a grammar."""
 
 from __future__ import annotations
 
 import asyncio
 import ctypes
+import re
 import threading
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
@@ -16,13 +18,11 @@ import pytest
 
 from genmesh.ttt import llama_engine
 from genmesh.ttt.batching import PENALTY_LAST_N, Batcher, Sequence
-from genmesh.ttt.engine import ChatMessage, SamplingParams
+from genmesh.ttt.engine import ChatMessage, Constraint, SamplingParams
 from genmesh.ttt.grammar import _TOKEN_DATA
 from genmesh.ttt.llama_engine import LlamaCppEngine
 from genmesh.ttt.models import default_gguf
 from genmesh.ttt.threaded import TokenRun
-
-QUESTIONS = ["List the days of the week, twice.", "Say 'bread' ten times."]
 
 
 class ChainBatcher(Batcher):
@@ -64,29 +64,64 @@ async def engines() -> AsyncIterator[tuple[LlamaCppEngine, LlamaCppEngine]]:
         await engine.unload()
 
 
-async def text(engine: LlamaCppEngine, question: str, params: SamplingParams) -> str:
-    chunks = engine.generate([ChatMessage("user", question)], params)
-    return "".join([chunk.text async for chunk in chunks])
+Logprobs = list[tuple[int, float, tuple[int, ...]]]
 
 
-@pytest.mark.parametrize("question", QUESTIONS)
-@pytest.mark.parametrize(
-    "params",
-    [
-        SamplingParams(temperature=0, max_tokens=80, repeat_penalty=1.5),
-        SamplingParams(temperature=0, max_tokens=80, repeat_penalty=0.8),
-        SamplingParams(temperature=0.9, max_tokens=80, repeat_penalty=1.3, seed=7),
-    ],
-    ids=["greedy", "greedy-favouring-repeats", "seeded"],
-)
-async def test_same_text_as_llama_cpp_samplers(
+async def generation(
+    engine: LlamaCppEngine, question: str, params: SamplingParams
+) -> tuple[str, Logprobs, int]:
+    """The text, each token's logprob with its alternatives' ids, and the tokens generated."""
+    text, logprobs, tokens = "", [], 0
+    async for chunk in engine.generate([ChatMessage("user", question)], params):
+        text += chunk.text
+        tokens += chunk.tokens
+        logprobs += [
+            (p.token_id, p.logprob, tuple(t.token_id for t in p.top)) for p in chunk.logprobs
+        ]
+    return text, logprobs, tokens
+
+
+SPREADS = Constraint(regex="(bread|butter|jam|honey)( (bread|butter|jam|honey)){11}")
+CASES = {
+    # Every one but the grammar's runs past the penalty's window of 64 tokens (checked).
+    "greedy": (
+        "Write a long story about a cat.",
+        SamplingParams(temperature=0, repeat_penalty=1.5),
+    ),
+    "greedy, favouring repeats": (
+        "List the days of the week, twice.",
+        SamplingParams(temperature=0, repeat_penalty=0.8),
+    ),
+    "seeded": (
+        "Write a long story about a cat.",
+        SamplingParams(temperature=0.9, repeat_penalty=1.3, seed=7),
+    ),
+    "grammar, greedy": (
+        "List breakfast spreads.",
+        SamplingParams(temperature=0, repeat_penalty=1.5, constraint=SPREADS),
+    ),
+    "logprobs": (
+        "Describe your favourite city in detail.",
+        SamplingParams(temperature=0, repeat_penalty=1.5, top_logprobs=3),
+    ),
+}
+
+
+@pytest.mark.parametrize(("question", "params"), CASES.values(), ids=CASES.keys())
+async def test_same_output_as_llama_cpp_samplers(
     engines: tuple[LlamaCppEngine, LlamaCppEngine], question: str, params: SamplingParams
 ) -> None:
     ours, chain = engines
-    expected = await text(chain, question, params)
-    assert await text(ours, question, params) == expected
+    params = replace(params, max_tokens=100)
+    expected = await generation(chain, question, params)
+    assert await generation(ours, question, params) == expected
+    text, _, tokens = expected
+    if params.constraint:  # the reference shares the batcher's chain: the grammar is checked here
+        assert re.fullmatch(SPREADS.regex or "", text), text
+    else:
+        assert tokens > PENALTY_LAST_N, f"ended early: {text!r}"
     unpenalised = replace(params, repeat_penalty=1.0)
-    assert await text(chain, question, unpenalised) != expected, "the penalty changed nothing"
+    assert (await generation(chain, question, unpenalised))[0] != text, "the penalty did nothing"
 
 
 async def test_penalty_divides_positive_and_multiplies_negative_logits_as_llama_cpp(
@@ -95,6 +130,7 @@ async def test_penalty_divides_positive_and_multiplies_negative_logits_as_llama_
     """On made-up logits of both signs in the model's own buffer, the batcher's penalty gives
     exactly what llama.cpp's penalties sampler gives, and leaves the buffer as it was."""
     ours, _ = engines
+    await generation(ours, "Hello!", SamplingParams(max_tokens=2))  # logits to write over
     await ours.wait_idle()
     batcher = ours._batcher
     assert batcher is not None
