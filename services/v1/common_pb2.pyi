@@ -669,7 +669,9 @@ class TextParameters(_message.Message):
     top_k: _builtins.int
     """Sample from the k most likely tokens; 0 disables."""
     repeat_penalty: _builtins.float
-    """Penalty for repeated tokens; 1 disables."""
+    """Penalty for repeated tokens, a finite number > 0: a repeated token's logit is divided by it
+    (multiplied when negative); 1 disables.
+    """
     seed: _builtins.int
     """Seed for reproducible sampling; with n choices, choice i uses seed + i, so seed + n - 1
     must fit an int64.

@@ -1321,7 +1321,8 @@ type TextParameters struct {
 	TopP *float32 `protobuf:"fixed32,3,opt,name=top_p,json=topP,proto3,oneof" json:"top_p,omitempty"`
 	// Sample from the k most likely tokens; 0 disables.
 	TopK *int32 `protobuf:"varint,4,opt,name=top_k,json=topK,proto3,oneof" json:"top_k,omitempty"`
-	// Penalty for repeated tokens; 1 disables.
+	// Penalty for repeated tokens, a finite number > 0: a repeated token's logit is divided by it
+	// (multiplied when negative); 1 disables.
 	RepeatPenalty *float32 `protobuf:"fixed32,5,opt,name=repeat_penalty,json=repeatPenalty,proto3,oneof" json:"repeat_penalty,omitempty"`
 	// Seed for reproducible sampling; with n choices, choice i uses seed + i, so seed + n - 1
 	// must fit an int64.
