@@ -360,15 +360,19 @@ class Batcher:
             self._release(sequence)
         outbox.extend((sequence, chunk) for chunk in chunks)
 
+    def _logits(self, index: int) -> np.ndarray:
+        """Output `index`'s logits of the last decode: a view of llama.cpp's own buffer."""
+        return np.ctypeslib.as_array(
+            self._lib.llama_get_logits_ith(self._ctx, index), shape=(self._n_vocab,)
+        )
+
     @contextmanager
     def _penalised(self, sequence: Sequence, index: int) -> Iterator[np.ndarray]:
         """Output `index`'s logits (llama.cpp's own buffer, which the sampler chain reads) with
         the repeat penalty applied as llama.cpp's penalties sampler would (a repeated token's
         logit divided by the penalty, or multiplied when negative, in float32); restored after,
         so logprobs stay the model's."""
-        logits = np.ctypeslib.as_array(
-            self._lib.llama_get_logits_ith(self._ctx, index), shape=(self._n_vocab,)
-        )
+        logits = self._logits(index)
         penalty = np.float32(sequence.run.params.repeat_penalty)
         if not sequence.recent or penalty == 1:
             yield logits
@@ -384,9 +388,7 @@ class Batcher:
     def _logprob(self, index: int, token: int, top: int) -> TokenLogprob:
         """The sampled token's log probability under the model and the `top` likeliest tokens,
         from the logits of the step that sampled it."""
-        logits = np.ctypeslib.as_array(
-            self._lib.llama_get_logits_ith(self._ctx, index), shape=(self._n_vocab,)
-        )
+        logits = self._logits(index)
         logprobs = logits - np.logaddexp.reduce(logits.astype(np.float64))
         best = np.argpartition(-logprobs, top)[:top] if top else np.array([], dtype=int)
         best = best[np.argsort(-logprobs[best])]

@@ -614,6 +614,21 @@ def tools_gbnf(use: ToolUse) -> str:
 _TOKEN_DATA = np.dtype([("id", np.int32), ("logit", np.float32), ("p", np.float32)], align=True)
 
 
+def candidate_array(lib: Any, logits: np.ndarray) -> tuple[np.ndarray, Any]:
+    """`logits` as llama.cpp's candidate array for `llama_sampler_apply`, and the records it
+    points into (which must outlive it; a sampler changes them in place)."""
+    data = np.zeros(len(logits), dtype=_TOKEN_DATA)
+    data["id"] = np.arange(len(logits), dtype=np.int32)
+    data["logit"] = logits
+    candidates = lib.llama_token_data_array(
+        data=data.ctypes.data_as(lib.llama_token_data_p),
+        size=len(logits),
+        selected=-1,
+        sorted=False,
+    )
+    return data, candidates
+
+
 def sample_or_dead_end(lib: Any, sampler: Any, ctx: Any, index: int, n_vocab: int) -> int | None:
     """`llama_sampler_sample(sampler, ctx, index)` without its abort: applies the sampler chain
     (grammar included) to the logits of output `index`, and returns None instead of accepting
@@ -621,12 +636,7 @@ def sample_or_dead_end(lib: Any, sampler: Any, ctx: Any, index: int, n_vocab: in
     llama.cpp would abort the process with "Unexpected empty grammar stack"). Otherwise accepts
     the selected token into the chain, as `llama_sampler_sample` does, and returns it."""
     logits = np.ctypeslib.as_array(lib.llama_get_logits_ith(ctx, index), shape=(n_vocab,))
-    data = np.zeros(n_vocab, dtype=_TOKEN_DATA)
-    data["id"] = np.arange(n_vocab, dtype=np.int32)
-    data["logit"] = logits
-    candidates = lib.llama_token_data_array(
-        data=data.ctypes.data_as(lib.llama_token_data_p), size=n_vocab, selected=-1, sorted=False
-    )
+    _records, candidates = candidate_array(lib, logits)  # the records live until the return
     lib.llama_sampler_apply(sampler, ctypes.byref(candidates))
     if candidates.size == 0 or not 0 <= candidates.selected < candidates.size:
         return None

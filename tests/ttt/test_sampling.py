@@ -19,7 +19,7 @@ import pytest
 from genmesh.ttt import llama_engine
 from genmesh.ttt.batching import PENALTY_LAST_N, Batcher, Sequence
 from genmesh.ttt.engine import ChatMessage, Constraint, SamplingParams
-from genmesh.ttt.grammar import _TOKEN_DATA
+from genmesh.ttt.grammar import candidate_array
 from genmesh.ttt.llama_engine import LlamaCppEngine
 from genmesh.ttt.models import default_gguf
 from genmesh.ttt.threaded import TokenRun
@@ -42,9 +42,7 @@ class ChainBatcher(Batcher):
 
     @contextmanager
     def _penalised(self, sequence: Sequence, index: int) -> Iterator[np.ndarray]:
-        yield np.ctypeslib.as_array(
-            self._lib.llama_get_logits_ith(self._ctx, index), shape=(self._n_vocab,)
-        )
+        yield self._logits(index)
 
 
 async def loaded(monkeypatch: pytest.MonkeyPatch, batcher: type[Batcher]) -> LlamaCppEngine:
@@ -135,7 +133,7 @@ async def test_penalty_divides_positive_and_multiplies_negative_logits_as_llama_
     batcher = ours._batcher
     assert batcher is not None
     lib, n_vocab = batcher._lib, batcher._n_vocab
-    buffer = np.ctypeslib.as_array(lib.llama_get_logits_ith(batcher._ctx, -1), shape=(n_vocab,))
+    buffer = batcher._logits(-1)
     made_up = np.random.default_rng(0).normal(0, 4, n_vocab).astype(np.float32)
     buffer[:] = made_up
     recent = [int(t) for t in np.argsort(made_up)[::997]]  # from the most negative up
@@ -147,15 +145,7 @@ async def test_penalty_divides_positive_and_multiplies_negative_logits_as_llama_
         got = penalised.copy()
     assert np.array_equal(buffer, made_up), "the model's logits were not restored"
 
-    candidates = np.zeros(n_vocab, dtype=_TOKEN_DATA)
-    candidates["id"] = np.arange(n_vocab, dtype=np.int32)
-    candidates["logit"] = made_up
-    array = lib.llama_token_data_array(
-        data=candidates.ctypes.data_as(lib.llama_token_data_p),
-        size=n_vocab,
-        selected=-1,
-        sorted=False,
-    )
+    candidates, array = candidate_array(lib, made_up)
     sampler = lib.llama_sampler_init_penalties(n_vocab, PENALTY_LAST_N, 1.7, 0, 0)
     for token in sequence.recent:
         lib.llama_sampler_accept(sampler, token)
