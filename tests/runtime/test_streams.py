@@ -20,6 +20,17 @@ def delta(text: str = "", thoughts: str = "") -> common_pb2.StreamEvent:
     return common_pb2.StreamEvent(text_delta=common_pb2.TextDelta(text=text, thoughts=thoughts))
 
 
+async def text_before(
+    events: AsyncIterator[common_pb2.StreamEvent], error: type[Exception], match: str
+) -> str:
+    """The text `coalesced(events)` gave before it raised `error`."""
+    received: list[common_pb2.StreamEvent] = []
+    with pytest.raises(error, match=match):
+        async for event in coalesced(events):
+            received.append(event)
+    return text_of(received)
+
+
 async def source(
     events: list[common_pb2.StreamEvent], closed: list[bool]
 ) -> AsyncIterator[common_pb2.StreamEvent]:
@@ -63,11 +74,7 @@ async def test_an_error_comes_after_the_events_before_it() -> None:
         yield delta("b")
         raise RuntimeError("backend gone")
 
-    received: list[common_pb2.StreamEvent] = []
-    with pytest.raises(RuntimeError, match="backend gone"):
-        async for event in coalesced(failing()):
-            received.append(event)
-    assert text_of(received) == "ab"
+    assert await text_before(failing(), RuntimeError, "backend gone") == "ab"
 
 
 async def test_closing_early_closes_the_source() -> None:
@@ -92,11 +99,7 @@ async def test_a_source_cancelled_from_within_is_unavailable_not_a_clean_end() -
         yield delta("a")
         raise asyncio.CancelledError  # e.g. its own call cancelled under it
 
-    received: list[common_pb2.StreamEvent] = []
-    with pytest.raises(ServiceError, match="cancelled"):
-        async for event in coalesced(cut()):
-            received.append(event)
-    assert text_of(received) == "a"
+    assert await text_before(cut(), ServiceError, "cancelled") == "a"
 
 
 async def test_the_reader_stops_once_enough_text_waits() -> None:
