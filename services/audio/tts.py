@@ -100,9 +100,12 @@ class PiperTTS:
             raise SpeechInputError("speech.speed", f"speed must be in {MIN_SPEED}..{MAX_SPEED}")
         if options.noise is not None and not 0.0 <= options.noise <= MAX_NOISE:
             raise SpeechInputError("speech.noise", f"noise must be in 0..{MAX_NOISE}")
+        if "\x00" in text:
+            raise SpeechInputError("inputs", "the text has a NUL character")
         sentences = split_sentences(text)
-        if not sentences:
-            raise SpeechInputError("inputs", "no text to speak")
+        # Punctuation alone ("...", "-") has no phonemes: Piper would answer with no audio.
+        if not any(any(self.voice.phonemize(s)) for s in sentences):
+            raise SpeechInputError("inputs", "no text to speak: the text has no words")
         return sentences
 
     def synthesize(self, sentence: str, options: SpeechOptions) -> Sentence:

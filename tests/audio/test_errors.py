@@ -19,6 +19,9 @@ from tests.audio.conftest import (
 
 BAD_REQUESTS = {
     "empty text": (speech_request("  \n "), "inputs"),
+    # Punctuation alone has no phonemes: Piper answered it with no audio at all.
+    "no words": (speech_request("... … ?!"), "inputs"),
+    "NUL character": (speech_request("Hello\x00there."), "inputs"),
     "unknown format": (speech_request("Hello.", format=9), "speech.format"),
     "opus rate": (
         speech_request("Hello.", format=common_pb2.AUDIO_FORMAT_OGG_OPUS, sample_rate=22050),
