@@ -16,6 +16,7 @@ import numpy.typing as npt
 import soundfile as sf
 import soxr
 
+from genmesh.runtime import media
 from genmesh.v1 import common_pb2
 
 Samples = npt.NDArray[np.float32]
@@ -27,20 +28,10 @@ PCM_MIME = "audio/pcm"
 #: Raw PCM media types and their sample layout.
 RAW_PCM = {PCM_MIME: "<i2", "audio/l16": ">i2"}
 
-#: Media types accepted for whole-file transcription, by container.
+#: Media types accepted for whole-file transcription, by container (their aliases too:
+#: `media.canonical`). MP4 (M4A) and WebM are what phones and browsers record.
 DECODABLE_MIME_TYPES = frozenset(
-    {
-        "audio/wav",
-        "audio/x-wav",
-        "audio/wave",
-        "audio/vnd.wave",
-        "audio/flac",
-        "audio/x-flac",
-        "audio/mpeg",
-        "audio/mp3",
-        "audio/ogg",
-        "audio/opus",
-    }
+    {"audio/wav", "audio/flac", "audio/mpeg", "audio/ogg", "audio/mp4", "audio/webm"}
 )
 
 
@@ -149,6 +140,7 @@ def decode(data: bytes, mime: str, rate: int = WHISPER_RATE) -> Samples:
     Raises CodecError for unsupported media types and for bytes FFmpeg cannot decode.
     """
     kind, params = media_type(mime)
+    kind = media.canonical(kind)
     if kind in RAW_PCM:
         return resample(pcm_to_float(data, kind), pcm_rate(params), rate)
     if kind not in DECODABLE_MIME_TYPES:

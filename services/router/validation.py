@@ -7,24 +7,10 @@ import uuid
 
 from google.protobuf import struct_pb2
 
-from genmesh.runtime import errors
+from genmesh.runtime import errors, media
 from genmesh.runtime.errors import FieldViolation
 from genmesh.v1 import common_pb2
 
-# Media types the mesh understands, with the leading bytes a real payload of that type has.
-SIGNATURES: dict[str, tuple[bytes, ...]] = {
-    "image/png": (b"\x89PNG\r\n\x1a\n",),
-    "image/jpeg": (b"\xff\xd8\xff",),
-    "image/webp": (b"RIFF",),
-    "audio/wav": (b"RIFF",),
-    "audio/x-wav": (b"RIFF",),
-    "audio/wave": (b"RIFF",),
-    "audio/flac": (b"fLaC",),
-    "audio/ogg": (b"OggS",),
-    "audio/mpeg": (b"ID3", b"\xff\xfb", b"\xff\xf3", b"\xff\xf2"),
-    "audio/l16": (b"",),
-    "application/pdf": (b"%PDF",),
-}
 KIND_PREFIX = {
     common_pb2.CONTENT_KIND_TEXT: ("text/",),
     common_pb2.CONTENT_KIND_IMAGE: ("image/",),
@@ -118,10 +104,10 @@ def _item_violations(index: int, item: common_pb2.InputItem) -> list[FieldViolat
             return [FieldViolation(f"{where}.mime_type", "is required for bytes payloads")]
         if not item.data:
             return [FieldViolation(f"{where}.data", "is empty")]
-        signatures = SIGNATURES.get(mime)
-        if signatures is None:
+        valid = media.matches(mime, item.data)
+        if valid is None:
             return [FieldViolation(f"{where}.mime_type", f"unsupported media type '{mime}'")]
-        if not item.data.startswith(signatures):
+        if not valid:
             return [FieldViolation(f"{where}.data", f"is not valid {mime} data")]
     if payload == "text" and item.kind not in (
         common_pb2.CONTENT_KIND_UNSPECIFIED,
@@ -150,5 +136,10 @@ def check_request(
     for index, item in enumerate(request.inputs):
         violations.extend(_item_violations(index, item))
     violations.extend(json_violations("extra", request.extra))
+    if request.text.constraint.HasField("json_schema"):
+        schema = request.text.constraint.json_schema
+        violations.extend(json_violations("text.constraint.json_schema", schema))
+    for index, tool in enumerate(request.text.tools):
+        violations.extend(json_violations(f"text.tools[{index}].parameters", tool.parameters))
     if violations:
         raise errors.invalid_argument("invalid request", *violations)

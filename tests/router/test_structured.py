@@ -5,6 +5,7 @@ request over REST through the gateway."""
 from __future__ import annotations
 
 import json
+import math
 import re
 from pathlib import Path
 from typing import Any
@@ -479,6 +480,12 @@ async def test_echo_accepts_a_tool_result_history(client: Client) -> None:
         ({"n": 17}, "text.n"),
         ({"logprobs": True, "top_logprobs": 21}, "text.top_logprobs"),
         ({"top_logprobs": 2}, "text.top_logprobs"),
+        # JSON has no NaN or infinity; ttt failed to read these back (502 at the OpenAI edge).
+        ({"constraint": json_schema({"maximum": math.nan})}, "text.constraint.json_schema"),
+        (
+            {"tools": [tool("f", "", {"type": "object", "maximum": -math.inf})]},
+            "text.tools[0].parameters",
+        ),
     ],
 )
 async def test_bad_input_names_the_field(
