@@ -25,10 +25,12 @@ import grpc
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from google.protobuf import message
 from starlette.exceptions import HTTPException
 
 from genmesh.client import error_details
 from genmesh.edge.mesh import ClientGoneError
+from genmesh.runtime import values
 from genmesh.v1 import common_pb2
 
 log = logging.getLogger(__name__)
@@ -173,19 +175,27 @@ def too_large(param: str | None, limit: int) -> OpenAIError:
 def from_rpc(error: grpc.aio.AioRpcError, params: Params = TEXT_PARAMS) -> OpenAIError:
     """A failed router call as the HTTP client should see it."""
     details = error_details(error)
-    if details.code == Code.RESOURCE_EXHAUSTED and SENT_TOO_LARGE in details.message:
+    if details.reason == "REQUEST_TOO_LARGE" or (
+        details.code == Code.RESOURCE_EXHAUSTED and SENT_TOO_LARGE in details.message
+    ):
         return OpenAIError(413, "the request is too large for the mesh", code="request_too_large")
     if details.code == Code.RESOURCE_EXHAUSTED and RECEIVED_TOO_LARGE in details.message:
         status, kind = UPSTREAM
         return OpenAIError(status, "the answer is too large for the edge", kind)
     status, kind = STATUSES.get(details.code, UPSTREAM)
-    param = params.of(next(iter(details.violations))) if details.violations else None
+    message = details.message or details.code.name
+    param = None
+    if details.violations:
+        # The router's message is the whole request's ("invalid request"); its first violation
+        # says what is wrong, in the client's names.
+        field, problem = next(iter(details.violations.items()))
+        param = params.of(field)
+        message = f"{message}: {param}: {problem}"
     headers = {}
     if status in (429, 503):
         delay = DEFAULT_RETRY_AFTER if details.retry_after is None else details.retry_after
         headers["Retry-After"] = str(max(1, math.ceil(delay)))
     code = REASONS.get(details.reason, details.reason.lower() or None)
-    message = details.message or details.code.name
     if status == 503:
         message = UNAVAILABLE_MESSAGE
     return OpenAIError(status, message, kind, param, code, headers)
@@ -193,12 +203,16 @@ def from_rpc(error: grpc.aio.AioRpcError, params: Params = TEXT_PARAMS) -> OpenA
 
 @contextmanager
 def out_of_range(param: str | None = None) -> Iterator[None]:
-    """A value protobuf refuses while a request is built (a bound the request model missed)
-    is the client's 400, not the edge's 500."""
+    """A value protobuf refuses while a request is built (a bound the request model missed, a
+    string with a lone surrogate, which JSON can carry and UTF-8 cannot, a JSON value nested
+    too deep for a message) is the client's 400, not the edge's 500."""
     try:
         yield
-    except (ValueError, TypeError) as exc:
-        raise OpenAIError(400, f"a parameter is out of range: {exc}", param=param) from None
+    except values.InvalidValueError as exc:
+        raise OpenAIError(400, str(exc), param=param) from None
+    except (ValueError, TypeError, OverflowError, message.Error) as exc:
+        where = param or "a parameter"
+        raise OpenAIError(400, f"{where} cannot be sent: {exc}", param=param) from None
 
 
 @contextmanager

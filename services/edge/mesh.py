@@ -9,9 +9,11 @@ from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
+import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from starlette.requests import Request
 
+from genmesh.client import error_details
 from genmesh.runtime.channel import connect
 from genmesh.v1 import (
     catalog_pb2_grpc,
@@ -46,6 +48,39 @@ class Caller:
         return (("x-api-key", self.key),) if self.key else ()
 
 
+class Batch:
+    """The router calls of one HTTP request (a list of prompts). A call refused because its
+    binding's queue is full while another call of the batch runs waits for that one to end and
+    is made again, so a batch larger than the binding's queue is served in waves instead of
+    being refused because of itself; refused with none of the batch running, it fails (429)."""
+
+    def __init__(self) -> None:
+        self.running = 0
+        self._ended = asyncio.Event()
+
+    def start(self) -> None:
+        self.running += 1
+
+    def end(self, admitted: bool) -> None:
+        self.running -= 1
+        if admitted:
+            self._ended.set()
+            self._ended = asyncio.Event()
+
+    async def retry_after(self, error: grpc.aio.AioRpcError) -> None:
+        """Returns when a call of the batch has ended, if `error` is a full queue and one runs;
+        else raises `error`."""
+        if self.running == 0 or not queue_full(error):
+            raise error
+        await self._ended.wait()
+
+
+def queue_full(error: grpc.aio.AioRpcError) -> bool:
+    return error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and (
+        error_details(error).reason == "QUEUE_FULL"
+    )
+
+
 class Mesh:
     """The router's public services over one channel shared by every request."""
 
@@ -77,38 +112,67 @@ class Mesh:
     async def generate_all(
         self, requests: Sequence[common_pb2.GenerateRequest], caller: Caller
     ) -> list[common_pb2.GenerateResponse]:
-        """Every request at once; the first failure cancels the others."""
-        tasks = [
-            asyncio.ensure_future(
-                self.generation.Generate(r, metadata=caller.metadata, timeout=caller.deadline)
-            )
-            for r in requests
-        ]
+        """Every request at once (in waves if their binding's queue is shorter); the first
+        failure cancels the others."""
+        batch = Batch()
+        tasks = [asyncio.ensure_future(self.generate(r, caller, batch)) for r in requests]
         try:
             return list(await asyncio.gather(*tasks))
         finally:
             for task in tasks:
                 task.cancel()
 
+    async def generate(
+        self, request: common_pb2.GenerateRequest, caller: Caller, batch: Batch
+    ) -> common_pb2.GenerateResponse:
+        while True:
+            batch.start()
+            admitted = False
+            try:
+                response = await self.generation.Generate(
+                    request, metadata=caller.metadata, timeout=caller.deadline
+                )
+                admitted = True
+                return response
+            except grpc.aio.AioRpcError as error:
+                refused = error
+            finally:
+                batch.end(admitted)
+            await batch.retry_after(refused)
+
     async def stream(
-        self, request: common_pb2.GenerateRequest, caller: Caller
+        self, request: common_pb2.GenerateRequest, caller: Caller, batch: Batch | None = None
     ) -> AsyncGenerator[common_pb2.StreamEvent, None]:
         """No deadline: a stream lasts as long as its client keeps reading."""
-        call = self.generation.GenerateStream(
-            generation_pb2.GenerateStreamRequest(request=request), metadata=caller.metadata
-        )
-        try:
-            async for response in call:
-                yield response.event
-        finally:
-            call.cancel()
+        batch = batch or Batch()
+        while True:
+            call = self.generation.GenerateStream(
+                generation_pb2.GenerateStreamRequest(request=request), metadata=caller.metadata
+            )
+            batch.start()
+            admitted = False
+            try:
+                async for response in call:
+                    admitted = True
+                    yield response.event
+                admitted = True
+                return
+            except grpc.aio.AioRpcError as error:
+                if admitted:
+                    raise
+                refused = error
+            finally:
+                call.cancel()
+                batch.end(admitted)
+            await batch.retry_after(refused)
 
     async def open_streams(
         self, requests: Sequence[common_pb2.GenerateRequest], caller: Caller
     ) -> AsyncGenerator[Indexed, None]:
         """The requests' events as (request index, event), merged as they come: a choice whose
         generation waits in a queue holds back none of the others."""
-        merged = merge([self.stream(r, caller) for r in requests])
+        batch = Batch()
+        merged = merge([self.stream(r, caller, batch) for r in requests])
         async with aclosing(merged):
             async for item in merged:
                 yield item

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import math
 import time
 import uuid
 from typing import Any
@@ -126,6 +127,125 @@ def test_out_of_range_numbers_are_400_naming_them(
     assert answer.json()["error"]["param"] == param
 
 
+def nested(depth: int) -> dict[str, Any]:
+    schema: dict[str, Any] = {"type": "object"}
+    for _ in range(depth):
+        schema = {"type": "object", "properties": {"a": schema}}
+    return schema
+
+
+def tool(parameters: dict[str, Any]) -> dict[str, Any]:
+    return {"type": "function", "function": {"name": "f", "parameters": parameters}}
+
+
+def schema_format(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"type": "json_schema", "json_schema": {"name": "s", "schema": schema}}
+
+
+LONE = "hi \ud83d"  # half of an emoji: JSON carries it, UTF-8 and protobuf cannot
+CALL = {"id": "c1", "type": "function", "function": {"name": "f", "arguments": LONE}}
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "param"),
+    [
+        ("/v1/chat/completions", {"messages": [{"role": "user", "content": LONE}]}, "messages[0]"),
+        (
+            "/v1/chat/completions",
+            {"messages": [{"role": "user", "content": [{"type": "text", "text": LONE}]}]},
+            "messages[0]",
+        ),
+        (
+            "/v1/chat/completions",
+            {"messages": [*USER, {"role": "assistant", "tool_calls": [CALL]}]},
+            "messages[1]",
+        ),
+        (
+            "/v1/chat/completions",
+            {"messages": [*USER, {"role": "tool", "tool_call_id": LONE, "content": "x"}]},
+            "messages[1]",
+        ),
+        (
+            "/v1/chat/completions",
+            {
+                "messages": [
+                    {"role": "user", "content": [{"type": "image_url", "image_url": {"url": LONE}}]}
+                ]
+            },
+            "messages[0].content[0].image_url.url",
+        ),
+        ("/v1/chat/completions", {"messages": USER, "personality": LONE}, "personality"),
+        ("/v1/completions", {"prompt": LONE}, "prompt"),
+        ("/v1/completions", {"prompt": ["ok", LONE]}, "prompt"),
+        ("/v1/images/generations", {"prompt": LONE}, "prompt"),
+        # Nested deeper than a protobuf message may be, a number JSON has no room for, and the
+        # literals Python's JSON reads but JSON has not.
+        (
+            "/v1/chat/completions",
+            {"messages": USER, "response_format": schema_format(nested(40))},
+            "response_format",
+        ),
+        (
+            "/v1/chat/completions",
+            {"messages": USER, "tools": [tool(nested(40))]},
+            "tools[0].function.parameters",
+        ),
+        (
+            "/v1/chat/completions",
+            {"messages": USER, "response_format": schema_format({"maximum": 10**400})},
+            "response_format",
+        ),
+        (
+            "/v1/chat/completions",
+            {"messages": USER, "response_format": schema_format({"maximum": math.nan})},
+            "response_format",
+        ),
+        (
+            "/v1/chat/completions",
+            {"messages": USER, "tools": [tool({"type": "object", "maximum": math.inf})]},
+            "tools[0].function.parameters",
+        ),
+        ("/v1/chat/completions", {"messages": [{"role": "user", "content": None}]}, ""),
+        ("/v1/images/generations", {"prompt": "x", "size": "0x0"}, "size"),
+    ],
+)
+def test_values_protobuf_cannot_carry_are_400_naming_them(
+    edge: ServiceProcess, path: str, body: dict[str, Any], param: str
+) -> None:
+    """Each of these was a 500 or a 502 (which SDKs retry), or, for a user message with no
+    content, a 200 OpenAI does not give."""
+    answer = raw(edge, "POST", path, json.dumps({"model": "echo", **body}).encode())
+    assert answer.status == 400, answer.body
+    error = answer.json()["error"]
+    assert error["param"] == (param or "messages[0].content"), error
+    assert error["type"] == "invalid_request_error"
+
+
+def test_a_request_over_the_routers_limit_is_413_as_over_the_edges(edge: ServiceProcess) -> None:
+    """9 MiB: within the edge's body limit (16 MiB), over the router's request limit (8 MiB),
+    which it answered with a 400 where a larger body got a 413."""
+    huge = [{"role": "user", "content": "x" * (9 << 20)}]
+    answer = raw(
+        edge,
+        "POST",
+        "/v1/chat/completions",
+        json.dumps({"model": "echo", "messages": huge}).encode(),
+    )
+    assert answer.status == 413, answer.body
+    assert answer.json()["error"]["code"] == "request_too_large"
+
+
+@pytest.mark.parametrize("model", ["/", "/echo", "//echo"])
+def test_a_model_name_without_a_binding_is_404_not_the_default(
+    edge: ServiceProcess, model: str
+) -> None:
+    body = json.dumps({"model": model, "messages": USER}).encode()
+    answer = raw(edge, "POST", "/v1/chat/completions", body)
+    assert answer.status == 404, answer.body
+    assert answer.json()["error"]["param"] == "model"
+    assert raw(edge, "GET", f"/v1/models/{model}").status == 404
+
+
 def test_seeds_of_every_choice_must_fit(client: OpenAI) -> None:
     """Choice i samples with seed + i: the largest seed takes one choice, the next one two."""
     completion = client.chat.completions.create(model="echo", messages=USER, seed=2**63 - 1)
@@ -143,6 +263,8 @@ def test_seeds_of_every_choice_must_fit(client: OpenAI) -> None:
         {"Authorization": "Bearer gm-bad\tkey"},
         {"Authorization": "Bearer gm-bad\xe9key"},
         {"Authorization": "", "x-api-key": "gm-bad\tkey"},
+        # Too long to travel as gRPC metadata: the router's refusal read as a 429 to retry.
+        {"Authorization": "Bearer gm-" + "k" * 20_000},
     ],
 )
 def test_a_key_with_control_or_non_ascii_characters_is_401(
@@ -257,6 +379,33 @@ def test_full_binding_is_429_with_retry_after(client: OpenAI) -> None:
         holder.close()
 
 
+@pytest.mark.parametrize("stream", [False, True])
+def test_more_prompts_than_the_binding_admits_are_served_in_waves(
+    client: OpenAI, stream: bool
+) -> None:
+    """`busy` admits one generation: a list of three prompts was refused by its own first
+    prompt (429 with Retry-After, every time, on an idle mesh)."""
+    prompts = ["ab", "cd", "ef"]
+    if stream:
+        chunks = list(client.completions.create(model="busy", prompt=prompts, stream=True))
+        texts = {
+            i: "".join(c.choices[0].text for c in chunks if c.choices[0].index == i)
+            for i in range(3)
+        }
+    else:
+        completion = client.completions.create(model="busy", prompt=prompts)
+        texts = {c.index: c.text for c in completion.choices}
+    assert texts == dict(enumerate(prompts))
+    # Held by another client, the binding still refuses the batch rather than making it wait.
+    holder = client.chat.completions.create(model="busy", messages=LONG, stream=True)
+    try:
+        next(iter(holder))
+        with pytest.raises(openai.RateLimitError):
+            client.completions.create(model="busy", prompt=prompts, stream=stream)
+    finally:
+        holder.close()
+
+
 def test_deadline_from_the_client_timeout_is_504(edge: ServiceProcess) -> None:
     """The SDK says how long it waits; the generation stops a little before, so the client
     hears why instead of timing out."""
@@ -264,6 +413,14 @@ def test_deadline_from_the_client_timeout_is_504(edge: ServiceProcess) -> None:
         client.chat.completions.create(model="slow", messages=LONG, max_tokens=1000)
     assert caught.value.status_code == 504
     assert error_of(caught)["type"] == "timeout_error"
+
+
+def test_a_client_timeout_of_centuries_is_no_deadline(edge: ServiceProcess) -> None:
+    """It overflowed gRPC's deadline, which then had already passed: an instant 504."""
+    body = json.dumps({"model": "echo", "messages": USER}).encode()
+    headers = {"x-stainless-read-timeout": "1e10"}
+    answer = raw(edge, "POST", "/v1/chat/completions", body, headers)
+    assert answer.status == 200, answer.body
 
 
 def test_a_stream_outlasts_the_sdk_read_timeout(edge: ServiceProcess) -> None:

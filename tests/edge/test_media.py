@@ -6,7 +6,8 @@ from __future__ import annotations
 import base64
 import io
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import av
 import openai
@@ -211,6 +212,45 @@ def test_speech_then_transcription(media: OpenAI, fmt: str) -> None:
         arrow = next(line for line in lines if "-->" in line)
         assert (arrow[8] == ",") == (fmt == "srt")
         assert lines[0] == ("1" if fmt == "srt" else "WEBVTT")
+
+
+def recorded(wav: bytes, muxer: str, encoder: str, rate: int) -> bytes:
+    """`wav` as a phone or browser records it (M4A, WebM Opus, MP3)."""
+    out = io.BytesIO()
+    with av.open(io.BytesIO(wav), "r") as source, av.open(out, "w", format=muxer) as target:
+        stream = target.add_stream(encoder, rate=rate)
+        assert isinstance(stream, av.AudioStream)
+        resampler = av.AudioResampler(format=stream.format.name, layout="mono", rate=rate)
+        for frame in source.decode(audio=0):
+            for piece in resampler.resample(frame):
+                target.mux(stream.encode(piece))
+        target.mux(stream.encode(None))
+    return out.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("container", "upload"),
+    [
+        # The SDK's `file=bytes`: no name, application/octet-stream.
+        (("wav", "pcm_s16le", 22050), lambda data: data),
+        (("ipod", "aac", 22050), lambda data: ("voice", data, "audio/x-m4a")),
+        (("webm", "libopus", 48000), lambda data: ("clip.webm", data, "audio/webm")),
+        (("mp3", "libmp3lame", 22050), lambda data: ("speech", data, "audio/mp3")),
+    ],
+    ids=["unnamed-wav", "m4a", "webm", "mp3-alias"],
+)
+def test_transcription_reads_what_phones_browsers_and_sdks_send(
+    media: OpenAI, container: tuple[str, str, int], upload: Callable[[bytes], Any]
+) -> None:
+    """Each of these was a 400 ("invalid request"): an unnamed upload had no type, and these
+    types or their other names were not read."""
+    speech = media.audio.speech.create(
+        model="tts-1", voice="alloy", input=TEXT, response_format="wav"
+    ).content
+    result = media.audio.transcriptions.create(
+        model="whisper-1", file=upload(recorded(speech, *container))
+    )
+    assert word_error_rate(TEXT, result.text) <= 0.15, result.text
 
 
 def test_audio_errors_name_the_parameter(media: OpenAI) -> None:

@@ -4,7 +4,6 @@ parameters genmesh does not serve yet, and SSE responses."""
 from __future__ import annotations
 
 import json
-import math
 import mimetypes
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Mapping
@@ -20,6 +19,7 @@ from genmesh.edge import errors
 from genmesh.edge.mesh import Caller, Mesh, Prefetched, unless_disconnected
 from genmesh.edge.settings import EdgeSettings
 from genmesh.edge.sse import EventStream, frame
+from genmesh.runtime import media
 from genmesh.v1 import common_pb2
 
 REQUEST_ID = "x-request-id"
@@ -56,15 +56,20 @@ async def settings(request: Request) -> EdgeSettings:
 
 # The official OpenAI SDKs send their read timeout (seconds) in this header.
 CLIENT_TIMEOUT = "x-stainless-read-timeout"
+# Longer timeouts mean no deadline (gRPC's deadline overflows for timeouts of centuries).
+MAX_CLIENT_TIMEOUT_S = 7 * 24 * 3600.0
+# Longer keys are no one's (genmesh makes keys of tens of characters); one of many KiB fails as
+# gRPC metadata with an error that reads like an overload.
+MAX_KEY_LENGTH = 1024
 
 
 async def caller(request: Request) -> Caller:
     """The key from `Authorization: Bearer` (or `x-api-key`), the request id the edge's
     middleware made sure of, and how long the client waits, when it says so. A key that could
-    not travel as gRPC metadata (control or non-ASCII characters) is refused here."""
+    not travel as gRPC metadata (control or non-ASCII characters, or too many) is refused here."""
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
     key = (token.strip() if scheme.lower() == "bearer" else "") or request.headers.get("x-api-key")
-    if key and not (key.isascii() and key.isprintable()):
+    if key and not (key.isascii() and key.isprintable() and len(key) <= MAX_KEY_LENGTH):
         raise errors.OpenAIError(
             401, "the API key is not valid", "authentication_error", code="invalid_api_key"
         )
@@ -72,7 +77,7 @@ async def caller(request: Request) -> Caller:
         timeout = float(request.headers.get(CLIENT_TIMEOUT, ""))
     except ValueError:
         timeout = None
-    if timeout is not None and not 0 < timeout < math.inf:
+    if timeout is not None and not 0 < timeout <= MAX_CLIENT_TIMEOUT_S:
         timeout = None
     return Caller(key or None, request.headers[REQUEST_ID], timeout)
 
@@ -100,9 +105,13 @@ def fit(requests: Iterable[common_pb2.GenerateRequest], mesh: Mesh, params: erro
 
 
 def binding_and_model(name: str | None, aliases: Mapping[str, str]) -> tuple[str, str]:
-    """`binding`, `binding/model`, or an alias of one (empty: the task's default binding)."""
-    name = aliases.get(name or "", name or "")
-    binding, _, model = name.partition("/")
+    """`binding`, `binding/model`, or an alias of one (empty: the task's default binding).
+    A name with an empty binding (`/`, `/model`) is no model's: 404, not the default."""
+    name = name or ""
+    binding, _, model = aliases.get(name, name).partition("/")
+    if name and name not in aliases and not binding:
+        message = f"the model '{name}' does not exist: models are named binding or binding/model"
+        raise errors.OpenAIError(404, message, "not_found_error", "model", "model_not_found")
     return binding, model
 
 
@@ -177,7 +186,7 @@ def form_fields(form: FormData, model: type[M]) -> M:
 @dataclass(frozen=True)
 class Upload:
     data: bytes
-    # The type the client declared, else the one its file name implies ("" if neither).
+    # The type the client declared, else the one its bytes or file name show ("" if none).
     mime_type: str
 
 
@@ -198,7 +207,8 @@ async def upload(
     if file.size is None or file.size > max_bytes:
         raise errors.too_large(param, max_bytes)
     data = await file.read()
-    declared = (file.content_type or "").lower()
+    declared = media.canonical(file.content_type or "")
     if declared in ("", "application/octet-stream"):
-        declared = mimetypes.guess_type(file.filename or "")[0] or ""
+        # SDKs send bytes without a name as application/octet-stream: the bytes say what they are.
+        declared = media.sniff(data) or mimetypes.guess_type(file.filename or "")[0] or ""
     return Upload(data, declared)

@@ -72,6 +72,8 @@ class ImageRequest(OpenAIRequest):
             if not matched:
                 raise errors.invalid("size", "size: must be WIDTHxHEIGHT, e.g. 64x64, or auto")
             width, height = int(matched.group(1)), int(matched.group(2))
+            if not (width and height):
+                raise errors.invalid("size", "size: width and height must be at least 1")
         with errors.out_of_range():
             return self._parameters(width, height)
 
@@ -115,7 +117,10 @@ def open_image(data: bytes, param: str) -> Image.Image:
         if image.width * image.height > MAX_PIXELS:
             raise errors.invalid(param, f"{param}: more than {MAX_PIXELS} pixels")
         image.load()
-    except (UnidentifiedImageError, Image.DecompressionBombError) as exc:
+    except UnidentifiedImageError:
+        known = ", ".join(INPUT_FORMATS)
+        raise errors.invalid(param, f"{param}: not an image in a known format ({known})") from None
+    except Image.DecompressionBombError as exc:
         raise errors.invalid(param, f"{param}: not a usable image ({exc})") from None
     except (OSError, ValueError, SyntaxError) as exc:
         raise errors.invalid(param, f"{param}: not a readable image ({exc})") from None

@@ -41,6 +41,7 @@ from genmesh.edge.openai.common import (
     reject_unsupported,
     routed_id,
 )
+from genmesh.runtime import values
 from genmesh.v1 import common_pb2
 
 router = APIRouter()
@@ -125,19 +126,19 @@ class TextRequest(OpenAIRequest):
         binding, model = binding_and_model(self.model, aliases)
         with errors.out_of_range():
             parameters = self.parameters()
-        requests = [
-            common_pb2.GenerateRequest(
-                task=common_pb2.TASK_TEXT,
-                binding=binding,
-                model=model,
-                personality=self.personality,
-                inputs=inputs,
-                text=parameters,
+        with errors.out_of_range("model"):
+            shared = common_pb2.GenerateRequest(
+                task=common_pb2.TASK_TEXT, binding=binding, model=model, text=parameters
             )
-            for inputs in prompts
-        ]
-        for index, request in enumerate(requests):
-            request.request_id = routed_id(request_id, index, len(requests))
+        with errors.out_of_range("personality"):
+            shared.personality = self.personality
+        requests = []
+        for index, inputs in enumerate(prompts):
+            request = common_pb2.GenerateRequest()
+            request.CopyFrom(shared)
+            request.inputs.extend(inputs)
+            request.request_id = routed_id(request_id, index, len(prompts))
+            requests.append(request)
         return requests
 
     def parameters(self) -> common_pb2.TextParameters:
@@ -210,6 +211,22 @@ class Message(OpenAIRequest):
     def images(self) -> list[ImagePart]:
         parts = self.content if isinstance(self.content, list) else []
         return [p for p in parts if isinstance(p, ImagePart)]
+
+    def item(self) -> common_pb2.InputItem:
+        """The message's text and tool calls as one input (raises ValueError for a string
+        protobuf cannot carry)."""
+        item = common_pb2.InputItem(kind=common_pb2.CONTENT_KIND_TEXT, role=ROLES[self.role])
+        if self.role == "tool":
+            item.tool_call_id = self.tool_call_id or ""
+        calls = [
+            common_pb2.ToolCall(id=c.id, name=c.function.name, arguments=c.function.arguments)
+            for c in self.tool_calls or ()
+        ]
+        item.tool_calls.extend(calls)
+        text = self.text()
+        if text or not calls:
+            item.text = text
+        return item
 
 
 class JsonSchemaFormat(OpenAIRequest):
@@ -305,7 +322,8 @@ class ChatRequest(TextRequest):
                 schema = form.json_schema.schema_
         constraint = common_pb2.OutputConstraint()
         with errors.out_of_range("response_format"):
-            constraint.json_schema.update(schema)
+            where = "response_format.json_schema.schema"
+            constraint.json_schema.CopyFrom(values.struct_from_py(schema, where))
         constraint.json_schema.SetInParent()
         return constraint
 
@@ -315,8 +333,11 @@ class ChatRequest(TextRequest):
             function = tool.function
             definition = common_pb2.Tool(name=function.name, description=function.description)
             if function.parameters:
-                with errors.out_of_range(f"tools[{index}].function.parameters"):
-                    definition.parameters.update(function.parameters)
+                where = f"tools[{index}].function.parameters"
+                with errors.out_of_range(where):
+                    definition.parameters.CopyFrom(
+                        values.struct_from_py(function.parameters, where)
+                    )
             definitions.append(definition)
         return definitions
 
@@ -337,20 +358,12 @@ class ChatRequest(TextRequest):
                 raise errors.unsupported(f"{at}.function_call", "is not supported: use tool_calls")
             if message.tool_calls and message.role != "assistant":
                 raise errors.invalid(f"{at}.tool_calls", "only assistant messages make tool calls")
-            item = common_pb2.InputItem(kind=common_pb2.CONTENT_KIND_TEXT, role=ROLES[message.role])
-            if message.role == "tool":
-                if not message.tool_call_id:
-                    raise errors.invalid(f"{at}.tool_call_id", "tool messages name their call")
-                item.tool_call_id = message.tool_call_id
-            calls = [
-                common_pb2.ToolCall(id=c.id, name=c.function.name, arguments=c.function.arguments)
-                for c in message.tool_calls or ()
-            ]
-            item.tool_calls.extend(calls)
-            text = message.text()
-            if text or not calls:
-                item.text = text
-            inputs.append(item)
+            if message.role == "tool" and not message.tool_call_id:
+                raise errors.invalid(f"{at}.tool_call_id", "tool messages name their call")
+            if message.content is None and message.role != "assistant":
+                raise errors.invalid(f"{at}.content", f"{at}.content: required for this role")
+            with errors.out_of_range(at):
+                inputs.append(message.item())
             params.append(at)
             images = message.images()
             if images and message.role == "tool":
@@ -696,10 +709,11 @@ async def completions(
     reject_unsupported(body.unsupported())
     prompts = body.prompts()
     user = common_pb2.INPUT_ROLE_USER_PROMPT
-    items = [
-        [common_pb2.InputItem(kind=common_pb2.CONTENT_KIND_TEXT, role=user, text=p)]
-        for p in prompts
-    ]
+    with errors.out_of_range("prompt"):
+        items = [
+            [common_pb2.InputItem(kind=common_pb2.CONTENT_KIND_TEXT, role=user, text=p)]
+            for p in prompts
+        ]
     requests = body.requests(
         items, caller.request_id, settings.aliases("chat"), settings.max_choices
     )
