@@ -31,7 +31,11 @@ from genmesh.v1 import common_pb2, inference_pb2
 
 FORMATS = {"image/png": "PNG", "image/jpeg": "JPEG", "image/webp": "WEBP"}
 SIZE_MULTIPLE = 8
+# Input images beyond this are far larger than the pipelines work at, and would take the
+# service's memory when decoded.
+MAX_INPUT_PIXELS = 4096 * 4096
 MAX_GUIDANCE = 50.0
+MAX_SEED = 2**63 - 1
 # System context (a personality's conditioning) leads the prompt; the user's words follow.
 PROMPT_ROLES = (
     common_pb2.INPUT_ROLE_SYSTEM_CONTEXT,
@@ -72,10 +76,17 @@ def _payload(item: common_pb2.InputItem, where: str) -> bytes:
 
 
 def decode_image(item: common_pb2.InputItem, where: str) -> Image.Image:
+    """The image, its size checked from its header before its pixels are decoded (a PNG of 100
+    bytes can claim 400 million)."""
     try:
         image = Image.open(io.BytesIO(_payload(item, where)))
+        if image.width * image.height > MAX_INPUT_PIXELS:
+            raise errors.invalid_argument(
+                "an input image is too large",
+                FieldViolation(where, f"more than {MAX_INPUT_PIXELS} pixels"),
+            )
         image.load()
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError) as exc:
         raise errors.invalid_argument(
             "an input image could not be decoded",
             FieldViolation(where, f"not a decodable image: {exc}"),
@@ -193,6 +204,12 @@ def resolve_job(
         bad.append(FieldViolation("image.strength", "must be in (0, 1]"))
     if params.HasField("strength") and inputs.init_image is None:
         bad.append(FieldViolation("image.strength", "applies to image-to-image only"))
+    if inputs.init_image is not None and inputs.mask is None and int(steps * strength) < 1:
+        # Image-to-image runs the last steps x strength of the schedule: none would be no image.
+        bad.append(FieldViolation("image.steps", f"times strength {strength:g} must be at least 1"))
+    if params.HasField("seed") and params.seed > MAX_SEED - (count - 1):
+        # Image i is drawn with seed + i, which each output reports as an int64.
+        bad.append(FieldViolation("image.seed", f"must be at most {MAX_SEED} - (count - 1)"))
     mime_type = params.output_mime_type or "image/png"
     if mime_type not in FORMATS:
         bad.append(FieldViolation("image.output_mime_type", f"must be one of {sorted(FORMATS)}"))

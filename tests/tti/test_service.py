@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import random
+import struct
+import zlib
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
@@ -213,6 +215,17 @@ INIT = image_item(
     scene_png(shapes.Scene("red", "circle", "blue")), common_pb2.INPUT_ROLE_INPUT_IMAGE
 )
 SMALL_MASK = image_item(png(Image.new("L", (8, 8), 255)), common_pb2.INPUT_ROLE_MASK_IMAGE)
+
+
+def claimed_size(width: int, height: int) -> bytes:
+    """A one-pixel PNG whose header claims `width` x `height`: a few bytes that decoded would
+    take gigabytes."""
+    data = png(Image.new("RGB", (1, 1)))
+    header = b"IHDR" + struct.pack(">II", width, height) + data[24:29]
+    return data[:12] + header + struct.pack(">I", zlib.crc32(header)) + data[33:]
+
+
+BOMB = image_item(claimed_size(20_000, 20_000), common_pb2.INPUT_ROLE_INPUT_IMAGE)
 GARBAGE = common_pb2.InputItem(
     kind=common_pb2.CONTENT_KIND_IMAGE,
     role=common_pb2.INPUT_ROLE_INPUT_IMAGE,
@@ -236,6 +249,10 @@ GARBAGE = common_pb2.InputItem(
         (request(PROMPT, guidance_scale=-1), "image.guidance_scale"),
         (request(PROMPT, INIT, strength=0), "image.strength"),
         (request(PROMPT, output_mime_type="image/gif"), "image.output_mime_type"),
+        # Each of these ended INTERNAL, or OK with no image.
+        (request(PROMPT, BOMB), "inputs[1]"),
+        (request(PROMPT, count=2, seed=2**63 - 1), "image.seed"),
+        (request(PROMPT, INIT, steps=1, strength=0.8), "image.steps"),
     ],
     ids=[
         "undecodable-image",
@@ -250,6 +267,9 @@ GARBAGE = common_pb2.InputItem(
         "negative-guidance",
         "zero-strength",
         "gif-output",
+        "png-claiming-400-megapixels",
+        "seed-of-the-second-image-past-int64",
+        "no-denoising-step",
     ],
 )
 async def test_bad_input_is_invalid_argument_naming_the_field(
