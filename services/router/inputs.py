@@ -192,5 +192,5 @@ class InputResolver:
         charset = _charset(item.mime_type)
         try:
             item.text = content.decode(charset)
-        except (LookupError, UnicodeDecodeError):
+        except (LookupError, UnicodeError):  # codecs such as punycode raise bare UnicodeError
             raise refused(field, f"is not valid {charset} text", "URI_INVALID") from None
