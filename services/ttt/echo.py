@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 from collections.abc import AsyncIterator
 from typing import Any, Literal
 
@@ -23,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from genmesh.runtime import errors
 from genmesh.runtime.errors import FieldViolation
+from genmesh.ttt import structured
 from genmesh.ttt.engine import (
     ChatMessage,
     Constraint,
@@ -64,7 +64,7 @@ def _satisfies(text: str, constraint: Constraint) -> bool:
     if constraint.choices:
         return text in constraint.choices
     if constraint.regex is not None:
-        return re.fullmatch(constraint.regex, text) is not None
+        return structured.fullmatch(constraint.regex, text) is True
     try:
         jsonschema.validate(json.loads(text), constraint.json_schema or {})
     except (ValueError, jsonschema.ValidationError):
@@ -103,11 +103,9 @@ class EchoEngine(TextEngine):
     ) -> AsyncIterator[GenerationChunk]:
         options = EchoOptions.of(params.extra)
         prompt = next((m.content for m in reversed(messages) if m.role == "user"), "")
-        echo = (
-            (prompt * options.repeat)[: params.max_tokens]
-            if params.constraint or params.tools
-            else ""
-        )
+        # As many repeats as max_tokens takes, not all of them: `repeat` goes to a million.
+        repeats = min(options.repeat, -(-params.max_tokens // max(len(prompt), 1)))
+        echo = (prompt * repeats)[: params.max_tokens] if params.constraint or params.tools else ""
         if params.constraint is not None and not _satisfies(echo, params.constraint):
             what = "constrain output (its echo does not satisfy the constraint)"
             raise UnsupportedError("echo", params.constraint.field, what)
@@ -146,6 +144,11 @@ class EchoEngine(TextEngine):
         return [(ord(char), char) for char in text]
 
     async def detokenize(self, tokens: list[int]) -> str:
+        """Tokens are code points; surrogates are none of the echo's (its tokens are characters,
+        and a lone surrogate is not one)."""
+        for token in tokens:
+            if 0xD800 <= token <= 0xDFFF:
+                raise ValueError(f"token {token} is a surrogate code point, not a character")
         return "".join(chr(token) for token in tokens)
 
     def info(self) -> EngineModelInfo:

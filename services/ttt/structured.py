@@ -14,6 +14,7 @@ from typing import Any
 
 import grpc
 import jsonschema
+import regex
 from google.protobuf import json_format, struct_pb2
 
 from genmesh.runtime import errors
@@ -36,6 +37,10 @@ MAX_TOP_LOGPROBS = 20
 MAX_LOGPROB_ENTRIES = 200_000
 MAX_SEED = 2**63 - 1
 TOOL_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+# The longest checking one text against a request's regex may take. Python's `re` backtracks:
+# `(a|a)*b` on forty a's runs for days, holding the GIL and so the whole service; the `regex`
+# module checks a deadline as it goes and releases the GIL.
+REGEX_CHECK_SECONDS = 1.0
 Mode = common_pb2.ToolChoice.Mode
 
 
@@ -73,6 +78,10 @@ def _schema(struct: struct_pb2.Struct, field: str, bad: list[FieldViolation]) ->
         jsonschema.validators.validator_for(schema).check_schema(schema)
     except jsonschema.SchemaError as exc:
         bad.append(FieldViolation(field, f"is not a valid JSON schema: {exc.message}"))
+    except (ValueError, TypeError, AttributeError) as exc:
+        # A `$schema` that is no URI of a metaschema (a number, an object, a malformed URL)
+        # fails jsonschema's lookup of its validator.
+        bad.append(FieldViolation(field, f"has an unusable $schema: {exc}"))
     return schema
 
 
@@ -217,13 +226,24 @@ def logprob_proto(entry: TokenLogprob) -> common_pb2.TokenLogprob:
     )
 
 
+def fullmatch(pattern: str, text: str) -> bool | None:
+    """Whether all of `text` matches `pattern`; None when that could not be told in
+    REGEX_CHECK_SECONDS (or by the `regex` module at all)."""
+    try:
+        found = regex.fullmatch(pattern, text, timeout=REGEX_CHECK_SECONDS, concurrent=True)
+    except (TimeoutError, regex.error):
+        return None
+    return found is not None
+
+
 def unsatisfied(text: str, constraint: Constraint) -> str:
     """Why `text` breaks `constraint` ("" when it satisfies it, or when only the engine can
     tell: a GBNF grammar)."""
     if constraint.choices:
         return "" if text in constraint.choices else "the output is none of the choices"
     if constraint.regex is not None:
-        if re.fullmatch(constraint.regex, text) is None:
+        # Untold in time, the engine's grammar is trusted, as for GBNF.
+        if fullmatch(constraint.regex, text) is False:
             return "the output does not match the regex"
         return ""
     if constraint.json_schema is not None:

@@ -16,7 +16,7 @@ import grpc
 import pytest
 
 from genmesh.client import Client, error_details, media_input, text_request
-from genmesh.v1 import common_pb2, generation_pb2
+from genmesh.v1 import common_pb2, generation_pb2, tokenizer_pb2
 from tests.support import API_KEY, ServiceProcess, echo_binding, router_config, run_genmesh
 
 
@@ -375,6 +375,16 @@ async def test_echo_options_the_engine_cannot_use_are_refused(
     details = error_details(failure.value)
     assert details.code == grpc.StatusCode.INVALID_ARGUMENT
     assert field in details.violations, details
+
+
+async def test_echo_tokens_that_are_no_characters_are_invalid(client: Client) -> None:
+    """The echo's tokens are code points; a surrogate's string could not be sent (INTERNAL)."""
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await client.tokenizer.Detokenize(
+            tokenizer_pb2.DetokenizeRequest(tokens=[104, 0xD800]), metadata=client.metadata
+        )
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "tokens" in error_details(caught.value).violations
 
 
 async def test_echo_repeats_without_building_the_whole_echo(client: Client) -> None:

@@ -437,6 +437,21 @@ async def test_echo_serves_only_constraints_its_echo_meets(client: Client) -> No
     assert (code, fields) == (grpc.StatusCode.FAILED_PRECONDITION, {"text.constraint.grammar"})
 
 
+async def test_a_regex_that_backtracks_for_days_is_checked_in_bounded_time(
+    client: Client,
+) -> None:
+    """Python's `re` took days to find that forty a's do not match `(a|a)*b`, holding the GIL:
+    the ttt service answered nothing (health checks included) meanwhile."""
+    backtracking = common_pb2.OutputConstraint(regex="(a|a)*b")
+    request = text_request("a" * 40, parameters=params(max_tokens=64, constraint=backtracking))
+    code, fields = await refused(client, request)
+    assert (code, fields) == (grpc.StatusCode.FAILED_PRECONDITION, {"text.constraint.regex"})
+    matching = text_request(
+        "a" * 40 + "b", parameters=params(max_tokens=64, constraint=backtracking)
+    )
+    assert (await client.generate(matching)).outputs[0].text == "a" * 40 + "b"
+
+
 async def test_echo_n_and_logprobs(client: Client) -> None:
     request = text_request("ab", parameters=params(n=2, logprobs=True, top_logprobs=2))
     events = await stream(client, request)
@@ -480,6 +495,9 @@ async def test_echo_accepts_a_tool_result_history(client: Client) -> None:
         ({"n": 17}, "text.n"),
         ({"logprobs": True, "top_logprobs": 21}, "text.top_logprobs"),
         ({"top_logprobs": 2}, "text.top_logprobs"),
+        # Each of these ended INTERNAL.
+        ({"constraint": json_schema({"$schema": 5})}, "text.constraint.json_schema"),
+        ({"tools": [tool("f", "", {"$schema": "http://[::1"})]}, "text.tools[0].parameters"),
         # JSON has no NaN or infinity; ttt failed to read these back (502 at the OpenAI edge).
         ({"constraint": json_schema({"maximum": math.nan})}, "text.constraint.json_schema"),
         (
