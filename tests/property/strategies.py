@@ -16,7 +16,8 @@ from collections.abc import Callable
 from typing import Any
 
 from google.protobuf import descriptor, duration_pb2, message_factory, struct_pb2
-from google.protobuf.message import Message
+from google.protobuf.message import DecodeError, Message
+from hypothesis import reject
 from hypothesis import strategies as st
 from PIL import Image
 
@@ -298,7 +299,12 @@ def mutate(base: Message, other: Message, draw: Callable[[Strategy], Any], budge
             continue
         base.ClearField(field.name)
         if field.is_repeated:
-            getattr(base, field.name).MergeFrom(getattr(other, field.name))
+            try:
+                getattr(base, field.name).MergeFrom(getattr(other, field.name))
+            except DecodeError:
+                # Merging a repeated field re-parses it, and a Struct nested past protobuf's
+                # decoding depth cannot be (another seed drew one): not a request to send.
+                reject()
         elif field.type == Field.TYPE_MESSAGE:
             if other.HasField(field.name):
                 getattr(base, field.name).CopyFrom(getattr(other, field.name))
