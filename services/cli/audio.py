@@ -14,6 +14,7 @@ import grpc
 from google.protobuf import json_format
 
 from genmesh.client import DEFAULT_ADDRESS, Client, error_details, media_input
+from genmesh.runtime import media
 from genmesh.v1 import common_pb2
 
 FORMATS = {
@@ -30,14 +31,6 @@ SUFFIX_FORMATS = {
     ".ogg": "ogg",
     ".opus": "ogg",
 }
-MIME_TYPES = {
-    ".wav": "audio/wav",
-    ".flac": "audio/flac",
-    ".mp3": "audio/mpeg",
-    ".ogg": "audio/ogg",
-    ".opus": "audio/ogg",
-}
-
 address_option = click.option(
     "--address", default=DEFAULT_ADDRESS, envvar="GENMESH_ADDRESS", show_default=True
 )
@@ -143,13 +136,15 @@ def transcribe(
     as_json: bool,
     file: Path,
 ) -> None:
-    """Transcribe an audio FILE (WAV, FLAC, MP3 or OGG), printing segments as they are ready."""
-    suffix = file.suffix.lower()
-    mime = MIME_TYPES.get(suffix) or mimetypes.guess_type(file.name)[0] or ""
+    """Transcribe an audio FILE (WAV, FLAC, MP3, OGG, M4A or WebM), printing segments as they are
+    ready."""
+    data = file.read_bytes()
+    # The bytes say what the file is; its name, for raw PCM and what has no signature.
+    mime = media.sniff(data) or mimetypes.guess_type(file.name)[0] or ""
     request = common_pb2.GenerateRequest(
         task=common_pb2.TASK_TRANSCRIPTION,
         binding=binding,
-        inputs=[media_input("audio", file.read_bytes(), mime)],
+        inputs=[media_input("audio", data, mime)],
         transcription=common_pb2.TranscriptionParameters(language=language, word_timestamps=words),
     )
 

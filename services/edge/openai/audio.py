@@ -191,7 +191,7 @@ def verbose(output: common_pb2.OutputItem, words: bool) -> dict[str, Any]:
 async def transcriptions(
     http: Request, mesh: MeshDep, caller: CallerDep, settings: SettingsDep
 ) -> Response:
-    """Multipart: `file` (WAV, FLAC, MP3, OGG) and OpenAI's transcription fields."""
+    """Multipart: `file` (WAV, FLAC, MP3, OGG, M4A, WebM) and OpenAI's transcription fields."""
     async with read_form(http) as form:
         body = form_fields(form, TranscriptionForm)
         reject_unsupported(
