@@ -21,6 +21,7 @@ from google.protobuf import json_format
 
 from genmesh.edge.api import MeshError, to_json
 from genmesh.edge.mesh import Caller, Mesh
+from genmesh.runtime.channel import peer_error
 from genmesh.v1 import catalog_pb2, generation_pb2
 
 router = APIRouter()
@@ -71,7 +72,7 @@ async def converse(socket: WebSocket) -> None:
         if isinstance(ended, BadFrameError):
             await socket.close(POLICY_VIOLATION, str(ended)[:120])
         elif isinstance(error, grpc.aio.AioRpcError) and ended is None:
-            await refuse(socket, error)
+            await refuse(socket, await peer_error(call, error))
         elif not forwarding.done():
             raise
         return

@@ -20,6 +20,7 @@ import grpc
 
 from genmesh.router import validation
 from genmesh.runtime import errors, telemetry, values
+from genmesh.runtime.channel import peer_error
 from genmesh.runtime.errors import FieldViolation
 from genmesh.sandbox import dialect
 from genmesh.v1 import (
@@ -298,7 +299,7 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
                 raise refused[0] from None
             if isinstance(exc, asyncio.CancelledError):
                 raise
-            raise errors.from_rpc_error(exc) from None
+            raise errors.from_rpc_error(await peer_error(stream, exc)) from None
         finally:
             for task in tasks:
                 task.cancel()

@@ -37,6 +37,7 @@ from genmesh.router.scripted import ScriptRun, ScriptRunner
 from genmesh.router.settings import PARAMETER_FIELDS, parameters_message
 from genmesh.router.source import EventSource
 from genmesh.runtime import errors
+from genmesh.runtime.channel import peer_error
 from genmesh.runtime.errors import FieldViolation, ServiceError
 from genmesh.runtime.timing import duration
 from genmesh.v1 import common_pb2, inference_pb2
@@ -293,7 +294,8 @@ class Relay(EventSource):
                             self.count(event)
                         yield event
                     return
-                except grpc.aio.AioRpcError as error:
+                except grpc.aio.AioRpcError as failed:
+                    error = await peer_error(call, failed)
                     if self.retried(error, replica, attempt, started):
                         exclude = replica
                         continue

@@ -17,6 +17,7 @@ import grpc
 from genmesh.router.dispatch import Context, Dispatcher, Relay, Routed, new_turn_id, translate
 from genmesh.router.voice import VoiceConversation
 from genmesh.runtime import errors
+from genmesh.runtime.channel import peer_error
 from genmesh.runtime.errors import FieldViolation
 from genmesh.runtime.streams import coalesced
 from genmesh.v1 import common_pb2, generation_pb2, generation_pb2_grpc, inference_pb2
@@ -118,7 +119,7 @@ class GenerationService(generation_pb2_grpc.GenerationServiceServicer):
                     raise refused[0] from None
                 if isinstance(error, asyncio.CancelledError):
                     raise
-                raise translate(error, route) from None
+                raise translate(await peer_error(call, error), route) from None
             finally:
                 writer.cancel()
                 call.cancel()

@@ -29,6 +29,7 @@ from genmesh.router.backends import BindingRoute, InferCall
 from genmesh.router.dispatch import Context, Dispatcher, Routed, new_turn_id, translate
 from genmesh.router.source import EventSource
 from genmesh.runtime import errors, telemetry
+from genmesh.runtime.channel import peer_error
 from genmesh.runtime.errors import FieldViolation
 from genmesh.v1 import common_pb2, generation_pb2, inference_pb2
 
@@ -108,7 +109,7 @@ class Recognition:
                 if not response.event.HasField("final"):
                     await self.heard(response.event)
         except grpc.aio.AioRpcError as error:
-            raise translate(error, self.route) from None
+            raise translate(await peer_error(self.call, error), self.route) from None
         finally:
             self.call.cancel()
             await self.slot.aclose()

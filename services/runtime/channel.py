@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+import asyncio
+import time
+import weakref
+from collections.abc import Coroutine, Sequence
+from typing import Any, TypeVar
 
 import grpc
 
@@ -61,16 +64,20 @@ class _Stamped:
     grpc's direct path.
     """
 
-    def __init__(self, inner: Any, key: str | None) -> None:
+    def __init__(self, inner: Any, key: str | None, writes: bool = False) -> None:
         self._inner = inner
         self._key = key
+        self._writes = writes
 
     def __call__(self, *args: Any, metadata: Metadata = None, **kwargs: Any) -> Any:
         stamped = list(metadata or ())
         if self._key:
             stamped.append(("x-api-key", self._key))
         stamped.extend(telemetry.trace_headers(stamped))
-        return self._inner(*args, metadata=stamped, **kwargs)
+        call = self._inner(*args, metadata=stamped, **kwargs)
+        if self._writes:
+            call.add_done_callback(_remember_status)
+        return call
 
 
 class MeshChannel(grpc.aio.Channel):
@@ -105,10 +112,10 @@ class MeshChannel(grpc.aio.Channel):
         return _Stamped(self._channel.unary_stream(method, *args, **kwargs), self._key)
 
     def stream_unary(self, method: str, *args: Any, **kwargs: Any) -> Any:
-        return _Stamped(self._channel.stream_unary(method, *args, **kwargs), self._key)
+        return _Stamped(self._channel.stream_unary(method, *args, **kwargs), self._key, True)
 
     def stream_stream(self, method: str, *args: Any, **kwargs: Any) -> Any:
-        return _Stamped(self._channel.stream_stream(method, *args, **kwargs), self._key)
+        return _Stamped(self._channel.stream_stream(method, *args, **kwargs), self._key, True)
 
 
 KEEPALIVE_MS = 10_000
@@ -140,3 +147,60 @@ def connect(
     options = [*channel_options(max_message_bytes), ("grpc.lb_policy_name", "round_robin")]
     channel = grpc.aio.insecure_channel(address, options=options)
     return MeshChannel(channel, api_key)
+
+
+# What grpcio's asyncio client makes a call's status when a write of ours fails because the peer
+# has just ended the call: it replaces the peer's status, details and all (grpc/grpc#36066).
+LOCAL_WRITE_FAILURE = "Internal error from Core"
+# When the write fails before the peer's status is in, that status replaces ours in turn.
+PEER_STATUS_WAIT_S = 1.0
+T = TypeVar("T")
+# The status each call of a mesh channel that we write to ended with first: the peer's, kept
+# before a failed write can replace it.
+_first_status: weakref.WeakKeyDictionary[grpc.aio.Call, grpc.aio.AioRpcError] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _now(coroutine: Coroutine[Any, Any, T]) -> T | None:
+    """The value of a coroutine that returns without waiting (an ended call's status), or None
+    should it wait after all."""
+    try:
+        coroutine.send(None)
+    except StopIteration as done:
+        return done.value  # type: ignore[no-any-return]
+    coroutine.close()
+    return None
+
+
+def _remember_status(call: grpc.aio.Call) -> None:
+    """A done callback: grpc.aio runs it as the first status is set, the only moment that status
+    can still be read once a failed write replaces it."""
+    code, details = _now(call.code()), _now(call.details())
+    initial, trailing = _now(call.initial_metadata()), _now(call.trailing_metadata())
+    if code is None or initial is None or trailing is None:
+        return
+    _first_status[call] = grpc.aio.AioRpcError(code, initial, trailing, details)
+
+
+def _local(code: grpc.StatusCode, details: str | None) -> bool:
+    return code == grpc.StatusCode.INTERNAL and details == LOCAL_WRITE_FAILURE
+
+
+async def peer_error(call: grpc.aio.Call, error: grpc.aio.AioRpcError) -> grpc.aio.AioRpcError:
+    """The error the peer ended `call` with, for a call of a mesh channel. A stream that the
+    peer refuses while we still write to it (a bad config, then audio) must tell our own client
+    the peer's INVALID_ARGUMENT and its details, not grpc's INTERNAL."""
+    if not _local(error.code(), error.details()):
+        return error
+    first = _first_status.get(call)
+    if first is not None and not _local(first.code(), first.details()):
+        return first
+    deadline = time.monotonic() + PEER_STATUS_WAIT_S
+    while time.monotonic() < deadline:
+        await asyncio.sleep(0.001)
+        code, details = await call.code(), await call.details()
+        if not _local(code, details):
+            trailing = await call.trailing_metadata()
+            return grpc.aio.AioRpcError(code, await call.initial_metadata(), trailing, details)
+    return error

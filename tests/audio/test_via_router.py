@@ -10,7 +10,9 @@ import grpc
 import numpy as np
 import pytest
 import soundfile as sf
+from google.protobuf import duration_pb2
 
+from genmesh.client import error_details
 from genmesh.v1 import common_pb2, generation_pb2, generation_pb2_grpc
 from tests.audio.conftest import word_error_rate
 from tests.support import API_KEY, ServiceProcess, router_config, run_cli
@@ -96,3 +98,29 @@ async def test_converse_streams_transcripts_of_streamed_audio(
     result = events[-1].final.outputs[0]
     assert [f.segment for f in finals] == list(result.transcript.segments)
     assert word_error_rate(TEXT, result.text) <= 0.10, result.text
+
+
+def test_a_stream_the_service_refuses_keeps_its_status_while_audio_still_flows(
+    router: ServiceProcess,
+) -> None:
+    """The audio service refuses the config while the router still writes the client's audio to
+    it; the router's failed write must not turn that refusal into grpc's own INTERNAL (which it
+    did in about one call of six)."""
+    silence = duration_pb2.Duration(seconds=30)
+    config = common_pb2.GenerateRequest(
+        task=common_pb2.TASK_TRANSCRIPTION,
+        transcription=common_pb2.TranscriptionParameters(end_of_speech_silence=silence),
+    )
+    chunk = common_pb2.AudioChunk(data=bytes(3200), mime_type="audio/pcm", sample_rate=16000)
+    messages = [generation_pb2.ConverseRequest(config=config)]
+    messages += [generation_pb2.ConverseRequest(audio=chunk)] * 20
+    # The blocking client: grpc.aio's own client has the same fault on its side of the router.
+    with grpc.insecure_channel(router.address) as channel:
+        stub = generation_pb2_grpc.GenerationServiceStub(channel)
+        for _ in range(60):
+            with pytest.raises(grpc.RpcError) as caught:
+                for _ in stub.Converse(iter(messages), metadata=(("x-api-key", API_KEY),)):
+                    pass
+            details = error_details(caught.value)  # type: ignore[arg-type]
+            assert details.code == grpc.StatusCode.INVALID_ARGUMENT, details
+            assert "transcription.end_of_speech_silence" in details.violations, details

@@ -60,3 +60,17 @@ def test_a_frame_that_is_not_a_message_closes_the_socket(playground: ServiceProc
             assert closed.rcvd is not None
             assert closed.rcvd.code == POLICY_VIOLATION
             assert "ConverseRequest" in closed.rcvd.reason
+
+
+def test_a_refused_config_is_reported_while_frames_still_arrive(playground: ServiceProcess) -> None:
+    """The router refuses the config while the bridge still writes the frames after it; the
+    bridge's failed write must not turn that refusal into grpc's own INTERNAL."""
+    config = {"config": {"task": "TASK_TEXT", "binding": "no-such-binding"}}
+    turn = {"turn": {"turn_id": "t", "inputs": [{"kind": "CONTENT_KIND_TEXT", "text": "hi"}]}}
+    for _ in range(30):
+        with opened(playground) as socket:
+            socket.send(json.dumps(config))
+            for _ in range(20):
+                socket.send(json.dumps(turn))
+            error = json.loads(socket.recv(timeout=30))["error"]
+        assert error["code"] == "NOT_FOUND", error
