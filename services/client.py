@@ -28,6 +28,9 @@ from genmesh.v1 import (
 )
 
 DEFAULT_ADDRESS = "127.0.0.1:50051"
+# The largest answer the client takes: grpc's default of 4 MiB is less than the router may send
+# (16 MiB by default), such as a long speech's audio or the tokens of a long text.
+MAX_RECEIVE_BYTES = 64 * 1024 * 1024
 # The content kind and input role of each kind of media a request takes as a file's bytes.
 _MEDIA = {
     "audio": (common_pb2.CONTENT_KIND_AUDIO, common_pb2.INPUT_ROLE_INPUT_AUDIO),
@@ -191,10 +194,11 @@ class _Connection:
         credentials: grpc.ChannelCredentials | None = None,
     ) -> None:
         self.metadata = key_metadata(api_key)
+        options = [("grpc.max_receive_message_length", MAX_RECEIVE_BYTES)]
         self.channel = (
-            self._grpc.secure_channel(address, credentials)
+            self._grpc.secure_channel(address, credentials, options)
             if credentials
-            else self._grpc.insecure_channel(address)
+            else self._grpc.insecure_channel(address, options)
         )
         self.generation = generation_pb2_grpc.GenerationServiceStub(self.channel)
         self.embedding = embedding_pb2_grpc.EmbeddingServiceStub(self.channel)

@@ -167,31 +167,43 @@ def text_route(backends: Backends, binding: str, model: str, what: str) -> Bindi
 
 
 class TokenizerService(tokenizer_pb2_grpc.TokenizerServiceServicer):
-    def __init__(self, backends: Backends) -> None:
+    def __init__(self, backends: Backends, max_request_bytes: int, max_message_bytes: int) -> None:
         self.backends = backends
+        # A text is held to a generation request's limit; an answer to the transport's.
+        self.max_request_bytes = max_request_bytes
+        self.max_message_bytes = max_message_bytes
 
     def _route(self, binding: str, model: str) -> BindingRoute:
         return text_route(self.backends, binding, model, "tokenizer")
 
     async def _tokenize(
-        self, binding: str, model: str, text: str, special: bool, context: Context
+        self,
+        request: tokenizer_pb2.TokenizeRequest | tokenizer_pb2.CountTokensRequest,
+        context: Context,
+        special: bool = False,
+        count_only: bool = False,
     ) -> inference_pb2.InferenceServiceTokenizeResponse:
-        route = self._route(binding, model)
-        request = inference_pb2.InferenceServiceTokenizeRequest(
-            model=model or route.config.model, text=text, add_special_tokens=special
+        validation.check_size(request, self.max_request_bytes, "text")
+        route = self._route(request.binding, request.model)
+        backend_request = inference_pb2.InferenceServiceTokenizeRequest(
+            model=request.model or route.config.model,
+            text=request.text,
+            add_special_tokens=special,
+            count_only=count_only,
         )
         answer: inference_pb2.InferenceServiceTokenizeResponse = await call_backend(
-            route, "Tokenize", request, context
+            route, "Tokenize", backend_request, context
         )
         return answer
 
     async def Tokenize(  # noqa: N802
         self, request: tokenizer_pb2.TokenizeRequest, context: Context
     ) -> tokenizer_pb2.TokenizeResponse:
-        answer = await self._tokenize(
-            request.binding, request.model, request.text, request.add_special_tokens, context
-        )
-        return tokenizer_pb2.TokenizeResponse(tokens=answer.tokens, pieces=answer.pieces)
+        answer = await self._tokenize(request, context, special=request.add_special_tokens)
+        response = tokenizer_pb2.TokenizeResponse(tokens=answer.tokens, pieces=answer.pieces)
+        advice = "list the tokens of a shorter text at a time, or only count them (CountTokens)"
+        errors.check_response_size(response, self.max_message_bytes, "text", advice)
+        return response
 
     async def Detokenize(  # noqa: N802
         self, request: tokenizer_pb2.DetokenizeRequest, context: Context
@@ -205,10 +217,14 @@ class TokenizerService(tokenizer_pb2_grpc.TokenizerServiceServicer):
             ),
             context,
         )
-        return tokenizer_pb2.DetokenizeResponse(text=answer.text)
+        response = tokenizer_pb2.DetokenizeResponse(text=answer.text)
+        advice = "detokenize fewer tokens at a time"
+        errors.check_response_size(response, self.max_message_bytes, "tokens", advice)
+        return response
 
     async def CountTokens(  # noqa: N802
         self, request: tokenizer_pb2.CountTokensRequest, context: Context
     ) -> tokenizer_pb2.CountTokensResponse:
-        answer = await self._tokenize(request.binding, request.model, request.text, False, context)
-        return tokenizer_pb2.CountTokensResponse(count=len(answer.tokens))
+        answer = await self._tokenize(request, context, count_only=True)
+        # A service of an earlier version lists the tokens instead of counting them.
+        return tokenizer_pb2.CountTokensResponse(count=answer.count or len(answer.tokens))

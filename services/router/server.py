@@ -49,7 +49,7 @@ async def main() -> None:
     dispatcher.scripts = agent
     generation = GenerationService(dispatcher)
     catalog = CatalogService(backends, personalities, functions)
-    tokenizer = TokenizerService(backends)
+    tokenizer = TokenizerService(backends, settings.max_request_bytes, settings.max_message_bytes)
     embedding = EmbeddingService(backends)
     services = [
         Service(

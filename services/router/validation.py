@@ -6,6 +6,7 @@ import math
 import uuid
 
 from google.protobuf import struct_pb2
+from google.protobuf.message import Message
 
 from genmesh.runtime import errors, media
 from genmesh.runtime.errors import FieldViolation
@@ -119,17 +120,22 @@ def _item_violations(index: int, item: common_pb2.InputItem) -> list[FieldViolat
     return []
 
 
-def check_request(
-    request: common_pb2.GenerateRequest, max_bytes: int, needs_inputs: bool = True
-) -> None:
-    """Raises INVALID_ARGUMENT listing every problem found."""
+def check_size(request: Message, max_bytes: int, field: str) -> None:
+    """A request larger than the router takes, with `field` named as what to make smaller."""
     size = request.ByteSize()
     if size > max_bytes:
         raise errors.invalid_argument(
             "request too large",
-            FieldViolation("inputs", f"request is {size} bytes; the limit is {max_bytes}"),
+            FieldViolation(field, f"request is {size} bytes; the limit is {max_bytes}"),
             reason="REQUEST_TOO_LARGE",
         )
+
+
+def check_request(
+    request: common_pb2.GenerateRequest, max_bytes: int, needs_inputs: bool = True
+) -> None:
+    """Raises INVALID_ARGUMENT listing every problem found."""
+    check_size(request, max_bytes, "inputs")
     violations: list[FieldViolation] = []
     if needs_inputs and not request.inputs:
         violations.append(FieldViolation("inputs", "at least one input is required"))

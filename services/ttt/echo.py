@@ -140,10 +140,13 @@ class EchoEngine(TextEngine):
                 else (_certain(char, params.top_logprobs),),
             )
 
-    async def tokenize(self, text: str, add_special_tokens: bool) -> list[tuple[int, str]]:
+    def tokenize(self, text: str, add_special_tokens: bool) -> list[tuple[int, str]]:
         return [(ord(char), char) for char in text]
 
-    async def detokenize(self, tokens: list[int]) -> str:
+    def count_tokens(self, text: str, add_special_tokens: bool) -> int:
+        return len(text)
+
+    def detokenize(self, tokens: list[int]) -> str:
         """Tokens are code points; surrogates are none of the echo's (its tokens are characters,
         and a lone surrogate is not one)."""
         for token in tokens:

@@ -10,7 +10,7 @@ from pathlib import Path
 from genmesh.runtime import errors
 from genmesh.runtime.inference import Context
 from genmesh.ttt.embedding import Embedder, vocabulary_violation
-from genmesh.ttt.service import ServedModel, TextInferenceService
+from genmesh.ttt.service import ServedModel, TextInferenceService, detokenized, tokenized
 from genmesh.v1 import inference_pb2
 
 
@@ -21,8 +21,9 @@ class TextAndEmbeddingService(TextInferenceService):
         default_model: str,
         models_dir: Path | None,
         embedders: dict[str, Embedder],
+        max_message_bytes: int,
     ) -> None:
-        super().__init__(models, default_model, models_dir)
+        super().__init__(models, default_model, models_dir, max_message_bytes)
         self.embedders = embedders
 
     def embedder(self, name: str) -> Embedder:
@@ -64,10 +65,11 @@ class TextAndEmbeddingService(TextInferenceService):
         if request.model not in self.embedders:
             return await super().Tokenize(request, context)
         engine = self.embedders[request.model].engine
-        pairs = await asyncio.to_thread(engine.pieces, request.text, request.add_special_tokens)
-        return inference_pb2.InferenceServiceTokenizeResponse(
-            tokens=[t for t, _ in pairs], pieces=[p for _, p in pairs]
-        )
+
+        def count(text: str, special: bool) -> int:
+            return len(engine.pieces(text, special))
+
+        return await tokenized(request, engine.pieces, count, self.max_message_bytes)
 
     async def Detokenize(  # noqa: N802
         self, request: inference_pb2.InferenceServiceDetokenizeRequest, context: Context
@@ -79,4 +81,5 @@ class TextAndEmbeddingService(TextInferenceService):
         outside = vocabulary_violation("tokens", ids, engine)
         if outside:
             raise errors.invalid_argument("tokens outside the vocabulary", outside)
-        return inference_pb2.InferenceServiceDetokenizeResponse(text=engine.detokenize(ids))
+        text = await asyncio.to_thread(engine.detokenize, ids)
+        return detokenized(text, self.max_message_bytes)

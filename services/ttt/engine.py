@@ -193,12 +193,18 @@ class TextEngine(abc.ABC):
         """Streams the completion. Closing the iterator (client cancel, deadline) must stop work
         within one token."""
 
+    # The tokenizer's methods are CPU work on texts of up to megabytes: the service runs them in
+    # a worker thread, beside generation, so they must not touch what generating sequences use.
     @abc.abstractmethod
-    async def tokenize(self, text: str, add_special_tokens: bool) -> list[tuple[int, str]]:
+    def tokenize(self, text: str, add_special_tokens: bool) -> list[tuple[int, str]]:
         """Token ids with their text pieces."""
 
+    def count_tokens(self, text: str, add_special_tokens: bool) -> int:
+        """How many tokens; an engine that can count without the pieces does so."""
+        return len(self.tokenize(text, add_special_tokens))
+
     @abc.abstractmethod
-    async def detokenize(self, tokens: list[int]) -> str:
+    def detokenize(self, tokens: list[int]) -> str:
         """The text of a token sequence."""
 
     @abc.abstractmethod

@@ -273,7 +273,7 @@ class LlamaCppEngine(ThreadedEngine):
                 tokens.close()
         run.finish(finish, decoder.decode(b"", final=True))
 
-    async def tokenize(self, text: str, add_special_tokens: bool) -> list[tuple[int, str]]:
+    def tokenize(self, text: str, add_special_tokens: bool) -> list[tuple[int, str]]:
         llm = self.llm
         ids = llm.tokenize(text.encode(), add_bos=add_special_tokens, special=add_special_tokens)
         # A character split over several byte tokens is given to the token that completes it,
@@ -281,7 +281,11 @@ class LlamaCppEngine(ThreadedEngine):
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         return [(i, decoder.decode(llm.detokenize([i], special=True))) for i in ids]
 
-    async def detokenize(self, tokens: list[int]) -> str:
+    def count_tokens(self, text: str, add_special_tokens: bool) -> int:
+        special = add_special_tokens
+        return len(self.llm.tokenize(text.encode(), add_bos=special, special=special))
+
+    def detokenize(self, tokens: list[int]) -> str:
         llm = self.llm
         vocab = llm.n_vocab()
         bad = [t for t in tokens if not 0 <= t < vocab]

@@ -140,13 +140,13 @@ class OnnxGenAIEngine(ThreadedEngine):
                 run.token(decoder.decode(token))
         run.finish(finish)
 
-    async def tokenize(self, text: str, add_special_tokens: bool) -> list[tuple[int, str]]:
+    def tokenize(self, text: str, add_special_tokens: bool) -> list[tuple[int, str]]:
         _, tokenizer = self._loaded()
         # The streaming decoder hands a multi-token character to the token that completes it.
         stream = tokenizer.create_stream()
         return [(int(t), stream.decode(int(t))) for t in tokenizer.encode(text)]
 
-    async def detokenize(self, tokens: list[int]) -> str:
+    def detokenize(self, tokens: list[int]) -> str:
         _, tokenizer = self._loaded()
         if any(t < 0 for t in tokens):
             raise ValueError("token ids must not be negative")

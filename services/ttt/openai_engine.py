@@ -204,10 +204,10 @@ class OpenAIEngine(TextEngine):
             prompt_tokens=prompt_tokens,
         )
 
-    async def tokenize(self, text: str, add_special_tokens: bool) -> list[tuple[int, str]]:
+    def tokenize(self, text: str, add_special_tokens: bool) -> list[tuple[int, str]]:
         raise NotImplementedError("an OpenAI-compatible endpoint has no tokenizer API")
 
-    async def detokenize(self, tokens: list[int]) -> str:
+    def detokenize(self, tokens: list[int]) -> str:
         raise NotImplementedError("an OpenAI-compatible endpoint has no tokenizer API")
 
     def info(self) -> EngineModelInfo:

@@ -26,7 +26,7 @@ async def main() -> None:
         for spec in settings.embedding_models
     }
     servicer = TextAndEmbeddingService(
-        served, settings.default_model, settings.models_dir, embedders
+        served, settings.default_model, settings.models_dir, embedders, settings.max_message_bytes
     )
     loaded: list[TextEngine | EmbeddingEngine] = [
         *engines.values(),

@@ -13,7 +13,7 @@ import contextlib
 import dataclasses
 import math
 import time
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -355,11 +355,14 @@ class TextInferenceService(InferenceServicer):
         self,
         models: dict[str, ServedModel],
         default_model: str,
-        models_dir: Path | None = None,
+        models_dir: Path | None,
+        max_message_bytes: int,
     ) -> None:
         self.models = models
         self.default_model = default_model
         self.models_dir = models_dir
+        # The largest answer the transport carries (the service's own send limit).
+        self.max_message_bytes = max_message_bytes
 
     def model(self, name: str) -> ServedModel:
         model = self.models.get(name or self.default_model)
@@ -416,26 +419,52 @@ class TextInferenceService(InferenceServicer):
     ) -> inference_pb2.InferenceServiceTokenizeResponse:
         engine = self.engine(request.model)
         try:
-            pairs = await engine.tokenize(request.text, request.add_special_tokens)
+            return await tokenized(
+                request, engine.tokenize, engine.count_tokens, self.max_message_bytes
+            )
         except NotImplementedError as exc:
             raise unimplemented(engine, exc) from None
-        return inference_pb2.InferenceServiceTokenizeResponse(
-            tokens=[t for t, _ in pairs], pieces=[p for _, p in pairs]
-        )
 
     async def Detokenize(  # noqa: N802
         self, request: inference_pb2.InferenceServiceDetokenizeRequest, context: Context
     ) -> inference_pb2.InferenceServiceDetokenizeResponse:
         engine = self.engine(request.model)
         try:
-            text = await engine.detokenize(list(request.tokens))
+            text = await asyncio.to_thread(engine.detokenize, list(request.tokens))
         except NotImplementedError as exc:
             raise unimplemented(engine, exc) from None
         except (ValueError, OverflowError) as exc:
             raise errors.invalid_argument(
                 "tokens outside the vocabulary", FieldViolation("tokens", str(exc))
             ) from None
-        return inference_pb2.InferenceServiceDetokenizeResponse(text=text)
+        return detokenized(text, self.max_message_bytes)
+
+
+async def tokenized(
+    request: inference_pb2.InferenceServiceTokenizeRequest,
+    tokenize: Callable[[str, bool], list[tuple[int, str]]],
+    count: Callable[[str, bool], int],
+    limit: int,
+) -> inference_pb2.InferenceServiceTokenizeResponse:
+    """Tokenize's answer. The tokenizer runs in a worker thread: megabytes of text take it
+    seconds, which on the event loop would stall every stream and fail health checks."""
+    special = request.add_special_tokens
+    if request.count_only:
+        counted = await asyncio.to_thread(count, request.text, special)
+        return inference_pb2.InferenceServiceTokenizeResponse(count=counted)
+    pairs = await asyncio.to_thread(tokenize, request.text, special)
+    response = inference_pb2.InferenceServiceTokenizeResponse(
+        tokens=[t for t, _ in pairs], pieces=[p for _, p in pairs], count=len(pairs)
+    )
+    advice = "list the tokens of a shorter text at a time, or only count them (CountTokens)"
+    errors.check_response_size(response, limit, "text", advice)
+    return response
+
+
+def detokenized(text: str, limit: int) -> inference_pb2.InferenceServiceDetokenizeResponse:
+    response = inference_pb2.InferenceServiceDetokenizeResponse(text=text)
+    errors.check_response_size(response, limit, "tokens", "detokenize fewer tokens at a time")
+    return response
 
 
 def unimplemented(engine: TextEngine, exc: NotImplementedError) -> errors.ServiceError:

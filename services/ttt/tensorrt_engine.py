@@ -112,12 +112,12 @@ class TensorRTLLMEngine(LocalEngine):
             if not result.finished:
                 result.abort()
 
-    async def tokenize(self, text: str, add_special_tokens: bool) -> list[tuple[int, str]]:
+    def tokenize(self, text: str, add_special_tokens: bool) -> list[tuple[int, str]]:
         tokenizer = self.llm.tokenizer
         ids: list[int] = tokenizer.encode(text, add_special_tokens=add_special_tokens)
         return [(i, tokenizer.decode([i])) for i in ids]
 
-    async def detokenize(self, tokens: list[int]) -> str:
+    def detokenize(self, tokens: list[int]) -> str:
         if any(t < 0 for t in tokens):
             raise ValueError("token ids must not be negative")
         text: str = self.llm.tokenizer.decode(tokens)

@@ -182,7 +182,7 @@ class TransformersEngine(ThreadedEngine):
         if not stop.is_set():
             streamer.finish()
 
-    async def tokenize(self, text: str, add_special_tokens: bool) -> list[tuple[int, str]]:
+    def tokenize(self, text: str, add_special_tokens: bool) -> list[tuple[int, str]]:
         encoded = self.tokenizer(
             text, add_special_tokens=add_special_tokens, return_offsets_mapping=True
         )
@@ -193,7 +193,7 @@ class TransformersEngine(ThreadedEngine):
             end = max(end, stop)
         return list(zip(encoded["input_ids"], pieces, strict=True))
 
-    async def detokenize(self, tokens: list[int]) -> str:
+    def detokenize(self, tokens: list[int]) -> str:
         size = len(self.tokenizer)
         bad = [t for t in tokens if not 0 <= t < size]
         if bad:

@@ -26,7 +26,7 @@ from genmesh.v1 import common_pb2 as genmesh_dot_v1_dot_common__pb2
 from genmesh.v1 import embedding_pb2 as genmesh_dot_v1_dot_embedding__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1agenmesh/v1/inference.proto\x12\ngenmesh.v1\x1a\x17genmesh/v1/common.proto\x1a\x1agenmesh/v1/embedding.proto\"\x9a\x01\n\x0cInferRequest\x12.\n\x07request\x18\x01 \x01(\x0b\x32\x1b.genmesh.v1.GenerateRequestH\x00\x12\'\n\x05\x61udio\x18\x02 \x01(\x0b\x32\x16.genmesh.v1.AudioChunkH\x00\x12&\n\x07\x63ontrol\x18\x03 \x01(\x0b\x32\x13.genmesh.v1.ControlH\x00\x42\t\n\x07message\"K\n\rInferResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12&\n\x05\x65vent\x18\x02 \x01(\x0b\x32\x17.genmesh.v1.StreamEvent\"O\n\x1fInferenceServiceGenerateRequest\x12,\n\x07request\x18\x01 \x01(\x0b\x32\x1b.genmesh.v1.GenerateRequest\"R\n InferenceServiceGenerateResponse\x12.\n\x08response\x18\x01 \x01(\x0b\x32\x1c.genmesh.v1.GenerateResponse\"#\n!InferenceServiceListModelsRequest\"K\n\"InferenceServiceListModelsResponse\x12%\n\x06models\x18\x01 \x03(\x0b\x32\x15.genmesh.v1.ModelInfo\"4\n#InferenceServiceGetModelInfoRequest\x12\r\n\x05model\x18\x01 \x01(\t\"L\n$InferenceServiceGetModelInfoResponse\x12$\n\x05model\x18\x01 \x01(\x0b\x32\x15.genmesh.v1.ModelInfo\"Z\n\x1fInferenceServiceTokenizeRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x1a\n\x12\x61\x64\x64_special_tokens\x18\x03 \x01(\x08\"B\n InferenceServiceTokenizeResponse\x12\x0e\n\x06tokens\x18\x01 \x03(\x05\x12\x0e\n\x06pieces\x18\x02 \x03(\t\"B\n!InferenceServiceDetokenizeRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0e\n\x06tokens\x18\x02 \x03(\x05\"2\n\"InferenceServiceDetokenizeResponse\x12\x0c\n\x04text\x18\x01 \x01(\t\"I\n\x1cInferenceServiceEmbedRequest\x12)\n\x07request\x18\x01 \x01(\x0b\x32\x18.genmesh.v1.EmbedRequest\"L\n\x1dInferenceServiceEmbedResponse\x12+\n\x08response\x18\x01 \x01(\x0b\x32\x19.genmesh.v1.EmbedResponse2\xcd\x05\n\x10InferenceService\x12@\n\x05Infer\x12\x18.genmesh.v1.InferRequest\x1a\x19.genmesh.v1.InferResponse(\x01\x30\x01\x12\x65\n\x08Generate\x12+.genmesh.v1.InferenceServiceGenerateRequest\x1a,.genmesh.v1.InferenceServiceGenerateResponse\x12k\n\nListModels\x12-.genmesh.v1.InferenceServiceListModelsRequest\x1a..genmesh.v1.InferenceServiceListModelsResponse\x12q\n\x0cGetModelInfo\x12/.genmesh.v1.InferenceServiceGetModelInfoRequest\x1a\x30.genmesh.v1.InferenceServiceGetModelInfoResponse\x12\x65\n\x08Tokenize\x12+.genmesh.v1.InferenceServiceTokenizeRequest\x1a,.genmesh.v1.InferenceServiceTokenizeResponse\x12k\n\nDetokenize\x12-.genmesh.v1.InferenceServiceDetokenizeRequest\x1a..genmesh.v1.InferenceServiceDetokenizeResponse\x12\\\n\x05\x45mbed\x12(.genmesh.v1.InferenceServiceEmbedRequest\x1a).genmesh.v1.InferenceServiceEmbedResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1agenmesh/v1/inference.proto\x12\ngenmesh.v1\x1a\x17genmesh/v1/common.proto\x1a\x1agenmesh/v1/embedding.proto\"\x9a\x01\n\x0cInferRequest\x12.\n\x07request\x18\x01 \x01(\x0b\x32\x1b.genmesh.v1.GenerateRequestH\x00\x12\'\n\x05\x61udio\x18\x02 \x01(\x0b\x32\x16.genmesh.v1.AudioChunkH\x00\x12&\n\x07\x63ontrol\x18\x03 \x01(\x0b\x32\x13.genmesh.v1.ControlH\x00\x42\t\n\x07message\"K\n\rInferResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12&\n\x05\x65vent\x18\x02 \x01(\x0b\x32\x17.genmesh.v1.StreamEvent\"O\n\x1fInferenceServiceGenerateRequest\x12,\n\x07request\x18\x01 \x01(\x0b\x32\x1b.genmesh.v1.GenerateRequest\"R\n InferenceServiceGenerateResponse\x12.\n\x08response\x18\x01 \x01(\x0b\x32\x1c.genmesh.v1.GenerateResponse\"#\n!InferenceServiceListModelsRequest\"K\n\"InferenceServiceListModelsResponse\x12%\n\x06models\x18\x01 \x03(\x0b\x32\x15.genmesh.v1.ModelInfo\"4\n#InferenceServiceGetModelInfoRequest\x12\r\n\x05model\x18\x01 \x01(\t\"L\n$InferenceServiceGetModelInfoResponse\x12$\n\x05model\x18\x01 \x01(\x0b\x32\x15.genmesh.v1.ModelInfo\"n\n\x1fInferenceServiceTokenizeRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x1a\n\x12\x61\x64\x64_special_tokens\x18\x03 \x01(\x08\x12\x12\n\ncount_only\x18\x04 \x01(\x08\"Q\n InferenceServiceTokenizeResponse\x12\x0e\n\x06tokens\x18\x01 \x03(\x05\x12\x0e\n\x06pieces\x18\x02 \x03(\t\x12\r\n\x05\x63ount\x18\x03 \x01(\x05\"B\n!InferenceServiceDetokenizeRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0e\n\x06tokens\x18\x02 \x03(\x05\"2\n\"InferenceServiceDetokenizeResponse\x12\x0c\n\x04text\x18\x01 \x01(\t\"I\n\x1cInferenceServiceEmbedRequest\x12)\n\x07request\x18\x01 \x01(\x0b\x32\x18.genmesh.v1.EmbedRequest\"L\n\x1dInferenceServiceEmbedResponse\x12+\n\x08response\x18\x01 \x01(\x0b\x32\x19.genmesh.v1.EmbedResponse2\xcd\x05\n\x10InferenceService\x12@\n\x05Infer\x12\x18.genmesh.v1.InferRequest\x1a\x19.genmesh.v1.InferResponse(\x01\x30\x01\x12\x65\n\x08Generate\x12+.genmesh.v1.InferenceServiceGenerateRequest\x1a,.genmesh.v1.InferenceServiceGenerateResponse\x12k\n\nListModels\x12-.genmesh.v1.InferenceServiceListModelsRequest\x1a..genmesh.v1.InferenceServiceListModelsResponse\x12q\n\x0cGetModelInfo\x12/.genmesh.v1.InferenceServiceGetModelInfoRequest\x1a\x30.genmesh.v1.InferenceServiceGetModelInfoResponse\x12\x65\n\x08Tokenize\x12+.genmesh.v1.InferenceServiceTokenizeRequest\x1a,.genmesh.v1.InferenceServiceTokenizeResponse\x12k\n\nDetokenize\x12-.genmesh.v1.InferenceServiceDetokenizeRequest\x1a..genmesh.v1.InferenceServiceDetokenizeResponse\x12\\\n\x05\x45mbed\x12(.genmesh.v1.InferenceServiceEmbedRequest\x1a).genmesh.v1.InferenceServiceEmbedResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -50,17 +50,17 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_INFERENCESERVICEGETMODELINFORESPONSE']._serialized_start=662
   _globals['_INFERENCESERVICEGETMODELINFORESPONSE']._serialized_end=738
   _globals['_INFERENCESERVICETOKENIZEREQUEST']._serialized_start=740
-  _globals['_INFERENCESERVICETOKENIZEREQUEST']._serialized_end=830
-  _globals['_INFERENCESERVICETOKENIZERESPONSE']._serialized_start=832
-  _globals['_INFERENCESERVICETOKENIZERESPONSE']._serialized_end=898
-  _globals['_INFERENCESERVICEDETOKENIZEREQUEST']._serialized_start=900
-  _globals['_INFERENCESERVICEDETOKENIZEREQUEST']._serialized_end=966
-  _globals['_INFERENCESERVICEDETOKENIZERESPONSE']._serialized_start=968
-  _globals['_INFERENCESERVICEDETOKENIZERESPONSE']._serialized_end=1018
-  _globals['_INFERENCESERVICEEMBEDREQUEST']._serialized_start=1020
-  _globals['_INFERENCESERVICEEMBEDREQUEST']._serialized_end=1093
-  _globals['_INFERENCESERVICEEMBEDRESPONSE']._serialized_start=1095
-  _globals['_INFERENCESERVICEEMBEDRESPONSE']._serialized_end=1171
-  _globals['_INFERENCESERVICE']._serialized_start=1174
-  _globals['_INFERENCESERVICE']._serialized_end=1891
+  _globals['_INFERENCESERVICETOKENIZEREQUEST']._serialized_end=850
+  _globals['_INFERENCESERVICETOKENIZERESPONSE']._serialized_start=852
+  _globals['_INFERENCESERVICETOKENIZERESPONSE']._serialized_end=933
+  _globals['_INFERENCESERVICEDETOKENIZEREQUEST']._serialized_start=935
+  _globals['_INFERENCESERVICEDETOKENIZEREQUEST']._serialized_end=1001
+  _globals['_INFERENCESERVICEDETOKENIZERESPONSE']._serialized_start=1003
+  _globals['_INFERENCESERVICEDETOKENIZERESPONSE']._serialized_end=1053
+  _globals['_INFERENCESERVICEEMBEDREQUEST']._serialized_start=1055
+  _globals['_INFERENCESERVICEEMBEDREQUEST']._serialized_end=1128
+  _globals['_INFERENCESERVICEEMBEDRESPONSE']._serialized_start=1130
+  _globals['_INFERENCESERVICEEMBEDRESPONSE']._serialized_end=1206
+  _globals['_INFERENCESERVICE']._serialized_start=1209
+  _globals['_INFERENCESERVICE']._serialized_end=1926
 # @@protoc_insertion_point(module_scope)

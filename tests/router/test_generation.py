@@ -10,12 +10,13 @@ import socket
 import subprocess
 import sys
 import urllib.request
+from collections.abc import Awaitable
 from typing import Any
 
 import grpc
 import pytest
 
-from genmesh.client import Client, error_details, media_input, text_request
+from genmesh.client import Client, ErrorDetails, error_details, media_input, text_request
 from genmesh.v1 import common_pb2, generation_pb2, tokenizer_pb2
 from tests.support import API_KEY, ServiceProcess, echo_binding, router_config, run_genmesh
 
@@ -385,6 +386,48 @@ async def test_echo_tokens_that_are_no_characters_are_invalid(client: Client) ->
         )
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "tokens" in error_details(caught.value).violations
+
+
+MIB = 1024 * 1024
+
+
+async def test_texts_too_long_to_list_are_counted_and_refused_naming_the_text(
+    client: Client,
+) -> None:
+    """The echo's tokens are characters: 7 MiB of text is 7 Mi tokens, whose ids and pieces take
+    29 MB, more than a message carries (16 MiB). Counting them still works; listing them, or
+    sending more text than a request may hold, is the caller's error, named, not the transport's
+    RESOURCE_EXHAUSTED (which reads as an overload to wait out)."""
+    text, larger = "x" * (7 * MIB), "x" * (9 * MIB)
+    tokenizer, metadata = client.tokenizer, client.metadata
+    count = await tokenizer.CountTokens(
+        tokenizer_pb2.CountTokensRequest(text=text), metadata=metadata
+    )
+    assert count.count == len(text)
+    listed = await refused(
+        tokenizer.Tokenize(tokenizer_pb2.TokenizeRequest(text=text), metadata=metadata)
+    )
+    assert listed.reason == "RESPONSE_TOO_LARGE"
+    assert "CountTokens" in listed.violations["text"]
+    for too_large in (
+        await refused(
+            tokenizer.Tokenize(tokenizer_pb2.TokenizeRequest(text=larger), metadata=metadata)
+        ),
+        await refused(
+            tokenizer.CountTokens(tokenizer_pb2.CountTokensRequest(text=larger), metadata=metadata)
+        ),
+    ):
+        assert too_large.reason == "REQUEST_TOO_LARGE"
+        assert "text" in too_large.violations
+
+
+async def refused(call: Awaitable[object]) -> ErrorDetails:
+    """The details of a call that must fail as INVALID_ARGUMENT."""
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await call
+    details = error_details(caught.value)
+    assert details.code == grpc.StatusCode.INVALID_ARGUMENT, details
+    return details
 
 
 async def test_echo_repeats_without_building_the_whole_echo(client: Client) -> None:

@@ -102,6 +102,22 @@ async def test_tokenize_detokenize_round_trip(mesh: Client) -> None:
     assert count.count == len(tokens.tokens)
 
 
+async def test_a_long_text_is_tokenized_beside_a_generation(mesh: Client) -> None:
+    """Three megabytes of text are 0.7 M tokens, whose ids and pieces (9 MB) are more than grpc's
+    default 4 MiB a client takes; the tokenizer runs beside the batch's decoding thread."""
+    text = "Hello, world! Ça va? 東京 is a city. " * 80_000
+    generation = asyncio.ensure_future(mesh.generate(text_request(FRANCE, parameters=greedy())))
+    tokens, count = await asyncio.gather(
+        mesh.tokenizer.Tokenize(tokenizer_pb2.TokenizeRequest(text=text), metadata=mesh.metadata),
+        mesh.tokenizer.CountTokens(
+            tokenizer_pb2.CountTokensRequest(text=text), metadata=mesh.metadata
+        ),
+    )
+    assert "".join(tokens.pieces) == text
+    assert count.count == len(tokens.tokens) > 500_000
+    assert "Paris" in (await generation).outputs[0].text
+
+
 async def test_unknown_token_ids_are_invalid(mesh: Client) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await mesh.tokenizer.Detokenize(

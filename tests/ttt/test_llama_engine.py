@@ -58,14 +58,14 @@ async def test_max_tokens_gives_length(engine: LlamaCppEngine) -> None:
 
 async def test_tokenize_round_trip(engine: LlamaCppEngine) -> None:
     text = "Hello, world! Ça va? 東京"
-    pairs = await engine.tokenize(text, add_special_tokens=False)
+    pairs = engine.tokenize(text, add_special_tokens=False)
     assert "".join(piece for _, piece in pairs) == text
-    assert await engine.detokenize([t for t, _ in pairs]) == text
+    assert engine.detokenize([t for t, _ in pairs]) == text
 
 
 async def test_detokenize_rejects_unknown_ids(engine: LlamaCppEngine) -> None:
     with pytest.raises(ValueError, match="out of range"):
-        await engine.detokenize([1, 10**9])
+        engine.detokenize([1, 10**9])
 
 
 async def test_prompt_longer_than_context_is_refused(engine: LlamaCppEngine) -> None:

@@ -181,7 +181,7 @@ async def test_the_template_renders_tools_calls_and_results(
     engine = engines[name]
     use = tool_use(common_pb2.ToolChoice(mode=Mode.MODE_REQUIRED))
     messages = tools.conversation(HISTORY, use, engine.chat_template)
-    prompt = await engine.detokenize(engine.prompt_tokens(messages, use))
+    prompt = engine.detokenize(engine.prompt_tokens(messages, use))
     definition = json.dumps(tools.definition(use.tools[0]), ensure_ascii=False)
     assert f"<tools>\n{definition}\n</tools>" in prompt
     assert (

@@ -456,8 +456,11 @@ type InferenceServiceTokenizeRequest struct {
 	Text string `protobuf:"bytes,2,opt,name=text,proto3" json:"text,omitempty"`
 	// Add the model's special tokens.
 	AddSpecialTokens bool `protobuf:"varint,3,opt,name=add_special_tokens,json=addSpecialTokens,proto3" json:"add_special_tokens,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// Only the number of tokens is wanted (CountTokens): the response carries `count` and no ids
+	// or pieces, so counting a text too long to list its tokens in one message still works.
+	CountOnly     bool `protobuf:"varint,4,opt,name=count_only,json=countOnly,proto3" json:"count_only,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *InferenceServiceTokenizeRequest) Reset() {
@@ -511,13 +514,22 @@ func (x *InferenceServiceTokenizeRequest) GetAddSpecialTokens() bool {
 	return false
 }
 
+func (x *InferenceServiceTokenizeRequest) GetCountOnly() bool {
+	if x != nil {
+		return x.CountOnly
+	}
+	return false
+}
+
 // The tokens.
 type InferenceServiceTokenizeResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// Token ids.
+	// Token ids; empty when `count_only` was asked.
 	Tokens []int32 `protobuf:"varint,1,rep,packed,name=tokens,proto3" json:"tokens,omitempty"`
-	// The text of each token.
-	Pieces        []string `protobuf:"bytes,2,rep,name=pieces,proto3" json:"pieces,omitempty"`
+	// The text of each token; empty when `count_only` was asked.
+	Pieces []string `protobuf:"bytes,2,rep,name=pieces,proto3" json:"pieces,omitempty"`
+	// The number of tokens, in every response.
+	Count         int32 `protobuf:"varint,3,opt,name=count,proto3" json:"count,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -564,6 +576,13 @@ func (x *InferenceServiceTokenizeResponse) GetPieces() []string {
 		return x.Pieces
 	}
 	return nil
+}
+
+func (x *InferenceServiceTokenizeResponse) GetCount() int32 {
+	if x != nil {
+		return x.Count
+	}
+	return 0
 }
 
 // Detokenizes ids.
@@ -785,14 +804,17 @@ const file_genmesh_v1_inference_proto_rawDesc = "" +
 	"#InferenceServiceGetModelInfoRequest\x12\x14\n" +
 	"\x05model\x18\x01 \x01(\tR\x05model\"S\n" +
 	"$InferenceServiceGetModelInfoResponse\x12+\n" +
-	"\x05model\x18\x01 \x01(\v2\x15.genmesh.v1.ModelInfoR\x05model\"y\n" +
+	"\x05model\x18\x01 \x01(\v2\x15.genmesh.v1.ModelInfoR\x05model\"\x98\x01\n" +
 	"\x1fInferenceServiceTokenizeRequest\x12\x14\n" +
 	"\x05model\x18\x01 \x01(\tR\x05model\x12\x12\n" +
 	"\x04text\x18\x02 \x01(\tR\x04text\x12,\n" +
-	"\x12add_special_tokens\x18\x03 \x01(\bR\x10addSpecialTokens\"R\n" +
+	"\x12add_special_tokens\x18\x03 \x01(\bR\x10addSpecialTokens\x12\x1d\n" +
+	"\n" +
+	"count_only\x18\x04 \x01(\bR\tcountOnly\"h\n" +
 	" InferenceServiceTokenizeResponse\x12\x16\n" +
 	"\x06tokens\x18\x01 \x03(\x05R\x06tokens\x12\x16\n" +
-	"\x06pieces\x18\x02 \x03(\tR\x06pieces\"Q\n" +
+	"\x06pieces\x18\x02 \x03(\tR\x06pieces\x12\x14\n" +
+	"\x05count\x18\x03 \x01(\x05R\x05count\"Q\n" +
 	"!InferenceServiceDetokenizeRequest\x12\x14\n" +
 	"\x05model\x18\x01 \x01(\tR\x05model\x12\x16\n" +
 	"\x06tokens\x18\x02 \x03(\x05R\x06tokens\"8\n" +
