@@ -21,7 +21,7 @@ from genmesh.audio.codecs import WHISPER_RATE, CodecError, Samples
 from genmesh.audio.inputs import invalid
 from genmesh.audio.streaming import Segmenter, SegmenterConfig, SpeechEvent
 from genmesh.audio.stt import Segment, TranscribeOptions, WhisperSTT
-from genmesh.audio.transcription import Transcribing, joined, segment_proto
+from genmesh.audio.transcription import Transcribing, segment_proto
 from genmesh.runtime.errors import ServiceError
 from genmesh.runtime.inference import Requests, Stop, is_cancel
 from genmesh.runtime.limiter import Slots
@@ -129,12 +129,7 @@ class LiveTranscription(Transcribing):
             # Detection costs a pass of the encoder: detect once, then keep the language.
             self.options = dataclasses.replace(self.options, language=language)
             self.probability = probability
-        segment = Segment(
-            pieces[0].start,
-            pieces[-1].end,
-            joined(pieces),
-            tuple(w for p in pieces for w in p.words),
-        )
+        segment = Segment.merged(pieces)
         update = common_pb2.TranscriptUpdate(is_final=event.final, text=segment.text)
         if event.final:
             self.segments.append(segment)

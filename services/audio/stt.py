@@ -7,7 +7,8 @@ lets the service stream settled segments of a long file before the whole file is
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+import zlib
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -46,12 +47,50 @@ class Word:
 
 @dataclass(frozen=True)
 class Segment:
-    """Recognised speech with times in seconds from the start of the audio."""
+    """Recognised speech with times in seconds from the start of the audio, and Whisper's own
+    measures of how sure it is (what OpenAI's verbose transcripts show)."""
 
     start: float
     end: float
     text: str
     words: tuple[Word, ...] = field(default=())
+    tokens: tuple[int, ...] = ()
+    avg_logprob: float = 0.0
+    compression_ratio: float = 0.0
+    no_speech_prob: float = 0.0
+    temperature: float = 0.0
+    # The decoding window's start, in 10 ms frames from the start of the audio.
+    seek: int = 0
+
+    @classmethod
+    def merged(cls, pieces: list[Segment]) -> Segment:
+        """Consecutive segments as one: the text joined, its measures taken over all of it (a
+        piece with speech makes the whole a segment with speech)."""
+        text = joined(pieces)
+        tokens = tuple(t for p in pieces for t in p.tokens)
+        weighted = sum(p.avg_logprob * len(p.tokens) for p in pieces)
+        return cls(
+            pieces[0].start,
+            pieces[-1].end,
+            text,
+            tuple(w for p in pieces for w in p.words),
+            tokens,
+            weighted / len(tokens) if tokens else 0.0,
+            compression_ratio(text),
+            min(p.no_speech_prob for p in pieces),
+            max(p.temperature for p in pieces),
+            pieces[0].seek,
+        )
+
+
+def joined(segments: Iterable[Segment]) -> str:
+    return " ".join(s.text for s in segments if s.text)
+
+
+def compression_ratio(text: str) -> float:
+    """Whisper's measure of repetition: the text's UTF-8 size over its compressed size."""
+    data = text.encode()
+    return len(data) / len(zlib.compress(data)) if data else 0.0
 
 
 @dataclass(frozen=True)
@@ -148,7 +187,18 @@ class WhisperSTT:
                     )
                     for w in s.words or ()
                 )
-                yield Segment(float(s.start) + offset, float(s.end) + offset, s.text.strip(), words)
+                yield Segment(
+                    float(s.start) + offset,
+                    float(s.end) + offset,
+                    s.text.strip(),
+                    words,
+                    tuple(s.tokens),
+                    float(s.avg_logprob),
+                    float(s.compression_ratio),
+                    float(s.no_speech_prob),
+                    float(s.temperature or 0.0),
+                    int(s.seek) + round(offset * 100),
+                )
 
         return Recognition(
             info.language, float(info.language_probability), float(info.duration), converted()

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import abc
 import asyncio
-from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 from typing import Any, TypeVar
 
 from genmesh.audio import codecs
@@ -20,6 +20,7 @@ from genmesh.audio.stt import (
     TranscribeOptions,
     TranscriptionInputError,
     WhisperSTT,
+    joined,
 )
 from genmesh.runtime.inference import InferJob, Stop
 from genmesh.runtime.limiter import Slots
@@ -41,6 +42,12 @@ def segment_proto(segment: Segment) -> common_pb2.TranscriptSegment:
         start=duration(segment.start),
         end=duration(segment.end),
         text=segment.text,
+        tokens=segment.tokens,
+        avg_logprob=segment.avg_logprob,
+        compression_ratio=segment.compression_ratio,
+        no_speech_prob=segment.no_speech_prob,
+        temperature=segment.temperature,
+        seek=segment.seek,
         words=[
             common_pb2.TranscriptWord(
                 start=duration(w.start), end=duration(w.end), word=w.word, probability=w.probability
@@ -48,10 +55,6 @@ def segment_proto(segment: Segment) -> common_pb2.TranscriptSegment:
             for w in segment.words
         ],
     )
-
-
-def joined(segments: Iterable[Segment]) -> str:
-    return " ".join(s.text for s in segments if s.text)
 
 
 def transcript_output(

@@ -1102,8 +1102,28 @@ class TranscriptSegment(_message.Message):
     END_FIELD_NUMBER: _builtins.int
     TEXT_FIELD_NUMBER: _builtins.int
     WORDS_FIELD_NUMBER: _builtins.int
+    TOKENS_FIELD_NUMBER: _builtins.int
+    AVG_LOGPROB_FIELD_NUMBER: _builtins.int
+    COMPRESSION_RATIO_FIELD_NUMBER: _builtins.int
+    NO_SPEECH_PROB_FIELD_NUMBER: _builtins.int
+    TEMPERATURE_FIELD_NUMBER: _builtins.int
+    SEEK_FIELD_NUMBER: _builtins.int
     text: _builtins.str
     """Recognised text."""
+    avg_logprob: _builtins.float
+    """Mean log probability of those tokens; below -1 the recognition is likely poor."""
+    compression_ratio: _builtins.float
+    """The text's size over its gzip-compressed size; above 2.4 it likely repeats itself (a
+    decoding loop).
+    """
+    no_speech_prob: _builtins.float
+    """Probability that the audio of the segment holds no speech."""
+    temperature: _builtins.float
+    """The sampling temperature that gave the text: above 0 when decoding fell back from greedy
+    after a poor first attempt.
+    """
+    seek: _builtins.int
+    """Where in the audio the decoding window of the segment started, in 10 ms frames."""
     @_builtins.property
     def start(self) -> _duration_pb2.Duration:
         """Start, from the beginning of the audio."""
@@ -1116,6 +1136,10 @@ class TranscriptSegment(_message.Message):
     def words(self) -> _containers.RepeatedCompositeFieldContainer[Global___TranscriptWord]:
         """Per-word timings when word_timestamps was asked for."""
 
+    @_builtins.property
+    def tokens(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """The recogniser's token ids of the text (Whisper's vocabulary)."""
+
     def __init__(
         self,
         *,
@@ -1123,10 +1147,16 @@ class TranscriptSegment(_message.Message):
         end: _duration_pb2.Duration | None = ...,
         text: _builtins.str = ...,
         words: _abc.Iterable[Global___TranscriptWord] | None = ...,
+        tokens: _abc.Iterable[_builtins.int] | None = ...,
+        avg_logprob: _builtins.float = ...,
+        compression_ratio: _builtins.float = ...,
+        no_speech_prob: _builtins.float = ...,
+        temperature: _builtins.float = ...,
+        seek: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["end", b"end", "start", b"start"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["end", b"end", "start", b"start", "text", b"text", "words", b"words"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["avg_logprob", b"avg_logprob", "compression_ratio", b"compression_ratio", "end", b"end", "no_speech_prob", b"no_speech_prob", "seek", b"seek", "start", b"start", "temperature", b"temperature", "text", b"text", "tokens", b"tokens", "words", b"words"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

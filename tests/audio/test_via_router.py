@@ -97,6 +97,8 @@ async def test_converse_streams_transcripts_of_streamed_audio(
     assert events[-1].HasField("final")
     result = events[-1].final.outputs[0]
     assert [f.segment for f in finals] == list(result.transcript.segments)
+    # A turn's segment joins Whisper's pieces of it, their measures taken over the whole.
+    assert all(f.segment.tokens and -1 < f.segment.avg_logprob < 0 for f in finals)
     assert word_error_rate(TEXT, result.text) <= 0.10, result.text
 
 

@@ -16,6 +16,7 @@ import soundfile as sf
 from openai import AsyncOpenAI, OpenAI
 from openai.types import Image as ImageData
 from openai.types import ImagesResponse
+from openai.types.audio import TranscriptionSegment
 from PIL import Image
 
 from tests.audio.conftest import word_error_rate
@@ -206,6 +207,12 @@ def test_speech_then_transcription(media: OpenAI, fmt: str) -> None:
         assert result.language == "en"
         assert result.duration > 1
         assert result.segments and result.segments[0].end > result.segments[0].start
+        for segment in result.segments:
+            # Every field of OpenAI's segment, with Whisper's measures of a clear recording.
+            TranscriptionSegment.model_validate(segment.model_dump())
+            assert segment.tokens and segment.temperature == 0
+            assert -1 < segment.avg_logprob < 0 and segment.no_speech_prob < 0.5
+            assert 0 < segment.compression_ratio < 2.4
         assert result.words and "train" in [w.word.lower().strip(".,") for w in result.words]
     else:
         lines = str(result).strip().splitlines()

@@ -168,7 +168,18 @@ def subtitles(transcript: common_pb2.Transcript, kind: Literal["srt", "vtt"]) ->
 def verbose(output: common_pb2.OutputItem, words: bool) -> dict[str, Any]:
     transcript = output.transcript
     segments = [
-        {"id": i, "start": seconds(s.start), "end": seconds(s.end), "text": s.text}
+        {
+            "id": i,
+            "seek": s.seek,
+            "start": seconds(s.start),
+            "end": seconds(s.end),
+            "text": s.text,
+            "tokens": list(s.tokens),
+            "temperature": s.temperature,
+            "avg_logprob": s.avg_logprob,
+            "compression_ratio": s.compression_ratio,
+            "no_speech_prob": s.no_speech_prob,
+        }
         for i, s in enumerate(transcript.segments)
     ]
     result: dict[str, Any] = {

@@ -2125,7 +2125,21 @@ type TranscriptSegment struct {
 	// Recognised text.
 	Text string `protobuf:"bytes,3,opt,name=text,proto3" json:"text,omitempty"`
 	// Per-word timings when word_timestamps was asked for.
-	Words         []*TranscriptWord `protobuf:"bytes,4,rep,name=words,proto3" json:"words,omitempty"`
+	Words []*TranscriptWord `protobuf:"bytes,4,rep,name=words,proto3" json:"words,omitempty"`
+	// The recogniser's token ids of the text (Whisper's vocabulary).
+	Tokens []int32 `protobuf:"varint,5,rep,packed,name=tokens,proto3" json:"tokens,omitempty"`
+	// Mean log probability of those tokens; below -1 the recognition is likely poor.
+	AvgLogprob float32 `protobuf:"fixed32,6,opt,name=avg_logprob,json=avgLogprob,proto3" json:"avg_logprob,omitempty"`
+	// The text's size over its gzip-compressed size; above 2.4 it likely repeats itself (a
+	// decoding loop).
+	CompressionRatio float32 `protobuf:"fixed32,7,opt,name=compression_ratio,json=compressionRatio,proto3" json:"compression_ratio,omitempty"`
+	// Probability that the audio of the segment holds no speech.
+	NoSpeechProb float32 `protobuf:"fixed32,8,opt,name=no_speech_prob,json=noSpeechProb,proto3" json:"no_speech_prob,omitempty"`
+	// The sampling temperature that gave the text: above 0 when decoding fell back from greedy
+	// after a poor first attempt.
+	Temperature float32 `protobuf:"fixed32,9,opt,name=temperature,proto3" json:"temperature,omitempty"`
+	// Where in the audio the decoding window of the segment started, in 10 ms frames.
+	Seek          int32 `protobuf:"varint,10,opt,name=seek,proto3" json:"seek,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2186,6 +2200,48 @@ func (x *TranscriptSegment) GetWords() []*TranscriptWord {
 		return x.Words
 	}
 	return nil
+}
+
+func (x *TranscriptSegment) GetTokens() []int32 {
+	if x != nil {
+		return x.Tokens
+	}
+	return nil
+}
+
+func (x *TranscriptSegment) GetAvgLogprob() float32 {
+	if x != nil {
+		return x.AvgLogprob
+	}
+	return 0
+}
+
+func (x *TranscriptSegment) GetCompressionRatio() float32 {
+	if x != nil {
+		return x.CompressionRatio
+	}
+	return 0
+}
+
+func (x *TranscriptSegment) GetNoSpeechProb() float32 {
+	if x != nil {
+		return x.NoSpeechProb
+	}
+	return 0
+}
+
+func (x *TranscriptSegment) GetTemperature() float32 {
+	if x != nil {
+		return x.Temperature
+	}
+	return 0
+}
+
+func (x *TranscriptSegment) GetSeek() int32 {
+	if x != nil {
+		return x.Seek
+	}
+	return 0
 }
 
 // One recognised word.
@@ -3643,12 +3699,20 @@ const file_genmesh_v1_common_proto_rawDesc = "" +
 	"\x05total\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\x05total\x123\n" +
 	"\arouting\x18\x04 \x01(\v2\x19.google.protobuf.DurationR\arouting\x12D\n" +
 	"\x10input_processing\x18\x05 \x01(\v2\x19.google.protobuf.DurationR\x0finputProcessing\x123\n" +
-	"\aprefill\x18\x06 \x01(\v2\x19.google.protobuf.DurationR\aprefill\"\xb7\x01\n" +
+	"\aprefill\x18\x06 \x01(\v2\x19.google.protobuf.DurationR\aprefill\"\xf9\x02\n" +
 	"\x11TranscriptSegment\x12/\n" +
 	"\x05start\x18\x01 \x01(\v2\x19.google.protobuf.DurationR\x05start\x12+\n" +
 	"\x03end\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\x03end\x12\x12\n" +
 	"\x04text\x18\x03 \x01(\tR\x04text\x120\n" +
-	"\x05words\x18\x04 \x03(\v2\x1a.genmesh.v1.TranscriptWordR\x05words\"\xa4\x01\n" +
+	"\x05words\x18\x04 \x03(\v2\x1a.genmesh.v1.TranscriptWordR\x05words\x12\x16\n" +
+	"\x06tokens\x18\x05 \x03(\x05R\x06tokens\x12\x1f\n" +
+	"\vavg_logprob\x18\x06 \x01(\x02R\n" +
+	"avgLogprob\x12+\n" +
+	"\x11compression_ratio\x18\a \x01(\x02R\x10compressionRatio\x12$\n" +
+	"\x0eno_speech_prob\x18\b \x01(\x02R\fnoSpeechProb\x12 \n" +
+	"\vtemperature\x18\t \x01(\x02R\vtemperature\x12\x12\n" +
+	"\x04seek\x18\n" +
+	" \x01(\x05R\x04seek\"\xa4\x01\n" +
 	"\x0eTranscriptWord\x12/\n" +
 	"\x05start\x18\x01 \x01(\v2\x19.google.protobuf.DurationR\x05start\x12+\n" +
 	"\x03end\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\x03end\x12\x12\n" +
