@@ -156,6 +156,11 @@ class Dispatcher:
                 f"personality '{personality.key}' applies to text generation only",
                 FieldViolation("personality", "use it with TASK_TEXT"),
             )
+        if personality is not None and resolved.text.raw_prompt:
+            raise errors.invalid_argument(
+                "a raw prompt takes no personality",
+                FieldViolation("personality", "its conditioning needs the chat template"),
+            )
         merge_parameters(resolved, route, personality)
         conditioning = personality.conditioning() if personality else None
         if conditioning is not None:

@@ -90,7 +90,7 @@ def _calls_valid(text: str, use: ToolUse) -> bool:
 
 
 class EchoEngine(TextEngine):
-    features = frozenset({"json_schema", "regex", "choices", "tools", "logprobs"})
+    features = frozenset({"json_schema", "regex", "choices", "tools", "logprobs", "raw_prompt"})
 
     def __init__(self, name: str = "echo") -> None:
         self.name = name

@@ -100,6 +100,8 @@ class SamplingParams:
     top_logprobs: int | None = None
     # Choices per request: the service runs one generation per choice.
     n: int = 1
+    # The one user message is the whole prompt, tokenized as it stands (no chat template).
+    raw_prompt: bool = False
 
 
 @dataclass(frozen=True)
@@ -240,6 +242,10 @@ class LocalEngine(TextEngine):
         """The messages rendered with the chat template, as token ids; the template gets the
         tools of `use` when it writes them itself (`tools.template_inputs`)."""
 
+    def encode(self, text: str) -> list[int]:
+        """A raw prompt's token ids, with the model's own special tokens (its BOS)."""
+        return [token for token, _ in self.tokenize(text, True)]
+
     @abc.abstractmethod
     def context_window(self) -> int:
         """The loaded model's context size in tokens (0: unknown)."""
@@ -249,7 +255,10 @@ class LocalEngine(TextEngine):
     ) -> tuple[list[int], int]:
         """The prompt's tokens and how many the generation may produce: what the request asks,
         capped by the room the prompt leaves in the context and by the model's output cap."""
-        prompt = self.prompt_tokens(messages, params.tools)
+        if params.raw_prompt:
+            prompt = self.encode(messages[0].content)
+        else:
+            prompt = self.prompt_tokens(messages, params.tools)
         context = self.context_window()
         if context and len(prompt) >= context:
             raise PromptTooLongError(len(prompt), context)

@@ -61,7 +61,9 @@ class LlamaCppEngine(ThreadedEngine):
     """Serves one GGUF file with the model's own chat template."""
 
     engine = "llama.cpp"
-    features = frozenset({"json_schema", "regex", "grammar", "choices", "tools", "logprobs"})
+    features = frozenset(
+        {"json_schema", "regex", "grammar", "choices", "tools", "logprobs", "raw_prompt"}
+    )
 
     def __init__(
         self,
@@ -280,6 +282,9 @@ class LlamaCppEngine(ThreadedEngine):
         # so the pieces always join back into the text.
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         return [(i, decoder.decode(llm.detokenize([i], special=True))) for i in ids]
+
+    def encode(self, text: str) -> list[int]:
+        return list(self.llm.tokenize(text.encode(), add_bos=True, special=True))
 
     def count_tokens(self, text: str, add_special_tokens: bool) -> int:
         special = add_special_tokens

@@ -31,7 +31,7 @@ class OnnxGenAIEngine(ThreadedEngine):
     """Serves an onnxruntime-genai model folder."""
 
     engine = "onnxruntime-genai"
-    features = frozenset({"json_schema", "regex", "grammar", "choices", "tools"})
+    features = frozenset({"json_schema", "regex", "grammar", "choices", "tools", "raw_prompt"})
 
     def __init__(
         self,

@@ -58,6 +58,24 @@ FINISH = {
 }
 
 
+def raw_prompt(request: common_pb2.GenerateRequest) -> str:
+    """The user prompts' text, concatenated: a raw prompt has nothing else."""
+    texts = (common_pb2.CONTENT_KIND_UNSPECIFIED, common_pb2.CONTENT_KIND_TEXT)
+    for index, item in enumerate(request.inputs):
+        user = ROLES.get(item.role) == "user" and item.kind in texts
+        if not user or item.WhichOneof("payload") != "text":
+            raise errors.invalid_argument(
+                "a raw prompt is user-prompt text only",
+                FieldViolation(f"inputs[{index}]", "must be user-prompt text with text.raw_prompt"),
+            )
+    prompt = "".join(item.text for item in request.inputs)
+    if not prompt:
+        raise errors.invalid_argument(
+            "no prompt", FieldViolation("inputs", "a raw prompt needs some text")
+        )
+    return prompt
+
+
 def chat_messages(request: common_pb2.GenerateRequest) -> list[ChatMessage]:
     """System items first (merged), then the conversation in order."""
     system: list[str] = []
@@ -122,6 +140,8 @@ def sampling_params(request: common_pb2.GenerateRequest, info: EngineModelInfo) 
     constraint = structured.constraint(text, bad)
     tool_use = structured.tool_use(text, bad)
     top_logprobs = structured.top_logprobs(text, bad)
+    if text.raw_prompt and tool_use is not None:
+        bad.append(FieldViolation("text.raw_prompt", "takes no tools: they need the chat template"))
     n = structured.choices(text, bad)
     structured.response_size(n, max_tokens, top_logprobs, bad)
     if bad:
@@ -141,6 +161,7 @@ def sampling_params(request: common_pb2.GenerateRequest, info: EngineModelInfo) 
         tools=tool_use,
         top_logprobs=top_logprobs,
         n=n,
+        raw_prompt=text.raw_prompt,
     )
 
 
@@ -223,6 +244,8 @@ class ServedModel:
     def conversation(
         self, request: common_pb2.GenerateRequest, params: SamplingParams
     ) -> list[ChatMessage]:
+        if params.raw_prompt:
+            return [ChatMessage("user", raw_prompt(request))]
         messages = chat_messages(request)
         if self.system_prompt and messages[0].role != "system":
             messages = [ChatMessage("system", self.system_prompt), *messages]

@@ -190,6 +190,8 @@ def refuse_unsupported(engine: TextEngine, params: SamplingParams) -> None:
         wanted.append(("tools", "text.tools", "call tools"))
     if params.top_logprobs is not None:
         wanted.append(("logprobs", "text.logprobs", "report logprobs"))
+    if params.raw_prompt:
+        wanted.append(("raw_prompt", "text.raw_prompt", "continue a raw prompt"))
     for feature, field, what in wanted:
         if feature not in engine.features:
             raise unsupported(UnsupportedError(engine.info().engine, field, what))

@@ -40,7 +40,7 @@ class TransformersEngine(ThreadedEngine):
     """Serves a model folder or GGUF file with transformers on CPU (or `device`)."""
 
     engine = "transformers"
-    features = frozenset({"json_schema", "regex", "grammar", "choices", "tools"})
+    features = frozenset({"json_schema", "regex", "grammar", "choices", "tools", "raw_prompt"})
 
     def __init__(
         self,

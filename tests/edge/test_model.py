@@ -56,6 +56,11 @@ def test_two_choices_with_a_budget(smol: OpenAI) -> None:
     assert completion.usage.completion_tokens <= 16
 
 
-def test_legacy_completion(smol: OpenAI) -> None:
-    completion = smol.completions.create(model="smollm2", prompt="Say hello.", max_tokens=8)
-    assert completion.choices[0].text
+def test_legacy_completion_continues_the_prompt_as_written(smol: OpenAI) -> None:
+    """As vLLM's and llama-server's: no chat template, so the prompt's tokens are its own."""
+    prompt = "The capital of France is"
+    completion = smol.completions.create(
+        model="smollm2", prompt=prompt, max_tokens=8, temperature=0, echo=True
+    )
+    assert completion.choices[0].text.startswith(prompt + " Paris")
+    assert completion.usage is not None and completion.usage.prompt_tokens < 10

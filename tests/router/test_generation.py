@@ -183,6 +183,7 @@ async def test_deadline_gives_deadline_exceeded_and_stops_the_backend(
     assert ended["outcome"] == "cancelled by client or deadline"
 
 
+RAW = common_pb2.TextParameters(raw_prompt=True)
 BAD_REQUESTS = {
     "no inputs": (common_pb2.GenerateRequest(), grpc.StatusCode.INVALID_ARGUMENT, "inputs"),
     "unknown binding": (
@@ -236,6 +237,21 @@ BAD_REQUESTS = {
         text_request("x", request_id="r\u00e9sum\u00e9"),
         grpc.StatusCode.INVALID_ARGUMENT,
         "request_id",
+    ),
+    "raw prompt with a system context": (
+        text_request("x", system="Be brief.", parameters=RAW),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "inputs[0]",
+    ),
+    "raw prompt with tools": (
+        text_request(
+            "x",
+            parameters=common_pb2.TextParameters(
+                raw_prompt=True, tools=[common_pb2.Tool(name="f")]
+            ),
+        ),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "text.raw_prompt",
     ),
     "task the binding does not serve": (
         common_pb2.GenerateRequest(

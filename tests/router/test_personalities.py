@@ -144,6 +144,15 @@ async def test_conditioning_reaches_the_engine_as_the_system_prompt(client: Clie
     assert both.usage.prompt_tokens == len(f"{POET}\n\nRhyme.") + len("verse")
 
 
+async def test_a_raw_prompt_takes_no_personality(client: Client) -> None:
+    raw = common_pb2.TextParameters(raw_prompt=True)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await client.generate(text_request("verse", personality="poet", parameters=raw))
+    details = error_details(caught.value)
+    assert details.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert "personality" in details.violations
+
+
 async def test_parameters_merge_binding_then_personality_then_request(client: Client) -> None:
     prompt = "abcdefghijklmnopqrstuvwxyz"
     binding_only = await client.generate(text_request(prompt))

@@ -102,6 +102,21 @@ async def test_tokenize_detokenize_round_trip(mesh: Client) -> None:
     assert count.count == len(tokens.tokens)
 
 
+async def test_a_raw_prompt_is_continued_as_written(mesh: Client) -> None:
+    """No chat template around it: the model continues the text, and its prompt is the text's
+    own tokens (a template would add a dozen)."""
+    text = "The capital of France is"
+    parameters = common_pb2.TextParameters(temperature=0, max_tokens=8, raw_prompt=True)
+    response = await mesh.generate(text_request(text, parameters=parameters))
+    assert "Paris" in response.outputs[0].text
+    tokens = await mesh.tokenizer.Tokenize(
+        tokenizer_pb2.TokenizeRequest(text=text, add_special_tokens=True), metadata=mesh.metadata
+    )
+    assert response.usage.prompt_tokens == len(tokens.tokens)
+    chat = await mesh.generate(text_request(text, parameters=greedy(max_tokens=1)))
+    assert chat.usage.prompt_tokens > response.usage.prompt_tokens + 10
+
+
 async def test_a_long_text_is_tokenized_beside_a_generation(mesh: Client) -> None:
     """Three megabytes of text are 0.7 M tokens, whose ids and pieces (9 MB) are more than grpc's
     default 4 MiB a client takes; the tokenizer runs beside the batch's decoding thread."""

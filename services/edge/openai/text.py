@@ -396,9 +396,12 @@ class CompletionRequest(TextRequest):
         }
 
     def parameters(self) -> common_pb2.TextParameters:
+        """A legacy completion continues its prompt as written, as vLLM's and llama.cpp's do:
+        no chat template around it."""
         parameters = super().parameters()
         parameters.logprobs = self.logprobs is not None
         parameters.top_logprobs = self.logprobs or 0
+        parameters.raw_prompt = True
         return parameters
 
     def prompts(self) -> list[str]:

@@ -1344,7 +1344,12 @@ type TextParameters struct {
 	// With logprobs: how many most likely alternatives to return per token, 0 to 20.
 	TopLogprobs int32 `protobuf:"varint,13,opt,name=top_logprobs,json=topLogprobs,proto3" json:"top_logprobs,omitempty"`
 	// How many choices to generate, 1 to 16; unset is 1. Choice i samples with seed + i.
-	N             *int32 `protobuf:"varint,14,opt,name=n,proto3,oneof" json:"n,omitempty"`
+	N *int32 `protobuf:"varint,14,opt,name=n,proto3,oneof" json:"n,omitempty"`
+	// The prompt is the text of the user-prompt inputs as it stands, concatenated, tokenized
+	// with the model's own special tokens (a BOS where the model wants one) and no chat template,
+	// system prompt or personality conditioning: the model continues the text, as OpenAI's legacy
+	// completions. Inputs of other roles and tools are INVALID_ARGUMENT with it.
+	RawPrompt     bool `protobuf:"varint,15,opt,name=raw_prompt,json=rawPrompt,proto3" json:"raw_prompt,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1475,6 +1480,13 @@ func (x *TextParameters) GetN() int32 {
 		return *x.N
 	}
 	return 0
+}
+
+func (x *TextParameters) GetRawPrompt() bool {
+	if x != nil {
+		return x.RawPrompt
+	}
+	return false
 }
 
 // Parameters for text-to-image and image editing.
@@ -3612,7 +3624,7 @@ const file_genmesh_v1_common_proto_rawDesc = "" +
 	"\x05token\x18\x02 \x01(\tR\x05token\x12\x18\n" +
 	"\alogprob\x18\x03 \x01(\x02R\alogprob\x12\x14\n" +
 	"\x05bytes\x18\x04 \x01(\fR\x05bytes\x12?\n" +
-	"\ftop_logprobs\x18\x05 \x03(\v2\x1c.genmesh.v1.TokenAlternativeR\vtopLogprobs\"\xfb\x04\n" +
+	"\ftop_logprobs\x18\x05 \x03(\v2\x1c.genmesh.v1.TokenAlternativeR\vtopLogprobs\"\x9a\x05\n" +
 	"\x0eTextParameters\x12\"\n" +
 	"\n" +
 	"max_tokens\x18\x01 \x01(\x05H\x00R\tmaxTokens\x88\x01\x01\x12%\n" +
@@ -3632,7 +3644,9 @@ const file_genmesh_v1_common_proto_rawDesc = "" +
 	"\x13parallel_tool_calls\x18\v \x01(\bH\x06R\x11parallelToolCalls\x88\x01\x01\x12\x1a\n" +
 	"\blogprobs\x18\f \x01(\bR\blogprobs\x12!\n" +
 	"\ftop_logprobs\x18\r \x01(\x05R\vtopLogprobs\x12\x11\n" +
-	"\x01n\x18\x0e \x01(\x05H\aR\x01n\x88\x01\x01B\r\n" +
+	"\x01n\x18\x0e \x01(\x05H\aR\x01n\x88\x01\x01\x12\x1d\n" +
+	"\n" +
+	"raw_prompt\x18\x0f \x01(\bR\trawPromptB\r\n" +
 	"\v_max_tokensB\x0e\n" +
 	"\f_temperatureB\b\n" +
 	"\x06_top_pB\b\n" +
