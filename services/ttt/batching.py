@@ -74,6 +74,13 @@ class Sequence:
     decoder: Any = field(default_factory=lambda: codecs.getincrementaldecoder("utf-8")("replace"))
     # The tokens it generated last, which the repeat penalty applies to.
     recent: deque[int] = field(default_factory=lambda: deque(maxlen=PENALTY_LAST_N))
+    # The prompt's scores so far, when the request asked for them.
+    scored: list[TokenLogprob] = field(default_factory=list)
+
+    @property
+    def scoring(self) -> bool:
+        """Whether its prompt is scored: then every prompt token is decoded with its logits."""
+        return self.run.params.prompt_logprobs is not None
 
 
 Outbox = list[tuple[Sequence, object]]
@@ -229,7 +236,10 @@ class Batcher:
     def _start(self, sequence: Sequence) -> None:
         sequence.sampler = self._sampler(sequence.run.params, sequence.grammar)
         slot, reused = max(
-            ((slot, self._shared_prefix(slot, sequence.pending)) for slot in self._free),
+            (
+                (slot, self._shared_prefix(slot, sequence.pending, sequence.scoring))
+                for slot in self._free
+            ),
             key=lambda candidate: candidate[1],  # the first of the free slots on a tie
         )
         self._free.remove(slot)
@@ -239,13 +249,16 @@ class Batcher:
         sequence.slot, sequence.position = slot, reused
         sequence.decoded = sequence.pending[:reused]
         del sequence.pending[:reused]
+        if sequence.scoring:  # nothing before the first token predicts it
+            first = sequence.pending[0]
+            sequence.scored = [TokenLogprob(first, bytes(self._llm.detokenize([first])), 0.0)]
         self.reused_tokens += reused
         self._active.append(sequence)
 
-    def _shared_prefix(self, slot: int, prompt: list[int]) -> int:
+    def _shared_prefix(self, slot: int, prompt: list[int], scoring: bool) -> int:
         """How many of the prompt's first tokens the slot's cells hold, all but the last at
-        most: the last is decoded again for its logits."""
-        if not self.reuse_prefix:
+        most: the last is decoded again for its logits (and a scored prompt all of them)."""
+        if not self.reuse_prefix or scoring:
             return 0
         shared = 0
         for cached, token in zip(self._cached[slot], prompt[:-1], strict=False):
@@ -304,14 +317,20 @@ class Batcher:
         lib, batch = self._lib, self._batch
         n = 0
         outputs: list[tuple[Sequence, int]] = []
+        # (sequence, output, the prompt token whose logprob that output's logits give)
+        scores: list[tuple[Sequence, int, int]] = []
         for sequence, tokens in parts:
+            scoring = sequence.scoring and len(sequence.decoded) < len(sequence.run.prompt)
             sequence.decoded += tokens
-            for token in tokens:
+            following = tokens[1:] + sequence.pending[:1]
+            for index, token in enumerate(tokens):
                 batch.token[n] = token
                 batch.pos[n] = sequence.position
                 batch.n_seq_id[n] = 1
                 batch.seq_id[n][0] = sequence.slot
-                batch.logits[n] = False
+                batch.logits[n] = scoring
+                if scoring and index < len(following):
+                    scores.append((sequence, n, following[index]))
                 sequence.position += 1
                 n += 1
             if not sequence.pending:
@@ -322,7 +341,13 @@ class Batcher:
         self.steps += 1
         if status != 0:
             raise DecodeError(f"llama_decode returned {status}")
+        for sequence, index, token in scores:
+            top = sequence.run.params.prompt_logprobs or 0
+            sequence.scored.append(self._logprob(index, token, top))
         for sequence, index in outputs:
+            if sequence.scored:
+                sequence.run.prompt_logprobs = tuple(sequence.scored)
+                sequence.scored = []
             self._sample(sequence, index, outbox)
 
     def _sample(self, sequence: Sequence, index: int, outbox: Outbox) -> None:

@@ -90,7 +90,9 @@ def _calls_valid(text: str, use: ToolUse) -> bool:
 
 
 class EchoEngine(TextEngine):
-    features = frozenset({"json_schema", "regex", "choices", "tools", "logprobs", "raw_prompt"})
+    features = frozenset(
+        {"json_schema", "regex", "choices", "tools", "logprobs", "raw_prompt", "prompt_logprobs"}
+    )
 
     def __init__(self, name: str = "echo") -> None:
         self.name = name
@@ -116,10 +118,19 @@ class EchoEngine(TextEngine):
     async def _echo(
         self, messages: list[ChatMessage], prompt: str, options: EchoOptions, params: SamplingParams
     ) -> AsyncIterator[GenerationChunk]:
-        prompt_tokens = sum(len(m.content) for m in messages)
+        whole = "".join(m.content for m in messages)
+        prompt_tokens = len(whole)
+        # Every character of the prompt is certain to the echo; nothing predicts the first.
+        scored = () if params.prompt_logprobs is None else _scored(whole, params.prompt_logprobs)
         length = len(prompt) * options.repeat  # the echo, never built beyond what is sent
         if not length:
-            yield GenerationChunk("", tokens=0, finish_reason="stop", prompt_tokens=prompt_tokens)
+            yield GenerationChunk(
+                "",
+                tokens=0,
+                finish_reason="stop",
+                prompt_tokens=prompt_tokens,
+                prompt_logprobs=scored,
+            )
             return
         sent = min(length, params.max_tokens)
         for index in range(sent):
@@ -135,6 +146,7 @@ class EchoEngine(TextEngine):
                 char,
                 finish_reason=reason,
                 prompt_tokens=prompt_tokens if index == 0 else 0,
+                prompt_logprobs=scored if index == 0 else (),
                 logprobs=()
                 if params.top_logprobs is None
                 else (_certain(char, params.top_logprobs),),
@@ -162,6 +174,13 @@ class EchoEngine(TextEngine):
             max_output_tokens=CONTEXT_SIZE,
             details={"description": "deterministic echo of the last user message"},
         )
+
+
+def _scored(prompt: str, top: int) -> tuple[TokenLogprob, ...]:
+    if not prompt:
+        return ()
+    first = TokenLogprob(ord(prompt[0]), prompt[0].encode(), 0.0)
+    return (first, *(_certain(c, top) for c in prompt[1:]))
 
 
 def _certain(char: str, top: int) -> TokenLogprob:

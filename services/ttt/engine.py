@@ -102,6 +102,8 @@ class SamplingParams:
     n: int = 1
     # The one user message is the whole prompt, tokenized as it stands (no chat template).
     raw_prompt: bool = False
+    # Score the prompt's tokens too, with this many alternatives each (None: do not).
+    prompt_logprobs: int | None = None
 
 
 @dataclass(frozen=True)
@@ -123,6 +125,8 @@ class GenerationChunk:
     stop_sequence: str = ""
     prompt_tokens: int = 0
     logprobs: tuple[TokenLogprob, ...] = ()
+    # On the first chunk, when asked for: every prompt token's, the first's logprob 0.
+    prompt_logprobs: tuple[TokenLogprob, ...] = ()
 
 
 class PromptTooLongError(ValueError):

@@ -94,6 +94,8 @@ class LlamaCppEngine(ThreadedEngine):
         self._threads = threads or default_threads()
         self._threads_batch = threads_batch or self._threads
         self._batching = batching
+        if batching:  # the batcher decodes a prompt with the logits that score it
+            self.features = self.features | {"prompt_logprobs"}
         self._slots = slots
         self._batch_tokens = batch_tokens
         self._prefix_reuse = prefix_reuse

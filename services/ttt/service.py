@@ -162,6 +162,7 @@ def sampling_params(request: common_pb2.GenerateRequest, info: EngineModelInfo) 
         top_logprobs=top_logprobs,
         n=n,
         raw_prompt=text.raw_prompt,
+        prompt_logprobs=text.top_logprobs if text.prompt_logprobs else None,
     )
 
 
@@ -348,6 +349,7 @@ class TextJob(InferJob):
                 index=index,
                 tool_calls=[structured.tool_call_proto(c) for c in out.tool_calls],
                 logprobs=[structured.logprob_proto(t) for t in out.logprobs],
+                prompt_logprobs=[structured.logprob_proto(t) for t in out.prompt_logprobs],
                 finish_reason=FINISH.get(out.finish, common_pb2.FINISH_REASON_UNSPECIFIED),
             )
             for index, (params, out) in enumerate(zip(self.choices, self.outputs, strict=True))

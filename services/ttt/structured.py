@@ -154,8 +154,8 @@ def tool_use(text: common_pb2.TextParameters, bad: list[FieldViolation]) -> Tool
 def top_logprobs(text: common_pb2.TextParameters, bad: list[FieldViolation]) -> int | None:
     if not 0 <= text.top_logprobs <= MAX_TOP_LOGPROBS:
         bad.append(FieldViolation("text.top_logprobs", f"must be in 0..{MAX_TOP_LOGPROBS}"))
-    elif text.top_logprobs and not text.logprobs:
-        bad.append(FieldViolation("text.top_logprobs", "needs text.logprobs"))
+    elif text.top_logprobs and not (text.logprobs or text.prompt_logprobs):
+        bad.append(FieldViolation("text.top_logprobs", "needs text.logprobs or prompt_logprobs"))
     return text.top_logprobs if text.logprobs else None
 
 
@@ -192,6 +192,8 @@ def refuse_unsupported(engine: TextEngine, params: SamplingParams) -> None:
         wanted.append(("logprobs", "text.logprobs", "report logprobs"))
     if params.raw_prompt:
         wanted.append(("raw_prompt", "text.raw_prompt", "continue a raw prompt"))
+    if params.prompt_logprobs is not None:
+        wanted.append(("prompt_logprobs", "text.prompt_logprobs", "score the prompt"))
     for feature, field, what in wanted:
         if feature not in engine.features:
             raise unsupported(UnsupportedError(engine.info().engine, field, what))

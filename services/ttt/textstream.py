@@ -256,6 +256,7 @@ class TextOutput:
         self.answer: list[str] = []
         self.thoughts: list[str] = []
         self.logprobs: list[TokenLogprob] = []
+        self.prompt_logprobs: list[TokenLogprob] = []
         self.prompt_tokens = 0
         self.completion_tokens = 0
         self.finish = ""
@@ -280,6 +281,7 @@ class TextOutput:
         if chunk.finish_reason:
             self.finish = chunk.finish_reason
         self.logprobs.extend(chunk.logprobs)
+        self.prompt_logprobs.extend(chunk.prompt_logprobs)
         split = self._keep(self._thinking.feed(self._stops.feed(chunk.text)))
         split.logprobs = chunk.logprobs
         if self._stops.matched:

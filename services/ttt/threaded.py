@@ -83,6 +83,8 @@ class TokenRun:
     # What the engine's `compile` made of the request's constraint, if anything.
     compiled: Any = None
     produced: int = 0
+    # The prompt's scores, when asked for, which the first chunk carries.
+    prompt_logprobs: tuple[TokenLogprob, ...] = ()
 
     def token(self, text: str, logprob: TokenLogprob | None = None) -> None:
         """One generated token's text (and its logprob when asked for)."""
@@ -94,6 +96,7 @@ class TokenRun:
                 text=text,
                 prompt_tokens=len(self.prompt) if first else 0,
                 logprobs=(logprob,) if logprob else (),
+                prompt_logprobs=self.prompt_logprobs if first else (),
             )
         )
 
@@ -106,6 +109,7 @@ class TokenRun:
                 tokens=0,
                 finish_reason=reason,
                 prompt_tokens=0 if self.produced else len(self.prompt),
+                prompt_logprobs=() if self.produced else self.prompt_logprobs,
             )
         )
 

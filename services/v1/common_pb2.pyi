@@ -661,6 +661,7 @@ class TextParameters(_message.Message):
     TOP_LOGPROBS_FIELD_NUMBER: _builtins.int
     N_FIELD_NUMBER: _builtins.int
     RAW_PROMPT_FIELD_NUMBER: _builtins.int
+    PROMPT_LOGPROBS_FIELD_NUMBER: _builtins.int
     max_tokens: _builtins.int
     """Maximum number of tokens to generate."""
     temperature: _builtins.float
@@ -693,6 +694,11 @@ class TextParameters(_message.Message):
     with the model's own special tokens (a BOS where the model wants one) and no chat template,
     system prompt or personality conditioning: the model continues the text, as OpenAI's legacy
     completions. Inputs of other roles and tools are INVALID_ARGUMENT with it.
+    """
+    prompt_logprobs: _builtins.bool
+    """Also score the prompt: OutputItem.prompt_logprobs, with top_logprobs alternatives per
+    token (as OpenAI's legacy completions with echo and logprobs, or lm-eval's loglikelihood).
+    The prompt is then decoded whole, without reusing a cached prefix.
     """
     @_builtins.property
     def stop(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
@@ -728,10 +734,11 @@ class TextParameters(_message.Message):
         top_logprobs: _builtins.int = ...,
         n: _builtins.int | None = ...,
         raw_prompt: _builtins.bool = ...,
+        prompt_logprobs: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_max_tokens", b"_max_tokens", "_n", b"_n", "_parallel_tool_calls", b"_parallel_tool_calls", "_repeat_penalty", b"_repeat_penalty", "_seed", b"_seed", "_temperature", b"_temperature", "_top_k", b"_top_k", "_top_p", b"_top_p", "constraint", b"constraint", "max_tokens", b"max_tokens", "n", b"n", "parallel_tool_calls", b"parallel_tool_calls", "repeat_penalty", b"repeat_penalty", "seed", b"seed", "temperature", b"temperature", "tool_choice", b"tool_choice", "top_k", b"top_k", "top_p", b"top_p"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_tokens", b"_max_tokens", "_n", b"_n", "_parallel_tool_calls", b"_parallel_tool_calls", "_repeat_penalty", b"_repeat_penalty", "_seed", b"_seed", "_temperature", b"_temperature", "_top_k", b"_top_k", "_top_p", b"_top_p", "constraint", b"constraint", "logprobs", b"logprobs", "max_tokens", b"max_tokens", "n", b"n", "parallel_tool_calls", b"parallel_tool_calls", "raw_prompt", b"raw_prompt", "repeat_penalty", b"repeat_penalty", "seed", b"seed", "stop", b"stop", "temperature", b"temperature", "tool_choice", b"tool_choice", "tools", b"tools", "top_k", b"top_k", "top_logprobs", b"top_logprobs", "top_p", b"top_p"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_tokens", b"_max_tokens", "_n", b"_n", "_parallel_tool_calls", b"_parallel_tool_calls", "_repeat_penalty", b"_repeat_penalty", "_seed", b"_seed", "_temperature", b"_temperature", "_top_k", b"_top_k", "_top_p", b"_top_p", "constraint", b"constraint", "logprobs", b"logprobs", "max_tokens", b"max_tokens", "n", b"n", "parallel_tool_calls", b"parallel_tool_calls", "prompt_logprobs", b"prompt_logprobs", "raw_prompt", b"raw_prompt", "repeat_penalty", b"repeat_penalty", "seed", b"seed", "stop", b"stop", "temperature", b"temperature", "tool_choice", b"tool_choice", "tools", b"tools", "top_k", b"top_k", "top_logprobs", b"top_logprobs", "top_p", b"top_p"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__max_tokens: _TypeAlias = _typing.Literal["max_tokens"]  # noqa: Y015
     _WhichOneofArgType__max_tokens: _TypeAlias = _typing.Literal["_max_tokens", b"_max_tokens"]  # noqa: Y015
@@ -1264,6 +1271,7 @@ class OutputItem(_message.Message):
     TOOL_CALLS_FIELD_NUMBER: _builtins.int
     LOGPROBS_FIELD_NUMBER: _builtins.int
     FINISH_REASON_FIELD_NUMBER: _builtins.int
+    PROMPT_LOGPROBS_FIELD_NUMBER: _builtins.int
     kind: Global___ContentKind.ValueType
     """What the output holds."""
     text: _builtins.str
@@ -1296,6 +1304,14 @@ class OutputItem(_message.Message):
     def logprobs(self) -> _containers.RepeatedCompositeFieldContainer[Global___TokenLogprob]:
         """Per generated token, when TextParameters.logprobs was asked for."""
 
+    @_builtins.property
+    def prompt_logprobs(self) -> _containers.RepeatedCompositeFieldContainer[Global___TokenLogprob]:
+        """Every prompt token, in order, when TextParameters.prompt_logprobs was asked for: the
+        log probability of each given those before it, with top_logprobs alternatives. The first
+        token, which nothing before it predicts, has logprob 0 and no alternatives. A stream's final
+        event carries them.
+        """
+
     def __init__(
         self,
         *,
@@ -1311,10 +1327,11 @@ class OutputItem(_message.Message):
         tool_calls: _abc.Iterable[Global___ToolCall] | None = ...,
         logprobs: _abc.Iterable[Global___TokenLogprob] | None = ...,
         finish_reason: Global___FinishReason.ValueType = ...,
+        prompt_logprobs: _abc.Iterable[Global___TokenLogprob] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["json", b"json", "transcript", b"transcript"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "finish_reason", b"finish_reason", "index", b"index", "json", b"json", "kind", b"kind", "logprobs", b"logprobs", "mime_type", b"mime_type", "seed", b"seed", "text", b"text", "thoughts", b"thoughts", "tool_calls", b"tool_calls", "transcript", b"transcript"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "finish_reason", b"finish_reason", "index", b"index", "json", b"json", "kind", b"kind", "logprobs", b"logprobs", "mime_type", b"mime_type", "prompt_logprobs", b"prompt_logprobs", "seed", b"seed", "text", b"text", "thoughts", b"thoughts", "tool_calls", b"tool_calls", "transcript", b"transcript"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

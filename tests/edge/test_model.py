@@ -64,3 +64,22 @@ def test_legacy_completion_continues_the_prompt_as_written(smol: OpenAI) -> None
     )
     assert completion.choices[0].text.startswith(prompt + " Paris")
     assert completion.usage is not None and completion.usage.prompt_tokens < 10
+
+
+def test_legacy_completion_scores_an_echoed_prompt(smol: OpenAI) -> None:
+    """lm-eval's loglikelihood request: the prompt's tokens come back with their logprobs."""
+    prompt = "The capital of France is Paris"
+    completion = smol.completions.create(
+        model="smollm2", prompt=prompt, max_tokens=1, temperature=0, echo=True, logprobs=1
+    )
+    logprobs = completion.choices[0].logprobs
+    assert logprobs is not None and logprobs.tokens and logprobs.token_logprobs
+    assert completion.usage is not None
+    prompt_tokens = completion.usage.prompt_tokens
+    assert "".join(logprobs.tokens[:prompt_tokens]) == prompt
+    assert logprobs.token_logprobs[0] is None
+    assert logprobs.tokens[prompt_tokens - 1] == " Paris"
+    assert -1 < logprobs.token_logprobs[prompt_tokens - 1] < 0
+    assert logprobs.text_offset == [
+        sum(len(t) for t in logprobs.tokens[:i]) for i in range(len(logprobs.tokens))
+    ]

@@ -386,11 +386,11 @@ def test_legacy_completion_logprobs(client: OpenAI) -> None:
     for choice, prompt in zip(completion.choices, ["ab", "ab", "cd", "cd"], strict=True):
         logprobs = choice.logprobs
         assert logprobs is not None
-        assert logprobs.tokens == list(prompt)
-        assert logprobs.token_logprobs == [0, 0]
-        assert logprobs.top_logprobs == [{prompt[0]: 0}, {prompt[1]: 0}]
-        # After the echoed prompt.
-        assert logprobs.text_offset == [2, 3]
+        # The echoed prompt's tokens first, scored (nothing predicts the first), as OpenAI's.
+        assert logprobs.tokens == list(prompt + prompt)
+        assert logprobs.token_logprobs == [None, 0, 0, 0]
+        assert logprobs.top_logprobs == [None, {prompt[1]: 0}, {prompt[0]: 0}, {prompt[1]: 0}]
+        assert logprobs.text_offset == [0, 1, 2, 3]
     stream = client.completions.create(model="echo", prompt="xyz", logprobs=0, stream=True)
     offsets = [
         offset

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import grpc
 import pytest
@@ -115,6 +116,37 @@ async def test_a_raw_prompt_is_continued_as_written(mesh: Client) -> None:
     assert response.usage.prompt_tokens == len(tokens.tokens)
     chat = await mesh.generate(text_request(text, parameters=greedy(max_tokens=1)))
     assert chat.usage.prompt_tokens > response.usage.prompt_tokens + 10
+
+
+async def scored(mesh: Client, text: str, **parameters: Any) -> common_pb2.GenerateResponse:
+    """`text` as a raw prompt with its tokens scored, and one token generated after it."""
+    parameters = {"temperature": 0, "max_tokens": 1, "top_logprobs": 3, **parameters}
+    request = text_request(
+        text,
+        parameters=common_pb2.TextParameters(raw_prompt=True, prompt_logprobs=True, **parameters),
+    )
+    return await mesh.generate(request)
+
+
+async def test_a_prompt_is_scored_token_by_token(mesh: Client) -> None:
+    """As lm-eval scores a continuation: each prompt token's log probability given the ones
+    before it. The model knows Paris, not Berlin, is France's capital; and the score of a token
+    in a prompt is the logprob the model gives it when it generates that token."""
+    paris = await scored(mesh, "The capital of France is Paris")
+    entries = paris.outputs[0].prompt_logprobs
+    assert len(entries) == paris.usage.prompt_tokens
+    assert "".join(e.token for e in entries) == "The capital of France is Paris"
+    assert (entries[0].logprob, list(entries[0].top_logprobs)) == (0, [])
+    for entry in entries[1:]:
+        best = [a.logprob for a in entry.top_logprobs]
+        assert len(best) == 3 and best == sorted(best, reverse=True)
+        assert entry.logprob <= best[0] + 1e-6 and entry.logprob < 0
+    berlin = await scored(mesh, "The capital of France is Berlin")
+    assert berlin.outputs[0].prompt_logprobs[-1].logprob < entries[-1].logprob - 2
+    asked = await scored(mesh, "The capital of France is", logprobs=True)
+    generated = asked.outputs[0].logprobs[0]
+    assert generated.token == entries[-1].token == " Paris"
+    assert generated.logprob == pytest.approx(entries[-1].logprob, abs=0.05)
 
 
 async def test_a_long_text_is_tokenized_beside_a_generation(mesh: Client) -> None:

@@ -402,6 +402,9 @@ class CompletionRequest(TextRequest):
         parameters.logprobs = self.logprobs is not None
         parameters.top_logprobs = self.logprobs or 0
         parameters.raw_prompt = True
+        # An echoed prompt's logprobs are the prompt's scores (whole replies; a stream's first
+        # chunk goes out before the model has scored anything, so it has none).
+        parameters.prompt_logprobs = self.echo and self.logprobs is not None and not self.stream
         return parameters
 
     def prompts(self) -> list[str]:
@@ -632,26 +635,33 @@ class CompletionReply(Reply):
     def _echo(self, index: int) -> str:
         return self.echoes[index] if self.echoes else ""
 
-    def _logprobs(self, index: int, entries: Logprobs) -> dict[str, Any] | None:
+    def _logprobs(
+        self, index: int, entries: Logprobs, prompt: Logprobs = ()
+    ) -> dict[str, Any] | None:
         """The legacy shape: tokens, their logprobs, their alternatives by token, and where
-        each starts in the choice's text (after any echoed prompt)."""
+        each starts in the choice's text (after an echoed prompt, or from its start with the
+        prompt's own tokens first: the first has no logprob, as nothing predicts it)."""
         if not self.logprobs:
             return None
-        offset = self.offsets.get(index, len(self._echo(index)))
+        offset = self.offsets.get(index, 0 if prompt else len(self._echo(index)))
         starts = []
-        for entry in entries:
+        every = [*prompt, *entries]
+        for entry in every:
             starts.append(offset)
             offset += len(entry.token)
         self.offsets[index] = offset
+        unpredicted = 1 if prompt else 0
         return {
-            "tokens": [e.token for e in entries],
-            "token_logprobs": [e.logprob for e in entries],
-            "top_logprobs": [{a.token: a.logprob for a in e.top_logprobs} for e in entries],
+            "tokens": [e.token for e in every],
+            "token_logprobs": [None] * unpredicted + [e.logprob for e in every[unpredicted:]],
+            "top_logprobs": [None] * unpredicted
+            + [{a.token: a.logprob for a in e.top_logprobs} for e in every[unpredicted:]],
             "text_offset": starts,
         }
 
     def choice(self, index: int, output: common_pb2.OutputItem, reason: str) -> dict[str, Any]:
-        logprobs = self._logprobs(index, output.logprobs)
+        prompt = output.prompt_logprobs if self.echoes else ()
+        logprobs = self._logprobs(index, output.logprobs, prompt)
         return self._choice(index, self._echo(index) + output.text, reason, logprobs)
 
     def opening(self, index: int) -> dict[str, Any] | None:

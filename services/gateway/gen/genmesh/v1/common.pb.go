@@ -1349,9 +1349,13 @@ type TextParameters struct {
 	// with the model's own special tokens (a BOS where the model wants one) and no chat template,
 	// system prompt or personality conditioning: the model continues the text, as OpenAI's legacy
 	// completions. Inputs of other roles and tools are INVALID_ARGUMENT with it.
-	RawPrompt     bool `protobuf:"varint,15,opt,name=raw_prompt,json=rawPrompt,proto3" json:"raw_prompt,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	RawPrompt bool `protobuf:"varint,15,opt,name=raw_prompt,json=rawPrompt,proto3" json:"raw_prompt,omitempty"`
+	// Also score the prompt: OutputItem.prompt_logprobs, with top_logprobs alternatives per
+	// token (as OpenAI's legacy completions with echo and logprobs, or lm-eval's loglikelihood).
+	// The prompt is then decoded whole, without reusing a cached prefix.
+	PromptLogprobs bool `protobuf:"varint,16,opt,name=prompt_logprobs,json=promptLogprobs,proto3" json:"prompt_logprobs,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *TextParameters) Reset() {
@@ -1485,6 +1489,13 @@ func (x *TextParameters) GetN() int32 {
 func (x *TextParameters) GetRawPrompt() bool {
 	if x != nil {
 		return x.RawPrompt
+	}
+	return false
+}
+
+func (x *TextParameters) GetPromptLogprobs() bool {
+	if x != nil {
+		return x.PromptLogprobs
 	}
 	return false
 }
@@ -2428,9 +2439,14 @@ type OutputItem struct {
 	// Per generated token, when TextParameters.logprobs was asked for.
 	Logprobs []*TokenLogprob `protobuf:"bytes,11,rep,name=logprobs,proto3" json:"logprobs,omitempty"`
 	// Why this choice ended; GenerateResponse.finish_reason is choice 0's.
-	FinishReason  FinishReason `protobuf:"varint,12,opt,name=finish_reason,json=finishReason,proto3,enum=genmesh.v1.FinishReason" json:"finish_reason,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	FinishReason FinishReason `protobuf:"varint,12,opt,name=finish_reason,json=finishReason,proto3,enum=genmesh.v1.FinishReason" json:"finish_reason,omitempty"`
+	// Every prompt token, in order, when TextParameters.prompt_logprobs was asked for: the
+	// log probability of each given those before it, with top_logprobs alternatives. The first
+	// token, which nothing before it predicts, has logprob 0 and no alternatives. A stream's final
+	// event carries them.
+	PromptLogprobs []*TokenLogprob `protobuf:"bytes,13,rep,name=prompt_logprobs,json=promptLogprobs,proto3" json:"prompt_logprobs,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *OutputItem) Reset() {
@@ -2545,6 +2561,13 @@ func (x *OutputItem) GetFinishReason() FinishReason {
 		return x.FinishReason
 	}
 	return FinishReason_FINISH_REASON_UNSPECIFIED
+}
+
+func (x *OutputItem) GetPromptLogprobs() []*TokenLogprob {
+	if x != nil {
+		return x.PromptLogprobs
+	}
+	return nil
 }
 
 // The result of a generation.
@@ -3624,7 +3647,7 @@ const file_genmesh_v1_common_proto_rawDesc = "" +
 	"\x05token\x18\x02 \x01(\tR\x05token\x12\x18\n" +
 	"\alogprob\x18\x03 \x01(\x02R\alogprob\x12\x14\n" +
 	"\x05bytes\x18\x04 \x01(\fR\x05bytes\x12?\n" +
-	"\ftop_logprobs\x18\x05 \x03(\v2\x1c.genmesh.v1.TokenAlternativeR\vtopLogprobs\"\x9a\x05\n" +
+	"\ftop_logprobs\x18\x05 \x03(\v2\x1c.genmesh.v1.TokenAlternativeR\vtopLogprobs\"\xc3\x05\n" +
 	"\x0eTextParameters\x12\"\n" +
 	"\n" +
 	"max_tokens\x18\x01 \x01(\x05H\x00R\tmaxTokens\x88\x01\x01\x12%\n" +
@@ -3646,7 +3669,8 @@ const file_genmesh_v1_common_proto_rawDesc = "" +
 	"\ftop_logprobs\x18\r \x01(\x05R\vtopLogprobs\x12\x11\n" +
 	"\x01n\x18\x0e \x01(\x05H\aR\x01n\x88\x01\x01\x12\x1d\n" +
 	"\n" +
-	"raw_prompt\x18\x0f \x01(\bR\trawPromptB\r\n" +
+	"raw_prompt\x18\x0f \x01(\bR\trawPrompt\x12'\n" +
+	"\x0fprompt_logprobs\x18\x10 \x01(\bR\x0epromptLogprobsB\r\n" +
 	"\v_max_tokensB\x0e\n" +
 	"\f_temperatureB\b\n" +
 	"\x06_top_pB\b\n" +
@@ -3737,7 +3761,7 @@ const file_genmesh_v1_common_proto_rawDesc = "" +
 	"\blanguage\x18\x01 \x01(\tR\blanguage\x121\n" +
 	"\x14language_probability\x18\x02 \x01(\x02R\x13languageProbability\x129\n" +
 	"\bsegments\x18\x03 \x03(\v2\x1d.genmesh.v1.TranscriptSegmentR\bsegments\x125\n" +
-	"\bduration\x18\x04 \x01(\v2\x19.google.protobuf.DurationR\bduration\"\xd2\x03\n" +
+	"\bduration\x18\x04 \x01(\v2\x19.google.protobuf.DurationR\bduration\"\x95\x04\n" +
 	"\n" +
 	"OutputItem\x12+\n" +
 	"\x04kind\x18\x01 \x01(\x0e2\x17.genmesh.v1.ContentKindR\x04kind\x12\x12\n" +
@@ -3755,7 +3779,8 @@ const file_genmesh_v1_common_proto_rawDesc = "" +
 	"tool_calls\x18\n" +
 	" \x03(\v2\x14.genmesh.v1.ToolCallR\ttoolCalls\x124\n" +
 	"\blogprobs\x18\v \x03(\v2\x18.genmesh.v1.TokenLogprobR\blogprobs\x12=\n" +
-	"\rfinish_reason\x18\f \x01(\x0e2\x18.genmesh.v1.FinishReasonR\ffinishReason\"\xcf\x02\n" +
+	"\rfinish_reason\x18\f \x01(\x0e2\x18.genmesh.v1.FinishReasonR\ffinishReason\x12A\n" +
+	"\x0fprompt_logprobs\x18\r \x03(\v2\x18.genmesh.v1.TokenLogprobR\x0epromptLogprobs\"\xcf\x02\n" +
 	"\x10GenerateResponse\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\x01 \x01(\tR\trequestId\x12\x18\n" +
@@ -3989,33 +4014,34 @@ var file_genmesh_v1_common_proto_depIdxs = []int32{
 	13, // 36: genmesh.v1.OutputItem.tool_calls:type_name -> genmesh.v1.ToolCall
 	16, // 37: genmesh.v1.OutputItem.logprobs:type_name -> genmesh.v1.TokenLogprob
 	3,  // 38: genmesh.v1.OutputItem.finish_reason:type_name -> genmesh.v1.FinishReason
-	27, // 39: genmesh.v1.GenerateResponse.outputs:type_name -> genmesh.v1.OutputItem
-	22, // 40: genmesh.v1.GenerateResponse.usage:type_name -> genmesh.v1.Usage
-	3,  // 41: genmesh.v1.GenerateResponse.finish_reason:type_name -> genmesh.v1.FinishReason
-	23, // 42: genmesh.v1.GenerateResponse.timings:type_name -> genmesh.v1.Timings
-	16, // 43: genmesh.v1.TextDelta.logprobs:type_name -> genmesh.v1.TokenLogprob
-	40, // 44: genmesh.v1.AudioChunk.duration:type_name -> google.protobuf.Duration
-	39, // 45: genmesh.v1.Info.details:type_name -> google.protobuf.Struct
-	24, // 46: genmesh.v1.TranscriptUpdate.segment:type_name -> genmesh.v1.TranscriptSegment
-	40, // 47: genmesh.v1.VoiceActivity.position:type_name -> google.protobuf.Duration
-	29, // 48: genmesh.v1.StreamEvent.text_delta:type_name -> genmesh.v1.TextDelta
-	30, // 49: genmesh.v1.StreamEvent.progress:type_name -> genmesh.v1.Progress
-	31, // 50: genmesh.v1.StreamEvent.audio_chunk:type_name -> genmesh.v1.AudioChunk
-	32, // 51: genmesh.v1.StreamEvent.image_preview:type_name -> genmesh.v1.ImagePreview
-	33, // 52: genmesh.v1.StreamEvent.info:type_name -> genmesh.v1.Info
-	34, // 53: genmesh.v1.StreamEvent.transcript:type_name -> genmesh.v1.TranscriptUpdate
-	28, // 54: genmesh.v1.StreamEvent.final:type_name -> genmesh.v1.GenerateResponse
-	14, // 55: genmesh.v1.StreamEvent.tool_call_delta:type_name -> genmesh.v1.ToolCallDelta
-	35, // 56: genmesh.v1.StreamEvent.voice_activity:type_name -> genmesh.v1.VoiceActivity
-	7,  // 57: genmesh.v1.Control.action:type_name -> genmesh.v1.Control.Action
-	2,  // 58: genmesh.v1.ModelInfo.tasks:type_name -> genmesh.v1.Task
-	39, // 59: genmesh.v1.ModelInfo.details:type_name -> google.protobuf.Struct
-	5,  // 60: genmesh.v1.ModelInfo.kind:type_name -> genmesh.v1.ModelKind
-	61, // [61:61] is the sub-list for method output_type
-	61, // [61:61] is the sub-list for method input_type
-	61, // [61:61] is the sub-list for extension type_name
-	61, // [61:61] is the sub-list for extension extendee
-	0,  // [0:61] is the sub-list for field type_name
+	16, // 39: genmesh.v1.OutputItem.prompt_logprobs:type_name -> genmesh.v1.TokenLogprob
+	27, // 40: genmesh.v1.GenerateResponse.outputs:type_name -> genmesh.v1.OutputItem
+	22, // 41: genmesh.v1.GenerateResponse.usage:type_name -> genmesh.v1.Usage
+	3,  // 42: genmesh.v1.GenerateResponse.finish_reason:type_name -> genmesh.v1.FinishReason
+	23, // 43: genmesh.v1.GenerateResponse.timings:type_name -> genmesh.v1.Timings
+	16, // 44: genmesh.v1.TextDelta.logprobs:type_name -> genmesh.v1.TokenLogprob
+	40, // 45: genmesh.v1.AudioChunk.duration:type_name -> google.protobuf.Duration
+	39, // 46: genmesh.v1.Info.details:type_name -> google.protobuf.Struct
+	24, // 47: genmesh.v1.TranscriptUpdate.segment:type_name -> genmesh.v1.TranscriptSegment
+	40, // 48: genmesh.v1.VoiceActivity.position:type_name -> google.protobuf.Duration
+	29, // 49: genmesh.v1.StreamEvent.text_delta:type_name -> genmesh.v1.TextDelta
+	30, // 50: genmesh.v1.StreamEvent.progress:type_name -> genmesh.v1.Progress
+	31, // 51: genmesh.v1.StreamEvent.audio_chunk:type_name -> genmesh.v1.AudioChunk
+	32, // 52: genmesh.v1.StreamEvent.image_preview:type_name -> genmesh.v1.ImagePreview
+	33, // 53: genmesh.v1.StreamEvent.info:type_name -> genmesh.v1.Info
+	34, // 54: genmesh.v1.StreamEvent.transcript:type_name -> genmesh.v1.TranscriptUpdate
+	28, // 55: genmesh.v1.StreamEvent.final:type_name -> genmesh.v1.GenerateResponse
+	14, // 56: genmesh.v1.StreamEvent.tool_call_delta:type_name -> genmesh.v1.ToolCallDelta
+	35, // 57: genmesh.v1.StreamEvent.voice_activity:type_name -> genmesh.v1.VoiceActivity
+	7,  // 58: genmesh.v1.Control.action:type_name -> genmesh.v1.Control.Action
+	2,  // 59: genmesh.v1.ModelInfo.tasks:type_name -> genmesh.v1.Task
+	39, // 60: genmesh.v1.ModelInfo.details:type_name -> google.protobuf.Struct
+	5,  // 61: genmesh.v1.ModelInfo.kind:type_name -> genmesh.v1.ModelKind
+	62, // [62:62] is the sub-list for method output_type
+	62, // [62:62] is the sub-list for method input_type
+	62, // [62:62] is the sub-list for extension type_name
+	62, // [62:62] is the sub-list for extension extendee
+	0,  // [0:62] is the sub-list for field type_name
 }
 
 func init() { file_genmesh_v1_common_proto_init() }
