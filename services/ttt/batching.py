@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import codecs
+import itertools
 import random
 import threading
 from collections import deque
@@ -341,9 +342,9 @@ class Batcher:
         self.steps += 1
         if status != 0:
             raise DecodeError(f"llama_decode returned {status}")
-        for sequence, index, token in scores:
+        for sequence, scored in itertools.groupby(scores, key=lambda score: score[0]):
             top = sequence.run.params.prompt_logprobs or 0
-            sequence.scored.append(self._logprob(index, token, top))
+            sequence.scored += self._logprobs([(index, token) for _, index, token in scored], top)
         for sequence, index in outputs:
             if sequence.scored:
                 sequence.run.prompt_logprobs = tuple(sequence.scored)
@@ -413,15 +414,26 @@ class Batcher:
     def _logprob(self, index: int, token: int, top: int) -> TokenLogprob:
         """The sampled token's log probability under the model and the `top` likeliest tokens,
         from the logits of the step that sampled it."""
-        logits = self._logits(index)
-        logprobs = logits - np.logaddexp.reduce(logits.astype(np.float64))
-        best = np.argpartition(-logprobs, top)[:top] if top else np.array([], dtype=int)
-        best = best[np.argsort(-logprobs[best])]
+        return self._logprobs([(index, token)], top)[0]
+
+    def _logprobs(self, outputs: list[tuple[int, int]], top: int) -> list[TokenLogprob]:
+        """Each (output, token)'s log probability and the `top` likeliest tokens there: a
+        softmax over all the rows at once, since a scored prompt has a row per token and the
+        other sequences wait for this step."""
+        rows = np.stack([self._logits(index) for index, _ in outputs])
+        peak = rows.max(axis=1, keepdims=True)
+        logprobs = rows - (peak + np.log(np.exp(rows - peak).sum(axis=1, keepdims=True)))
         piece = self._llm.detokenize
-        alternatives = tuple(
-            TokenLogprob(int(t), bytes(piece([int(t)])), float(logprobs[t])) for t in best
-        )
-        return TokenLogprob(token, bytes(piece([token])), float(logprobs[token]), alternatives)
+        entries = []
+        for row, (_, token) in zip(logprobs, outputs, strict=True):
+            best = np.argpartition(-row, top)[:top] if top else np.array([], dtype=int)
+            best = best[np.argsort(-row[best])]
+            alternatives = tuple(
+                TokenLogprob(int(t), bytes(piece([int(t)])), float(row[t])) for t in best
+            )
+            logprob = float(row[token])
+            entries.append(TokenLogprob(token, bytes(piece([token])), logprob, alternatives))
+        return entries
 
 
 def _hand_over(outbox: Outbox) -> None:
