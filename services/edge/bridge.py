@@ -72,7 +72,9 @@ async def converse(socket: WebSocket) -> None:
         if isinstance(ended, BadFrameError):
             await socket.close(POLICY_VIOLATION, str(ended)[:120])
         elif isinstance(error, grpc.aio.AioRpcError) and ended is None:
-            await refuse(socket, await peer_error(call, error))
+            failed = await peer_error(call, error)
+            # None: the call ended well, and only a frame the client sent after it failed.
+            await (socket.close() if failed is None else refuse(socket, failed))
         elif not forwarding.done():
             raise
         return

@@ -156,10 +156,16 @@ TEXT_PARAMS = Params(
         (r"^text\.tool_choice\b.*$", "tool_choice"),
     ),
 )
-# A legacy completion's: its `logprobs` is the number of alternatives.
+# A legacy completion's: its `logprobs` is the number of alternatives; its prompt is raw, and
+# scored when echoed with logprobs.
 COMPLETION_PARAMS = Params(
     default_input="prompt",
-    renames={"text.repeat_penalty": "repetition_penalty", "text.top_logprobs": "logprobs"},
+    renames={
+        "text.repeat_penalty": "repetition_penalty",
+        "text.top_logprobs": "logprobs",
+        "text.raw_prompt": "prompt",
+        "text.prompt_logprobs": "echo",
+    },
 )
 # An embedding request's: every input is `input`.
 EMBEDDING_PARAMS = Params(

@@ -299,7 +299,9 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
                 raise refused[0] from None
             if isinstance(exc, asyncio.CancelledError):
                 raise
-            raise errors.from_rpc_error(await peer_error(stream, exc)) from None
+            failed = await peer_error(stream, exc)
+            if failed is not None:
+                raise errors.from_rpc_error(failed) from None
         finally:
             for task in tasks:
                 task.cancel()

@@ -202,7 +202,7 @@ class TokenizerService(tokenizer_pb2_grpc.TokenizerServiceServicer):
         answer = await self._tokenize(request, context, special=request.add_special_tokens)
         response = tokenizer_pb2.TokenizeResponse(tokens=answer.tokens, pieces=answer.pieces)
         advice = "list the tokens of a shorter text at a time, or only count them (CountTokens)"
-        errors.check_response_size(response, self.max_message_bytes, "text", advice)
+        errors.check_response_size(response.ByteSize(), self.max_message_bytes, "text", advice)
         return response
 
     async def Detokenize(  # noqa: N802
@@ -219,7 +219,7 @@ class TokenizerService(tokenizer_pb2_grpc.TokenizerServiceServicer):
         )
         response = tokenizer_pb2.DetokenizeResponse(text=answer.text)
         advice = "detokenize fewer tokens at a time"
-        errors.check_response_size(response, self.max_message_bytes, "tokens", advice)
+        errors.check_response_size(response.ByteSize(), self.max_message_bytes, "tokens", advice)
         return response
 
     async def CountTokens(  # noqa: N802

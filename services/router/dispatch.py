@@ -135,6 +135,11 @@ class Dispatcher:
         )
         validation.task(resolved.task)
         personality = self.personalities.get(resolved.personality) if resolved.personality else None
+        if personality is not None and resolved.text.raw_prompt:
+            raise errors.invalid_argument(
+                "a raw prompt takes no personality",
+                FieldViolation("personality", "its conditioning needs the chat template"),
+            )
         if personality is not None and personality.scripted:
             validation.check_request(resolved, self.max_request_bytes, needs_inputs)
             return Routed(None, resolved, personality)
@@ -155,11 +160,6 @@ class Dispatcher:
             raise errors.invalid_argument(
                 f"personality '{personality.key}' applies to text generation only",
                 FieldViolation("personality", "use it with TASK_TEXT"),
-            )
-        if personality is not None and resolved.text.raw_prompt:
-            raise errors.invalid_argument(
-                "a raw prompt takes no personality",
-                FieldViolation("personality", "its conditioning needs the chat template"),
             )
         merge_parameters(resolved, route, personality)
         conditioning = personality.conditioning() if personality else None
@@ -301,6 +301,8 @@ class Relay(EventSource):
                     return
                 except grpc.aio.AioRpcError as failed:
                     error = await peer_error(call, failed)
+                    if error is None:  # it ended well; only a late in-band cancel failed
+                        return
                     if self.retried(error, replica, attempt, started):
                         exclude = replica
                         continue

@@ -67,6 +67,11 @@ class GenerationService(generation_pb2_grpc.GenerationServiceServicer):
                     "config", "must be the first message (voice for a voice conversation)"
                 ),
             )
+        if first.config.text.raw_prompt:
+            raise errors.invalid_argument(
+                "a conversation is a chat",
+                FieldViolation("config.text.raw_prompt", "its turns need the chat template"),
+            )
         routed = self.dispatcher.resolve(first.config, needs_inputs=False)
         context.set_trailing_metadata((("x-request-id", routed.request.request_id),))
         conversation: AsyncIterator[generation_pb2.ConverseResponse]
@@ -119,7 +124,9 @@ class GenerationService(generation_pb2_grpc.GenerationServiceServicer):
                     raise refused[0] from None
                 if isinstance(error, asyncio.CancelledError):
                     raise
-                raise translate(await peer_error(call, error), route) from None
+                failed = await peer_error(call, error)
+                if failed is not None:
+                    raise translate(failed, route) from None
             finally:
                 writer.cancel()
                 call.cancel()

@@ -109,7 +109,9 @@ class Recognition:
                 if not response.event.HasField("final"):
                     await self.heard(response.event)
         except grpc.aio.AioRpcError as error:
-            raise translate(await peer_error(self.call, error), self.route) from None
+            failed = await peer_error(self.call, error)
+            if failed is not None:
+                raise translate(failed, self.route) from None
         finally:
             self.call.cancel()
             await self.slot.aclose()

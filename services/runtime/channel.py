@@ -176,6 +176,8 @@ def _now(coroutine: Coroutine[Any, Any, T]) -> T | None:
 def _remember_status(call: grpc.aio.Call) -> None:
     """A done callback: grpc.aio runs it as the first status is set, the only moment that status
     can still be read once a failed write replaces it."""
+    if call in _first_status:
+        return
     code, details = _now(call.code()), _now(call.details())
     initial, trailing = _now(call.initial_metadata()), _now(call.trailing_metadata())
     if code is None or initial is None or trailing is None:
@@ -187,19 +189,26 @@ def _local(code: grpc.StatusCode, details: str | None) -> bool:
     return code == grpc.StatusCode.INTERNAL and details == LOCAL_WRITE_FAILURE
 
 
-async def peer_error(call: grpc.aio.Call, error: grpc.aio.AioRpcError) -> grpc.aio.AioRpcError:
-    """The error the peer ended `call` with, for a call of a mesh channel. A stream that the
-    peer refuses while we still write to it (a bad config, then audio) must tell our own client
-    the peer's INVALID_ARGUMENT and its details, not grpc's INTERNAL."""
+async def peer_error(
+    call: grpc.aio.Call, error: grpc.aio.AioRpcError
+) -> grpc.aio.AioRpcError | None:
+    """The error the peer ended `call` with, for a call of a mesh channel; None when the peer
+    ended it well (OK) and only a late write of ours failed. A stream that the peer refuses while
+    we still write to it (a bad config, then audio) must tell our own client the peer's
+    INVALID_ARGUMENT and its details, not grpc's INTERNAL."""
     if not _local(error.code(), error.details()):
         return error
     first = _first_status.get(call)
+    if first is not None and first.code() == grpc.StatusCode.OK:
+        return None
     if first is not None and not _local(first.code(), first.details()):
         return first
     deadline = time.monotonic() + PEER_STATUS_WAIT_S
     while time.monotonic() < deadline:
         await asyncio.sleep(0.001)
         code, details = await call.code(), await call.details()
+        if code == grpc.StatusCode.OK:
+            return None
         if not _local(code, details):
             trailing = await call.trailing_metadata()
             return grpc.aio.AioRpcError(code, await call.initial_metadata(), trailing, details)

@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 
 import grpc
 from google.protobuf import any_pb2, duration_pb2
-from google.protobuf.message import Message
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
@@ -89,11 +88,10 @@ def invalid_argument(
     return ServiceError(grpc.StatusCode.INVALID_ARGUMENT, message, reason, violations)
 
 
-def check_response_size(response: Message, limit: int, field_name: str, advice: str) -> None:
-    """Refuses a request whose answer is larger than a message may carry: sent anyway, it would
-    fail as RESOURCE_EXHAUSTED without details, which reads as an overload to wait out, when it
-    is the request that must change."""
-    size = response.ByteSize()
+def check_response_size(size: int, limit: int, field_name: str, advice: str) -> None:
+    """Refuses a request whose answer (of `size` bytes) is larger than a message may carry: sent
+    anyway, it would fail as RESOURCE_EXHAUSTED without details, which reads as an overload to
+    wait out, when it is the request that must change."""
     if size > limit:
         raise invalid_argument(
             f"the answer would take {size} bytes, more than the {limit} a message may carry",

@@ -51,6 +51,9 @@ if TYPE_CHECKING:
 
 # llama-cpp-python's `Llama` penalises repeats over its last 64 tokens (`last_n_tokens_size`).
 PENALTY_LAST_N = 64
+# A scored prompt's chunk: its logits take a row of the vocabulary's size per token, which
+# llama.cpp keeps allocated for the context's life.
+SCORED_CHUNK = 64
 _DONE = object()
 
 
@@ -236,6 +239,8 @@ class Batcher:
 
     def _start(self, sequence: Sequence) -> None:
         sequence.sampler = self._sampler(sequence.run.params, sequence.grammar)
+        if sequence.scoring:  # it reuses nothing: take the slot whose cache is worth least
+            self._free.sort(key=lambda free: len(self._cached[free]))
         slot, reused = max(
             (
                 (slot, self._shared_prefix(slot, sequence.pending, sequence.scoring))
@@ -308,7 +313,8 @@ class Batcher:
             self._decode([(s, [s.next_token]) for s in generating], outbox)
         prefilling = next((s for s in self._active if s.pending), None)
         if prefilling is not None:
-            chunk = prefilling.pending[: self.batch_tokens]
+            size = min(self.batch_tokens, SCORED_CHUNK) if prefilling.scoring else self.batch_tokens
+            chunk = prefilling.pending[:size]
             del prefilling.pending[: len(chunk)]
             self._decode([(prefilling, chunk)], outbox)
 
@@ -367,13 +373,16 @@ class Batcher:
         finish: Literal["stop", "length", "error"] | None = None
         chunks: list[object] = []
         run.emit = chunks.append
+        top = run.params.top_logprobs
+        logprob = None
+        if sampled is not None and top is not None:
+            logprob = self._logprob(index, token, top)
         if sampled is None:
             finish = "error"
         elif lib.llama_vocab_is_eog(self._vocab, token):
+            # The end's logprob too (its text empty), as vLLM's: one entry per token sampled.
             finish = "stop"
         else:
-            top = run.params.top_logprobs
-            logprob = self._logprob(index, token, top) if top is not None else None
             piece = bytes(self._llm.detokenize([token]))
             run.token(sequence.decoder.decode(piece), logprob)
             sequence.next_token = token
@@ -381,7 +390,8 @@ class Batcher:
             if run.produced >= run.budget:
                 finish = "length"
         if finish is not None:
-            run.finish(finish, sequence.decoder.decode(b"", final=True))
+            ending = logprob if finish == "stop" else None
+            run.finish(finish, sequence.decoder.decode(b"", final=True), ending)
             chunks.append(_DONE)
             self._release(sequence)
         outbox.extend((sequence, chunk) for chunk in chunks)

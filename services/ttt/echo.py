@@ -33,6 +33,7 @@ from genmesh.ttt.engine import (
     TokenLogprob,
     ToolUse,
     UnsupportedError,
+    check_prompt_scores,
 )
 from genmesh.ttt.textstream import ToolCallParser
 
@@ -104,6 +105,7 @@ class EchoEngine(TextEngine):
         self, messages: list[ChatMessage], params: SamplingParams
     ) -> AsyncIterator[GenerationChunk]:
         options = EchoOptions.of(params.extra)
+        check_prompt_scores(sum(len(m.content) for m in messages), params)
         prompt = next((m.content for m in reversed(messages) if m.role == "user"), "")
         # As many repeats as max_tokens takes, not all of them: `repeat` goes to a million.
         repeats = min(options.repeat, -(-params.max_tokens // max(len(prompt), 1)))

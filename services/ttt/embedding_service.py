@@ -4,13 +4,12 @@ of the embedding model's own vocabulary, which Tokenize gives)."""
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 
 from genmesh.runtime import errors
 from genmesh.runtime.inference import Context
 from genmesh.ttt.embedding import Embedder, vocabulary_violation
-from genmesh.ttt.service import ServedModel, TextInferenceService, detokenized, tokenized
+from genmesh.ttt.service import ServedModel, TextInferenceService
 from genmesh.v1 import inference_pb2
 
 
@@ -69,7 +68,7 @@ class TextAndEmbeddingService(TextInferenceService):
         def count(text: str, special: bool) -> int:
             return len(engine.pieces(text, special))
 
-        return await tokenized(request, engine.pieces, count, self.max_message_bytes)
+        return await self.tokenizer.tokenized(request, engine.pieces, count)
 
     async def Detokenize(  # noqa: N802
         self, request: inference_pb2.InferenceServiceDetokenizeRequest, context: Context
@@ -81,5 +80,4 @@ class TextAndEmbeddingService(TextInferenceService):
         outside = vocabulary_violation("tokens", ids, engine)
         if outside:
             raise errors.invalid_argument("tokens outside the vocabulary", outside)
-        text = await asyncio.to_thread(engine.detokenize, ids)
-        return detokenized(text, self.max_message_bytes)
+        return await self.tokenizer.detokenized(engine.detokenize, ids)

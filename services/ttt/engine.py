@@ -150,6 +150,22 @@ class ConstraintError(ValueError):
         self.limit = limit
 
 
+# Token entries at most in one response: n x max_tokens x (top_logprobs + 1) generated, and
+# prompt tokens x (top_logprobs + 1) scored.
+MAX_LOGPROB_ENTRIES = 200_000
+
+
+def check_prompt_scores(prompt_tokens: int, params: SamplingParams) -> None:
+    """Refuses to score a prompt whose entries would pass the cap (ConstraintError)."""
+    top = params.prompt_logprobs
+    if top is not None and prompt_tokens * (top + 1) > MAX_LOGPROB_ENTRIES:
+        raise ConstraintError(
+            "text.prompt_logprobs",
+            f"prompt tokens x (top_logprobs + 1) must be at most {MAX_LOGPROB_ENTRIES}; "
+            f"the prompt has {prompt_tokens} tokens",
+        )
+
+
 class UnsupportedError(ValueError):
     """A request feature the engine cannot serve (the service: FAILED_PRECONDITION naming
     `field`)."""
@@ -263,6 +279,7 @@ class LocalEngine(TextEngine):
             prompt = self.encode(messages[0].content)
         else:
             prompt = self.prompt_tokens(messages, params.tools)
+        check_prompt_scores(len(prompt), params)
         context = self.context_window()
         if context and len(prompt) >= context:
             raise PromptTooLongError(len(prompt), context)

@@ -22,6 +22,7 @@ import grpc
 import httpx2
 import openai
 from openai import AsyncOpenAI
+from openai.types import Completion, CompletionChoice
 
 from genmesh.runtime.errors import ServiceError
 from genmesh.runtime.secrets import ProviderSecrets
@@ -137,8 +138,9 @@ class OpenAIEngine(TextEngine):
         if client is not None:
             await client.close()
 
-    # A JSON schema passes through as OpenAI's response_format; the upstream enforces it.
-    features = frozenset({"json_schema"})
+    # A JSON schema passes through as OpenAI's response_format; the upstream enforces it. A raw
+    # prompt goes to the upstream's legacy completions.
+    features = frozenset({"json_schema", "raw_prompt"})
 
     @property
     def client(self) -> AsyncOpenAI:
@@ -148,26 +150,37 @@ class OpenAIEngine(TextEngine):
 
     async def _open(
         self, messages: list[ChatMessage], params: SamplingParams
-    ) -> openai.AsyncStream[ChatCompletionChunk]:
+    ) -> openai.AsyncStream[ChatCompletionChunk] | openai.AsyncStream[Completion]:
         """The upstream stream, tried again as long as a refused key turns out to have rotated."""
+        sampling: dict[str, Any] = {
+            "model": self._remote_model,
+            "max_tokens": params.max_tokens,
+            "temperature": params.temperature,
+            "top_p": params.top_p,
+            "seed": params.seed,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+            "extra_body": {"top_k": params.top_k, "repeat_penalty": params.repeat_penalty},
+        }
         while True:
             used = self._key() if self._secret else ""
             try:
-                return await self.client.chat.completions.create(
-                    model=self._remote_model,
+                if params.raw_prompt:
+                    completions: openai.AsyncStream[
+                        Completion
+                    ] = await self.client.completions.create(prompt=messages[0].content, **sampling)
+                    return completions
+                chat: openai.AsyncStream[
+                    ChatCompletionChunk
+                ] = await self.client.chat.completions.create(
                     messages=cast(
                         "list[ChatCompletionMessageParam]",
                         [{"role": m.role, "content": m.content} for m in messages],
                     ),
-                    max_tokens=params.max_tokens,
-                    temperature=params.temperature,
-                    top_p=params.top_p,
-                    seed=params.seed,
-                    stream=True,
-                    stream_options={"include_usage": True},
                     response_format=response_format(params),
-                    extra_body={"top_k": params.top_k, "repeat_penalty": params.repeat_penalty},
+                    **sampling,
                 )
+                return chat
             except (openai.AuthenticationError, openai.PermissionDeniedError) as exc:
                 if not (used and await self._secrets.rotated(self._secret, used)):
                     raise upstream_error(self.name, exc) from None
@@ -186,7 +199,11 @@ class OpenAIEngine(TextEngine):
                     prompt_tokens = event.usage.prompt_tokens
                     completion_tokens = event.usage.completion_tokens
                 for choice in event.choices:
-                    text = choice.delta.content or ""
+                    text = (
+                        choice.text
+                        if isinstance(choice, CompletionChoice)
+                        else choice.delta.content or ""
+                    )
                     if choice.finish_reason is not None:
                         finish = _FINISH.get(choice.finish_reason, "stop")
                     if text:

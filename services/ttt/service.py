@@ -14,9 +14,10 @@ import dataclasses
 import math
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 from google.protobuf import json_format
@@ -41,6 +42,7 @@ from genmesh.ttt.models import ModelEntry, scan
 from genmesh.ttt.textstream import Split, TextOutput
 from genmesh.v1 import common_pb2, inference_pb2
 
+_T = TypeVar("_T")
 ROLES = {
     common_pb2.INPUT_ROLE_UNSPECIFIED: "user",
     common_pb2.INPUT_ROLE_USER_PROMPT: "user",
@@ -292,9 +294,12 @@ class TextJob(InferJob):
         self.params = sampling_params(request, self.engine.info())
         structured.refuse_unsupported(self.engine, self.params)
         self.messages = served.conversation(request, self.params)
+        # The prompt is the same for every choice: the first scores it for all.
         self.choices = [
             dataclasses.replace(
-                self.params, seed=None if self.params.seed is None else self.params.seed + i
+                self.params,
+                seed=None if self.params.seed is None else self.params.seed + i,
+                prompt_logprobs=self.params.prompt_logprobs if i == 0 else None,
             )
             for i in range(self.params.n)
         ]
@@ -340,6 +345,7 @@ class TextJob(InferJob):
         return structured.unsatisfied("".join(output.answer), constraint)
 
     async def result(self) -> common_pb2.GenerateResponse:
+        scored = [structured.logprob_proto(t) for t in self.outputs[0].prompt_logprobs]
         outputs = [
             common_pb2.OutputItem(
                 kind=common_pb2.CONTENT_KIND_TEXT,
@@ -349,7 +355,7 @@ class TextJob(InferJob):
                 index=index,
                 tool_calls=[structured.tool_call_proto(c) for c in out.tool_calls],
                 logprobs=[structured.logprob_proto(t) for t in out.logprobs],
-                prompt_logprobs=[structured.logprob_proto(t) for t in out.prompt_logprobs],
+                prompt_logprobs=scored,
                 finish_reason=FINISH.get(out.finish, common_pb2.FINISH_REASON_UNSPECIFIED),
             )
             for index, (params, out) in enumerate(zip(self.choices, self.outputs, strict=True))
@@ -386,8 +392,8 @@ class TextInferenceService(InferenceServicer):
         self.models = models
         self.default_model = default_model
         self.models_dir = models_dir
-        # The largest answer the transport carries (the service's own send limit).
-        self.max_message_bytes = max_message_bytes
+        # Answers up to the largest message the transport carries (the service's send limit).
+        self.tokenizer = TokenizerCalls(max_message_bytes)
 
     def model(self, name: str) -> ServedModel:
         model = self.models.get(name or self.default_model)
@@ -444,9 +450,7 @@ class TextInferenceService(InferenceServicer):
     ) -> inference_pb2.InferenceServiceTokenizeResponse:
         engine = self.engine(request.model)
         try:
-            return await tokenized(
-                request, engine.tokenize, engine.count_tokens, self.max_message_bytes
-            )
+            return await self.tokenizer.tokenized(request, engine.tokenize, engine.count_tokens)
         except NotImplementedError as exc:
             raise unimplemented(engine, exc) from None
 
@@ -455,41 +459,66 @@ class TextInferenceService(InferenceServicer):
     ) -> inference_pb2.InferenceServiceDetokenizeResponse:
         engine = self.engine(request.model)
         try:
-            text = await asyncio.to_thread(engine.detokenize, list(request.tokens))
+            return await self.tokenizer.detokenized(engine.detokenize, list(request.tokens))
         except NotImplementedError as exc:
             raise unimplemented(engine, exc) from None
         except (ValueError, OverflowError) as exc:
             raise errors.invalid_argument(
                 "tokens outside the vocabulary", FieldViolation("tokens", str(exc))
             ) from None
-        return detokenized(text, self.max_message_bytes)
 
 
-async def tokenized(
-    request: inference_pb2.InferenceServiceTokenizeRequest,
-    tokenize: Callable[[str, bool], list[tuple[int, str]]],
-    count: Callable[[str, bool], int],
-    limit: int,
-) -> inference_pb2.InferenceServiceTokenizeResponse:
-    """Tokenize's answer. The tokenizer runs in a worker thread: megabytes of text take it
-    seconds, which on the event loop would stall every stream and fail health checks."""
-    special = request.add_special_tokens
-    if request.count_only:
-        counted = await asyncio.to_thread(count, request.text, special)
-        return inference_pb2.InferenceServiceTokenizeResponse(count=counted)
-    pairs = await asyncio.to_thread(tokenize, request.text, special)
-    response = inference_pb2.InferenceServiceTokenizeResponse(
-        tokens=[t for t, _ in pairs], pieces=[p for _, p in pairs], count=len(pairs)
-    )
-    advice = "list the tokens of a shorter text at a time, or only count them (CountTokens)"
-    errors.check_response_size(response, limit, "text", advice)
-    return response
+class TokenizerCalls:
+    """The tokenizer RPCs' work, one call at a time on a thread of its own: megabytes of text
+    take a tokenizer seconds, which on the event loop would stall every stream and fail health
+    checks, and several at once in a pool would hold gigabytes."""
 
+    # Per token at least: its id and its piece's framing, beside the piece's own bytes.
+    BYTES_PER_TOKEN = 3
 
-def detokenized(text: str, limit: int) -> inference_pb2.InferenceServiceDetokenizeResponse:
-    response = inference_pb2.InferenceServiceDetokenizeResponse(text=text)
-    errors.check_response_size(response, limit, "tokens", "detokenize fewer tokens at a time")
-    return response
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix="tokenizer")
+
+    async def _run(self, work: Callable[..., _T], *args: Any) -> _T:
+        return await asyncio.get_running_loop().run_in_executor(self._thread, work, *args)
+
+    async def tokenized(
+        self,
+        request: inference_pb2.InferenceServiceTokenizeRequest,
+        tokenize: Callable[[str, bool], list[tuple[int, str]]],
+        count: Callable[[str, bool], int],
+    ) -> inference_pb2.InferenceServiceTokenizeResponse:
+        text, special = request.text, request.add_special_tokens
+        if request.count_only:
+            return inference_pb2.InferenceServiceTokenizeResponse(
+                count=await self._run(count, text, special)
+            )
+        size = len(text.encode())
+        advice = "list the tokens of a shorter text at a time, or only count them (CountTokens)"
+        # A text that may not fit is counted first, so one that does not is refused before its
+        # pieces are built (a token is at least a byte of the text).
+        if size * (1 + self.BYTES_PER_TOKEN) > self.limit:
+            tokens = await self._run(count, text, special)
+            errors.check_response_size(
+                size + tokens * self.BYTES_PER_TOKEN, self.limit, "text", advice
+            )
+        pairs = await self._run(tokenize, text, special)
+        response = inference_pb2.InferenceServiceTokenizeResponse(
+            tokens=[t for t, _ in pairs], pieces=[p for _, p in pairs], count=len(pairs)
+        )
+        errors.check_response_size(response.ByteSize(), self.limit, "text", advice)
+        return response
+
+    async def detokenized(
+        self, detokenize: Callable[[list[int]], str], tokens: list[int]
+    ) -> inference_pb2.InferenceServiceDetokenizeResponse:
+        response = inference_pb2.InferenceServiceDetokenizeResponse(
+            text=await self._run(detokenize, tokens)
+        )
+        advice = "detokenize fewer tokens at a time"
+        errors.check_response_size(response.ByteSize(), self.limit, "tokens", advice)
+        return response
 
 
 def unimplemented(engine: TextEngine, exc: NotImplementedError) -> errors.ServiceError:

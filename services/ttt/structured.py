@@ -20,6 +20,7 @@ from google.protobuf import json_format, struct_pb2
 from genmesh.runtime import errors
 from genmesh.runtime.errors import FieldViolation
 from genmesh.ttt.engine import (
+    MAX_LOGPROB_ENTRIES,
     Constraint,
     SamplingParams,
     TextEngine,
@@ -33,8 +34,6 @@ from genmesh.v1 import common_pb2
 
 MAX_CHOICES = 16
 MAX_TOP_LOGPROBS = 20
-# n x max_tokens x (top_logprobs + 1) token entries at most in one response.
-MAX_LOGPROB_ENTRIES = 200_000
 MAX_SEED = 2**63 - 1
 TOOL_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 # The longest checking one text against a request's regex may take. Python's `re` backtracks:

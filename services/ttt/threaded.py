@@ -100,14 +100,21 @@ class TokenRun:
             )
         )
 
-    def finish(self, reason: Literal["stop", "length", "error"], text: str = "") -> None:
-        """The last chunk: any text the decoder held back, and why generation ended ("error":
-        the engine could not go on, e.g. `grammar.sample_or_dead_end` found no token)."""
+    def finish(
+        self,
+        reason: Literal["stop", "length", "error"],
+        text: str = "",
+        logprob: TokenLogprob | None = None,
+    ) -> None:
+        """The last chunk: any text the decoder held back, why generation ended ("error": the
+        engine could not go on, e.g. `grammar.sample_or_dead_end` found no token), and the end
+        of generation token's logprob when it ended "stop" and logprobs were asked for."""
         self.emit(
             GenerationChunk(
                 text=text,
                 tokens=0,
                 finish_reason=reason,
+                logprobs=(logprob,) if logprob else (),
                 prompt_tokens=0 if self.produced else len(self.prompt),
                 prompt_logprobs=() if self.produced else self.prompt_logprobs,
             )

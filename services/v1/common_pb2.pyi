@@ -1302,7 +1302,9 @@ class OutputItem(_message.Message):
 
     @_builtins.property
     def logprobs(self) -> _containers.RepeatedCompositeFieldContainer[Global___TokenLogprob]:
-        """Per generated token, when TextParameters.logprobs was asked for."""
+        """Per generated token, when TextParameters.logprobs was asked for; a generation that the
+        model ended with its end-of-text token has that token's entry last (its text empty).
+        """
 
     @_builtins.property
     def prompt_logprobs(self) -> _containers.RepeatedCompositeFieldContainer[Global___TokenLogprob]:

@@ -253,6 +253,14 @@ BAD_REQUESTS = {
         grpc.StatusCode.INVALID_ARGUMENT,
         "text.raw_prompt",
     ),
+    "a prompt too long to score": (
+        text_request(
+            "x" * 200_001,
+            parameters=common_pb2.TextParameters(raw_prompt=True, prompt_logprobs=True),
+        ),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "text.prompt_logprobs",
+    ),
     "task the binding does not serve": (
         common_pb2.GenerateRequest(
             task=common_pb2.TASK_IMAGE, binding="echo", inputs=[common_pb2.InputItem(text="x")]
@@ -405,6 +413,15 @@ async def test_echo_tokens_that_are_no_characters_are_invalid(client: Client) ->
 
 
 MIB = 1024 * 1024
+
+
+async def test_a_conversation_takes_no_raw_prompt(client: Client) -> None:
+    config = common_pb2.GenerateRequest(text=RAW)
+    call = client.generation.Converse(
+        iter([generation_pb2.ConverseRequest(config=config)]), metadata=client.metadata
+    )
+    details = await refused(call.read())
+    assert "config.text.raw_prompt" in details.violations
 
 
 async def test_texts_too_long_to_list_are_counted_and_refused_naming_the_text(

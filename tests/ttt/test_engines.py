@@ -132,6 +132,16 @@ async def test_engine_answers_the_capital_of_france(client: Client, name: str) -
         assert final.usage.prompt_tokens > 5
 
 
+@pytest.mark.parametrize("name", [*ENGINES, "remote"])
+async def test_engine_continues_a_raw_prompt(client: Client, name: str) -> None:
+    """No chat template: the model continues the text (the remote engine through its upstream's
+    legacy completions)."""
+    params = common_pb2.TextParameters(temperature=0, max_tokens=4, raw_prompt=True)
+    request = text_request("1, 2, 3, 4, 5, 6,", binding=name, parameters=params)
+    response = await client.generate(request)
+    assert response.outputs[0].text.startswith(" 7,"), response.outputs[0].text
+
+
 @pytest.mark.parametrize("name", ENGINES)
 async def test_engine_max_tokens_and_tokenizer(client: Client, name: str) -> None:
     params = common_pb2.TextParameters(max_tokens=4)

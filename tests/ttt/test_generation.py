@@ -146,7 +146,19 @@ async def test_a_prompt_is_scored_token_by_token(mesh: Client) -> None:
     asked = await scored(mesh, "The capital of France is", logprobs=True)
     generated = asked.outputs[0].logprobs[0]
     assert generated.token == entries[-1].token == " Paris"
-    assert generated.logprob == pytest.approx(entries[-1].logprob, abs=0.05)
+    assert generated.logprob == pytest.approx(entries[-1].logprob, abs=0.1)
+
+
+async def test_the_end_of_text_has_its_logprob(mesh: Client) -> None:
+    """One entry per token the model sampled, its end-of-text included (as vLLM's): lm-eval
+    takes the last entry for the generated token when it scores the ones before it."""
+    chat = "<|im_start|>user\nWhat is 2+2? Answer with one digit.<|im_end|>\n"
+    text = chat + "<|im_start|>assistant\n4"
+    response = await scored(mesh, text, max_tokens=8, logprobs=True)
+    output = response.outputs[0]
+    assert response.finish_reason == common_pb2.FINISH_REASON_STOP, output.text
+    assert len(output.logprobs) == response.usage.completion_tokens + 1
+    assert output.logprobs[-1].token == "" and output.logprobs[-1].logprob < 0
 
 
 async def test_a_long_text_is_tokenized_beside_a_generation(mesh: Client) -> None:

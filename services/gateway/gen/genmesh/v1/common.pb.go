@@ -2436,7 +2436,8 @@ type OutputItem struct {
 	Index int32 `protobuf:"varint,9,opt,name=index,proto3" json:"index,omitempty"`
 	// The tool calls the model made (FINISH_REASON_TOOL_CALLS).
 	ToolCalls []*ToolCall `protobuf:"bytes,10,rep,name=tool_calls,json=toolCalls,proto3" json:"tool_calls,omitempty"`
-	// Per generated token, when TextParameters.logprobs was asked for.
+	// Per generated token, when TextParameters.logprobs was asked for; a generation that the
+	// model ended with its end-of-text token has that token's entry last (its text empty).
 	Logprobs []*TokenLogprob `protobuf:"bytes,11,rep,name=logprobs,proto3" json:"logprobs,omitempty"`
 	// Why this choice ended; GenerateResponse.finish_reason is choice 0's.
 	FinishReason FinishReason `protobuf:"varint,12,opt,name=finish_reason,json=finishReason,proto3,enum=genmesh.v1.FinishReason" json:"finish_reason,omitempty"`
