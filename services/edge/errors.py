@@ -165,6 +165,7 @@ COMPLETION_PARAMS = Params(
         "text.top_logprobs": "logprobs",
         "text.raw_prompt": "prompt",
         "text.prompt_logprobs": "echo",
+        "tokens": "prompt",
     },
 )
 # An embedding request's: every input is `input`.

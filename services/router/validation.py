@@ -94,6 +94,12 @@ def _item_violations(index: int, item: common_pb2.InputItem) -> list[FieldViolat
         item.tool_calls and item.role == common_pb2.INPUT_ROLE_ASSISTANT_REPLY
     ):
         return [FieldViolation(where, "needs a payload: text, data or uri")]
+    if payload == "tokens":
+        if item.kind not in (common_pb2.CONTENT_KIND_UNSPECIFIED, common_pb2.CONTENT_KIND_TEXT):
+            return [FieldViolation(f"{where}.kind", "token ids are text")]
+        if not item.tokens.ids:
+            return [FieldViolation(f"{where}.tokens", "is empty")]
+        return []
     if item.kind == common_pb2.CONTENT_KIND_UNSPECIFIED and payload != "text":
         return [FieldViolation(f"{where}.kind", "must be set for non-text payloads")]
     prefixes = KIND_PREFIX.get(item.kind)
@@ -141,6 +147,8 @@ def check_request(
         violations.append(FieldViolation("inputs", "at least one input is required"))
     for index, item in enumerate(request.inputs):
         violations.extend(_item_violations(index, item))
+        if item.HasField("tokens") and not request.text.raw_prompt:
+            violations.append(FieldViolation(f"inputs[{index}].tokens", "need text.raw_prompt"))
     violations.extend(json_violations("extra", request.extra))
     if request.text.constraint.HasField("json_schema"):
         schema = request.text.constraint.json_schema

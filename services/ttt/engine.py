@@ -100,8 +100,10 @@ class SamplingParams:
     top_logprobs: int | None = None
     # Choices per request: the service runs one generation per choice.
     n: int = 1
-    # The one user message is the whole prompt, tokenized as it stands (no chat template).
+    # The one user message is the whole prompt, tokenized as it stands (no chat template), or
+    # these ids when the request gave ids.
     raw_prompt: bool = False
+    prompt_ids: tuple[int, ...] = ()
     # Score the prompt's tokens too, with this many alternatives each (None: do not).
     prompt_logprobs: int | None = None
 
@@ -276,7 +278,7 @@ class LocalEngine(TextEngine):
         """The prompt's tokens and how many the generation may produce: what the request asks,
         capped by the room the prompt leaves in the context and by the model's output cap."""
         if params.raw_prompt:
-            prompt = self.encode(messages[0].content)
+            prompt = list(params.prompt_ids) or self.encode(messages[0].content)
         else:
             prompt = self.prompt_tokens(messages, params.tools)
         check_prompt_scores(len(prompt), params)

@@ -60,16 +60,21 @@ FINISH = {
 }
 
 
-def raw_prompt(request: common_pb2.GenerateRequest) -> str:
-    """The user prompts' text, concatenated: a raw prompt has nothing else."""
+def raw_prompt(request: common_pb2.GenerateRequest) -> str | list[int]:
+    """The user prompts' text, or their token ids, concatenated: a raw prompt has nothing else."""
     texts = (common_pb2.CONTENT_KIND_UNSPECIFIED, common_pb2.CONTENT_KIND_TEXT)
+    payloads = {item.WhichOneof("payload") for item in request.inputs}
     for index, item in enumerate(request.inputs):
         user = ROLES.get(item.role) == "user" and item.kind in texts
-        if not user or item.WhichOneof("payload") != "text":
+        if not user or item.WhichOneof("payload") not in ("text", "tokens") or len(payloads) > 1:
             raise errors.invalid_argument(
                 "a raw prompt is user-prompt text only",
-                FieldViolation(f"inputs[{index}]", "must be user-prompt text with text.raw_prompt"),
+                FieldViolation(
+                    f"inputs[{index}]", "must be user-prompt text, or token ids, all alike"
+                ),
             )
+    if payloads == {"tokens"}:
+        return [token for item in request.inputs for token in item.tokens.ids]
     prompt = "".join(item.text for item in request.inputs)
     if not prompt:
         raise errors.invalid_argument(
@@ -246,13 +251,31 @@ class ServedModel:
 
     def conversation(
         self, request: common_pb2.GenerateRequest, params: SamplingParams
-    ) -> list[ChatMessage]:
+    ) -> tuple[SamplingParams, list[ChatMessage]]:
+        """The messages, and the parameters with a raw prompt's token ids when it has them
+        (its message then holds their text)."""
         if params.raw_prompt:
-            return [ChatMessage("user", raw_prompt(request))]
+            prompt = raw_prompt(request)
+            if isinstance(prompt, str):
+                return params, [ChatMessage("user", prompt)]
+            with_ids = dataclasses.replace(params, prompt_ids=tuple(prompt))
+            return with_ids, [ChatMessage("user", self._decoded(prompt))]
         messages = chat_messages(request)
         if self.system_prompt and messages[0].role != "system":
             messages = [ChatMessage("system", self.system_prompt), *messages]
-        return tools.conversation(messages, params.tools, self.engine.chat_template)
+        return params, tools.conversation(messages, params.tools, self.engine.chat_template)
+
+    def _decoded(self, ids: list[int]) -> str:
+        try:
+            return self.engine.detokenize(ids)
+        except NotImplementedError:
+            raise structured.unsupported(
+                UnsupportedError(self.engine.info().engine, "inputs", "take token ids")
+            ) from None
+        except (ValueError, OverflowError) as exc:
+            raise errors.invalid_argument(
+                "token ids outside the vocabulary", FieldViolation("inputs", str(exc))
+            ) from None
 
 
 def deltas(index: int, split: Split) -> list[common_pb2.StreamEvent]:
@@ -293,7 +316,7 @@ class TextJob(InferJob):
         self.slots = served.slots
         self.params = sampling_params(request, self.engine.info())
         structured.refuse_unsupported(self.engine, self.params)
-        self.messages = served.conversation(request, self.params)
+        self.params, self.messages = served.conversation(request, self.params)
         # The prompt is the same for every choice: the first scores it for all.
         self.choices = [
             dataclasses.replace(

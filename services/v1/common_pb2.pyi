@@ -262,6 +262,30 @@ MODEL_KIND_TRANSCRIPTION: ModelKind.ValueType  # 5
 Global___ModelKind: _TypeAlias = ModelKind  # noqa: Y015
 
 @_typing.final
+class TokenSequence(_message.Message):
+    """Token ids in a model's own vocabulary."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    IDS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """The ids, in order."""
+
+    def __init__(
+        self,
+        *,
+        ids: _abc.Iterable[_builtins.int] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ids", b"ids"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TokenSequence: _TypeAlias = TokenSequence  # noqa: Y015
+
+@_typing.final
 class InputItem(_message.Message):
     """One input to a generation."""
 
@@ -272,6 +296,7 @@ class InputItem(_message.Message):
     TEXT_FIELD_NUMBER: _builtins.int
     DATA_FIELD_NUMBER: _builtins.int
     URI_FIELD_NUMBER: _builtins.int
+    TOKENS_FIELD_NUMBER: _builtins.int
     MIME_TYPE_FIELD_NUMBER: _builtins.int
     TOOL_CALL_ID_FIELD_NUMBER: _builtins.int
     TOOL_CALLS_FIELD_NUMBER: _builtins.int
@@ -290,6 +315,12 @@ class InputItem(_message.Message):
     tool_call_id: _builtins.str
     """For INPUT_ROLE_TOOL_RESULT: the id of the tool call (ToolCall.id) this result answers."""
     @_builtins.property
+    def tokens(self) -> Global___TokenSequence:
+        """Token ids of the model's own vocabulary (as TokenizerService.Tokenize gives them), for a
+        raw prompt only (TextParameters.raw_prompt): decoded as they are, special tokens included.
+        """
+
+    @_builtins.property
     def tool_calls(self) -> _containers.RepeatedCompositeFieldContainer[Global___ToolCall]:
         """For INPUT_ROLE_ASSISTANT_REPLY: the tool calls that reply made, in order; the reply's text
         payload may then be empty or absent.
@@ -303,15 +334,16 @@ class InputItem(_message.Message):
         text: _builtins.str = ...,
         data: _builtins.bytes = ...,
         uri: _builtins.str = ...,
+        tokens: Global___TokenSequence | None = ...,
         mime_type: _builtins.str = ...,
         tool_call_id: _builtins.str = ...,
         tool_calls: _abc.Iterable[Global___ToolCall] | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "payload", b"payload", "text", b"text", "uri", b"uri"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "payload", b"payload", "text", b"text", "tokens", b"tokens", "uri", b"uri"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "kind", b"kind", "mime_type", b"mime_type", "payload", b"payload", "role", b"role", "text", b"text", "tool_call_id", b"tool_call_id", "tool_calls", b"tool_calls", "uri", b"uri"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "kind", b"kind", "mime_type", b"mime_type", "payload", b"payload", "role", b"role", "text", b"text", "tokens", b"tokens", "tool_call_id", b"tool_call_id", "tool_calls", b"tool_calls", "uri", b"uri"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["text", "data", "uri"]  # noqa: Y015
+    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["text", "data", "uri", "tokens"]  # noqa: Y015
     _WhichOneofArgType_payload: _TypeAlias = _typing.Literal["payload", b"payload"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_payload) -> _WhichOneofReturnType_payload | None: ...
 

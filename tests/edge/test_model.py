@@ -8,8 +8,10 @@ import pytest
 from openai import OpenAI
 from openai.types.chat import ChatCompletionMessageParam
 
+from genmesh.client import Client
+from genmesh.v1 import tokenizer_pb2
 from tests.edge.conftest import sdk
-from tests.support import ServiceProcess
+from tests.support import API_KEY, ServiceProcess
 
 ASK: list[ChatCompletionMessageParam] = [
     {"role": "system", "content": "You answer in one short sentence."},
@@ -66,12 +68,30 @@ def test_legacy_completion_continues_the_prompt_as_written(smol: OpenAI) -> None
     assert completion.usage is not None and completion.usage.prompt_tokens < 10
 
 
-def test_legacy_completion_scores_an_echoed_prompt(smol: OpenAI) -> None:
-    """lm-eval's loglikelihood request: the prompt's tokens come back with their logprobs."""
+async def test_legacy_completion_scores_an_echoed_prompt(
+    smol: OpenAI, smol_router: ServiceProcess
+) -> None:
+    """lm-eval's loglikelihood request: the prompt's tokens come back with their logprobs; its
+    token ids (as lm-eval sends them by default) are the same prompt as its text."""
     prompt = "The capital of France is Paris"
     completion = smol.completions.create(
         model="smollm2", prompt=prompt, max_tokens=1, temperature=0, echo=True, logprobs=1
     )
+    async with Client(smol_router.address, API_KEY) as client:
+        tokenized = await client.tokenizer.Tokenize(
+            tokenizer_pb2.TokenizeRequest(text=prompt, add_special_tokens=True),
+            metadata=client.metadata,
+        )
+    by_ids = smol.completions.create(
+        model="smollm2",
+        prompt=list(tokenized.tokens),
+        max_tokens=1,
+        temperature=0,
+        echo=True,
+        logprobs=1,
+    )
+    assert by_ids.choices[0].text == completion.choices[0].text
+    assert by_ids.choices[0].logprobs == completion.choices[0].logprobs
     logprobs = completion.choices[0].logprobs
     assert logprobs is not None and logprobs.tokens and logprobs.token_logprobs
     assert completion.usage is not None

@@ -170,6 +170,9 @@ def test_completions(client: OpenAI) -> None:
     assert several.usage is not None
     assert several.usage.prompt_tokens == 4
     assert several.usage.completion_tokens == 8
+    # Token arrays: the echo's tokens are code points.
+    ids = client.completions.create(model="echo", prompt=[[104, 105], [111]], echo=True)
+    assert [c.text for c in ids.choices] == ["hihi", "oo"]
 
 
 async def test_completions_stream(aclient: AsyncOpenAI) -> None:

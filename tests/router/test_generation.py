@@ -253,6 +253,24 @@ BAD_REQUESTS = {
         grpc.StatusCode.INVALID_ARGUMENT,
         "text.raw_prompt",
     ),
+    "token ids without a raw prompt": (
+        common_pb2.GenerateRequest(
+            inputs=[common_pb2.InputItem(tokens=common_pb2.TokenSequence(ids=[104, 105]))]
+        ),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "inputs[0].tokens",
+    ),
+    "token ids beside text": (
+        common_pb2.GenerateRequest(
+            inputs=[
+                common_pb2.InputItem(text="a"),
+                common_pb2.InputItem(tokens=common_pb2.TokenSequence(ids=[104])),
+            ],
+            text=RAW,
+        ),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "inputs[0]",
+    ),
     "a prompt too long to score": (
         text_request(
             "x" * 200_001,

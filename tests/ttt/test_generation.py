@@ -116,6 +116,15 @@ async def test_a_raw_prompt_is_continued_as_written(mesh: Client) -> None:
     assert response.usage.prompt_tokens == len(tokens.tokens)
     chat = await mesh.generate(text_request(text, parameters=greedy(max_tokens=1)))
     assert chat.usage.prompt_tokens > response.usage.prompt_tokens + 10
+    # The same prompt as token ids, and ids the model does not have.
+    ids = common_pb2.InputItem(tokens=common_pb2.TokenSequence(ids=tokens.tokens))
+    by_ids = await mesh.generate(common_pb2.GenerateRequest(inputs=[ids], text=parameters))
+    assert by_ids.outputs[0].text == response.outputs[0].text
+    del ids.tokens.ids[1:]
+    ids.tokens.ids.append(10**6)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await mesh.generate(common_pb2.GenerateRequest(inputs=[ids], text=parameters))
+    assert "inputs" in error_details(caught.value).violations
 
 
 async def scored(mesh: Client, text: str, **parameters: Any) -> common_pb2.GenerateResponse:

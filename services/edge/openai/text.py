@@ -15,7 +15,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import AsyncGenerator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal, cast
 
 import grpc
 from fastapi import APIRouter, Request
@@ -42,7 +42,7 @@ from genmesh.edge.openai.common import (
     routed_id,
 )
 from genmesh.runtime import values
-from genmesh.v1 import common_pb2
+from genmesh.v1 import common_pb2, tokenizer_pb2, tokenizer_pb2_grpc
 
 router = APIRouter()
 # How long a stream's HTTP response waits for the first event: a refusal by then (a bad
@@ -407,11 +407,14 @@ class CompletionRequest(TextRequest):
         parameters.prompt_logprobs = self.echo and self.logprobs is not None and not self.stream
         return parameters
 
-    def prompts(self) -> list[str]:
-        prompts = [self.prompt] if isinstance(self.prompt, str) else self.prompt
-        if not prompts or not all(isinstance(p, str) for p in prompts):
-            raise errors.unsupported("prompt", "must be a string or a list of strings for now")
-        return [p for p in prompts if isinstance(p, str)]
+    def prompts(self) -> list[str | list[int]]:
+        """Strings, or token arrays (ids of the model's own vocabulary, as lm-eval sends)."""
+        prompt = self.prompt
+        if isinstance(prompt, str) or (prompt and all(isinstance(t, int) for t in prompt)):
+            return [cast("str | list[int]", prompt)]
+        if not prompt or any(isinstance(p, list) and not p for p in prompt):
+            raise errors.unsupported("prompt", "must not be empty")
+        return cast("list[str | list[int]]", list(prompt))
 
 
 def check_finished(response: common_pb2.GenerateResponse) -> None:
@@ -715,23 +718,48 @@ async def chat_completions(
     return await respond(reply, body, requests, params, http, mesh, caller)
 
 
+def prompt_item(prompt: str | list[int]) -> common_pb2.InputItem:
+    item = common_pb2.InputItem(
+        kind=common_pb2.CONTENT_KIND_TEXT, role=common_pb2.INPUT_ROLE_USER_PROMPT
+    )
+    if isinstance(prompt, str):
+        item.text = prompt
+    else:
+        item.tokens.ids.extend(prompt)
+    return item
+
+
+async def prompt_text(
+    prompt: str | list[int], request: common_pb2.GenerateRequest, mesh: Mesh, caller: Caller
+) -> str:
+    """What an echo shows of a prompt: its text, or the text of its token ids."""
+    if isinstance(prompt, str):
+        return prompt
+    detokenize = tokenizer_pb2.DetokenizeRequest(
+        binding=request.binding, model=request.model, tokens=prompt
+    )
+    stub = tokenizer_pb2_grpc.TokenizerServiceStub(mesh.channel)
+    with errors.translated(errors.COMPLETION_PARAMS):
+        answer = await stub.Detokenize(detokenize, metadata=caller.metadata)
+    return answer.text
+
+
 @router.post("/v1/completions", response_model=None)
 async def completions(
     body: CompletionRequest, http: Request, mesh: MeshDep, caller: CallerDep, settings: SettingsDep
 ) -> Response:
     reject_unsupported(body.unsupported())
     prompts = body.prompts()
-    user = common_pb2.INPUT_ROLE_USER_PROMPT
     with errors.out_of_range("prompt"):
-        items = [
-            [common_pb2.InputItem(kind=common_pb2.CONTENT_KIND_TEXT, role=user, text=p)]
-            for p in prompts
-        ]
+        items = [[prompt_item(p)] for p in prompts]
     requests = body.requests(
         items, caller.request_id, settings.aliases("chat"), settings.max_choices
     )
     per_call = body.choices()
-    echoes = [p for p in prompts for _ in range(per_call)] if body.echo else []
+    echoes = []
+    if body.echo:
+        texts = [await prompt_text(p, requests[0], mesh, caller) for p in prompts]
+        echoes = [text for text in texts for _ in range(per_call)]
     reply = CompletionReply(
         f"cmpl-{caller.request_id}",
         body.model,

@@ -492,7 +492,7 @@ func (x ToolChoice_Mode) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use ToolChoice_Mode.Descriptor instead.
 func (ToolChoice_Mode) EnumDescriptor() ([]byte, []int) {
-	return file_genmesh_v1_common_proto_rawDescGZIP(), []int{4, 0}
+	return file_genmesh_v1_common_proto_rawDescGZIP(), []int{5, 0}
 }
 
 // What to do.
@@ -546,7 +546,53 @@ func (x Control_Action) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use Control_Action.Descriptor instead.
 func (Control_Action) EnumDescriptor() ([]byte, []int) {
-	return file_genmesh_v1_common_proto_rawDescGZIP(), []int{29, 0}
+	return file_genmesh_v1_common_proto_rawDescGZIP(), []int{30, 0}
+}
+
+// Token ids in a model's own vocabulary.
+type TokenSequence struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The ids, in order.
+	Ids           []int32 `protobuf:"varint,1,rep,packed,name=ids,proto3" json:"ids,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TokenSequence) Reset() {
+	*x = TokenSequence{}
+	mi := &file_genmesh_v1_common_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TokenSequence) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TokenSequence) ProtoMessage() {}
+
+func (x *TokenSequence) ProtoReflect() protoreflect.Message {
+	mi := &file_genmesh_v1_common_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TokenSequence.ProtoReflect.Descriptor instead.
+func (*TokenSequence) Descriptor() ([]byte, []int) {
+	return file_genmesh_v1_common_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *TokenSequence) GetIds() []int32 {
+	if x != nil {
+		return x.Ids
+	}
+	return nil
 }
 
 // One input to a generation.
@@ -563,6 +609,7 @@ type InputItem struct {
 	//	*InputItem_Text
 	//	*InputItem_Data
 	//	*InputItem_Uri
+	//	*InputItem_Tokens
 	Payload isInputItem_Payload `protobuf_oneof:"payload"`
 	// The payload's media type, e.g. "image/png" or "audio/wav"; required for bytes.
 	MimeType string `protobuf:"bytes,6,opt,name=mime_type,json=mimeType,proto3" json:"mime_type,omitempty"`
@@ -577,7 +624,7 @@ type InputItem struct {
 
 func (x *InputItem) Reset() {
 	*x = InputItem{}
-	mi := &file_genmesh_v1_common_proto_msgTypes[0]
+	mi := &file_genmesh_v1_common_proto_msgTypes[1]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -589,7 +636,7 @@ func (x *InputItem) String() string {
 func (*InputItem) ProtoMessage() {}
 
 func (x *InputItem) ProtoReflect() protoreflect.Message {
-	mi := &file_genmesh_v1_common_proto_msgTypes[0]
+	mi := &file_genmesh_v1_common_proto_msgTypes[1]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -602,7 +649,7 @@ func (x *InputItem) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InputItem.ProtoReflect.Descriptor instead.
 func (*InputItem) Descriptor() ([]byte, []int) {
-	return file_genmesh_v1_common_proto_rawDescGZIP(), []int{0}
+	return file_genmesh_v1_common_proto_rawDescGZIP(), []int{1}
 }
 
 func (x *InputItem) GetKind() ContentKind {
@@ -653,6 +700,15 @@ func (x *InputItem) GetUri() string {
 	return ""
 }
 
+func (x *InputItem) GetTokens() *TokenSequence {
+	if x != nil {
+		if x, ok := x.Payload.(*InputItem_Tokens); ok {
+			return x.Tokens
+		}
+	}
+	return nil
+}
+
 func (x *InputItem) GetMimeType() string {
 	if x != nil {
 		return x.MimeType
@@ -693,11 +749,19 @@ type InputItem_Uri struct {
 	Uri string `protobuf:"bytes,5,opt,name=uri,proto3,oneof"`
 }
 
+type InputItem_Tokens struct {
+	// Token ids of the model's own vocabulary (as TokenizerService.Tokenize gives them), for a
+	// raw prompt only (TextParameters.raw_prompt): decoded as they are, special tokens included.
+	Tokens *TokenSequence `protobuf:"bytes,9,opt,name=tokens,proto3,oneof"`
+}
+
 func (*InputItem_Text) isInputItem_Payload() {}
 
 func (*InputItem_Data) isInputItem_Payload() {}
 
 func (*InputItem_Uri) isInputItem_Payload() {}
+
+func (*InputItem_Tokens) isInputItem_Payload() {}
 
 // Strings the output must be exactly one of.
 type ChoiceList struct {
@@ -710,7 +774,7 @@ type ChoiceList struct {
 
 func (x *ChoiceList) Reset() {
 	*x = ChoiceList{}
-	mi := &file_genmesh_v1_common_proto_msgTypes[1]
+	mi := &file_genmesh_v1_common_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -722,7 +786,7 @@ func (x *ChoiceList) String() string {
 func (*ChoiceList) ProtoMessage() {}
 
 func (x *ChoiceList) ProtoReflect() protoreflect.Message {
-	mi := &file_genmesh_v1_common_proto_msgTypes[1]
+	mi := &file_genmesh_v1_common_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -735,7 +799,7 @@ func (x *ChoiceList) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ChoiceList.ProtoReflect.Descriptor instead.
 func (*ChoiceList) Descriptor() ([]byte, []int) {
-	return file_genmesh_v1_common_proto_rawDescGZIP(), []int{1}
+	return file_genmesh_v1_common_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *ChoiceList) GetChoices() []string {
@@ -774,7 +838,7 @@ type OutputConstraint struct {
 
 func (x *OutputConstraint) Reset() {
 	*x = OutputConstraint{}
-	mi := &file_genmesh_v1_common_proto_msgTypes[2]
+	mi := &file_genmesh_v1_common_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -786,7 +850,7 @@ func (x *OutputConstraint) String() string {
 func (*OutputConstraint) ProtoMessage() {}
 
 func (x *OutputConstraint) ProtoReflect() protoreflect.Message {
-	mi := &file_genmesh_v1_common_proto_msgTypes[2]
+	mi := &file_genmesh_v1_common_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -799,7 +863,7 @@ func (x *OutputConstraint) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OutputConstraint.ProtoReflect.Descriptor instead.
 func (*OutputConstraint) Descriptor() ([]byte, []int) {
-	return file_genmesh_v1_common_proto_rawDescGZIP(), []int{2}
+	return file_genmesh_v1_common_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *OutputConstraint) GetKind() isOutputConstraint_Kind {
@@ -904,7 +968,7 @@ type Tool struct {
 
 func (x *Tool) Reset() {
 	*x = Tool{}
-	mi := &file_genmesh_v1_common_proto_msgTypes[3]
+	mi := &file_genmesh_v1_common_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -916,7 +980,7 @@ func (x *Tool) String() string {
 func (*Tool) ProtoMessage() {}
 
 func (x *Tool) ProtoReflect() protoreflect.Message {
-	mi := &file_genmesh_v1_common_proto_msgTypes[3]
+	mi := &file_genmesh_v1_common_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -929,7 +993,7 @@ func (x *Tool) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Tool.ProtoReflect.Descriptor instead.
 func (*Tool) Descriptor() ([]byte, []int) {
-	return file_genmesh_v1_common_proto_rawDescGZIP(), []int{3}
+	return file_genmesh_v1_common_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *Tool) GetName() string {
@@ -966,7 +1030,7 @@ type ToolChoice struct {
 
 func (x *ToolChoice) Reset() {
 	*x = ToolChoice{}
-	mi := &file_genmesh_v1_common_proto_msgTypes[4]
+	mi := &file_genmesh_v1_common_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -978,7 +1042,7 @@ func (x *ToolChoice) String() string {
 func (*ToolChoice) ProtoMessage() {}
 
 func (x *ToolChoice) ProtoReflect() protoreflect.Message {
-	mi := &file_genmesh_v1_common_proto_msgTypes[4]
+	mi := &file_genmesh_v1_common_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -991,7 +1055,7 @@ func (x *ToolChoice) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ToolChoice.ProtoReflect.Descriptor instead.
 func (*ToolChoice) Descriptor() ([]byte, []int) {
-	return file_genmesh_v1_common_proto_rawDescGZIP(), []int{4}
+	return file_genmesh_v1_common_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *ToolChoice) GetMode() ToolChoice_Mode {
@@ -1023,7 +1087,7 @@ type ToolCall struct {
 
 func (x *ToolCall) Reset() {
 	*x = ToolCall{}
-	mi := &file_genmesh_v1_common_proto_msgTypes[5]
+	mi := &file_genmesh_v1_common_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1035,7 +1099,7 @@ func (x *ToolCall) String() string {
 func (*ToolCall) ProtoMessage() {}
 
 func (x *ToolCall) ProtoReflect() protoreflect.Message {
-	mi := &file_genmesh_v1_common_proto_msgTypes[5]
+	mi := &file_genmesh_v1_common_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1048,7 +1112,7 @@ func (x *ToolCall) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ToolCall.ProtoReflect.Descriptor instead.
 func (*ToolCall) Descriptor() ([]byte, []int) {
-	return file_genmesh_v1_common_proto_rawDescGZIP(), []int{5}
+	return file_genmesh_v1_common_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *ToolCall) GetId() string {
@@ -1092,7 +1156,7 @@ type ToolCallDelta struct {
 
 func (x *ToolCallDelta) Reset() {
 	*x = ToolCallDelta{}
-	mi := &file_genmesh_v1_common_proto_msgTypes[6]
+	mi := &file_genmesh_v1_common_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1104,7 +1168,7 @@ func (x *ToolCallDelta) String() string {
 func (*ToolCallDelta) ProtoMessage() {}
 
 func (x *ToolCallDelta) ProtoReflect() protoreflect.Message {
-	mi := &file_genmesh_v1_common_proto_msgTypes[6]
+	mi := &file_genmesh_v1_common_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1117,7 +1181,7 @@ func (x *ToolCallDelta) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ToolCallDelta.ProtoReflect.Descriptor instead.
 func (*ToolCallDelta) Descriptor() ([]byte, []int) {
-	return file_genmesh_v1_common_proto_rawDescGZIP(), []int{6}
+	return file_genmesh_v1_common_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *ToolCallDelta) GetIndex() int32 {
@@ -1172,7 +1236,7 @@ type TokenAlternative struct {
 
 func (x *TokenAlternative) Reset() {
 	*x = TokenAlternative{}
-	mi := &file_genmesh_v1_common_proto_msgTypes[7]
+	mi := &file_genmesh_v1_common_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1184,7 +1248,7 @@ func (x *TokenAlternative) String() string {
 func (*TokenAlternative) ProtoMessage() {}
 
 func (x *TokenAlternative) ProtoReflect() protoreflect.Message {
-	mi := &file_genmesh_v1_common_proto_msgTypes[7]
+	mi := &file_genmesh_v1_common_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1197,7 +1261,7 @@ func (x *TokenAlternative) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TokenAlternative.ProtoReflect.Descriptor instead.
 func (*TokenAlternative) Descriptor() ([]byte, []int) {
-	return file_genmesh_v1_common_proto_rawDescGZIP(), []int{7}
+	return file_genmesh_v1_common_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *TokenAlternative) GetTokenId() int32 {
@@ -1247,7 +1311,7 @@ type TokenLogprob struct {
 
 func (x *TokenLogprob) Reset() {
 	*x = TokenLogprob{}
-	mi := &file_genmesh_v1_common_proto_msgTypes[8]
+	mi := &file_genmesh_v1_common_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1259,7 +1323,7 @@ func (x *TokenLogprob) String() string {
 func (*TokenLogprob) ProtoMessage() {}
 
 func (x *TokenLogprob) ProtoReflect() protoreflect.Message {
-	mi := &file_genmesh_v1_common_proto_msgTypes[8]
+	mi := &file_genmesh_v1_common_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1272,7 +1336,7 @@ func (x *TokenLogprob) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TokenLogprob.ProtoReflect.Descriptor instead.
 func (*TokenLogprob) Descriptor() ([]byte, []int) {
-	return file_genmesh_v1_common_proto_rawDescGZIP(), []int{8}
+	return file_genmesh_v1_common_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *TokenLogprob) GetTokenId() int32 {
@@ -1360,7 +1424,7 @@ type TextParameters struct {
 
 func (x *TextParameters) Reset() {
 	*x = TextParameters{}
-	mi := &file_genmesh_v1_common_proto_msgTypes[9]
+	mi := &file_genmesh_v1_common_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1372,7 +1436,7 @@ func (x *TextParameters) String() string {
 func (*TextParameters) ProtoMessage() {}
 
 func (x *TextParameters) ProtoReflect() protoreflect.Message {
-	mi := &file_genmesh_v1_common_proto_msgTypes[9]
+	mi := &file_genmesh_v1_common_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1385,7 +1449,7 @@ func (x *TextParameters) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TextParameters.ProtoReflect.Descriptor instead.
 func (*TextParameters) Descriptor() ([]byte, []int) {
-	return file_genmesh_v1_common_proto_rawDescGZIP(), []int{9}
+	return file_genmesh_v1_common_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *TextParameters) GetMaxTokens() int32 {
@@ -1529,7 +1593,7 @@ type ImageParameters struct {
 
 func (x *ImageParameters) Reset() {
 	*x = ImageParameters{}
-	mi := &file_genmesh_v1_common_proto_msgTypes[10]
+	mi := &file_genmesh_v1_common_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1541,7 +1605,7 @@ func (x *ImageParameters) String() string {
 func (*ImageParameters) ProtoMessage() {}
 
 func (x *ImageParameters) ProtoReflect() protoreflect.Message {
-	mi := &file_genmesh_v1_common_proto_msgTypes[10]
+	mi := &file_genmesh_v1_common_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1554,7 +1618,7 @@ func (x *ImageParameters) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ImageParameters.ProtoReflect.Descriptor instead.
 func (*ImageParameters) Descriptor() ([]byte, []int) {
-	return file_genmesh_v1_common_proto_rawDescGZIP(), []int{10}
+	return file_genmesh_v1_common_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *ImageParameters) GetNegativePrompt() string {
@@ -1646,7 +1710,7 @@ type SpeechParameters struct {
 
 func (x *SpeechParameters) Reset() {
 	*x = SpeechParameters{}
-	mi := &file_genmesh_v1_common_proto_msgTypes[11]
+	mi := &file_genmesh_v1_common_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1658,7 +1722,7 @@ func (x *SpeechParameters) String() string {
 func (*SpeechParameters) ProtoMessage() {}
 
 func (x *SpeechParameters) ProtoReflect() protoreflect.Message {
-	mi := &file_genmesh_v1_common_proto_msgTypes[11]
+	mi := &file_genmesh_v1_common_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1671,7 +1735,7 @@ func (x *SpeechParameters) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SpeechParameters.ProtoReflect.Descriptor instead.
 func (*SpeechParameters) Descriptor() ([]byte, []int) {
-	return file_genmesh_v1_common_proto_rawDescGZIP(), []int{11}
+	return file_genmesh_v1_common_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *SpeechParameters) GetVoice() string {
@@ -1730,7 +1794,7 @@ type TranscriptionParameters struct {
 
 func (x *TranscriptionParameters) Reset() {
 	*x = TranscriptionParameters{}
-	mi := &file_genmesh_v1_common_proto_msgTypes[12]
+	mi := &file_genmesh_v1_common_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1742,7 +1806,7 @@ func (x *TranscriptionParameters) String() string {
 func (*TranscriptionParameters) ProtoMessage() {}
 
 func (x *TranscriptionParameters) ProtoReflect() protoreflect.Message {
-	mi := &file_genmesh_v1_common_proto_msgTypes[12]
+	mi := &file_genmesh_v1_common_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1755,7 +1819,7 @@ func (x *TranscriptionParameters) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TranscriptionParameters.ProtoReflect.Descriptor instead.
 func (*TranscriptionParameters) Descriptor() ([]byte, []int) {
-	return file_genmesh_v1_common_proto_rawDescGZIP(), []int{12}
+	return file_genmesh_v1_common_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *TranscriptionParameters) GetLanguage() string {
@@ -1825,7 +1889,7 @@ type GenerateRequest struct {
 
 func (x *GenerateRequest) Reset() {
 	*x = GenerateRequest{}
-	mi := &file_genmesh_v1_common_proto_msgTypes[13]
+	mi := &file_genmesh_v1_common_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1837,7 +1901,7 @@ func (x *GenerateRequest) String() string {
 func (*GenerateRequest) ProtoMessage() {}
 
 func (x *GenerateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_genmesh_v1_common_proto_msgTypes[13]
+	mi := &file_genmesh_v1_common_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1850,7 +1914,7 @@ func (x *GenerateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GenerateRequest.ProtoReflect.Descriptor instead.
 func (*GenerateRequest) Descriptor() ([]byte, []int) {
-	return file_genmesh_v1_common_proto_rawDescGZIP(), []int{13}
+	return file_genmesh_v1_common_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *GenerateRequest) GetRequestId() string {
@@ -1992,7 +2056,7 @@ type Usage struct {
 
 func (x *Usage) Reset() {
 	*x = Usage{}
-	mi := &file_genmesh_v1_common_proto_msgTypes[14]
+	mi := &file_genmesh_v1_common_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2004,7 +2068,7 @@ func (x *Usage) String() string {
 func (*Usage) ProtoMessage() {}
 
 func (x *Usage) ProtoReflect() protoreflect.Message {
-	mi := &file_genmesh_v1_common_proto_msgTypes[14]
+	mi := &file_genmesh_v1_common_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2017,7 +2081,7 @@ func (x *Usage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Usage.ProtoReflect.Descriptor instead.
 func (*Usage) Descriptor() ([]byte, []int) {
-	return file_genmesh_v1_common_proto_rawDescGZIP(), []int{14}
+	return file_genmesh_v1_common_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *Usage) GetPromptTokens() int32 {
@@ -2068,7 +2132,7 @@ type Timings struct {
 
 func (x *Timings) Reset() {
 	*x = Timings{}
-	mi := &file_genmesh_v1_common_proto_msgTypes[15]
+	mi := &file_genmesh_v1_common_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2080,7 +2144,7 @@ func (x *Timings) String() string {
 func (*Timings) ProtoMessage() {}
 
 func (x *Timings) ProtoReflect() protoreflect.Message {
-	mi := &file_genmesh_v1_common_proto_msgTypes[15]
+	mi := &file_genmesh_v1_common_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2093,7 +2157,7 @@ func (x *Timings) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Timings.ProtoReflect.Descriptor instead.
 func (*Timings) Descriptor() ([]byte, []int) {
-	return file_genmesh_v1_common_proto_rawDescGZIP(), []int{15}
+	return file_genmesh_v1_common_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *Timings) GetQueue() *durationpb.Duration {
@@ -2169,7 +2233,7 @@ type TranscriptSegment struct {
 
 func (x *TranscriptSegment) Reset() {
 	*x = TranscriptSegment{}
-	mi := &file_genmesh_v1_common_proto_msgTypes[16]
+	mi := &file_genmesh_v1_common_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2181,7 +2245,7 @@ func (x *TranscriptSegment) String() string {
 func (*TranscriptSegment) ProtoMessage() {}
 
 func (x *TranscriptSegment) ProtoReflect() protoreflect.Message {
-	mi := &file_genmesh_v1_common_proto_msgTypes[16]
+	mi := &file_genmesh_v1_common_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2194,7 +2258,7 @@ func (x *TranscriptSegment) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TranscriptSegment.ProtoReflect.Descriptor instead.
 func (*TranscriptSegment) Descriptor() ([]byte, []int) {
-	return file_genmesh_v1_common_proto_rawDescGZIP(), []int{16}
+	return file_genmesh_v1_common_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *TranscriptSegment) GetStart() *durationpb.Duration {
@@ -2284,7 +2348,7 @@ type TranscriptWord struct {
 
 func (x *TranscriptWord) Reset() {
 	*x = TranscriptWord{}
-	mi := &file_genmesh_v1_common_proto_msgTypes[17]
+	mi := &file_genmesh_v1_common_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2296,7 +2360,7 @@ func (x *TranscriptWord) String() string {
 func (*TranscriptWord) ProtoMessage() {}
 
 func (x *TranscriptWord) ProtoReflect() protoreflect.Message {
-	mi := &file_genmesh_v1_common_proto_msgTypes[17]
+	mi := &file_genmesh_v1_common_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2309,7 +2373,7 @@ func (x *TranscriptWord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TranscriptWord.ProtoReflect.Descriptor instead.
 func (*TranscriptWord) Descriptor() ([]byte, []int) {
-	return file_genmesh_v1_common_proto_rawDescGZIP(), []int{17}
+	return file_genmesh_v1_common_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *TranscriptWord) GetStart() *durationpb.Duration {
@@ -2357,7 +2421,7 @@ type Transcript struct {
 
 func (x *Transcript) Reset() {
 	*x = Transcript{}
-	mi := &file_genmesh_v1_common_proto_msgTypes[18]
+	mi := &file_genmesh_v1_common_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2369,7 +2433,7 @@ func (x *Transcript) String() string {
 func (*Transcript) ProtoMessage() {}
 
 func (x *Transcript) ProtoReflect() protoreflect.Message {
-	mi := &file_genmesh_v1_common_proto_msgTypes[18]
+	mi := &file_genmesh_v1_common_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2382,7 +2446,7 @@ func (x *Transcript) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Transcript.ProtoReflect.Descriptor instead.
 func (*Transcript) Descriptor() ([]byte, []int) {
-	return file_genmesh_v1_common_proto_rawDescGZIP(), []int{18}
+	return file_genmesh_v1_common_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *Transcript) GetLanguage() string {
@@ -2452,7 +2516,7 @@ type OutputItem struct {
 
 func (x *OutputItem) Reset() {
 	*x = OutputItem{}
-	mi := &file_genmesh_v1_common_proto_msgTypes[19]
+	mi := &file_genmesh_v1_common_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2464,7 +2528,7 @@ func (x *OutputItem) String() string {
 func (*OutputItem) ProtoMessage() {}
 
 func (x *OutputItem) ProtoReflect() protoreflect.Message {
-	mi := &file_genmesh_v1_common_proto_msgTypes[19]
+	mi := &file_genmesh_v1_common_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2477,7 +2541,7 @@ func (x *OutputItem) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OutputItem.ProtoReflect.Descriptor instead.
 func (*OutputItem) Descriptor() ([]byte, []int) {
-	return file_genmesh_v1_common_proto_rawDescGZIP(), []int{19}
+	return file_genmesh_v1_common_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *OutputItem) GetKind() ContentKind {
@@ -2596,7 +2660,7 @@ type GenerateResponse struct {
 
 func (x *GenerateResponse) Reset() {
 	*x = GenerateResponse{}
-	mi := &file_genmesh_v1_common_proto_msgTypes[20]
+	mi := &file_genmesh_v1_common_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2608,7 +2672,7 @@ func (x *GenerateResponse) String() string {
 func (*GenerateResponse) ProtoMessage() {}
 
 func (x *GenerateResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_genmesh_v1_common_proto_msgTypes[20]
+	mi := &file_genmesh_v1_common_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2621,7 +2685,7 @@ func (x *GenerateResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GenerateResponse.ProtoReflect.Descriptor instead.
 func (*GenerateResponse) Descriptor() ([]byte, []int) {
-	return file_genmesh_v1_common_proto_rawDescGZIP(), []int{20}
+	return file_genmesh_v1_common_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *GenerateResponse) GetRequestId() string {
@@ -2698,7 +2762,7 @@ type TextDelta struct {
 
 func (x *TextDelta) Reset() {
 	*x = TextDelta{}
-	mi := &file_genmesh_v1_common_proto_msgTypes[21]
+	mi := &file_genmesh_v1_common_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2710,7 +2774,7 @@ func (x *TextDelta) String() string {
 func (*TextDelta) ProtoMessage() {}
 
 func (x *TextDelta) ProtoReflect() protoreflect.Message {
-	mi := &file_genmesh_v1_common_proto_msgTypes[21]
+	mi := &file_genmesh_v1_common_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2723,7 +2787,7 @@ func (x *TextDelta) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TextDelta.ProtoReflect.Descriptor instead.
 func (*TextDelta) Descriptor() ([]byte, []int) {
-	return file_genmesh_v1_common_proto_rawDescGZIP(), []int{21}
+	return file_genmesh_v1_common_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *TextDelta) GetText() string {
@@ -2769,7 +2833,7 @@ type Progress struct {
 
 func (x *Progress) Reset() {
 	*x = Progress{}
-	mi := &file_genmesh_v1_common_proto_msgTypes[22]
+	mi := &file_genmesh_v1_common_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2781,7 +2845,7 @@ func (x *Progress) String() string {
 func (*Progress) ProtoMessage() {}
 
 func (x *Progress) ProtoReflect() protoreflect.Message {
-	mi := &file_genmesh_v1_common_proto_msgTypes[22]
+	mi := &file_genmesh_v1_common_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2794,7 +2858,7 @@ func (x *Progress) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Progress.ProtoReflect.Descriptor instead.
 func (*Progress) Descriptor() ([]byte, []int) {
-	return file_genmesh_v1_common_proto_rawDescGZIP(), []int{22}
+	return file_genmesh_v1_common_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *Progress) GetStep() int32 {
@@ -2839,7 +2903,7 @@ type AudioChunk struct {
 
 func (x *AudioChunk) Reset() {
 	*x = AudioChunk{}
-	mi := &file_genmesh_v1_common_proto_msgTypes[23]
+	mi := &file_genmesh_v1_common_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2851,7 +2915,7 @@ func (x *AudioChunk) String() string {
 func (*AudioChunk) ProtoMessage() {}
 
 func (x *AudioChunk) ProtoReflect() protoreflect.Message {
-	mi := &file_genmesh_v1_common_proto_msgTypes[23]
+	mi := &file_genmesh_v1_common_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2864,7 +2928,7 @@ func (x *AudioChunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AudioChunk.ProtoReflect.Descriptor instead.
 func (*AudioChunk) Descriptor() ([]byte, []int) {
-	return file_genmesh_v1_common_proto_rawDescGZIP(), []int{23}
+	return file_genmesh_v1_common_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *AudioChunk) GetData() []byte {
@@ -2926,7 +2990,7 @@ type ImagePreview struct {
 
 func (x *ImagePreview) Reset() {
 	*x = ImagePreview{}
-	mi := &file_genmesh_v1_common_proto_msgTypes[24]
+	mi := &file_genmesh_v1_common_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2938,7 +3002,7 @@ func (x *ImagePreview) String() string {
 func (*ImagePreview) ProtoMessage() {}
 
 func (x *ImagePreview) ProtoReflect() protoreflect.Message {
-	mi := &file_genmesh_v1_common_proto_msgTypes[24]
+	mi := &file_genmesh_v1_common_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2951,7 +3015,7 @@ func (x *ImagePreview) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ImagePreview.ProtoReflect.Descriptor instead.
 func (*ImagePreview) Descriptor() ([]byte, []int) {
-	return file_genmesh_v1_common_proto_rawDescGZIP(), []int{24}
+	return file_genmesh_v1_common_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *ImagePreview) GetData() []byte {
@@ -2995,7 +3059,7 @@ type Info struct {
 
 func (x *Info) Reset() {
 	*x = Info{}
-	mi := &file_genmesh_v1_common_proto_msgTypes[25]
+	mi := &file_genmesh_v1_common_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3007,7 +3071,7 @@ func (x *Info) String() string {
 func (*Info) ProtoMessage() {}
 
 func (x *Info) ProtoReflect() protoreflect.Message {
-	mi := &file_genmesh_v1_common_proto_msgTypes[25]
+	mi := &file_genmesh_v1_common_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3020,7 +3084,7 @@ func (x *Info) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Info.ProtoReflect.Descriptor instead.
 func (*Info) Descriptor() ([]byte, []int) {
-	return file_genmesh_v1_common_proto_rawDescGZIP(), []int{25}
+	return file_genmesh_v1_common_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *Info) GetMessage() string {
@@ -3052,7 +3116,7 @@ type TranscriptUpdate struct {
 
 func (x *TranscriptUpdate) Reset() {
 	*x = TranscriptUpdate{}
-	mi := &file_genmesh_v1_common_proto_msgTypes[26]
+	mi := &file_genmesh_v1_common_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3064,7 +3128,7 @@ func (x *TranscriptUpdate) String() string {
 func (*TranscriptUpdate) ProtoMessage() {}
 
 func (x *TranscriptUpdate) ProtoReflect() protoreflect.Message {
-	mi := &file_genmesh_v1_common_proto_msgTypes[26]
+	mi := &file_genmesh_v1_common_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3077,7 +3141,7 @@ func (x *TranscriptUpdate) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TranscriptUpdate.ProtoReflect.Descriptor instead.
 func (*TranscriptUpdate) Descriptor() ([]byte, []int) {
-	return file_genmesh_v1_common_proto_rawDescGZIP(), []int{26}
+	return file_genmesh_v1_common_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *TranscriptUpdate) GetIsFinal() bool {
@@ -3116,7 +3180,7 @@ type VoiceActivity struct {
 
 func (x *VoiceActivity) Reset() {
 	*x = VoiceActivity{}
-	mi := &file_genmesh_v1_common_proto_msgTypes[27]
+	mi := &file_genmesh_v1_common_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3128,7 +3192,7 @@ func (x *VoiceActivity) String() string {
 func (*VoiceActivity) ProtoMessage() {}
 
 func (x *VoiceActivity) ProtoReflect() protoreflect.Message {
-	mi := &file_genmesh_v1_common_proto_msgTypes[27]
+	mi := &file_genmesh_v1_common_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3141,7 +3205,7 @@ func (x *VoiceActivity) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VoiceActivity.ProtoReflect.Descriptor instead.
 func (*VoiceActivity) Descriptor() ([]byte, []int) {
-	return file_genmesh_v1_common_proto_rawDescGZIP(), []int{27}
+	return file_genmesh_v1_common_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *VoiceActivity) GetSpeaking() bool {
@@ -3181,7 +3245,7 @@ type StreamEvent struct {
 
 func (x *StreamEvent) Reset() {
 	*x = StreamEvent{}
-	mi := &file_genmesh_v1_common_proto_msgTypes[28]
+	mi := &file_genmesh_v1_common_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3193,7 +3257,7 @@ func (x *StreamEvent) String() string {
 func (*StreamEvent) ProtoMessage() {}
 
 func (x *StreamEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_genmesh_v1_common_proto_msgTypes[28]
+	mi := &file_genmesh_v1_common_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3206,7 +3270,7 @@ func (x *StreamEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StreamEvent.ProtoReflect.Descriptor instead.
 func (*StreamEvent) Descriptor() ([]byte, []int) {
-	return file_genmesh_v1_common_proto_rawDescGZIP(), []int{28}
+	return file_genmesh_v1_common_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *StreamEvent) GetEvent() isStreamEvent_Event {
@@ -3375,7 +3439,7 @@ type Control struct {
 
 func (x *Control) Reset() {
 	*x = Control{}
-	mi := &file_genmesh_v1_common_proto_msgTypes[29]
+	mi := &file_genmesh_v1_common_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3387,7 +3451,7 @@ func (x *Control) String() string {
 func (*Control) ProtoMessage() {}
 
 func (x *Control) ProtoReflect() protoreflect.Message {
-	mi := &file_genmesh_v1_common_proto_msgTypes[29]
+	mi := &file_genmesh_v1_common_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3400,7 +3464,7 @@ func (x *Control) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Control.ProtoReflect.Descriptor instead.
 func (*Control) Descriptor() ([]byte, []int) {
-	return file_genmesh_v1_common_proto_rawDescGZIP(), []int{29}
+	return file_genmesh_v1_common_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *Control) GetAction() Control_Action {
@@ -3449,7 +3513,7 @@ type ModelInfo struct {
 
 func (x *ModelInfo) Reset() {
 	*x = ModelInfo{}
-	mi := &file_genmesh_v1_common_proto_msgTypes[30]
+	mi := &file_genmesh_v1_common_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3461,7 +3525,7 @@ func (x *ModelInfo) String() string {
 func (*ModelInfo) ProtoMessage() {}
 
 func (x *ModelInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_genmesh_v1_common_proto_msgTypes[30]
+	mi := &file_genmesh_v1_common_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3474,7 +3538,7 @@ func (x *ModelInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ModelInfo.ProtoReflect.Descriptor instead.
 func (*ModelInfo) Descriptor() ([]byte, []int) {
-	return file_genmesh_v1_common_proto_rawDescGZIP(), []int{30}
+	return file_genmesh_v1_common_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *ModelInfo) GetName() string {
@@ -3587,13 +3651,16 @@ var File_genmesh_v1_common_proto protoreflect.FileDescriptor
 const file_genmesh_v1_common_proto_rawDesc = "" +
 	"\n" +
 	"\x17genmesh/v1/common.proto\x12\n" +
-	"genmesh.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\"\xa2\x02\n" +
+	"genmesh.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\"!\n" +
+	"\rTokenSequence\x12\x10\n" +
+	"\x03ids\x18\x01 \x03(\x05R\x03ids\"\xd7\x02\n" +
 	"\tInputItem\x12+\n" +
 	"\x04kind\x18\x01 \x01(\x0e2\x17.genmesh.v1.ContentKindR\x04kind\x12)\n" +
 	"\x04role\x18\x02 \x01(\x0e2\x15.genmesh.v1.InputRoleR\x04role\x12\x14\n" +
 	"\x04text\x18\x03 \x01(\tH\x00R\x04text\x12\x14\n" +
 	"\x04data\x18\x04 \x01(\fH\x00R\x04data\x12\x12\n" +
-	"\x03uri\x18\x05 \x01(\tH\x00R\x03uri\x12\x1b\n" +
+	"\x03uri\x18\x05 \x01(\tH\x00R\x03uri\x123\n" +
+	"\x06tokens\x18\t \x01(\v2\x19.genmesh.v1.TokenSequenceH\x00R\x06tokens\x12\x1b\n" +
 	"\tmime_type\x18\x06 \x01(\tR\bmimeType\x12 \n" +
 	"\ftool_call_id\x18\a \x01(\tR\n" +
 	"toolCallId\x123\n" +
@@ -3930,7 +3997,7 @@ func file_genmesh_v1_common_proto_rawDescGZIP() []byte {
 }
 
 var file_genmesh_v1_common_proto_enumTypes = make([]protoimpl.EnumInfo, 8)
-var file_genmesh_v1_common_proto_msgTypes = make([]protoimpl.MessageInfo, 31)
+var file_genmesh_v1_common_proto_msgTypes = make([]protoimpl.MessageInfo, 32)
 var file_genmesh_v1_common_proto_goTypes = []any{
 	(ContentKind)(0),                // 0: genmesh.v1.ContentKind
 	(InputRole)(0),                  // 1: genmesh.v1.InputRole
@@ -3940,109 +4007,111 @@ var file_genmesh_v1_common_proto_goTypes = []any{
 	(ModelKind)(0),                  // 5: genmesh.v1.ModelKind
 	(ToolChoice_Mode)(0),            // 6: genmesh.v1.ToolChoice.Mode
 	(Control_Action)(0),             // 7: genmesh.v1.Control.Action
-	(*InputItem)(nil),               // 8: genmesh.v1.InputItem
-	(*ChoiceList)(nil),              // 9: genmesh.v1.ChoiceList
-	(*OutputConstraint)(nil),        // 10: genmesh.v1.OutputConstraint
-	(*Tool)(nil),                    // 11: genmesh.v1.Tool
-	(*ToolChoice)(nil),              // 12: genmesh.v1.ToolChoice
-	(*ToolCall)(nil),                // 13: genmesh.v1.ToolCall
-	(*ToolCallDelta)(nil),           // 14: genmesh.v1.ToolCallDelta
-	(*TokenAlternative)(nil),        // 15: genmesh.v1.TokenAlternative
-	(*TokenLogprob)(nil),            // 16: genmesh.v1.TokenLogprob
-	(*TextParameters)(nil),          // 17: genmesh.v1.TextParameters
-	(*ImageParameters)(nil),         // 18: genmesh.v1.ImageParameters
-	(*SpeechParameters)(nil),        // 19: genmesh.v1.SpeechParameters
-	(*TranscriptionParameters)(nil), // 20: genmesh.v1.TranscriptionParameters
-	(*GenerateRequest)(nil),         // 21: genmesh.v1.GenerateRequest
-	(*Usage)(nil),                   // 22: genmesh.v1.Usage
-	(*Timings)(nil),                 // 23: genmesh.v1.Timings
-	(*TranscriptSegment)(nil),       // 24: genmesh.v1.TranscriptSegment
-	(*TranscriptWord)(nil),          // 25: genmesh.v1.TranscriptWord
-	(*Transcript)(nil),              // 26: genmesh.v1.Transcript
-	(*OutputItem)(nil),              // 27: genmesh.v1.OutputItem
-	(*GenerateResponse)(nil),        // 28: genmesh.v1.GenerateResponse
-	(*TextDelta)(nil),               // 29: genmesh.v1.TextDelta
-	(*Progress)(nil),                // 30: genmesh.v1.Progress
-	(*AudioChunk)(nil),              // 31: genmesh.v1.AudioChunk
-	(*ImagePreview)(nil),            // 32: genmesh.v1.ImagePreview
-	(*Info)(nil),                    // 33: genmesh.v1.Info
-	(*TranscriptUpdate)(nil),        // 34: genmesh.v1.TranscriptUpdate
-	(*VoiceActivity)(nil),           // 35: genmesh.v1.VoiceActivity
-	(*StreamEvent)(nil),             // 36: genmesh.v1.StreamEvent
-	(*Control)(nil),                 // 37: genmesh.v1.Control
-	(*ModelInfo)(nil),               // 38: genmesh.v1.ModelInfo
-	(*structpb.Struct)(nil),         // 39: google.protobuf.Struct
-	(*durationpb.Duration)(nil),     // 40: google.protobuf.Duration
-	(*structpb.Value)(nil),          // 41: google.protobuf.Value
+	(*TokenSequence)(nil),           // 8: genmesh.v1.TokenSequence
+	(*InputItem)(nil),               // 9: genmesh.v1.InputItem
+	(*ChoiceList)(nil),              // 10: genmesh.v1.ChoiceList
+	(*OutputConstraint)(nil),        // 11: genmesh.v1.OutputConstraint
+	(*Tool)(nil),                    // 12: genmesh.v1.Tool
+	(*ToolChoice)(nil),              // 13: genmesh.v1.ToolChoice
+	(*ToolCall)(nil),                // 14: genmesh.v1.ToolCall
+	(*ToolCallDelta)(nil),           // 15: genmesh.v1.ToolCallDelta
+	(*TokenAlternative)(nil),        // 16: genmesh.v1.TokenAlternative
+	(*TokenLogprob)(nil),            // 17: genmesh.v1.TokenLogprob
+	(*TextParameters)(nil),          // 18: genmesh.v1.TextParameters
+	(*ImageParameters)(nil),         // 19: genmesh.v1.ImageParameters
+	(*SpeechParameters)(nil),        // 20: genmesh.v1.SpeechParameters
+	(*TranscriptionParameters)(nil), // 21: genmesh.v1.TranscriptionParameters
+	(*GenerateRequest)(nil),         // 22: genmesh.v1.GenerateRequest
+	(*Usage)(nil),                   // 23: genmesh.v1.Usage
+	(*Timings)(nil),                 // 24: genmesh.v1.Timings
+	(*TranscriptSegment)(nil),       // 25: genmesh.v1.TranscriptSegment
+	(*TranscriptWord)(nil),          // 26: genmesh.v1.TranscriptWord
+	(*Transcript)(nil),              // 27: genmesh.v1.Transcript
+	(*OutputItem)(nil),              // 28: genmesh.v1.OutputItem
+	(*GenerateResponse)(nil),        // 29: genmesh.v1.GenerateResponse
+	(*TextDelta)(nil),               // 30: genmesh.v1.TextDelta
+	(*Progress)(nil),                // 31: genmesh.v1.Progress
+	(*AudioChunk)(nil),              // 32: genmesh.v1.AudioChunk
+	(*ImagePreview)(nil),            // 33: genmesh.v1.ImagePreview
+	(*Info)(nil),                    // 34: genmesh.v1.Info
+	(*TranscriptUpdate)(nil),        // 35: genmesh.v1.TranscriptUpdate
+	(*VoiceActivity)(nil),           // 36: genmesh.v1.VoiceActivity
+	(*StreamEvent)(nil),             // 37: genmesh.v1.StreamEvent
+	(*Control)(nil),                 // 38: genmesh.v1.Control
+	(*ModelInfo)(nil),               // 39: genmesh.v1.ModelInfo
+	(*structpb.Struct)(nil),         // 40: google.protobuf.Struct
+	(*durationpb.Duration)(nil),     // 41: google.protobuf.Duration
+	(*structpb.Value)(nil),          // 42: google.protobuf.Value
 }
 var file_genmesh_v1_common_proto_depIdxs = []int32{
 	0,  // 0: genmesh.v1.InputItem.kind:type_name -> genmesh.v1.ContentKind
 	1,  // 1: genmesh.v1.InputItem.role:type_name -> genmesh.v1.InputRole
-	13, // 2: genmesh.v1.InputItem.tool_calls:type_name -> genmesh.v1.ToolCall
-	39, // 3: genmesh.v1.OutputConstraint.json_schema:type_name -> google.protobuf.Struct
-	9,  // 4: genmesh.v1.OutputConstraint.choices:type_name -> genmesh.v1.ChoiceList
-	39, // 5: genmesh.v1.Tool.parameters:type_name -> google.protobuf.Struct
-	6,  // 6: genmesh.v1.ToolChoice.mode:type_name -> genmesh.v1.ToolChoice.Mode
-	15, // 7: genmesh.v1.TokenLogprob.top_logprobs:type_name -> genmesh.v1.TokenAlternative
-	10, // 8: genmesh.v1.TextParameters.constraint:type_name -> genmesh.v1.OutputConstraint
-	11, // 9: genmesh.v1.TextParameters.tools:type_name -> genmesh.v1.Tool
-	12, // 10: genmesh.v1.TextParameters.tool_choice:type_name -> genmesh.v1.ToolChoice
-	4,  // 11: genmesh.v1.SpeechParameters.format:type_name -> genmesh.v1.AudioFormat
-	40, // 12: genmesh.v1.TranscriptionParameters.end_of_speech_silence:type_name -> google.protobuf.Duration
-	2,  // 13: genmesh.v1.GenerateRequest.task:type_name -> genmesh.v1.Task
-	8,  // 14: genmesh.v1.GenerateRequest.inputs:type_name -> genmesh.v1.InputItem
-	17, // 15: genmesh.v1.GenerateRequest.text:type_name -> genmesh.v1.TextParameters
-	18, // 16: genmesh.v1.GenerateRequest.image:type_name -> genmesh.v1.ImageParameters
-	19, // 17: genmesh.v1.GenerateRequest.speech:type_name -> genmesh.v1.SpeechParameters
-	20, // 18: genmesh.v1.GenerateRequest.transcription:type_name -> genmesh.v1.TranscriptionParameters
-	39, // 19: genmesh.v1.GenerateRequest.extra:type_name -> google.protobuf.Struct
-	40, // 20: genmesh.v1.Timings.queue:type_name -> google.protobuf.Duration
-	40, // 21: genmesh.v1.Timings.first_token:type_name -> google.protobuf.Duration
-	40, // 22: genmesh.v1.Timings.total:type_name -> google.protobuf.Duration
-	40, // 23: genmesh.v1.Timings.routing:type_name -> google.protobuf.Duration
-	40, // 24: genmesh.v1.Timings.input_processing:type_name -> google.protobuf.Duration
-	40, // 25: genmesh.v1.Timings.prefill:type_name -> google.protobuf.Duration
-	40, // 26: genmesh.v1.TranscriptSegment.start:type_name -> google.protobuf.Duration
-	40, // 27: genmesh.v1.TranscriptSegment.end:type_name -> google.protobuf.Duration
-	25, // 28: genmesh.v1.TranscriptSegment.words:type_name -> genmesh.v1.TranscriptWord
-	40, // 29: genmesh.v1.TranscriptWord.start:type_name -> google.protobuf.Duration
-	40, // 30: genmesh.v1.TranscriptWord.end:type_name -> google.protobuf.Duration
-	24, // 31: genmesh.v1.Transcript.segments:type_name -> genmesh.v1.TranscriptSegment
-	40, // 32: genmesh.v1.Transcript.duration:type_name -> google.protobuf.Duration
-	0,  // 33: genmesh.v1.OutputItem.kind:type_name -> genmesh.v1.ContentKind
-	41, // 34: genmesh.v1.OutputItem.json:type_name -> google.protobuf.Value
-	26, // 35: genmesh.v1.OutputItem.transcript:type_name -> genmesh.v1.Transcript
-	13, // 36: genmesh.v1.OutputItem.tool_calls:type_name -> genmesh.v1.ToolCall
-	16, // 37: genmesh.v1.OutputItem.logprobs:type_name -> genmesh.v1.TokenLogprob
-	3,  // 38: genmesh.v1.OutputItem.finish_reason:type_name -> genmesh.v1.FinishReason
-	16, // 39: genmesh.v1.OutputItem.prompt_logprobs:type_name -> genmesh.v1.TokenLogprob
-	27, // 40: genmesh.v1.GenerateResponse.outputs:type_name -> genmesh.v1.OutputItem
-	22, // 41: genmesh.v1.GenerateResponse.usage:type_name -> genmesh.v1.Usage
-	3,  // 42: genmesh.v1.GenerateResponse.finish_reason:type_name -> genmesh.v1.FinishReason
-	23, // 43: genmesh.v1.GenerateResponse.timings:type_name -> genmesh.v1.Timings
-	16, // 44: genmesh.v1.TextDelta.logprobs:type_name -> genmesh.v1.TokenLogprob
-	40, // 45: genmesh.v1.AudioChunk.duration:type_name -> google.protobuf.Duration
-	39, // 46: genmesh.v1.Info.details:type_name -> google.protobuf.Struct
-	24, // 47: genmesh.v1.TranscriptUpdate.segment:type_name -> genmesh.v1.TranscriptSegment
-	40, // 48: genmesh.v1.VoiceActivity.position:type_name -> google.protobuf.Duration
-	29, // 49: genmesh.v1.StreamEvent.text_delta:type_name -> genmesh.v1.TextDelta
-	30, // 50: genmesh.v1.StreamEvent.progress:type_name -> genmesh.v1.Progress
-	31, // 51: genmesh.v1.StreamEvent.audio_chunk:type_name -> genmesh.v1.AudioChunk
-	32, // 52: genmesh.v1.StreamEvent.image_preview:type_name -> genmesh.v1.ImagePreview
-	33, // 53: genmesh.v1.StreamEvent.info:type_name -> genmesh.v1.Info
-	34, // 54: genmesh.v1.StreamEvent.transcript:type_name -> genmesh.v1.TranscriptUpdate
-	28, // 55: genmesh.v1.StreamEvent.final:type_name -> genmesh.v1.GenerateResponse
-	14, // 56: genmesh.v1.StreamEvent.tool_call_delta:type_name -> genmesh.v1.ToolCallDelta
-	35, // 57: genmesh.v1.StreamEvent.voice_activity:type_name -> genmesh.v1.VoiceActivity
-	7,  // 58: genmesh.v1.Control.action:type_name -> genmesh.v1.Control.Action
-	2,  // 59: genmesh.v1.ModelInfo.tasks:type_name -> genmesh.v1.Task
-	39, // 60: genmesh.v1.ModelInfo.details:type_name -> google.protobuf.Struct
-	5,  // 61: genmesh.v1.ModelInfo.kind:type_name -> genmesh.v1.ModelKind
-	62, // [62:62] is the sub-list for method output_type
-	62, // [62:62] is the sub-list for method input_type
-	62, // [62:62] is the sub-list for extension type_name
-	62, // [62:62] is the sub-list for extension extendee
-	0,  // [0:62] is the sub-list for field type_name
+	8,  // 2: genmesh.v1.InputItem.tokens:type_name -> genmesh.v1.TokenSequence
+	14, // 3: genmesh.v1.InputItem.tool_calls:type_name -> genmesh.v1.ToolCall
+	40, // 4: genmesh.v1.OutputConstraint.json_schema:type_name -> google.protobuf.Struct
+	10, // 5: genmesh.v1.OutputConstraint.choices:type_name -> genmesh.v1.ChoiceList
+	40, // 6: genmesh.v1.Tool.parameters:type_name -> google.protobuf.Struct
+	6,  // 7: genmesh.v1.ToolChoice.mode:type_name -> genmesh.v1.ToolChoice.Mode
+	16, // 8: genmesh.v1.TokenLogprob.top_logprobs:type_name -> genmesh.v1.TokenAlternative
+	11, // 9: genmesh.v1.TextParameters.constraint:type_name -> genmesh.v1.OutputConstraint
+	12, // 10: genmesh.v1.TextParameters.tools:type_name -> genmesh.v1.Tool
+	13, // 11: genmesh.v1.TextParameters.tool_choice:type_name -> genmesh.v1.ToolChoice
+	4,  // 12: genmesh.v1.SpeechParameters.format:type_name -> genmesh.v1.AudioFormat
+	41, // 13: genmesh.v1.TranscriptionParameters.end_of_speech_silence:type_name -> google.protobuf.Duration
+	2,  // 14: genmesh.v1.GenerateRequest.task:type_name -> genmesh.v1.Task
+	9,  // 15: genmesh.v1.GenerateRequest.inputs:type_name -> genmesh.v1.InputItem
+	18, // 16: genmesh.v1.GenerateRequest.text:type_name -> genmesh.v1.TextParameters
+	19, // 17: genmesh.v1.GenerateRequest.image:type_name -> genmesh.v1.ImageParameters
+	20, // 18: genmesh.v1.GenerateRequest.speech:type_name -> genmesh.v1.SpeechParameters
+	21, // 19: genmesh.v1.GenerateRequest.transcription:type_name -> genmesh.v1.TranscriptionParameters
+	40, // 20: genmesh.v1.GenerateRequest.extra:type_name -> google.protobuf.Struct
+	41, // 21: genmesh.v1.Timings.queue:type_name -> google.protobuf.Duration
+	41, // 22: genmesh.v1.Timings.first_token:type_name -> google.protobuf.Duration
+	41, // 23: genmesh.v1.Timings.total:type_name -> google.protobuf.Duration
+	41, // 24: genmesh.v1.Timings.routing:type_name -> google.protobuf.Duration
+	41, // 25: genmesh.v1.Timings.input_processing:type_name -> google.protobuf.Duration
+	41, // 26: genmesh.v1.Timings.prefill:type_name -> google.protobuf.Duration
+	41, // 27: genmesh.v1.TranscriptSegment.start:type_name -> google.protobuf.Duration
+	41, // 28: genmesh.v1.TranscriptSegment.end:type_name -> google.protobuf.Duration
+	26, // 29: genmesh.v1.TranscriptSegment.words:type_name -> genmesh.v1.TranscriptWord
+	41, // 30: genmesh.v1.TranscriptWord.start:type_name -> google.protobuf.Duration
+	41, // 31: genmesh.v1.TranscriptWord.end:type_name -> google.protobuf.Duration
+	25, // 32: genmesh.v1.Transcript.segments:type_name -> genmesh.v1.TranscriptSegment
+	41, // 33: genmesh.v1.Transcript.duration:type_name -> google.protobuf.Duration
+	0,  // 34: genmesh.v1.OutputItem.kind:type_name -> genmesh.v1.ContentKind
+	42, // 35: genmesh.v1.OutputItem.json:type_name -> google.protobuf.Value
+	27, // 36: genmesh.v1.OutputItem.transcript:type_name -> genmesh.v1.Transcript
+	14, // 37: genmesh.v1.OutputItem.tool_calls:type_name -> genmesh.v1.ToolCall
+	17, // 38: genmesh.v1.OutputItem.logprobs:type_name -> genmesh.v1.TokenLogprob
+	3,  // 39: genmesh.v1.OutputItem.finish_reason:type_name -> genmesh.v1.FinishReason
+	17, // 40: genmesh.v1.OutputItem.prompt_logprobs:type_name -> genmesh.v1.TokenLogprob
+	28, // 41: genmesh.v1.GenerateResponse.outputs:type_name -> genmesh.v1.OutputItem
+	23, // 42: genmesh.v1.GenerateResponse.usage:type_name -> genmesh.v1.Usage
+	3,  // 43: genmesh.v1.GenerateResponse.finish_reason:type_name -> genmesh.v1.FinishReason
+	24, // 44: genmesh.v1.GenerateResponse.timings:type_name -> genmesh.v1.Timings
+	17, // 45: genmesh.v1.TextDelta.logprobs:type_name -> genmesh.v1.TokenLogprob
+	41, // 46: genmesh.v1.AudioChunk.duration:type_name -> google.protobuf.Duration
+	40, // 47: genmesh.v1.Info.details:type_name -> google.protobuf.Struct
+	25, // 48: genmesh.v1.TranscriptUpdate.segment:type_name -> genmesh.v1.TranscriptSegment
+	41, // 49: genmesh.v1.VoiceActivity.position:type_name -> google.protobuf.Duration
+	30, // 50: genmesh.v1.StreamEvent.text_delta:type_name -> genmesh.v1.TextDelta
+	31, // 51: genmesh.v1.StreamEvent.progress:type_name -> genmesh.v1.Progress
+	32, // 52: genmesh.v1.StreamEvent.audio_chunk:type_name -> genmesh.v1.AudioChunk
+	33, // 53: genmesh.v1.StreamEvent.image_preview:type_name -> genmesh.v1.ImagePreview
+	34, // 54: genmesh.v1.StreamEvent.info:type_name -> genmesh.v1.Info
+	35, // 55: genmesh.v1.StreamEvent.transcript:type_name -> genmesh.v1.TranscriptUpdate
+	29, // 56: genmesh.v1.StreamEvent.final:type_name -> genmesh.v1.GenerateResponse
+	15, // 57: genmesh.v1.StreamEvent.tool_call_delta:type_name -> genmesh.v1.ToolCallDelta
+	36, // 58: genmesh.v1.StreamEvent.voice_activity:type_name -> genmesh.v1.VoiceActivity
+	7,  // 59: genmesh.v1.Control.action:type_name -> genmesh.v1.Control.Action
+	2,  // 60: genmesh.v1.ModelInfo.tasks:type_name -> genmesh.v1.Task
+	40, // 61: genmesh.v1.ModelInfo.details:type_name -> google.protobuf.Struct
+	5,  // 62: genmesh.v1.ModelInfo.kind:type_name -> genmesh.v1.ModelKind
+	63, // [63:63] is the sub-list for method output_type
+	63, // [63:63] is the sub-list for method input_type
+	63, // [63:63] is the sub-list for extension type_name
+	63, // [63:63] is the sub-list for extension extendee
+	0,  // [0:63] is the sub-list for field type_name
 }
 
 func init() { file_genmesh_v1_common_proto_init() }
@@ -4050,27 +4119,28 @@ func file_genmesh_v1_common_proto_init() {
 	if File_genmesh_v1_common_proto != nil {
 		return
 	}
-	file_genmesh_v1_common_proto_msgTypes[0].OneofWrappers = []any{
+	file_genmesh_v1_common_proto_msgTypes[1].OneofWrappers = []any{
 		(*InputItem_Text)(nil),
 		(*InputItem_Data)(nil),
 		(*InputItem_Uri)(nil),
+		(*InputItem_Tokens)(nil),
 	}
-	file_genmesh_v1_common_proto_msgTypes[2].OneofWrappers = []any{
+	file_genmesh_v1_common_proto_msgTypes[3].OneofWrappers = []any{
 		(*OutputConstraint_JsonSchema)(nil),
 		(*OutputConstraint_Regex)(nil),
 		(*OutputConstraint_Grammar)(nil),
 		(*OutputConstraint_Choices)(nil),
 	}
-	file_genmesh_v1_common_proto_msgTypes[9].OneofWrappers = []any{}
 	file_genmesh_v1_common_proto_msgTypes[10].OneofWrappers = []any{}
 	file_genmesh_v1_common_proto_msgTypes[11].OneofWrappers = []any{}
-	file_genmesh_v1_common_proto_msgTypes[13].OneofWrappers = []any{
+	file_genmesh_v1_common_proto_msgTypes[12].OneofWrappers = []any{}
+	file_genmesh_v1_common_proto_msgTypes[14].OneofWrappers = []any{
 		(*GenerateRequest_Text)(nil),
 		(*GenerateRequest_Image)(nil),
 		(*GenerateRequest_Speech)(nil),
 		(*GenerateRequest_Transcription)(nil),
 	}
-	file_genmesh_v1_common_proto_msgTypes[28].OneofWrappers = []any{
+	file_genmesh_v1_common_proto_msgTypes[29].OneofWrappers = []any{
 		(*StreamEvent_TextDelta)(nil),
 		(*StreamEvent_Progress)(nil),
 		(*StreamEvent_AudioChunk)(nil),
@@ -4087,7 +4157,7 @@ func file_genmesh_v1_common_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_genmesh_v1_common_proto_rawDesc), len(file_genmesh_v1_common_proto_rawDesc)),
 			NumEnums:      8,
-			NumMessages:   31,
+			NumMessages:   32,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
