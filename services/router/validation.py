@@ -147,8 +147,11 @@ def check_request(
         violations.append(FieldViolation("inputs", "at least one input is required"))
     for index, item in enumerate(request.inputs):
         violations.extend(_item_violations(index, item))
-        if item.HasField("tokens") and not request.text.raw_prompt:
-            violations.append(FieldViolation(f"inputs[{index}].tokens", "need text.raw_prompt"))
+        text = request.task in (common_pb2.TASK_UNSPECIFIED, common_pb2.TASK_TEXT)
+        if item.HasField("tokens") and not (text and request.text.raw_prompt):
+            violations.append(
+                FieldViolation(f"inputs[{index}].tokens", "need TASK_TEXT and text.raw_prompt")
+            )
     violations.extend(json_violations("extra", request.extra))
     if request.text.constraint.HasField("json_schema"):
         schema = request.text.constraint.json_schema

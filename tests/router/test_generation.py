@@ -17,6 +17,8 @@ import grpc
 import pytest
 
 from genmesh.client import Client, ErrorDetails, error_details, media_input, text_request
+from genmesh.router import validation
+from genmesh.runtime.errors import ServiceError
 from genmesh.v1 import common_pb2, generation_pb2, tokenizer_pb2
 from tests.support import API_KEY, ServiceProcess, echo_binding, router_config, run_genmesh
 
@@ -302,6 +304,18 @@ async def test_bad_input_gets_details_and_the_server_keeps_serving(
     assert "Traceback" not in details.message
     healthy = await client.generate(text_request("still here"))
     assert healthy.outputs[0].text == "still here"
+
+
+def test_token_ids_are_a_text_prompt_only() -> None:
+    """An image or speech service has no vocabulary: ids never reach one."""
+    request = common_pb2.GenerateRequest(
+        task=common_pb2.TASK_IMAGE,
+        inputs=[common_pb2.InputItem(tokens=common_pb2.TokenSequence(ids=[104]))],
+        text=RAW,
+    )
+    with pytest.raises(ServiceError) as caught:
+        validation.check_request(request, MIB)
+    assert [v.field for v in caught.value.violations] == ["inputs[0].tokens"]
 
 
 async def test_transport_rejects_what_exceeds_the_message_limit(client: Client) -> None:
