@@ -37,17 +37,16 @@ async def in_thread(items: Iterator[T]) -> AsyncIterator[T]:
         yield item  # type: ignore[misc]
 
 
+# Whisper's measures of a segment, under the same names in the proto.
+MEASURES = ("tokens", "avg_logprob", "compression_ratio", "no_speech_prob", "temperature", "seek")
+
+
 def segment_proto(segment: Segment) -> common_pb2.TranscriptSegment:
     return common_pb2.TranscriptSegment(
         start=duration(segment.start),
         end=duration(segment.end),
         text=segment.text,
-        tokens=segment.tokens,
-        avg_logprob=segment.avg_logprob,
-        compression_ratio=segment.compression_ratio,
-        no_speech_prob=segment.no_speech_prob,
-        temperature=segment.temperature,
-        seek=segment.seek,
+        **{name: getattr(segment, name) for name in MEASURES},
         words=[
             common_pb2.TranscriptWord(
                 start=duration(w.start), end=duration(w.end), word=w.word, probability=w.probability

@@ -20,7 +20,7 @@ import grpc
 
 from genmesh.router import validation
 from genmesh.runtime import errors, telemetry, values
-from genmesh.runtime.channel import peer_error
+from genmesh.runtime.channel import stream_end
 from genmesh.runtime.errors import FieldViolation
 from genmesh.sandbox import dialect
 from genmesh.v1 import (
@@ -295,11 +295,7 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
                     relayed.add(call.call_id)
                 yield response
         except (grpc.aio.AioRpcError, asyncio.CancelledError) as exc:
-            if refused:
-                raise refused[0] from None
-            if isinstance(exc, asyncio.CancelledError):
-                raise
-            failed = await peer_error(stream, exc)
+            failed = await stream_end(stream, exc, refused)
             if failed is not None:
                 raise errors.from_rpc_error(failed) from None
         finally:

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
+from google.protobuf.message import Message
 
 from genmesh.router import validation
 from genmesh.router.backends import Backends, BindingRoute
@@ -22,6 +23,8 @@ from genmesh.v1 import (
     tokenizer_pb2,
     tokenizer_pb2_grpc,
 )
+
+_M = TypeVar("_M", bound=Message)
 
 
 async def call_backend(route: BindingRoute, method: str, request: Any, context: Context) -> Any:
@@ -196,14 +199,18 @@ class TokenizerService(tokenizer_pb2_grpc.TokenizerServiceServicer):
         )
         return answer
 
+    def _fitting(self, response: _M, field: str, advice: str) -> _M:
+        """`response`, if one message carries it (else INVALID_ARGUMENT naming `field`)."""
+        errors.check_response_size(response.ByteSize(), self.max_message_bytes, field, advice)
+        return response
+
     async def Tokenize(  # noqa: N802
         self, request: tokenizer_pb2.TokenizeRequest, context: Context
     ) -> tokenizer_pb2.TokenizeResponse:
         answer = await self._tokenize(request, context, special=request.add_special_tokens)
         response = tokenizer_pb2.TokenizeResponse(tokens=answer.tokens, pieces=answer.pieces)
         advice = "list the tokens of a shorter text at a time, or only count them (CountTokens)"
-        errors.check_response_size(response.ByteSize(), self.max_message_bytes, "text", advice)
-        return response
+        return self._fitting(response, "text", advice)
 
     async def Detokenize(  # noqa: N802
         self, request: tokenizer_pb2.DetokenizeRequest, context: Context
@@ -218,9 +225,7 @@ class TokenizerService(tokenizer_pb2_grpc.TokenizerServiceServicer):
             context,
         )
         response = tokenizer_pb2.DetokenizeResponse(text=answer.text)
-        advice = "detokenize fewer tokens at a time"
-        errors.check_response_size(response.ByteSize(), self.max_message_bytes, "tokens", advice)
-        return response
+        return self._fitting(response, "tokens", "detokenize fewer tokens at a time")
 
     async def CountTokens(  # noqa: N802
         self, request: tokenizer_pb2.CountTokensRequest, context: Context

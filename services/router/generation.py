@@ -17,7 +17,7 @@ import grpc
 from genmesh.router.dispatch import Context, Dispatcher, Relay, Routed, new_turn_id, translate
 from genmesh.router.voice import VoiceConversation
 from genmesh.runtime import errors
-from genmesh.runtime.channel import peer_error
+from genmesh.runtime.channel import stream_end
 from genmesh.runtime.errors import FieldViolation
 from genmesh.runtime.streams import coalesced
 from genmesh.v1 import common_pb2, generation_pb2, generation_pb2_grpc, inference_pb2
@@ -120,11 +120,7 @@ class GenerationService(generation_pb2_grpc.GenerationServiceServicer):
                         request_id=request_id, event=response.event
                     )
             except (grpc.aio.AioRpcError, asyncio.CancelledError) as error:
-                if refused:
-                    raise refused[0] from None
-                if isinstance(error, asyncio.CancelledError):
-                    raise
-                failed = await peer_error(call, error)
+                failed = await stream_end(call, error, refused)
                 if failed is not None:
                     raise translate(failed, route) from None
             finally:

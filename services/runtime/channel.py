@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 
 import grpc
 
-from genmesh.runtime import telemetry
+from genmesh.runtime import errors, telemetry
 
 
 class _WithKey:
@@ -187,6 +187,18 @@ def _remember_status(call: grpc.aio.Call) -> None:
 
 def _local(code: grpc.StatusCode, details: str | None) -> bool:
     return code == grpc.StatusCode.INTERNAL and details == LOCAL_WRITE_FAILURE
+
+
+async def stream_end(
+    call: grpc.aio.Call, error: BaseException, refused: list[errors.ServiceError]
+) -> grpc.aio.AioRpcError | None:
+    """What ended a stream we relay a client's messages into: a client message we refused
+    (raised), our own cancellation (raised again), or the peer's error (`peer_error`)."""
+    if refused:
+        raise refused[0] from None
+    if not isinstance(error, grpc.aio.AioRpcError):
+        raise error
+    return await peer_error(call, error)
 
 
 async def peer_error(

@@ -186,6 +186,7 @@ async def test_deadline_gives_deadline_exceeded_and_stops_the_backend(
 
 
 RAW = common_pb2.TextParameters(raw_prompt=True)
+IDS = common_pb2.InputItem(tokens=common_pb2.TokenSequence(ids=[104, 105]))
 BAD_REQUESTS = {
     "no inputs": (common_pb2.GenerateRequest(), grpc.StatusCode.INVALID_ARGUMENT, "inputs"),
     "unknown binding": (
@@ -256,20 +257,12 @@ BAD_REQUESTS = {
         "text.raw_prompt",
     ),
     "token ids without a raw prompt": (
-        common_pb2.GenerateRequest(
-            inputs=[common_pb2.InputItem(tokens=common_pb2.TokenSequence(ids=[104, 105]))]
-        ),
+        common_pb2.GenerateRequest(inputs=[IDS]),
         grpc.StatusCode.INVALID_ARGUMENT,
         "inputs[0].tokens",
     ),
     "token ids beside text": (
-        common_pb2.GenerateRequest(
-            inputs=[
-                common_pb2.InputItem(text="a"),
-                common_pb2.InputItem(tokens=common_pb2.TokenSequence(ids=[104])),
-            ],
-            text=RAW,
-        ),
+        common_pb2.GenerateRequest(inputs=[common_pb2.InputItem(text="a"), IDS], text=RAW),
         grpc.StatusCode.INVALID_ARGUMENT,
         "inputs[0]",
     ),
@@ -308,11 +301,7 @@ async def test_bad_input_gets_details_and_the_server_keeps_serving(
 
 def test_token_ids_are_a_text_prompt_only() -> None:
     """An image or speech service has no vocabulary: ids never reach one."""
-    request = common_pb2.GenerateRequest(
-        task=common_pb2.TASK_IMAGE,
-        inputs=[common_pb2.InputItem(tokens=common_pb2.TokenSequence(ids=[104]))],
-        text=RAW,
-    )
+    request = common_pb2.GenerateRequest(task=common_pb2.TASK_IMAGE, inputs=[IDS], text=RAW)
     with pytest.raises(ServiceError) as caught:
         validation.check_request(request, MIB)
     assert [v.field for v in caught.value.violations] == ["inputs[0].tokens"]
