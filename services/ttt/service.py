@@ -229,16 +229,20 @@ async def start_generation(
     except UnsupportedError as exc:
         raise structured.unsupported(exc) from None
     except PromptTooLongError as exc:
-        raise errors.ServiceError(
-            grpc.StatusCode.INVALID_ARGUMENT,
-            str(exc),
-            reason="PROMPT_TOO_LONG",
-            violations=[FieldViolation("inputs", str(exc))],
-            metadata={
-                "context_size": str(exc.context_size),
-                "prompt_tokens": str(exc.prompt_tokens),
-            },
-        ) from None
+        raise prompt_too_long(exc) from None
+
+
+def prompt_too_long(exc: PromptTooLongError) -> errors.ServiceError:
+    return errors.ServiceError(
+        grpc.StatusCode.INVALID_ARGUMENT,
+        str(exc),
+        reason="PROMPT_TOO_LONG",
+        violations=[FieldViolation("inputs", str(exc))],
+        metadata={
+            "context_size": str(exc.context_size),
+            "prompt_tokens": str(exc.prompt_tokens),
+        },
+    )
 
 
 @dataclass
@@ -258,6 +262,9 @@ class ServedModel:
             prompt = raw_prompt(request)
             if isinstance(prompt, str):
                 return params, [ChatMessage("user", prompt)]
+            context = self.engine.info().context_size
+            if context and len(prompt) >= context:  # refused before any decoding
+                raise prompt_too_long(PromptTooLongError(len(prompt), context))
             with_ids = dataclasses.replace(params, prompt_ids=tuple(prompt))
             return with_ids, [ChatMessage("user", self._decoded(prompt))]
         messages = chat_messages(request)
@@ -378,7 +385,7 @@ class TextJob(InferJob):
                 index=index,
                 tool_calls=[structured.tool_call_proto(c) for c in out.tool_calls],
                 logprobs=[structured.logprob_proto(t) for t in out.logprobs],
-                prompt_logprobs=scored,
+                prompt_logprobs=scored if index == 0 else (),
                 finish_reason=FINISH.get(out.finish, common_pb2.FINISH_REASON_UNSPECIFIED),
             )
             for index, (params, out) in enumerate(zip(self.choices, self.outputs, strict=True))

@@ -1342,8 +1342,8 @@ class OutputItem(_message.Message):
     def prompt_logprobs(self) -> _containers.RepeatedCompositeFieldContainer[Global___TokenLogprob]:
         """Every prompt token, in order, when TextParameters.prompt_logprobs was asked for: the
         log probability of each given those before it, with top_logprobs alternatives. The first
-        token, which nothing before it predicts, has logprob 0 and no alternatives. A stream's final
-        event carries them.
+        token, which nothing before it predicts, has logprob 0 and no alternatives. On the first
+        choice's output only (every choice has the same prompt); a stream's final event carries them.
         """
 
     def __init__(

@@ -342,6 +342,8 @@ def test_malformed_requests_are_400_and_the_edge_keeps_serving(edge: ServiceProc
         ("/v1/completions", json.dumps({"model": "echo", "prompt": [[1, 2], []]}).encode()),
         ("/v1/completions", json.dumps({"model": "echo", "prompt": [-1, 2]}).encode()),
         ("/v1/completions", json.dumps({"model": "echo", "prompt": [0xD800]}).encode()),
+        ("/v1/completions", json.dumps({"model": "echo", "prompt": [True, False]}).encode()),
+        ("/v1/completions", json.dumps({"model": "echo", "prompt": "a", "best_of": 0}).encode()),
         ("/v1/completions", json.dumps({"model": "echo", "prompt": []}).encode()),
         ("/v1/images/generations", b"\xff\xfe"),
         ("/v1/audio/transcriptions", b"--no-boundary--"),

@@ -127,6 +127,21 @@ async def test_a_raw_prompt_is_continued_as_written(mesh: Client) -> None:
     assert "inputs" in error_details(caught.value).violations
 
 
+async def test_many_token_ids_are_refused_or_decoded_at_once(mesh: Client) -> None:
+    """Two million ids (6 MB) are refused for the context before any is decoded, and 400,000
+    are detokenized in linear time (llama-cpp-python's own join took 98 s, on the event loop
+    for a prompt: the service failed its health checks for minutes)."""
+    many = [31791] * 2_000_000
+    ids = common_pb2.InputItem(tokens=common_pb2.TokenSequence(ids=many))
+    raw = common_pb2.TextParameters(raw_prompt=True, max_tokens=1)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await mesh.generate(common_pb2.GenerateRequest(inputs=[ids], text=raw), timeout=60)
+    assert error_details(caught.value).reason == "PROMPT_TOO_LONG"
+    request = tokenizer_pb2.DetokenizeRequest(tokens=many[:400_000])
+    text = await mesh.tokenizer.Detokenize(request, metadata=mesh.metadata, timeout=60)
+    assert len(text.text) >= 400_000
+
+
 async def scored(mesh: Client, text: str, **parameters: Any) -> common_pb2.GenerateResponse:
     """`text` as a raw prompt with its tokens scored, and one token generated after it."""
     parameters = {"temperature": 0, "max_tokens": 1, "top_logprobs": 3, **parameters}
@@ -152,6 +167,9 @@ async def test_a_prompt_is_scored_token_by_token(mesh: Client) -> None:
         assert entry.logprob <= best[0] + 1e-6 and entry.logprob < 0
     berlin = await scored(mesh, "The capital of France is Berlin")
     assert berlin.outputs[0].prompt_logprobs[-1].logprob < entries[-1].logprob - 2
+    # Every choice has the same prompt: the first choice carries its scores.
+    twice = await scored(mesh, "The capital of France is Paris", n=2)
+    assert [len(o.prompt_logprobs) for o in twice.outputs] == [len(entries), 0]
     asked = await scored(mesh, "The capital of France is", logprobs=True)
     generated = asked.outputs[0].logprobs[0]
     assert generated.token == entries[-1].token == " Paris"

@@ -20,7 +20,7 @@ from typing import Annotated, Any, ClassVar, Literal, cast
 import grpc
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
-from pydantic import Field
+from pydantic import Field, StrictInt
 
 from genmesh.edge import errors
 from genmesh.edge.mesh import Caller, Indexed, Mesh, Prefetched, prefetch, unless_disconnected
@@ -381,10 +381,11 @@ class ChatRequest(TextRequest):
 
 
 class CompletionRequest(TextRequest):
-    prompt: str | list[str] | list[int] | list[list[int]]
+    # Strict: JSON's true and false are no token ids.
+    prompt: str | list[str] | list[StrictInt] | list[list[StrictInt]]
     echo: bool = False
     suffix: str | None = None
-    best_of: int | None = None
+    best_of: int | None = Field(default=None, ge=1)
     # The number of alternatives to return per token (0: the sampled token's logprob alone).
     logprobs: int | None = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS)
 
@@ -629,6 +630,8 @@ class CompletionReply(Reply):
     echoes: list[str] = field(default_factory=list)
     # Where each streamed choice's next token starts in its text (legacy `text_offset`).
     offsets: dict[int, int] = field(default_factory=dict)
+    # Each request's prompt scores, which its first choice carries for all of them.
+    scores: dict[int, Logprobs] = field(default_factory=dict)
 
     def _choice(
         self, index: int, text: str, reason: str | None, logprobs: dict[str, Any] | None = None
@@ -663,7 +666,10 @@ class CompletionReply(Reply):
         }
 
     def choice(self, index: int, output: common_pb2.OutputItem, reason: str) -> dict[str, Any]:
-        prompt = output.prompt_logprobs if self.echoes else ()
+        call = index // self.per_call
+        if output.prompt_logprobs:
+            self.scores[call] = output.prompt_logprobs
+        prompt = self.scores.get(call, ()) if self.echoes else ()
         logprobs = self._logprobs(index, output.logprobs, prompt)
         return self._choice(index, self._echo(index) + output.text, reason, logprobs)
 

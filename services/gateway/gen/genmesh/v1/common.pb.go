@@ -2507,8 +2507,8 @@ type OutputItem struct {
 	FinishReason FinishReason `protobuf:"varint,12,opt,name=finish_reason,json=finishReason,proto3,enum=genmesh.v1.FinishReason" json:"finish_reason,omitempty"`
 	// Every prompt token, in order, when TextParameters.prompt_logprobs was asked for: the
 	// log probability of each given those before it, with top_logprobs alternatives. The first
-	// token, which nothing before it predicts, has logprob 0 and no alternatives. A stream's final
-	// event carries them.
+	// token, which nothing before it predicts, has logprob 0 and no alternatives. On the first
+	// choice's output only (every choice has the same prompt); a stream's final event carries them.
 	PromptLogprobs []*TokenLogprob `protobuf:"bytes,13,rep,name=prompt_logprobs,json=promptLogprobs,proto3" json:"prompt_logprobs,omitempty"`
 	unknownFields  protoimpl.UnknownFields
 	sizeCache      protoimpl.SizeCache
