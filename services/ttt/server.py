@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from genmesh.runtime.secrets import ProviderSecrets
 from genmesh.runtime.server import inference_service, serve
 from genmesh.runtime.settings import load_settings
@@ -38,6 +40,7 @@ async def main() -> None:
             await engine.load()
 
     async def shutdown() -> None:
+        await asyncio.to_thread(servicer.tokenizer.close)
         for engine in loaded:
             await engine.unload()
 

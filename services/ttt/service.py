@@ -510,6 +510,10 @@ class TokenizerCalls:
         self.limit = limit
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="tokenizer")
 
+    def close(self) -> None:
+        """Waits for the call in progress, so no tokenizer runs while its model is freed."""
+        self._thread.shutdown(wait=True, cancel_futures=True)
+
     async def _run(self, work: Callable[..., _T], *args: Any) -> _T:
         return await asyncio.get_running_loop().run_in_executor(self._thread, work, *args)
 
