@@ -223,9 +223,12 @@ class TextEngine(abc.ABC):
     def tokenize(self, text: str, add_special_tokens: bool) -> list[tuple[int, str]]:
         """Token ids with their text pieces."""
 
+    def token_ids(self, text: str, add_special_tokens: bool) -> list[int]:
+        """The ids alone; an engine that has them without the pieces gives them so."""
+        return [token for token, _ in self.tokenize(text, add_special_tokens)]
+
     def count_tokens(self, text: str, add_special_tokens: bool) -> int:
-        """How many tokens; an engine that can count without the pieces does so."""
-        return len(self.tokenize(text, add_special_tokens))
+        return len(self.token_ids(text, add_special_tokens))
 
     @abc.abstractmethod
     def detokenize(self, tokens: list[int]) -> str:
@@ -264,10 +267,6 @@ class LocalEngine(TextEngine):
         """The messages rendered with the chat template, as token ids; the template gets the
         tools of `use` when it writes them itself (`tools.template_inputs`)."""
 
-    def encode(self, text: str) -> list[int]:
-        """A raw prompt's token ids, with the model's own special tokens (its BOS)."""
-        return [token for token, _ in self.tokenize(text, True)]
-
     @abc.abstractmethod
     def context_window(self) -> int:
         """The loaded model's context size in tokens (0: unknown)."""
@@ -278,7 +277,8 @@ class LocalEngine(TextEngine):
         """The prompt's tokens and how many the generation may produce: what the request asks,
         capped by the room the prompt leaves in the context and by the model's output cap."""
         if params.raw_prompt:
-            prompt = list(params.prompt_ids) or self.encode(messages[0].content)
+            # A raw prompt has the model's own special tokens (its BOS).
+            prompt = list(params.prompt_ids) or self.token_ids(messages[0].content, True)
         else:
             prompt = self.prompt_tokens(messages, params.tools)
         check_prompt_scores(len(prompt), params)

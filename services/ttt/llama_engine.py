@@ -279,18 +279,15 @@ class LlamaCppEngine(ThreadedEngine):
 
     def tokenize(self, text: str, add_special_tokens: bool) -> list[tuple[int, str]]:
         llm = self.llm
-        ids = llm.tokenize(text.encode(), add_bos=add_special_tokens, special=add_special_tokens)
+        ids = self.token_ids(text, add_special_tokens)
         # A character split over several byte tokens is given to the token that completes it,
         # so the pieces always join back into the text.
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         return [(i, decoder.decode(llm.detokenize([i], special=True))) for i in ids]
 
-    def encode(self, text: str) -> list[int]:
-        return list(self.llm.tokenize(text.encode(), add_bos=True, special=True))
-
-    def count_tokens(self, text: str, add_special_tokens: bool) -> int:
+    def token_ids(self, text: str, add_special_tokens: bool) -> list[int]:
         special = add_special_tokens
-        return len(self.llm.tokenize(text.encode(), add_bos=special, special=special))
+        return list(self.llm.tokenize(text.encode(), add_bos=special, special=special))
 
     def detokenize(self, tokens: list[int]) -> str:
         llm = self.llm

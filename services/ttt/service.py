@@ -232,6 +232,11 @@ async def start_generation(
         raise prompt_too_long(exc) from None
 
 
+def outside_vocabulary(field: str, exc: Exception) -> errors.ServiceError:
+    """An engine's refusal of token ids it does not have (ValueError, OverflowError)."""
+    return errors.invalid_argument("tokens outside the vocabulary", FieldViolation(field, str(exc)))
+
+
 def prompt_too_long(exc: PromptTooLongError) -> errors.ServiceError:
     return errors.ServiceError(
         grpc.StatusCode.INVALID_ARGUMENT,
@@ -280,9 +285,7 @@ class ServedModel:
                 UnsupportedError(self.engine.info().engine, "inputs", "take token ids")
             ) from None
         except (ValueError, OverflowError) as exc:
-            raise errors.invalid_argument(
-                "token ids outside the vocabulary", FieldViolation("inputs", str(exc))
-            ) from None
+            raise outside_vocabulary("inputs", exc) from None
 
 
 def deltas(index: int, split: Split) -> list[common_pb2.StreamEvent]:
@@ -493,9 +496,7 @@ class TextInferenceService(InferenceServicer):
         except NotImplementedError as exc:
             raise unimplemented(engine, exc) from None
         except (ValueError, OverflowError) as exc:
-            raise errors.invalid_argument(
-                "tokens outside the vocabulary", FieldViolation("tokens", str(exc))
-            ) from None
+            raise outside_vocabulary("tokens", exc) from None
 
 
 class TokenizerCalls:
