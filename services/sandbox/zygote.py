@@ -27,7 +27,12 @@ from genmesh.sandbox import child, jail
 
 
 def _send(ctrl: socket.socket, message: dict[str, Any], fds: list[int] | None = None) -> None:
-    socket.send_fds(ctrl, [json.dumps(message).encode()], fds or [])
+    """Tells the service; a service that is gone has nobody to tell, so the zygote ends (its
+    children see end-of-file on their pipes and end too)."""
+    try:
+        socket.send_fds(ctrl, [json.dumps(message).encode()], fds or [])
+    except OSError:
+        os._exit(0)
 
 
 def _in_jail(

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
+import socket
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -31,8 +33,8 @@ from genmesh.runtime.auth import KeyStore, digest
 from genmesh.runtime.channel import key_interceptors
 from genmesh.runtime.server import server_interceptors
 from genmesh.runtime.settings import ApiKey
-from genmesh.sandbox import dialect
-from genmesh.sandbox.executor import Executor, Exit, RunLimits, _signal_error
+from genmesh.sandbox import dialect, jail
+from genmesh.sandbox.executor import SPAWN, Executor, Exit, RunLimits, _signal_error
 from genmesh.v1 import (
     agent_pb2,
     agent_pb2_grpc,
@@ -501,3 +503,27 @@ async def test_lines_printed_before_a_message_too_large_to_send_are_kept(
     assert result.error.kind == Kind.KIND_LIMIT, result.error
     printed = "\n".join(line.text for line in result.call_log.logs).split("\n")
     assert printed == ["line 1", "line 2", "line 3"]
+
+
+async def test_a_zygote_whose_service_left_mid_spawn_exits_quietly() -> None:
+    """A service that stops while the zygote forks (a replay refused at once, a shutdown) leaves
+    the zygote nobody to tell of the child: it exits without a traceback on the user's terminal
+    (`genmesh sandbox replay` showed one under load)."""
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    process = await asyncio.create_subprocess_exec(
+        *jail.zygote_command(theirs.fileno(), jail.JailLimits()),
+        env=jail.zygote_environment(),
+        stdin=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+        pass_fds=[theirs.fileno()],
+    )
+    theirs.close()
+    with ours:
+        ready = await asyncio.to_thread(ours.recv, 65536)
+        assert json.loads(ready)["t"] == "ready"
+        child_end, kept = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        with child_end, kept:
+            socket.send_fds(ours, [SPAWN], [child_end.fileno()])
+    _, err = await asyncio.wait_for(process.communicate(), 60)
+    assert process.returncode == 0, err.decode(errors="replace")
+    assert b"Traceback" not in err, err.decode(errors="replace")
