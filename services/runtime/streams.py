@@ -3,8 +3,8 @@ its caller, the router to its client) reads its source in a task of its own, so 
 overlaps the write in flight instead of waiting for it. Text deltas that pile up meanwhile,
 because the reader's consumer takes them more slowly than the source produces them, go out as
 one merged delta: the same text in the same order, in fewer messages. A delta is never held back
-to wait for more; other events (progress, audio, images, info, the final result) are never
-merged.
+to wait for more; other events (progress, audio, images, info, the final result) and the delta
+carrying a prompt's scores are never merged.
 """
 
 from __future__ import annotations
@@ -33,18 +33,22 @@ def _chars(event: common_pb2.StreamEvent) -> int:
     return len(delta.text) + len(delta.thoughts)
 
 
+def _mergeable(event: common_pb2.StreamEvent) -> bool:
+    return event.HasField("text_delta") and not event.text_delta.prompt_logprobs
+
+
 def _next_merged(waiting: deque[common_pb2.StreamEvent]) -> common_pb2.StreamEvent:
     """The first waiting event; a text delta takes the text deltas of the same choice queued
     right behind it along, with their logprobs (up to thoughts that would otherwise move ahead
     of answer text)."""
     event = waiting.popleft()
-    if not (waiting and event.HasField("text_delta") and waiting[0].HasField("text_delta")):
+    if not (waiting and _mergeable(event) and _mergeable(waiting[0])):
         return event
     first = event.text_delta
     texts, thoughts, logprobs = [first.text], [first.thoughts], list(first.logprobs)
     answered = bool(texts[0])
     size = first.ByteSize()
-    while waiting and waiting[0].HasField("text_delta"):
+    while waiting and _mergeable(waiting[0]):
         following = waiting[0].text_delta
         if (answered and following.thoughts) or following.index != first.index:
             break

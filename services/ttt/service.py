@@ -289,9 +289,13 @@ class ServedModel:
 
 
 def deltas(index: int, split: Split) -> list[common_pb2.StreamEvent]:
-    """The events a piece of choice `index`'s output makes: text (with its tokens' logprobs),
-    then tool-call pieces."""
+    """The events a piece of choice `index`'s output makes: the prompt's scores on a delta of
+    their own, text (with its tokens' logprobs), then tool-call pieces."""
     events = []
+    if split.prompt_logprobs:
+        scored = [structured.logprob_proto(t) for t in split.prompt_logprobs]
+        prompt = common_pb2.TextDelta(index=index, prompt_logprobs=scored)
+        events.append(common_pb2.StreamEvent(text_delta=prompt))
     if split.text or split.thoughts or split.logprobs:
         text = common_pb2.TextDelta(
             text=split.text,

@@ -70,9 +70,12 @@ class Split:
     thoughts: str = ""
     calls: list[CallDelta] = field(default_factory=list)
     logprobs: tuple[TokenLogprob, ...] = ()
+    prompt_logprobs: tuple[TokenLogprob, ...] = ()
 
     def __bool__(self) -> bool:
-        return bool(self.text or self.thoughts or self.calls or self.logprobs)
+        return bool(
+            self.text or self.thoughts or self.calls or self.logprobs or self.prompt_logprobs
+        )
 
 
 class ThinkSplitter:
@@ -284,6 +287,7 @@ class TextOutput:
         self.prompt_logprobs.extend(chunk.prompt_logprobs)
         split = self._keep(self._thinking.feed(self._stops.feed(chunk.text)))
         split.logprobs = chunk.logprobs
+        split.prompt_logprobs = chunk.prompt_logprobs
         if self._stops.matched:
             self.finish = "stop_sequence"
         elif self.finish == "stop" and self.tool_calls:

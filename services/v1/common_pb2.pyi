@@ -1343,7 +1343,8 @@ class OutputItem(_message.Message):
         """Every prompt token, in order, when TextParameters.prompt_logprobs was asked for: the
         log probability of each given those before it, with top_logprobs alternatives. The first
         token, which nothing before it predicts, has logprob 0 and no alternatives. On the first
-        choice's output only (every choice has the same prompt); a stream's final event carries them.
+        choice's output only (every choice has the same prompt); a stream's final event carries them
+        too, after a TextDelta that carried them first.
         """
 
     def __init__(
@@ -1437,6 +1438,7 @@ class TextDelta(_message.Message):
     THOUGHTS_FIELD_NUMBER: _builtins.int
     INDEX_FIELD_NUMBER: _builtins.int
     LOGPROBS_FIELD_NUMBER: _builtins.int
+    PROMPT_LOGPROBS_FIELD_NUMBER: _builtins.int
     text: _builtins.str
     """Text to append to the answer."""
     thoughts: _builtins.str
@@ -1449,6 +1451,13 @@ class TextDelta(_message.Message):
         held back to match a stop sequence arrives later than its tokens).
         """
 
+    @_builtins.property
+    def prompt_logprobs(self) -> _containers.RepeatedCompositeFieldContainer[Global___TokenLogprob]:
+        """The prompt's scores, as OutputItem.prompt_logprobs, when TextParameters.prompt_logprobs was
+        asked for: on a delta of choice 0 of their own (no text), sent once the prompt is scored and
+        before the first generated text, so a stream can show the scored prompt first.
+        """
+
     def __init__(
         self,
         *,
@@ -1456,10 +1465,11 @@ class TextDelta(_message.Message):
         thoughts: _builtins.str = ...,
         index: _builtins.int = ...,
         logprobs: _abc.Iterable[Global___TokenLogprob] | None = ...,
+        prompt_logprobs: _abc.Iterable[Global___TokenLogprob] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["index", b"index", "logprobs", b"logprobs", "text", b"text", "thoughts", b"thoughts"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["index", b"index", "logprobs", b"logprobs", "prompt_logprobs", b"prompt_logprobs", "text", b"text", "thoughts", b"thoughts"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -14,12 +14,13 @@ import hashlib
 import http.client
 import json
 import secrets
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
 from openai import AsyncOpenAI, OpenAI
+from openai.types import Completion
 
 from tests.support import API_KEY, ServiceProcess, echo_binding, router_config, running, serve
 
@@ -172,3 +173,32 @@ def multipart(
     return b"".join(
         parts
     ) + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
+
+
+def streamed_completion(chunks: Iterable[Completion]) -> list[dict[str, Any]]:
+    """A streamed legacy completion put together: each choice's text, finish reason and
+    logprobs as the whole reply has them, to compare the two."""
+    choices: dict[int, dict[str, Any]] = {}
+    for chunk in chunks:
+        for choice in chunk.choices:
+            whole = choices.setdefault(choice.index, {"text": "", "logprobs": None})
+            whole["text"] += choice.text
+            if choice.finish_reason:
+                whole["finish_reason"] = choice.finish_reason
+            if choice.logprobs:
+                joined = whole["logprobs"] = whole["logprobs"] or {}
+                for name, values in choice.logprobs.model_dump().items():
+                    joined[name] = joined.get(name, []) + values
+    return [choices[index] for index in sorted(choices)]
+
+
+def whole_completion(completion: Completion) -> list[dict[str, Any]]:
+    """A whole legacy completion's choices, in `streamed_completion`'s shape."""
+    return [
+        {
+            "text": c.text,
+            "finish_reason": c.finish_reason,
+            "logprobs": c.logprobs.model_dump() if c.logprobs else None,
+        }
+        for c in completion.choices
+    ]

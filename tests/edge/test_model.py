@@ -10,7 +10,7 @@ from openai.types.chat import ChatCompletionMessageParam
 
 from genmesh.client import Client
 from genmesh.v1 import tokenizer_pb2
-from tests.edge.conftest import sdk
+from tests.edge.conftest import sdk, streamed_completion, whole_completion
 from tests.support import API_KEY, ServiceProcess
 
 ASK: list[ChatCompletionMessageParam] = [
@@ -92,6 +92,16 @@ async def test_legacy_completion_scores_an_echoed_prompt(
     )
     assert by_ids.choices[0].text == completion.choices[0].text
     assert by_ids.choices[0].logprobs == completion.choices[0].logprobs
+    streamed = smol.completions.create(
+        model="smollm2",
+        prompt=prompt,
+        max_tokens=1,
+        temperature=0,
+        echo=True,
+        logprobs=1,
+        stream=True,
+    )
+    assert streamed_completion(streamed) == whole_completion(completion)
     logprobs = completion.choices[0].logprobs
     assert logprobs is not None and logprobs.tokens and logprobs.token_logprobs
     assert completion.usage is not None

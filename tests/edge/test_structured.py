@@ -23,7 +23,7 @@ from openai.types.chat import (
 )
 from pydantic import BaseModel, Field
 
-from tests.edge.conftest import async_sdk, raw, sdk
+from tests.edge.conftest import async_sdk, raw, sdk, streamed_completion, whole_completion
 from tests.schemas import PERSON, SCHEMAS
 from tests.support import ServiceProcess
 
@@ -391,6 +391,11 @@ def test_legacy_completion_logprobs(client: OpenAI) -> None:
         assert logprobs.token_logprobs == [None, 0, 0, 0]
         assert logprobs.top_logprobs == [None, {prompt[1]: 0}, {prompt[0]: 0}, {prompt[1]: 0}]
         assert logprobs.text_offset == [0, 1, 2, 3]
+    streamed = client.completions.create(
+        model="echo", prompt=["ab", "cd"], logprobs=1, echo=True, n=2, stream=True
+    )
+    # vLLM's shape: each choice opens with its prompt and the prompt's scores.
+    assert streamed_completion(streamed) == whole_completion(completion)
     stream = client.completions.create(model="echo", prompt="xyz", logprobs=0, stream=True)
     offsets = [
         offset

@@ -58,6 +58,15 @@ async def test_waiting_text_deltas_merge_and_nothing_else_does() -> None:
     assert got == [delta("abc"), progress, delta("de"), final]
 
 
+async def test_a_prompts_scores_keep_their_delta() -> None:
+    """The edge opens an echoed completion with them; merged into text, they were lost."""
+    token = common_pb2.TokenLogprob(token="a", logprob=-0.5)
+    scores = common_pb2.StreamEvent(text_delta=common_pb2.TextDelta(prompt_logprobs=[token]))
+    events = [delta("a"), scores, delta("b"), delta("c")]
+    got = [e async for e in coalesced(source(events, []))]
+    assert got == [delta("a"), scores, delta("bc")]
+
+
 async def test_thoughts_after_answer_text_are_not_merged_into_it() -> None:
     events = [delta("x"), delta(thoughts="p"), delta(thoughts="q"), delta("r"), delta(thoughts="s")]
     got = [e async for e in coalesced(source(events, []))]

@@ -403,9 +403,8 @@ class CompletionRequest(TextRequest):
         parameters.logprobs = self.logprobs is not None
         parameters.top_logprobs = self.logprobs or 0
         parameters.raw_prompt = True
-        # An echoed prompt's logprobs are the prompt's scores (whole replies; a stream's first
-        # chunk goes out before the model has scored anything, so it has none).
-        parameters.prompt_logprobs = self.echo and self.logprobs is not None and not self.stream
+        # An echoed prompt's logprobs are the prompt's scores.
+        parameters.prompt_logprobs = self.echo and self.logprobs is not None
         return parameters
 
     def prompts(self) -> list[str | list[int]]:
@@ -523,9 +522,11 @@ class Reply(ABC):
         kind = event.WhichOneof("event")
         if kind == "text_delta":
             delta = event.text_delta
+            chunks = self.scored(call, delta.prompt_logprobs)
             if delta.text or delta.thoughts or delta.logprobs:
                 index = self.index(call, delta.index)
-                return [self.delta(index, delta.text, delta.thoughts, delta.logprobs)]
+                chunks.append(self.delta(index, delta.text, delta.thoughts, delta.logprobs))
+            return chunks
         elif kind == "tool_call_delta":
             piece = event.tool_call_delta
             made = self.tool_call(self.index(call, piece.index), piece)
@@ -533,10 +534,16 @@ class Reply(ABC):
         elif kind == "final":
             final = event.final
             check_finished(final)
-            return [
+            scores = final.outputs[0].prompt_logprobs if final.outputs else ()
+            return self.scored(call, scores) + [
                 self.finish(self.index(call, o.index), finish_reason(o, final))
                 for o in final.outputs
             ]
+        return []
+
+    def scored(self, call: int, scores: Logprobs) -> list[dict[str, Any]]:
+        """The chunks a stream opens request `call`'s choices with once its prompt is scored
+        (a final event of a request whose scores came on no delta opens them too)."""
         return []
 
     @abstractmethod
@@ -632,6 +639,8 @@ class CompletionReply(Reply):
     offsets: dict[int, int] = field(default_factory=dict)
     # Each request's prompt scores, which its first choice carries for all of them.
     scores: dict[int, Logprobs] = field(default_factory=dict)
+    # The requests whose streamed choices have opened with their scored prompt.
+    opened: set[int] = field(default_factory=set)
 
     def _choice(
         self, index: int, text: str, reason: str | None, logprobs: dict[str, Any] | None = None
@@ -674,7 +683,20 @@ class CompletionReply(Reply):
         return self._choice(index, self._echo(index) + output.text, reason, logprobs)
 
     def opening(self, index: int) -> dict[str, Any] | None:
-        return self._choice(index, self.echoes[index], None) if self.echoes else None
+        """An echo opens with the prompt; with logprobs, once the prompt is scored (`scored`),
+        as vLLM's stream does."""
+        if not self.echoes or self.logprobs:
+            return None
+        return self._choice(index, self.echoes[index], None)
+
+    def scored(self, call: int, scores: Logprobs) -> list[dict[str, Any]]:
+        if not (self.echoes and self.logprobs) or call in self.opened:
+            return []
+        self.opened.add(call)
+        return [
+            self._choice(index, self.echoes[index], None, self._logprobs(index, (), scores))
+            for index in range(self.index(call, 0), self.index(call + 1, 0))
+        ]
 
     def delta(self, index: int, text: str, thoughts: str, logprobs: Logprobs) -> dict[str, Any]:
         return self._choice(index, text, None, self._logprobs(index, logprobs))

@@ -2508,7 +2508,8 @@ type OutputItem struct {
 	// Every prompt token, in order, when TextParameters.prompt_logprobs was asked for: the
 	// log probability of each given those before it, with top_logprobs alternatives. The first
 	// token, which nothing before it predicts, has logprob 0 and no alternatives. On the first
-	// choice's output only (every choice has the same prompt); a stream's final event carries them.
+	// choice's output only (every choice has the same prompt); a stream's final event carries them
+	// too, after a TextDelta that carried them first.
 	PromptLogprobs []*TokenLogprob `protobuf:"bytes,13,rep,name=prompt_logprobs,json=promptLogprobs,proto3" json:"prompt_logprobs,omitempty"`
 	unknownFields  protoimpl.UnknownFields
 	sizeCache      protoimpl.SizeCache
@@ -2755,9 +2756,13 @@ type TextDelta struct {
 	Index int32 `protobuf:"varint,3,opt,name=index,proto3" json:"index,omitempty"`
 	// The tokens this delta's text came from, when TextParameters.logprobs was asked for (text
 	// held back to match a stop sequence arrives later than its tokens).
-	Logprobs      []*TokenLogprob `protobuf:"bytes,4,rep,name=logprobs,proto3" json:"logprobs,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Logprobs []*TokenLogprob `protobuf:"bytes,4,rep,name=logprobs,proto3" json:"logprobs,omitempty"`
+	// The prompt's scores, as OutputItem.prompt_logprobs, when TextParameters.prompt_logprobs was
+	// asked for: on a delta of choice 0 of their own (no text), sent once the prompt is scored and
+	// before the first generated text, so a stream can show the scored prompt first.
+	PromptLogprobs []*TokenLogprob `protobuf:"bytes,5,rep,name=prompt_logprobs,json=promptLogprobs,proto3" json:"prompt_logprobs,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *TextDelta) Reset() {
@@ -2814,6 +2819,13 @@ func (x *TextDelta) GetIndex() int32 {
 func (x *TextDelta) GetLogprobs() []*TokenLogprob {
 	if x != nil {
 		return x.Logprobs
+	}
+	return nil
+}
+
+func (x *TextDelta) GetPromptLogprobs() []*TokenLogprob {
+	if x != nil {
+		return x.PromptLogprobs
 	}
 	return nil
 }
@@ -3858,12 +3870,13 @@ const file_genmesh_v1_common_proto_rawDesc = "" +
 	"\x05usage\x18\x05 \x01(\v2\x11.genmesh.v1.UsageR\x05usage\x12=\n" +
 	"\rfinish_reason\x18\x06 \x01(\x0e2\x18.genmesh.v1.FinishReasonR\ffinishReason\x12-\n" +
 	"\atimings\x18\a \x01(\v2\x13.genmesh.v1.TimingsR\atimings\x12#\n" +
-	"\rstop_sequence\x18\b \x01(\tR\fstopSequence\"\x87\x01\n" +
+	"\rstop_sequence\x18\b \x01(\tR\fstopSequence\"\xca\x01\n" +
 	"\tTextDelta\x12\x12\n" +
 	"\x04text\x18\x01 \x01(\tR\x04text\x12\x1a\n" +
 	"\bthoughts\x18\x02 \x01(\tR\bthoughts\x12\x14\n" +
 	"\x05index\x18\x03 \x01(\x05R\x05index\x124\n" +
-	"\blogprobs\x18\x04 \x03(\v2\x18.genmesh.v1.TokenLogprobR\blogprobs\"U\n" +
+	"\blogprobs\x18\x04 \x03(\v2\x18.genmesh.v1.TokenLogprobR\blogprobs\x12A\n" +
+	"\x0fprompt_logprobs\x18\x05 \x03(\v2\x18.genmesh.v1.TokenLogprobR\x0epromptLogprobs\"U\n" +
 	"\bProgress\x12\x12\n" +
 	"\x04step\x18\x01 \x01(\x05R\x04step\x12\x1f\n" +
 	"\vtotal_steps\x18\x02 \x01(\x05R\n" +
@@ -4090,28 +4103,29 @@ var file_genmesh_v1_common_proto_depIdxs = []int32{
 	3,  // 43: genmesh.v1.GenerateResponse.finish_reason:type_name -> genmesh.v1.FinishReason
 	24, // 44: genmesh.v1.GenerateResponse.timings:type_name -> genmesh.v1.Timings
 	17, // 45: genmesh.v1.TextDelta.logprobs:type_name -> genmesh.v1.TokenLogprob
-	41, // 46: genmesh.v1.AudioChunk.duration:type_name -> google.protobuf.Duration
-	40, // 47: genmesh.v1.Info.details:type_name -> google.protobuf.Struct
-	25, // 48: genmesh.v1.TranscriptUpdate.segment:type_name -> genmesh.v1.TranscriptSegment
-	41, // 49: genmesh.v1.VoiceActivity.position:type_name -> google.protobuf.Duration
-	30, // 50: genmesh.v1.StreamEvent.text_delta:type_name -> genmesh.v1.TextDelta
-	31, // 51: genmesh.v1.StreamEvent.progress:type_name -> genmesh.v1.Progress
-	32, // 52: genmesh.v1.StreamEvent.audio_chunk:type_name -> genmesh.v1.AudioChunk
-	33, // 53: genmesh.v1.StreamEvent.image_preview:type_name -> genmesh.v1.ImagePreview
-	34, // 54: genmesh.v1.StreamEvent.info:type_name -> genmesh.v1.Info
-	35, // 55: genmesh.v1.StreamEvent.transcript:type_name -> genmesh.v1.TranscriptUpdate
-	29, // 56: genmesh.v1.StreamEvent.final:type_name -> genmesh.v1.GenerateResponse
-	15, // 57: genmesh.v1.StreamEvent.tool_call_delta:type_name -> genmesh.v1.ToolCallDelta
-	36, // 58: genmesh.v1.StreamEvent.voice_activity:type_name -> genmesh.v1.VoiceActivity
-	7,  // 59: genmesh.v1.Control.action:type_name -> genmesh.v1.Control.Action
-	2,  // 60: genmesh.v1.ModelInfo.tasks:type_name -> genmesh.v1.Task
-	40, // 61: genmesh.v1.ModelInfo.details:type_name -> google.protobuf.Struct
-	5,  // 62: genmesh.v1.ModelInfo.kind:type_name -> genmesh.v1.ModelKind
-	63, // [63:63] is the sub-list for method output_type
-	63, // [63:63] is the sub-list for method input_type
-	63, // [63:63] is the sub-list for extension type_name
-	63, // [63:63] is the sub-list for extension extendee
-	0,  // [0:63] is the sub-list for field type_name
+	17, // 46: genmesh.v1.TextDelta.prompt_logprobs:type_name -> genmesh.v1.TokenLogprob
+	41, // 47: genmesh.v1.AudioChunk.duration:type_name -> google.protobuf.Duration
+	40, // 48: genmesh.v1.Info.details:type_name -> google.protobuf.Struct
+	25, // 49: genmesh.v1.TranscriptUpdate.segment:type_name -> genmesh.v1.TranscriptSegment
+	41, // 50: genmesh.v1.VoiceActivity.position:type_name -> google.protobuf.Duration
+	30, // 51: genmesh.v1.StreamEvent.text_delta:type_name -> genmesh.v1.TextDelta
+	31, // 52: genmesh.v1.StreamEvent.progress:type_name -> genmesh.v1.Progress
+	32, // 53: genmesh.v1.StreamEvent.audio_chunk:type_name -> genmesh.v1.AudioChunk
+	33, // 54: genmesh.v1.StreamEvent.image_preview:type_name -> genmesh.v1.ImagePreview
+	34, // 55: genmesh.v1.StreamEvent.info:type_name -> genmesh.v1.Info
+	35, // 56: genmesh.v1.StreamEvent.transcript:type_name -> genmesh.v1.TranscriptUpdate
+	29, // 57: genmesh.v1.StreamEvent.final:type_name -> genmesh.v1.GenerateResponse
+	15, // 58: genmesh.v1.StreamEvent.tool_call_delta:type_name -> genmesh.v1.ToolCallDelta
+	36, // 59: genmesh.v1.StreamEvent.voice_activity:type_name -> genmesh.v1.VoiceActivity
+	7,  // 60: genmesh.v1.Control.action:type_name -> genmesh.v1.Control.Action
+	2,  // 61: genmesh.v1.ModelInfo.tasks:type_name -> genmesh.v1.Task
+	40, // 62: genmesh.v1.ModelInfo.details:type_name -> google.protobuf.Struct
+	5,  // 63: genmesh.v1.ModelInfo.kind:type_name -> genmesh.v1.ModelKind
+	64, // [64:64] is the sub-list for method output_type
+	64, // [64:64] is the sub-list for method input_type
+	64, // [64:64] is the sub-list for extension type_name
+	64, // [64:64] is the sub-list for extension extendee
+	0,  // [0:64] is the sub-list for field type_name
 }
 
 func init() { file_genmesh_v1_common_proto_init() }
