@@ -113,3 +113,31 @@ async def test_legacy_completion_scores_an_echoed_prompt(
     assert logprobs.text_offset == [
         sum(len(t) for t in logprobs.tokens[:i]) for i in range(len(logprobs.tokens))
     ]
+
+
+def test_text_offsets_point_into_the_text_past_characters_split_across_tokens(
+    smol: OpenAI,
+) -> None:
+    """An emoji is several byte-level tokens, each shown as U+FFFD; offsets count the text's
+    characters (a split one once), so every token after it starts where its text stands."""
+    prompt = "I feel 🙂 about 🚀 launches"
+    for stream in (False, True):
+        made = smol.completions.create(
+            model="smollm2",
+            prompt=prompt,
+            max_tokens=4,
+            temperature=0,
+            echo=True,
+            logprobs=0,
+            stream=stream,
+        )
+        choice = (streamed_completion(made) if stream else whole_completion(made))[0]
+        logprobs = choice["logprobs"]
+        whole = [
+            (token, offset)
+            for token, offset in zip(logprobs["tokens"], logprobs["text_offset"], strict=True)
+            if "\ufffd" not in token
+        ]
+        assert len(whole) < len(logprobs["tokens"]), "the emojis were whole tokens"
+        for token, offset in whole:
+            assert choice["text"][offset : offset + len(token)] == token, (stream, token, offset)

@@ -12,6 +12,7 @@ user message, templated by the model's chat template like a chat.
 
 from __future__ import annotations
 
+import codecs
 from abc import ABC, abstractmethod
 from collections.abc import AsyncGenerator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -67,6 +68,7 @@ TOOL_MODES = {"none": Mode.MODE_NONE, "auto": Mode.MODE_AUTO, "required": Mode.M
 MAX_TOP_LOGPROBS = 20
 # The logprobs of generated tokens, in order.
 Logprobs = Sequence[common_pb2.TokenLogprob]
+UTF8 = codecs.getincrementaldecoder("utf-8")
 
 
 class StreamOptions(OpenAIRequest):
@@ -635,8 +637,10 @@ class CompletionReply(Reply):
     chunk_obj = "text_completion"
     # The prompt each choice starts with when the request asked for an echo.
     echoes: list[str] = field(default_factory=list)
-    # Where each streamed choice's next token starts in its text (legacy `text_offset`).
+    # Where each choice's next token starts in its text (legacy `text_offset`), and the bytes
+    # of a character its tokens so far have only begun.
     offsets: dict[int, int] = field(default_factory=dict)
+    begun: dict[int, codecs.IncrementalDecoder] = field(default_factory=dict)
     # Each request's prompt scores, which its first choice carries for all of them.
     scores: dict[int, Logprobs] = field(default_factory=dict)
     # The requests whose streamed choices have opened with their scored prompt.
@@ -655,15 +659,18 @@ class CompletionReply(Reply):
     ) -> dict[str, Any] | None:
         """The legacy shape: tokens, their logprobs, their alternatives by token, and where
         each starts in the choice's text (after an echoed prompt, or from its start with the
-        prompt's own tokens first: the first has no logprob, as nothing predicts it)."""
+        prompt's own tokens first: the first has no logprob, as nothing predicts it). Offsets
+        count characters of the text, which a token may begin or end mid-way: byte-level
+        tokens of an emoji are each shown as U+FFFD."""
         if not self.logprobs:
             return None
         offset = self.offsets.get(index, 0 if prompt else len(self._echo(index)))
+        decoder = self.begun.setdefault(index, UTF8(errors="replace"))
         starts = []
         every = [*prompt, *entries]
         for entry in every:
             starts.append(offset)
-            offset += len(entry.token)
+            offset += len(decoder.decode(entry.bytes or entry.token.encode()))
         self.offsets[index] = offset
         unpredicted = 1 if prompt else 0
         return {
