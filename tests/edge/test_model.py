@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from openai import OpenAI
@@ -121,23 +122,16 @@ def test_text_offsets_point_into_the_text_past_characters_split_across_tokens(
     """An emoji is several byte-level tokens, each shown as U+FFFD; offsets count the text's
     characters (a split one once), so every token after it starts where its text stands."""
     prompt = "I feel 🙂 about 🚀 launches"
-    for stream in (False, True):
-        made = smol.completions.create(
-            model="smollm2",
-            prompt=prompt,
-            max_tokens=4,
-            temperature=0,
-            echo=True,
-            logprobs=0,
-            stream=stream,
-        )
-        choice = (streamed_completion(made) if stream else whole_completion(made))[0]
+    asked: dict[str, Any] = {"prompt": prompt, "max_tokens": 4, "echo": True, "logprobs": 0}
+    whole = smol.completions.create(model="smollm2", temperature=0, **asked)
+    streamed = smol.completions.create(model="smollm2", temperature=0, stream=True, **asked)
+    for choice in (whole_completion(whole)[0], streamed_completion(streamed)[0]):
         logprobs = choice["logprobs"]
-        whole = [
+        shown = [
             (token, offset)
             for token, offset in zip(logprobs["tokens"], logprobs["text_offset"], strict=True)
             if "\ufffd" not in token
         ]
-        assert len(whole) < len(logprobs["tokens"]), "the emojis were whole tokens"
-        for token, offset in whole:
-            assert choice["text"][offset : offset + len(token)] == token, (stream, token, offset)
+        assert len(shown) < len(logprobs["tokens"]), "the emojis were whole tokens"
+        for token, offset in shown:
+            assert choice["text"][offset : offset + len(token)] == token, (token, offset)
