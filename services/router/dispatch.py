@@ -97,9 +97,9 @@ def merge_parameters(
 
 
 def _overlay(merged: Any, later: Any) -> None:
-    """`later`'s parameters over `merged`'s. A text constraint, tool choice or tool list is
-    replaced whole: merged field by field it would make a schema of two levels' keys, or offer
-    a tool twice."""
+    """`later`'s parameters over `merged`'s. A text constraint, tool choice, tool list or logit
+    bias is replaced whole: merged field by field it would make a schema of two levels' keys,
+    offer a tool twice, or bias tokens the request did not name."""
     merged.MergeFrom(later)
     if isinstance(later, common_pb2.TextParameters):
         if later.HasField("constraint"):
@@ -109,6 +109,9 @@ def _overlay(merged: Any, later: Any) -> None:
         if later.tools:
             del merged.tools[:]
             merged.tools.extend(later.tools)
+        if later.logit_bias:
+            merged.logit_bias.clear()
+            merged.logit_bias.update(later.logit_bias)
 
 
 class Dispatcher:

@@ -31,7 +31,7 @@ def _send(ctrl: socket.socket, message: dict[str, Any], fds: list[int] | None = 
     children see end-of-file on their pipes and end too)."""
     try:
         socket.send_fds(ctrl, [json.dumps(message).encode()], fds or [])
-    except OSError:
+    except (BrokenPipeError, ConnectionResetError):
         os._exit(0)
 
 

@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from genmesh.ttt import grammar
+from genmesh.ttt import grammar, penalties
 from genmesh.ttt.engine import GenerationChunk, SamplingParams, TokenLogprob
 from genmesh.ttt.threaded import TokenRun
 
@@ -78,8 +78,13 @@ class Sequence:
     decoder: Any = field(default_factory=lambda: codecs.getincrementaldecoder("utf-8")("replace"))
     # The tokens it generated last, which the repeat penalty applies to.
     recent: deque[int] = field(default_factory=lambda: deque(maxlen=PENALTY_LAST_N))
+    # OpenAI's penalties, counting the tokens it generated, and its logit bias.
+    adjustments: penalties.Penalties = field(init=False)
     # The prompt's scores so far, when the request asked for them.
     scored: list[TokenLogprob] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.adjustments = penalties.Penalties(self.run.params)
 
     @property
     def scoring(self) -> bool:
@@ -387,6 +392,7 @@ class Batcher:
             run.token(sequence.decoder.decode(piece), logprob)
             sequence.next_token = token
             sequence.recent.append(token)
+            sequence.adjustments.add(token)
             if run.produced >= run.budget:
                 finish = "length"
         if finish is not None:
@@ -405,18 +411,26 @@ class Batcher:
     @contextmanager
     def _penalised(self, sequence: Sequence, index: int) -> Iterator[np.ndarray]:
         """Output `index`'s logits (llama.cpp's own buffer, which the sampler chain reads) with
-        the repeat penalty applied as llama.cpp's penalties sampler would (a repeated token's
-        logit divided by the penalty, or multiplied when negative, in float32); restored after,
-        so logprobs stay the model's."""
+        OpenAI's penalties and logit bias, then the repeat penalty applied as llama.cpp's
+        penalties sampler would (a repeated token's logit divided by the penalty, or multiplied
+        when negative, in float32); restored after, so logprobs stay the model's."""
         logits = self._logits(index)
         penalty = np.float32(sequence.run.params.repeat_penalty)
-        if not sequence.recent or penalty == 1:
+        repeated = penalties.NO_IDS
+        if sequence.recent and penalty != 1:
+            repeated = np.fromiter(set(sequence.recent), dtype=np.intp)
+        adjusted, deltas = sequence.adjustments.step()
+        tokens = np.concatenate([adjusted, repeated]) if adjusted.size else repeated
+        if not tokens.size:
             yield logits
             return
-        tokens = np.fromiter(set(sequence.recent), dtype=np.intp)
         kept = logits[tokens]
-        logits[tokens] = np.where(kept <= 0, kept * penalty, kept / penalty)
         try:
+            # llama-cpp-python's chain order, which the one-at-a-time engine samples with.
+            penalties.apply(logits, adjusted, deltas)
+            if repeated.size:
+                values = logits[repeated]
+                logits[repeated] = np.where(values <= 0, values * penalty, values / penalty)
             yield logits
         finally:
             logits[tokens] = kept

@@ -91,8 +91,18 @@ def _calls_valid(text: str, use: ToolUse) -> bool:
 
 
 class EchoEngine(TextEngine):
+    # It samples nothing, so penalties change nothing, as temperature does not.
     features = frozenset(
-        {"json_schema", "regex", "choices", "tools", "logprobs", "raw_prompt", "prompt_logprobs"}
+        {
+            "json_schema",
+            "regex",
+            "choices",
+            "tools",
+            "logprobs",
+            "raw_prompt",
+            "prompt_logprobs",
+            "penalties",
+        }
     )
 
     def __init__(self, name: str = "echo") -> None:

@@ -8,7 +8,7 @@ stream of text pieces and answers tokenizer questions.
 from __future__ import annotations
 
 import abc
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -89,6 +89,11 @@ class SamplingParams:
     # A repeated token's logit is divided by it (multiplied when negative); 1: none. Which
     # tokens count as repeated is the engine's choice (llama.cpp: the last 64 generated).
     repeat_penalty: float = 1.1
+    # OpenAI's: subtracted from the logit of a token the output holds (once; per occurrence).
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    # Added to these token ids' logits.
+    logit_bias: Mapping[int, float] = field(default_factory=dict)
     # None: a fresh seed per generation.
     seed: int | None = None
     stop: tuple[str, ...] = ()

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Literal, cast
 import numpy as np
 
 from genmesh.runtime.cpus import usable_cpus
-from genmesh.ttt import grammar, tools
+from genmesh.ttt import grammar, penalties, tools
 from genmesh.ttt.batching import Batcher
 from genmesh.ttt.engine import (
     ChatMessage,
@@ -37,7 +37,7 @@ from genmesh.ttt.engine import (
 from genmesh.ttt.threaded import ThreadedEngine, TokenRun
 
 if TYPE_CHECKING:
-    from llama_cpp import Llama
+    from llama_cpp import Llama, LogitsProcessorList
     from llama_cpp.llama_chat_format import Jinja2ChatFormatter
     from llama_cpp.llama_grammar import LlamaGrammar
 
@@ -62,7 +62,16 @@ class LlamaCppEngine(ThreadedEngine):
 
     engine = "llama.cpp"
     features = frozenset(
-        {"json_schema", "regex", "grammar", "choices", "tools", "logprobs", "raw_prompt"}
+        {
+            "json_schema",
+            "regex",
+            "grammar",
+            "choices",
+            "tools",
+            "logprobs",
+            "raw_prompt",
+            "penalties",
+        }
     )
 
     def __init__(
@@ -253,6 +262,7 @@ class LlamaCppEngine(ThreadedEngine):
                 cast(Any, llm).reset()  # untyped in llama-cpp-python
             tokens = llm.generate(
                 run.prompt,
+                logits_processor=_adjusting(len(run.prompt), params),
                 top_k=params.top_k,
                 top_p=params.top_p,
                 min_p=float(params.extra.get("min_p", 0.05)),
@@ -347,3 +357,19 @@ def _detokenized(llm: Llama, tokens: list[int]) -> bytes:
         out.append(bytes(llm.detokenize(tokens[start:end])))
         start = end
     return b"".join(out)
+
+
+def _adjusting(prompt: int, params: SamplingParams) -> LogitsProcessorList | None:
+    """OpenAI's penalties and logit bias as llama-cpp-python's logits processor: first in its
+    chain, it sees the whole vocabulary's candidates in id order (logprobs stay the model's)."""
+    adjustments = penalties.Penalties(params)
+    if not adjustments.active:
+        return None
+    from llama_cpp import LogitsProcessorList
+
+    def adjusted(input_ids: np.ndarray, scores: np.ndarray) -> np.ndarray:
+        adjustments.catch_up(input_ids[prompt:])
+        penalties.apply(scores, *adjustments.step())
+        return scores
+
+    return LogitsProcessorList([adjusted])

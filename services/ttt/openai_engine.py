@@ -140,7 +140,7 @@ class OpenAIEngine(TextEngine):
 
     # A JSON schema passes through as OpenAI's response_format; the upstream enforces it. A raw
     # prompt goes to the upstream's legacy completions.
-    features = frozenset({"json_schema", "raw_prompt"})
+    features = frozenset({"json_schema", "raw_prompt", "penalties"})
 
     @property
     def client(self) -> AsyncOpenAI:
@@ -162,6 +162,13 @@ class OpenAIEngine(TextEngine):
             "stream_options": {"include_usage": True},
             "extra_body": {"top_k": params.top_k, "repeat_penalty": params.repeat_penalty},
         }
+        # Sent only when asked for, so an upstream that has them not is not refused for zeros.
+        if params.presence_penalty:
+            sampling["presence_penalty"] = params.presence_penalty
+        if params.frequency_penalty:
+            sampling["frequency_penalty"] = params.frequency_penalty
+        if params.logit_bias:
+            sampling["logit_bias"] = {str(t): bias for t, bias in params.logit_bias.items()}
         while True:
             used = self._key() if self._secret else ""
             try:

@@ -43,6 +43,8 @@ from genmesh.ttt.textstream import Split, TextOutput
 from genmesh.v1 import common_pb2, inference_pb2
 
 _T = TypeVar("_T")
+# OpenAI's limit on logit_bias entries.
+MAX_LOGIT_BIAS = 300
 ROLES = {
     common_pb2.INPUT_ROLE_UNSPECIFIED: "user",
     common_pb2.INPUT_ROLE_USER_PROMPT: "user",
@@ -144,6 +146,16 @@ def sampling_params(request: common_pb2.GenerateRequest, info: EngineModelInfo) 
         bad.append(FieldViolation("text.top_k", "must be >= 0"))
     if text.HasField("repeat_penalty") and not 0 < text.repeat_penalty < math.inf:  # NaN too
         bad.append(FieldViolation("text.repeat_penalty", "must be a finite number > 0"))
+    for name in ("presence_penalty", "frequency_penalty"):
+        if text.HasField(name) and not -2 <= getattr(text, name) <= 2:  # NaN too
+            bad.append(FieldViolation(f"text.{name}", "must be in [-2, 2]"))
+    if len(text.logit_bias) > MAX_LOGIT_BIAS:
+        bad.append(FieldViolation("text.logit_bias", f"at most {MAX_LOGIT_BIAS} token ids"))
+    bad += [
+        FieldViolation(f"text.logit_bias[{token}]", "must be a token id >= 0, biased by -100..100")
+        for token, bias in text.logit_bias.items()
+        if token < 0 or not -100 <= bias <= 100
+    ]
     constraint = structured.constraint(text, bad)
     tool_use = structured.tool_use(text, bad)
     top_logprobs = structured.top_logprobs(text, bad)
@@ -161,6 +173,9 @@ def sampling_params(request: common_pb2.GenerateRequest, info: EngineModelInfo) 
         repeat_penalty=(
             text.repeat_penalty if text.HasField("repeat_penalty") else defaults.repeat_penalty
         ),
+        presence_penalty=text.presence_penalty,
+        frequency_penalty=text.frequency_penalty,
+        logit_bias=dict(text.logit_bias),
         seed=text.seed if text.HasField("seed") else None,
         stop=tuple(text.stop),
         extra=json_format.MessageToDict(request.extra) if request.HasField("extra") else {},
@@ -263,6 +278,8 @@ class ServedModel:
     ) -> tuple[SamplingParams, list[ChatMessage]]:
         """The messages, and the parameters with a raw prompt's token ids when it has them
         (its message then holds their text)."""
+        if params.logit_bias:  # an engine with no tokenizer (a remote one) leaves it upstream
+            self._decoded(list(params.logit_bias), "text.logit_bias")
         if params.raw_prompt:
             prompt = raw_prompt(request)
             if isinstance(prompt, str):
@@ -270,22 +287,26 @@ class ServedModel:
             context = self.engine.info().context_size
             if context and len(prompt) >= context:  # refused before any decoding
                 raise prompt_too_long(PromptTooLongError(len(prompt), context))
+            text = self._decoded(prompt, "inputs")
+            if text is None:
+                engine = self.engine.info().engine
+                raise structured.unsupported(UnsupportedError(engine, "inputs", "take token ids"))
             with_ids = dataclasses.replace(params, prompt_ids=tuple(prompt))
-            return with_ids, [ChatMessage("user", self._decoded(prompt))]
+            return with_ids, [ChatMessage("user", text)]
         messages = chat_messages(request)
         if self.system_prompt and messages[0].role != "system":
             messages = [ChatMessage("system", self.system_prompt), *messages]
         return params, tools.conversation(messages, params.tools, self.engine.chat_template)
 
-    def _decoded(self, ids: list[int]) -> str:
+    def _decoded(self, ids: list[int], field: str) -> str | None:
+        """The ids' text (None from an engine with no tokenizer of its own); INVALID_ARGUMENT
+        naming `field` for ids the model does not have."""
         try:
             return self.engine.detokenize(ids)
         except NotImplementedError:
-            raise structured.unsupported(
-                UnsupportedError(self.engine.info().engine, "inputs", "take token ids")
-            ) from None
+            return None
         except (ValueError, OverflowError) as exc:
-            raise outside_vocabulary("inputs", exc) from None
+            raise outside_vocabulary(field, exc) from None
 
 
 def deltas(index: int, split: Split) -> list[common_pb2.StreamEvent]:

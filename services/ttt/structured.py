@@ -193,6 +193,9 @@ def refuse_unsupported(engine: TextEngine, params: SamplingParams) -> None:
         wanted.append(("raw_prompt", "text.raw_prompt", "continue a raw prompt"))
     if params.prompt_logprobs is not None:
         wanted.append(("prompt_logprobs", "text.prompt_logprobs", "score the prompt"))
+    for name in ("presence_penalty", "frequency_penalty", "logit_bias"):
+        if getattr(params, name):
+            wanted.append(("penalties", f"text.{name}", "adjust logits"))
     for feature, field, what in wanted:
         if feature not in engine.features:
             raise unsupported(UnsupportedError(engine.info().engine, field, what))

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, cast
 import llguidance
 
 from genmesh.runtime.cpus import usable_cpus
-from genmesh.ttt import guidance, tools
+from genmesh.ttt import guidance, penalties, tools
 from genmesh.ttt.engine import (
     ChatMessage,
     EngineModelInfo,
@@ -40,7 +40,9 @@ class TransformersEngine(ThreadedEngine):
     """Serves a model folder or GGUF file with transformers on CPU (or `device`)."""
 
     engine = "transformers"
-    features = frozenset({"json_schema", "regex", "grammar", "choices", "tools", "raw_prompt"})
+    features = frozenset(
+        {"json_schema", "regex", "grammar", "choices", "tools", "raw_prompt", "penalties"}
+    )
 
     def __init__(
         self,
@@ -160,6 +162,20 @@ class TransformersEngine(ThreadedEngine):
                 mask = torch.from_numpy(guidance.allowed(self.matcher, scores.shape[-1]))
                 return scores.masked_fill(~mask.to(scores.device), float("-inf"))
 
+        adjustments = penalties.Penalties(params)
+
+        class _Adjusted(LogitsProcessor):
+            """OpenAI's penalties over the tokens generated so far, and the logit bias."""
+
+            def __call__(self, input_ids: torch.LongTensor, scores: Any) -> Any:
+                row = scores[0].detach().float().cpu().numpy().copy()
+                adjustments.catch_up(input_ids[0, len(prompt) :].tolist())
+                penalties.apply(row, *adjustments.step())
+                return torch.from_numpy(row).to(scores)[None]
+
+        processors: list[LogitsProcessor] = [_Adjusted()] if adjustments.active else []
+        if matcher is not None:
+            processors.append(_Guided(matcher))
         streamer = _Streamer(self, emit, len(prompt))
         sampling = params.temperature > 0
         options: dict[str, Any] = {"do_sample": sampling}
@@ -176,7 +192,7 @@ class TransformersEngine(ThreadedEngine):
                 pad_token_id=self.tokenizer.eos_token_id,
                 streamer=streamer,
                 stopping_criteria=StoppingCriteriaList([_Cancelled()]),
-                logits_processor=LogitsProcessorList([] if matcher is None else [_Guided(matcher)]),
+                logits_processor=LogitsProcessorList(processors),
                 **options,
             )
         if not stop.is_set():

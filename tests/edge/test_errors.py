@@ -316,9 +316,6 @@ def test_a_wrong_method_is_405_with_allow(edge: ServiceProcess) -> None:
 @pytest.mark.parametrize(
     ("options", "param"),
     [
-        ({"presence_penalty": 0.5}, "presence_penalty"),
-        ({"frequency_penalty": -1}, "frequency_penalty"),
-        ({"logit_bias": {"1": 2}}, "logit_bias"),
         ({"functions": [{"name": "f"}]}, "functions"),
         ({"messages": [*USER, {"role": "function", "content": "x", "name": "f"}]}, ""),
     ],
@@ -332,6 +329,28 @@ def test_what_genmesh_does_not_serve_yet_is_400_naming_it(
     error = error_of(caught)
     assert error["code"] == "unsupported_parameter"
     assert error["param"] == (param or "messages[1].role")
+
+
+@pytest.mark.parametrize(
+    ("options", "param"),
+    [
+        ({"presence_penalty": 2.5}, "presence_penalty"),
+        ({"frequency_penalty": -3}, "frequency_penalty"),
+        ({"logit_bias": {"cat": 1}}, "logit_bias"),
+        ({"logit_bias": {"1" * 5000: 1}}, "logit_bias"),
+        ({"logit_bias": {"-1": 1}}, "logit_bias"),
+        ({"logit_bias": {"104": 101}}, "logit_bias[104]"),
+        ({"logit_bias": {str(0x110000): 1}}, "logit_bias"),
+        ({"logit_bias": {str(i): 1 for i in range(301)}}, "logit_bias"),
+    ],
+)
+def test_penalties_and_bias_out_of_range_are_400_naming_them(
+    client: OpenAI, options: dict[str, Any], param: str
+) -> None:
+    """The echo model's token ids are code points: 0x110000 is none."""
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.chat.completions.create(model="echo", messages=USER, **options)
+    assert error_of(caught)["param"] == param
 
 
 def test_malformed_requests_are_400_and_the_edge_keeps_serving(edge: ServiceProcess) -> None:

@@ -59,6 +59,35 @@ def test_two_choices_with_a_budget(smol: OpenAI) -> None:
     assert completion.usage.completion_tokens <= 16
 
 
+async def test_penalties_and_logit_bias_reach_the_model(
+    smol: OpenAI, smol_router: ServiceProcess
+) -> None:
+    """As vLLM takes them: a bias of 100 forces its token; penalties end a greedy loop."""
+    async with Client(smol_router.address, API_KEY) as client:
+        tokenized = await client.tokenizer.Tokenize(
+            tokenizer_pb2.TokenizeRequest(text=" banana"), metadata=client.metadata
+        )
+    forced = smol.chat.completions.create(
+        model="smollm2",
+        messages=ASK,
+        max_tokens=2,
+        temperature=0,
+        logit_bias={str(tokenized.tokens[0]): 100},
+    )
+    assert (forced.choices[0].message.content or "").split() == ["banana", "banana"]
+    loop = "a, a, a, a, a, a, a, a,"
+    penalised = smol.completions.create(
+        model="smollm2",
+        prompt=loop,
+        max_tokens=12,
+        temperature=0,
+        presence_penalty=2,
+        frequency_penalty=2,
+    )
+    free = smol.completions.create(model="smollm2", prompt=loop, max_tokens=12, temperature=0)
+    assert free.choices[0].text != penalised.choices[0].text
+
+
 def test_legacy_completion_continues_the_prompt_as_written(smol: OpenAI) -> None:
     """As vLLM's and llama-server's: no chat template, so the prompt's tokens are its own."""
     prompt = "The capital of France is"

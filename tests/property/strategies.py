@@ -387,7 +387,13 @@ def _real_oneofs(message: descriptor.Descriptor) -> list[descriptor.OneofDescrip
 def _assign(message: Message, field: descriptor.FieldDescriptor, value: Any) -> None:
     if field.is_repeated:
         target = getattr(message, field.name)
-        if field.type == Field.TYPE_MESSAGE:
+        if field.message_type is not None and field.message_type.GetOptions().map_entry:
+            for entry in value:  # map<K, V> travels as entries; the last of a key wins
+                if field.message_type.fields_by_name["value"].message_type is None:
+                    target[entry.key] = entry.value
+                else:
+                    target[entry.key].CopyFrom(entry.value)
+        elif field.type == Field.TYPE_MESSAGE:
             for item in value:
                 target.add().CopyFrom(item)
         else:

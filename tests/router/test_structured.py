@@ -540,3 +540,12 @@ def test_request_constraint_and_tools_replace_the_defaults() -> None:
     _overlay(merged, params(constraint=json_schema({"type": "string"}), tools=[WEATHER]))
     assert json_format.MessageToDict(merged.constraint.json_schema) == {"type": "string"}
     assert [t.name for t in merged.tools] == ["get_weather"]
+
+
+def test_a_request_can_undo_a_default_penalty_and_replaces_its_bias() -> None:
+    from genmesh.router.dispatch import _overlay
+
+    merged = common_pb2.TextParameters(presence_penalty=1.5, logit_bias={5: -100})
+    _overlay(merged, common_pb2.TextParameters(presence_penalty=0, logit_bias={7: 3}))
+    assert merged.HasField("presence_penalty") and merged.presence_penalty == 0
+    assert dict(merged.logit_bias) == {7: 3}

@@ -83,6 +83,8 @@ def engines_router(openai_server: str) -> Iterator[ServiceProcess]:
     models: list[dict[str, Any]] = [
         {"name": name, "system_prompt": SYSTEM, **spec} for name, spec in ENGINES.items()
     ]
+    # The one-request-at-a-time llama.cpp engine samples through llama-cpp-python's chain.
+    models.append({"name": "llama-serial", "engine": "llama.cpp", "options": {"batching": False}})
     models.append(
         {
             "name": "remote",
@@ -175,3 +177,54 @@ async def test_remote_engine_has_no_tokenizer(client: Client) -> None:
 def test_derived_models_exist() -> None:
     assert (derived_model("onnx") / "genai_config.json").is_file()
     assert (derived_model("hf") / "config.json").is_file()
+
+
+@pytest.mark.parametrize("name", ["llama", "llama-serial", "hf", "remote"])
+async def test_logit_bias_forces_a_token_and_penalties_end_a_repetition(
+    client: Client, name: str
+) -> None:
+    """Greedy, so each answer is the model's own; the repeat penalty is off, so only OpenAI's
+    penalties can break the loop."""
+    tokenized = await client.tokenizer.Tokenize(
+        tokenizer_pb2.TokenizeRequest(binding="llama", text=" banana"), metadata=client.metadata
+    )
+    (banana,) = tokenized.tokens
+    forced = common_pb2.TextParameters(temperature=0, max_tokens=3, logit_bias={banana: 100})
+    answer = await client.generate(
+        text_request("What is the capital of France?", binding=name, parameters=forced)
+    )
+    assert answer.outputs[0].text.strip() == "banana banana banana", answer.outputs[0].text
+    if name.startswith("llama"):  # the engines with logprobs: the model's own, unbiased
+        forced.logprobs = True
+        scored = await client.generate(
+            text_request("What is the capital of France?", binding=name, parameters=forced)
+        )
+        assert all(entry.logprob < -3 for entry in scored.outputs[0].logprobs)
+
+    def loop(penalty: float = 0) -> common_pb2.GenerateRequest:
+        params = common_pb2.TextParameters(
+            temperature=0,
+            max_tokens=12,
+            repeat_penalty=1,
+            raw_prompt=True,
+            presence_penalty=penalty,
+            frequency_penalty=penalty,
+        )
+        return text_request("a, a, a, a, a, a, a, a,", binding=name, parameters=params)
+
+    def repeats(response: common_pb2.GenerateResponse) -> int:
+        return [part.strip() for part in response.outputs[0].text.split(",")].count("a")
+
+    free = await client.generate(loop())
+    penalised = await client.generate(loop(penalty=2))
+    assert repeats(free) >= 5, free.outputs[0].text
+    assert repeats(penalised) <= 2, penalised.outputs[0].text
+
+
+async def test_an_engine_without_penalties_refuses_them(client: Client) -> None:
+    params = common_pb2.TextParameters(frequency_penalty=1)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await client.generate(text_request("hi", binding="onnx", parameters=params))
+    details = error_details(caught.value)
+    assert details.code == grpc.StatusCode.FAILED_PRECONDITION
+    assert "text.frequency_penalty" in details.violations

@@ -26,6 +26,7 @@ from pydantic import Field, StrictInt
 from genmesh.edge import errors
 from genmesh.edge.mesh import Caller, Indexed, Mesh, Prefetched, prefetch, unless_disconnected
 from genmesh.edge.openai.common import (
+    INT32_MAX,
     INT64_MAX,
     CallerDep,
     Count,
@@ -87,8 +88,8 @@ class TextRequest(OpenAIRequest):
     top_p: float | None = Field(default=None, gt=0, le=1)
     seed: Seed | None = None
     n: int | None = Field(default=None, ge=1)
-    presence_penalty: float | None = None
-    frequency_penalty: float | None = None
+    presence_penalty: float | None = Field(default=None, ge=-2, le=2)
+    frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
     logit_bias: dict[str, float] | None = None
     # genmesh's own, sent with the OpenAI SDK's `extra_body`.
     personality: str = ""
@@ -96,11 +97,16 @@ class TextRequest(OpenAIRequest):
     repetition_penalty: float | None = Field(default=None, gt=0)
 
     def unsupported(self) -> dict[str, Any]:
-        return {
-            "presence_penalty": self.presence_penalty,
-            "frequency_penalty": self.frequency_penalty,
-            "logit_bias": self.logit_bias,
-        }
+        return {}
+
+    def bias(self) -> dict[int, float]:
+        """`logit_bias` by token id (OpenAI's keys are the ids as strings)."""
+        bias = {}
+        for key, value in (self.logit_bias or {}).items():
+            if not (key.isascii() and key.isdigit() and len(key) <= 10 and int(key) <= INT32_MAX):
+                raise errors.invalid("logit_bias", f"logit_bias: {key[:40]!r} is no token id")
+            bias[int(key)] = value
+        return bias
 
     def budget(self) -> int | None:
         return self.max_tokens
@@ -151,6 +157,9 @@ class TextRequest(OpenAIRequest):
             top_p=self.top_p,
             top_k=self.top_k,
             repeat_penalty=self.repetition_penalty,
+            presence_penalty=self.presence_penalty,
+            frequency_penalty=self.frequency_penalty,
+            logit_bias=self.bias(),
             seed=self.seed,
             stop=stop,
             n=self.n,
@@ -670,7 +679,7 @@ class CompletionReply(Reply):
         every = [*prompt, *entries]
         for entry in every:
             starts.append(offset)
-            offset += len(decoder.decode(entry.bytes or entry.token.encode()))
+            offset += len(decoder.decode(entry.bytes))
         self.offsets[index] = offset
         unpredicted = 1 if prompt else 0
         return {

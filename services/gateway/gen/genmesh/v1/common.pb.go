@@ -1418,8 +1418,21 @@ type TextParameters struct {
 	// token (as OpenAI's legacy completions with echo and logprobs, or lm-eval's loglikelihood).
 	// The prompt is then decoded whole, without reusing a cached prefix.
 	PromptLogprobs bool `protobuf:"varint,16,opt,name=prompt_logprobs,json=promptLogprobs,proto3" json:"prompt_logprobs,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// OpenAI's presence penalty, -2 to 2: subtracted from the logit of every token the output so
+	// far holds, once, so that new tokens (topics) become likelier; 0 disables. It counts the
+	// generated tokens only, not the prompt's, and applies before the repeat penalty and
+	// temperature.
+	PresencePenalty *float32 `protobuf:"fixed32,17,opt,name=presence_penalty,json=presencePenalty,proto3,oneof" json:"presence_penalty,omitempty"`
+	// OpenAI's frequency penalty, -2 to 2: subtracted from a token's logit once for every time
+	// the output so far holds it, so that repetition becomes less likely; 0 disables.
+	FrequencyPenalty *float32 `protobuf:"fixed32,18,opt,name=frequency_penalty,json=frequencyPenalty,proto3,oneof" json:"frequency_penalty,omitempty"`
+	// Added to the logits of these token ids (of the model's vocabulary) before sampling, -100
+	// to 100 each, at most 300 ids: -100 all but bans a token, 100 all but forces it. An id the
+	// model does not have is INVALID_ARGUMENT. Logprobs stay the model's own. A request's bias
+	// replaces a personality's or binding's default bias whole.
+	LogitBias     map[int32]float32 `protobuf:"bytes,19,rep,name=logit_bias,json=logitBias,proto3" json:"logit_bias,omitempty" protobuf_key:"varint,1,opt,name=key" protobuf_val:"fixed32,2,opt,name=value"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *TextParameters) Reset() {
@@ -1562,6 +1575,27 @@ func (x *TextParameters) GetPromptLogprobs() bool {
 		return x.PromptLogprobs
 	}
 	return false
+}
+
+func (x *TextParameters) GetPresencePenalty() float32 {
+	if x != nil && x.PresencePenalty != nil {
+		return *x.PresencePenalty
+	}
+	return 0
+}
+
+func (x *TextParameters) GetFrequencyPenalty() float32 {
+	if x != nil && x.FrequencyPenalty != nil {
+		return *x.FrequencyPenalty
+	}
+	return 0
+}
+
+func (x *TextParameters) GetLogitBias() map[int32]float32 {
+	if x != nil {
+		return x.LogitBias
+	}
+	return nil
 }
 
 // Parameters for text-to-image and image editing.
@@ -3727,7 +3761,7 @@ const file_genmesh_v1_common_proto_rawDesc = "" +
 	"\x05token\x18\x02 \x01(\tR\x05token\x12\x18\n" +
 	"\alogprob\x18\x03 \x01(\x02R\alogprob\x12\x14\n" +
 	"\x05bytes\x18\x04 \x01(\fR\x05bytes\x12?\n" +
-	"\ftop_logprobs\x18\x05 \x03(\v2\x1c.genmesh.v1.TokenAlternativeR\vtopLogprobs\"\xc3\x05\n" +
+	"\ftop_logprobs\x18\x05 \x03(\v2\x1c.genmesh.v1.TokenAlternativeR\vtopLogprobs\"\xd8\a\n" +
 	"\x0eTextParameters\x12\"\n" +
 	"\n" +
 	"max_tokens\x18\x01 \x01(\x05H\x00R\tmaxTokens\x88\x01\x01\x12%\n" +
@@ -3750,7 +3784,14 @@ const file_genmesh_v1_common_proto_rawDesc = "" +
 	"\x01n\x18\x0e \x01(\x05H\aR\x01n\x88\x01\x01\x12\x1d\n" +
 	"\n" +
 	"raw_prompt\x18\x0f \x01(\bR\trawPrompt\x12'\n" +
-	"\x0fprompt_logprobs\x18\x10 \x01(\bR\x0epromptLogprobsB\r\n" +
+	"\x0fprompt_logprobs\x18\x10 \x01(\bR\x0epromptLogprobs\x12.\n" +
+	"\x10presence_penalty\x18\x11 \x01(\x02H\bR\x0fpresencePenalty\x88\x01\x01\x120\n" +
+	"\x11frequency_penalty\x18\x12 \x01(\x02H\tR\x10frequencyPenalty\x88\x01\x01\x12H\n" +
+	"\n" +
+	"logit_bias\x18\x13 \x03(\v2).genmesh.v1.TextParameters.LogitBiasEntryR\tlogitBias\x1a<\n" +
+	"\x0eLogitBiasEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\x05R\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\x02R\x05value:\x028\x01B\r\n" +
 	"\v_max_tokensB\x0e\n" +
 	"\f_temperatureB\b\n" +
 	"\x06_top_pB\b\n" +
@@ -3758,7 +3799,9 @@ const file_genmesh_v1_common_proto_rawDesc = "" +
 	"\x0f_repeat_penaltyB\a\n" +
 	"\x05_seedB\x16\n" +
 	"\x14_parallel_tool_callsB\x04\n" +
-	"\x02_n\"\x81\x03\n" +
+	"\x02_nB\x13\n" +
+	"\x11_presence_penaltyB\x14\n" +
+	"\x12_frequency_penalty\"\x81\x03\n" +
 	"\x0fImageParameters\x12'\n" +
 	"\x0fnegative_prompt\x18\x01 \x01(\tR\x0enegativePrompt\x12\x19\n" +
 	"\x05steps\x18\x02 \x01(\x05H\x00R\x05steps\x88\x01\x01\x12*\n" +
@@ -4010,7 +4053,7 @@ func file_genmesh_v1_common_proto_rawDescGZIP() []byte {
 }
 
 var file_genmesh_v1_common_proto_enumTypes = make([]protoimpl.EnumInfo, 8)
-var file_genmesh_v1_common_proto_msgTypes = make([]protoimpl.MessageInfo, 32)
+var file_genmesh_v1_common_proto_msgTypes = make([]protoimpl.MessageInfo, 33)
 var file_genmesh_v1_common_proto_goTypes = []any{
 	(ContentKind)(0),                // 0: genmesh.v1.ContentKind
 	(InputRole)(0),                  // 1: genmesh.v1.InputRole
@@ -4052,80 +4095,82 @@ var file_genmesh_v1_common_proto_goTypes = []any{
 	(*StreamEvent)(nil),             // 37: genmesh.v1.StreamEvent
 	(*Control)(nil),                 // 38: genmesh.v1.Control
 	(*ModelInfo)(nil),               // 39: genmesh.v1.ModelInfo
-	(*structpb.Struct)(nil),         // 40: google.protobuf.Struct
-	(*durationpb.Duration)(nil),     // 41: google.protobuf.Duration
-	(*structpb.Value)(nil),          // 42: google.protobuf.Value
+	nil,                             // 40: genmesh.v1.TextParameters.LogitBiasEntry
+	(*structpb.Struct)(nil),         // 41: google.protobuf.Struct
+	(*durationpb.Duration)(nil),     // 42: google.protobuf.Duration
+	(*structpb.Value)(nil),          // 43: google.protobuf.Value
 }
 var file_genmesh_v1_common_proto_depIdxs = []int32{
 	0,  // 0: genmesh.v1.InputItem.kind:type_name -> genmesh.v1.ContentKind
 	1,  // 1: genmesh.v1.InputItem.role:type_name -> genmesh.v1.InputRole
 	8,  // 2: genmesh.v1.InputItem.tokens:type_name -> genmesh.v1.TokenSequence
 	14, // 3: genmesh.v1.InputItem.tool_calls:type_name -> genmesh.v1.ToolCall
-	40, // 4: genmesh.v1.OutputConstraint.json_schema:type_name -> google.protobuf.Struct
+	41, // 4: genmesh.v1.OutputConstraint.json_schema:type_name -> google.protobuf.Struct
 	10, // 5: genmesh.v1.OutputConstraint.choices:type_name -> genmesh.v1.ChoiceList
-	40, // 6: genmesh.v1.Tool.parameters:type_name -> google.protobuf.Struct
+	41, // 6: genmesh.v1.Tool.parameters:type_name -> google.protobuf.Struct
 	6,  // 7: genmesh.v1.ToolChoice.mode:type_name -> genmesh.v1.ToolChoice.Mode
 	16, // 8: genmesh.v1.TokenLogprob.top_logprobs:type_name -> genmesh.v1.TokenAlternative
 	11, // 9: genmesh.v1.TextParameters.constraint:type_name -> genmesh.v1.OutputConstraint
 	12, // 10: genmesh.v1.TextParameters.tools:type_name -> genmesh.v1.Tool
 	13, // 11: genmesh.v1.TextParameters.tool_choice:type_name -> genmesh.v1.ToolChoice
-	4,  // 12: genmesh.v1.SpeechParameters.format:type_name -> genmesh.v1.AudioFormat
-	41, // 13: genmesh.v1.TranscriptionParameters.end_of_speech_silence:type_name -> google.protobuf.Duration
-	2,  // 14: genmesh.v1.GenerateRequest.task:type_name -> genmesh.v1.Task
-	9,  // 15: genmesh.v1.GenerateRequest.inputs:type_name -> genmesh.v1.InputItem
-	18, // 16: genmesh.v1.GenerateRequest.text:type_name -> genmesh.v1.TextParameters
-	19, // 17: genmesh.v1.GenerateRequest.image:type_name -> genmesh.v1.ImageParameters
-	20, // 18: genmesh.v1.GenerateRequest.speech:type_name -> genmesh.v1.SpeechParameters
-	21, // 19: genmesh.v1.GenerateRequest.transcription:type_name -> genmesh.v1.TranscriptionParameters
-	40, // 20: genmesh.v1.GenerateRequest.extra:type_name -> google.protobuf.Struct
-	41, // 21: genmesh.v1.Timings.queue:type_name -> google.protobuf.Duration
-	41, // 22: genmesh.v1.Timings.first_token:type_name -> google.protobuf.Duration
-	41, // 23: genmesh.v1.Timings.total:type_name -> google.protobuf.Duration
-	41, // 24: genmesh.v1.Timings.routing:type_name -> google.protobuf.Duration
-	41, // 25: genmesh.v1.Timings.input_processing:type_name -> google.protobuf.Duration
-	41, // 26: genmesh.v1.Timings.prefill:type_name -> google.protobuf.Duration
-	41, // 27: genmesh.v1.TranscriptSegment.start:type_name -> google.protobuf.Duration
-	41, // 28: genmesh.v1.TranscriptSegment.end:type_name -> google.protobuf.Duration
-	26, // 29: genmesh.v1.TranscriptSegment.words:type_name -> genmesh.v1.TranscriptWord
-	41, // 30: genmesh.v1.TranscriptWord.start:type_name -> google.protobuf.Duration
-	41, // 31: genmesh.v1.TranscriptWord.end:type_name -> google.protobuf.Duration
-	25, // 32: genmesh.v1.Transcript.segments:type_name -> genmesh.v1.TranscriptSegment
-	41, // 33: genmesh.v1.Transcript.duration:type_name -> google.protobuf.Duration
-	0,  // 34: genmesh.v1.OutputItem.kind:type_name -> genmesh.v1.ContentKind
-	42, // 35: genmesh.v1.OutputItem.json:type_name -> google.protobuf.Value
-	27, // 36: genmesh.v1.OutputItem.transcript:type_name -> genmesh.v1.Transcript
-	14, // 37: genmesh.v1.OutputItem.tool_calls:type_name -> genmesh.v1.ToolCall
-	17, // 38: genmesh.v1.OutputItem.logprobs:type_name -> genmesh.v1.TokenLogprob
-	3,  // 39: genmesh.v1.OutputItem.finish_reason:type_name -> genmesh.v1.FinishReason
-	17, // 40: genmesh.v1.OutputItem.prompt_logprobs:type_name -> genmesh.v1.TokenLogprob
-	28, // 41: genmesh.v1.GenerateResponse.outputs:type_name -> genmesh.v1.OutputItem
-	23, // 42: genmesh.v1.GenerateResponse.usage:type_name -> genmesh.v1.Usage
-	3,  // 43: genmesh.v1.GenerateResponse.finish_reason:type_name -> genmesh.v1.FinishReason
-	24, // 44: genmesh.v1.GenerateResponse.timings:type_name -> genmesh.v1.Timings
-	17, // 45: genmesh.v1.TextDelta.logprobs:type_name -> genmesh.v1.TokenLogprob
-	17, // 46: genmesh.v1.TextDelta.prompt_logprobs:type_name -> genmesh.v1.TokenLogprob
-	41, // 47: genmesh.v1.AudioChunk.duration:type_name -> google.protobuf.Duration
-	40, // 48: genmesh.v1.Info.details:type_name -> google.protobuf.Struct
-	25, // 49: genmesh.v1.TranscriptUpdate.segment:type_name -> genmesh.v1.TranscriptSegment
-	41, // 50: genmesh.v1.VoiceActivity.position:type_name -> google.protobuf.Duration
-	30, // 51: genmesh.v1.StreamEvent.text_delta:type_name -> genmesh.v1.TextDelta
-	31, // 52: genmesh.v1.StreamEvent.progress:type_name -> genmesh.v1.Progress
-	32, // 53: genmesh.v1.StreamEvent.audio_chunk:type_name -> genmesh.v1.AudioChunk
-	33, // 54: genmesh.v1.StreamEvent.image_preview:type_name -> genmesh.v1.ImagePreview
-	34, // 55: genmesh.v1.StreamEvent.info:type_name -> genmesh.v1.Info
-	35, // 56: genmesh.v1.StreamEvent.transcript:type_name -> genmesh.v1.TranscriptUpdate
-	29, // 57: genmesh.v1.StreamEvent.final:type_name -> genmesh.v1.GenerateResponse
-	15, // 58: genmesh.v1.StreamEvent.tool_call_delta:type_name -> genmesh.v1.ToolCallDelta
-	36, // 59: genmesh.v1.StreamEvent.voice_activity:type_name -> genmesh.v1.VoiceActivity
-	7,  // 60: genmesh.v1.Control.action:type_name -> genmesh.v1.Control.Action
-	2,  // 61: genmesh.v1.ModelInfo.tasks:type_name -> genmesh.v1.Task
-	40, // 62: genmesh.v1.ModelInfo.details:type_name -> google.protobuf.Struct
-	5,  // 63: genmesh.v1.ModelInfo.kind:type_name -> genmesh.v1.ModelKind
-	64, // [64:64] is the sub-list for method output_type
-	64, // [64:64] is the sub-list for method input_type
-	64, // [64:64] is the sub-list for extension type_name
-	64, // [64:64] is the sub-list for extension extendee
-	0,  // [0:64] is the sub-list for field type_name
+	40, // 12: genmesh.v1.TextParameters.logit_bias:type_name -> genmesh.v1.TextParameters.LogitBiasEntry
+	4,  // 13: genmesh.v1.SpeechParameters.format:type_name -> genmesh.v1.AudioFormat
+	42, // 14: genmesh.v1.TranscriptionParameters.end_of_speech_silence:type_name -> google.protobuf.Duration
+	2,  // 15: genmesh.v1.GenerateRequest.task:type_name -> genmesh.v1.Task
+	9,  // 16: genmesh.v1.GenerateRequest.inputs:type_name -> genmesh.v1.InputItem
+	18, // 17: genmesh.v1.GenerateRequest.text:type_name -> genmesh.v1.TextParameters
+	19, // 18: genmesh.v1.GenerateRequest.image:type_name -> genmesh.v1.ImageParameters
+	20, // 19: genmesh.v1.GenerateRequest.speech:type_name -> genmesh.v1.SpeechParameters
+	21, // 20: genmesh.v1.GenerateRequest.transcription:type_name -> genmesh.v1.TranscriptionParameters
+	41, // 21: genmesh.v1.GenerateRequest.extra:type_name -> google.protobuf.Struct
+	42, // 22: genmesh.v1.Timings.queue:type_name -> google.protobuf.Duration
+	42, // 23: genmesh.v1.Timings.first_token:type_name -> google.protobuf.Duration
+	42, // 24: genmesh.v1.Timings.total:type_name -> google.protobuf.Duration
+	42, // 25: genmesh.v1.Timings.routing:type_name -> google.protobuf.Duration
+	42, // 26: genmesh.v1.Timings.input_processing:type_name -> google.protobuf.Duration
+	42, // 27: genmesh.v1.Timings.prefill:type_name -> google.protobuf.Duration
+	42, // 28: genmesh.v1.TranscriptSegment.start:type_name -> google.protobuf.Duration
+	42, // 29: genmesh.v1.TranscriptSegment.end:type_name -> google.protobuf.Duration
+	26, // 30: genmesh.v1.TranscriptSegment.words:type_name -> genmesh.v1.TranscriptWord
+	42, // 31: genmesh.v1.TranscriptWord.start:type_name -> google.protobuf.Duration
+	42, // 32: genmesh.v1.TranscriptWord.end:type_name -> google.protobuf.Duration
+	25, // 33: genmesh.v1.Transcript.segments:type_name -> genmesh.v1.TranscriptSegment
+	42, // 34: genmesh.v1.Transcript.duration:type_name -> google.protobuf.Duration
+	0,  // 35: genmesh.v1.OutputItem.kind:type_name -> genmesh.v1.ContentKind
+	43, // 36: genmesh.v1.OutputItem.json:type_name -> google.protobuf.Value
+	27, // 37: genmesh.v1.OutputItem.transcript:type_name -> genmesh.v1.Transcript
+	14, // 38: genmesh.v1.OutputItem.tool_calls:type_name -> genmesh.v1.ToolCall
+	17, // 39: genmesh.v1.OutputItem.logprobs:type_name -> genmesh.v1.TokenLogprob
+	3,  // 40: genmesh.v1.OutputItem.finish_reason:type_name -> genmesh.v1.FinishReason
+	17, // 41: genmesh.v1.OutputItem.prompt_logprobs:type_name -> genmesh.v1.TokenLogprob
+	28, // 42: genmesh.v1.GenerateResponse.outputs:type_name -> genmesh.v1.OutputItem
+	23, // 43: genmesh.v1.GenerateResponse.usage:type_name -> genmesh.v1.Usage
+	3,  // 44: genmesh.v1.GenerateResponse.finish_reason:type_name -> genmesh.v1.FinishReason
+	24, // 45: genmesh.v1.GenerateResponse.timings:type_name -> genmesh.v1.Timings
+	17, // 46: genmesh.v1.TextDelta.logprobs:type_name -> genmesh.v1.TokenLogprob
+	17, // 47: genmesh.v1.TextDelta.prompt_logprobs:type_name -> genmesh.v1.TokenLogprob
+	42, // 48: genmesh.v1.AudioChunk.duration:type_name -> google.protobuf.Duration
+	41, // 49: genmesh.v1.Info.details:type_name -> google.protobuf.Struct
+	25, // 50: genmesh.v1.TranscriptUpdate.segment:type_name -> genmesh.v1.TranscriptSegment
+	42, // 51: genmesh.v1.VoiceActivity.position:type_name -> google.protobuf.Duration
+	30, // 52: genmesh.v1.StreamEvent.text_delta:type_name -> genmesh.v1.TextDelta
+	31, // 53: genmesh.v1.StreamEvent.progress:type_name -> genmesh.v1.Progress
+	32, // 54: genmesh.v1.StreamEvent.audio_chunk:type_name -> genmesh.v1.AudioChunk
+	33, // 55: genmesh.v1.StreamEvent.image_preview:type_name -> genmesh.v1.ImagePreview
+	34, // 56: genmesh.v1.StreamEvent.info:type_name -> genmesh.v1.Info
+	35, // 57: genmesh.v1.StreamEvent.transcript:type_name -> genmesh.v1.TranscriptUpdate
+	29, // 58: genmesh.v1.StreamEvent.final:type_name -> genmesh.v1.GenerateResponse
+	15, // 59: genmesh.v1.StreamEvent.tool_call_delta:type_name -> genmesh.v1.ToolCallDelta
+	36, // 60: genmesh.v1.StreamEvent.voice_activity:type_name -> genmesh.v1.VoiceActivity
+	7,  // 61: genmesh.v1.Control.action:type_name -> genmesh.v1.Control.Action
+	2,  // 62: genmesh.v1.ModelInfo.tasks:type_name -> genmesh.v1.Task
+	41, // 63: genmesh.v1.ModelInfo.details:type_name -> google.protobuf.Struct
+	5,  // 64: genmesh.v1.ModelInfo.kind:type_name -> genmesh.v1.ModelKind
+	65, // [65:65] is the sub-list for method output_type
+	65, // [65:65] is the sub-list for method input_type
+	65, // [65:65] is the sub-list for extension type_name
+	65, // [65:65] is the sub-list for extension extendee
+	0,  // [0:65] is the sub-list for field type_name
 }
 
 func init() { file_genmesh_v1_common_proto_init() }
@@ -4171,7 +4216,7 @@ func file_genmesh_v1_common_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_genmesh_v1_common_proto_rawDesc), len(file_genmesh_v1_common_proto_rawDesc)),
 			NumEnums:      8,
-			NumMessages:   32,
+			NumMessages:   33,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

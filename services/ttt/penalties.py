@@ -1,0 +1,63 @@
+"""OpenAI's presence and frequency penalties and logit bias, applied to a row of logits.
+
+One implementation for the engines that sample in Python or let Python adjust the logits they
+sample from (llama.cpp, batched or not, and transformers), so each means the same everywhere:
+the penalties count the tokens generated so far, not the prompt's, as OpenAI and vLLM count them.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+
+from genmesh.ttt.engine import SamplingParams
+
+NO_IDS = np.empty(0, dtype=np.intp)
+_NO_DELTAS = np.empty(0, dtype=np.float32)
+
+
+class Penalties:
+    """One generation's adjustments. Counts are kept as tokens come, so a step costs the
+    distinct tokens so far, not the whole output again."""
+
+    def __init__(self, params: SamplingParams) -> None:
+        self.presence = np.float32(params.presence_penalty)
+        self.frequency = np.float32(params.frequency_penalty)
+        self.counting = bool(params.presence_penalty or params.frequency_penalty)
+        bias = params.logit_bias
+        self._bias_ids = np.fromiter(bias.keys(), dtype=np.intp, count=len(bias))
+        self._bias = np.fromiter(bias.values(), dtype=np.float32, count=len(bias))
+        self.active = self.counting or bool(bias)
+        self._counts: Counter[int] = Counter()
+        self._seen = 0
+
+    def add(self, token: int) -> None:
+        if self.counting:
+            self._counts[token] += 1
+
+    def catch_up(self, generated: Sequence[int] | np.ndarray) -> None:
+        """Counts what `generated` (the whole output so far) holds beyond what was counted."""
+        new: Iterable[int] = generated[self._seen :]
+        for token in new:
+            self.add(int(token))
+        self._seen = len(generated)
+
+    def step(self) -> tuple[np.ndarray, np.ndarray]:
+        """The ids this step adjusts and what is added to each (an id may come twice)."""
+        if not self.active:
+            return NO_IDS, _NO_DELTAS
+        if not self._counts:
+            return self._bias_ids, self._bias
+        counted = np.fromiter(self._counts.keys(), dtype=np.intp, count=len(self._counts))
+        times = np.fromiter(self._counts.values(), dtype=np.float32, count=len(self._counts))
+        penalty = -(self.presence + self.frequency * times)
+        return np.concatenate([counted, self._bias_ids]), np.concatenate([penalty, self._bias])
+
+
+def apply(logits: np.ndarray, ids: np.ndarray, deltas: np.ndarray) -> None:
+    """Adds `deltas` at `ids`, in place; ids past the row (a tokenizer larger than the output
+    layer) name no token the model can produce and are passed over."""
+    inside = ids < len(logits)
+    np.add.at(logits, ids[inside], deltas[inside])
