@@ -37,7 +37,7 @@ import threading
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import InitVar, dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
@@ -55,6 +55,14 @@ PENALTY_LAST_N = 64
 # llama.cpp keeps allocated for the context's life.
 SCORED_CHUNK = 64
 _DONE = object()
+
+
+def end_of_text(llm: Llama) -> tuple[int, ...]:
+    """The model's end-of-generation tokens (EOS, end of turn...), which min_tokens bans."""
+    from llama_cpp import llama_cpp as lib
+
+    vocab = llm._model.vocab
+    return tuple(t for t in range(llm.n_vocab()) if lib.llama_vocab_is_eog(vocab, t))
 
 
 class DecodeError(RuntimeError):
@@ -78,13 +86,14 @@ class Sequence:
     decoder: Any = field(default_factory=lambda: codecs.getincrementaldecoder("utf-8")("replace"))
     # The tokens it generated last, which the repeat penalty applies to.
     recent: deque[int] = field(default_factory=lambda: deque(maxlen=PENALTY_LAST_N))
-    # OpenAI's penalties, counting the tokens it generated, and its logit bias.
+    # OpenAI's penalties, counting the tokens it generated, its logit bias and min_tokens.
     adjustments: penalties.Penalties = field(init=False)
+    end_of_text: InitVar[tuple[int, ...]] = ()
     # The prompt's scores so far, when the request asked for them.
     scored: list[TokenLogprob] = field(default_factory=list)
 
-    def __post_init__(self) -> None:
-        self.adjustments = penalties.Penalties(self.run.params)
+    def __post_init__(self, end_of_text: tuple[int, ...]) -> None:
+        self.adjustments = penalties.Penalties(self.run.params, end_of_text)
 
     @property
     def scoring(self) -> bool:
@@ -139,6 +148,7 @@ class Batcher:
         self._memory = lib.llama_get_memory(ctx)
         self._vocab = llm._model.vocab
         self._n_vocab = llm.n_vocab()
+        self._ends = end_of_text(llm)
         self._batch = lib.llama_batch_init(capacity, 0, 1)
         self._free = list(range(slots))
         # The tokens each slot's KV cells hold, kept after its sequence ends for the next prompt.
@@ -166,7 +176,9 @@ class Batcher:
         is freed before the next step)."""
         queue: asyncio.Queue[object] = asyncio.Queue()
         loop = asyncio.get_running_loop()
-        sequence = Sequence(run, grammar, loop, queue.put_nowait, pending=list(run.prompt))
+        sequence = Sequence(
+            run, grammar, loop, queue.put_nowait, pending=list(run.prompt), end_of_text=self._ends
+        )
         with self._wake:
             if self._closed:
                 raise RuntimeError("the model is unloading")

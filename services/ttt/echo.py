@@ -90,6 +90,11 @@ def _calls_valid(text: str, use: ToolUse) -> bool:
     return True
 
 
+def _length(prompt: str, options: EchoOptions, params: SamplingParams) -> int:
+    """The echo's length: the prompt `repeat` times, or repeated on to min_tokens."""
+    return max(len(prompt) * options.repeat, params.min_tokens if prompt else 0)
+
+
 class EchoEngine(TextEngine):
     # It samples nothing, so penalties change nothing, as temperature does not.
     features = frozenset(
@@ -102,6 +107,7 @@ class EchoEngine(TextEngine):
             "raw_prompt",
             "prompt_logprobs",
             "penalties",
+            "min_tokens",
         }
     )
 
@@ -118,8 +124,9 @@ class EchoEngine(TextEngine):
         check_prompt_scores(sum(len(m.content) for m in messages), params)
         prompt = next((m.content for m in reversed(messages) if m.role == "user"), "")
         # As many repeats as max_tokens takes, not all of them: `repeat` goes to a million.
-        repeats = min(options.repeat, -(-params.max_tokens // max(len(prompt), 1)))
-        echo = (prompt * repeats)[: params.max_tokens] if params.constraint or params.tools else ""
+        sent = min(_length(prompt, options, params), params.max_tokens)
+        repeats = -(-sent // max(len(prompt), 1))
+        echo = (prompt * repeats)[:sent] if params.constraint or params.tools else ""
         if params.constraint is not None and not _satisfies(echo, params.constraint):
             what = "constrain output (its echo does not satisfy the constraint)"
             raise UnsupportedError("echo", params.constraint.field, what)
@@ -134,7 +141,7 @@ class EchoEngine(TextEngine):
         prompt_tokens = len(whole)
         # Every character of the prompt is certain to the echo; nothing predicts the first.
         scored = () if params.prompt_logprobs is None else _scored(whole, params.prompt_logprobs)
-        length = len(prompt) * options.repeat  # the echo, never built beyond what is sent
+        length = _length(prompt, options, params)  # never built beyond what is sent
         if not length:
             yield GenerationChunk(
                 "",
@@ -152,7 +159,8 @@ class EchoEngine(TextEngine):
                 await asyncio.sleep(options.delay_ms / 1000)
             reason: Literal["stop", "length"] | None = None
             if index + 1 == sent:
-                reason = "stop" if length <= params.max_tokens else "length"
+                ended = length <= params.max_tokens and params.min_tokens < params.max_tokens
+                reason = "stop" if ended else "length"
             char = prompt[index % len(prompt)]
             yield GenerationChunk(
                 char,

@@ -94,6 +94,9 @@ class SamplingParams:
     frequency_penalty: float = 0.0
     # Added to these token ids' logits.
     logit_bias: Mapping[int, float] = field(default_factory=dict)
+    # End-of-text tokens are banned until this many are generated (max_tokens when ignore_eos).
+    min_tokens: int = 0
+    ignore_eos: bool = False
     # None: a fresh seed per generation.
     seed: int | None = None
     stop: tuple[str, ...] = ()

@@ -24,7 +24,7 @@ import numpy as np
 
 from genmesh.runtime.cpus import usable_cpus
 from genmesh.ttt import grammar, penalties, tools
-from genmesh.ttt.batching import Batcher
+from genmesh.ttt.batching import Batcher, end_of_text
 from genmesh.ttt.engine import (
     ChatMessage,
     ConstraintError,
@@ -71,6 +71,7 @@ class LlamaCppEngine(ThreadedEngine):
             "logprobs",
             "raw_prompt",
             "penalties",
+            "min_tokens",
         }
     )
 
@@ -113,6 +114,7 @@ class LlamaCppEngine(ThreadedEngine):
         self._formatter: Jinja2ChatFormatter | None = None
         # One context: generations are serialised; the lock is taken inside the worker thread.
         self._lock = threading.Lock()
+        self._ends: tuple[int, ...] = ()
 
     async def load(self) -> None:
         self._llm, self._formatter = await asyncio.to_thread(self._load)
@@ -130,6 +132,8 @@ class LlamaCppEngine(ThreadedEngine):
             n_threads_batch=self._threads_batch,
             verbose=False,
         )
+        if not self._batching:  # the batcher keeps its own
+            self._ends = end_of_text(llm)
         if self._batching:
             trained = int(llm._model.n_ctx_train())
             self._context_size = self._context_size or min(trained, DEFAULT_SLOT_CONTEXT)
@@ -262,7 +266,7 @@ class LlamaCppEngine(ThreadedEngine):
                 cast(Any, llm).reset()  # untyped in llama-cpp-python
             tokens = llm.generate(
                 run.prompt,
-                logits_processor=_adjusting(len(run.prompt), params),
+                logits_processor=_adjusting(len(run.prompt), params, self._ends),
                 top_k=params.top_k,
                 top_p=params.top_p,
                 min_p=float(params.extra.get("min_p", 0.05)),
@@ -359,10 +363,13 @@ def _detokenized(llm: Llama, tokens: list[int]) -> bytes:
     return b"".join(out)
 
 
-def _adjusting(prompt: int, params: SamplingParams) -> LogitsProcessorList | None:
-    """OpenAI's penalties and logit bias as llama-cpp-python's logits processor: first in its
-    chain, it sees the whole vocabulary's candidates in id order (logprobs stay the model's)."""
-    adjustments = penalties.Penalties(params)
+def _adjusting(
+    prompt: int, params: SamplingParams, end_of_text: tuple[int, ...]
+) -> LogitsProcessorList | None:
+    """OpenAI's penalties and logit bias, and min_tokens, as llama-cpp-python's logits processor:
+    first in its chain, it sees the whole vocabulary's candidates in id order (logprobs stay the
+    model's)."""
+    adjustments = penalties.Penalties(params, end_of_text)
     if not adjustments.active:
         return None
     from llama_cpp import LogitsProcessorList

@@ -31,7 +31,9 @@ class OnnxGenAIEngine(ThreadedEngine):
     """Serves an onnxruntime-genai model folder."""
 
     engine = "onnxruntime-genai"
-    features = frozenset({"json_schema", "regex", "grammar", "choices", "tools", "raw_prompt"})
+    features = frozenset(
+        {"json_schema", "regex", "grammar", "choices", "tools", "raw_prompt", "min_tokens"}
+    )
 
     def __init__(
         self,
@@ -112,6 +114,8 @@ class OnnxGenAIEngine(ThreadedEngine):
         search = og.GeneratorParams(model)
         options: dict[str, Any] = {
             "max_length": len(run.prompt) + run.budget,
+            # onnxruntime-genai's own ban of the end of text, counted with the prompt
+            "min_length": len(run.prompt) + min(params.min_tokens, run.budget),
             "do_sample": params.temperature > 0,
             "repetition_penalty": params.repeat_penalty,
             "random_seed": params.seed if params.seed is not None else random.getrandbits(31),

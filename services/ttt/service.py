@@ -156,8 +156,15 @@ def sampling_params(request: common_pb2.GenerateRequest, info: EngineModelInfo) 
         for token, bias in text.logit_bias.items()
         if token < 0 or not -100 <= bias <= 100
     ]
+    min_tokens = max_tokens if text.ignore_eos else text.min_tokens
+    if not 0 <= text.min_tokens <= max_tokens:
+        bad.append(FieldViolation("text.min_tokens", f"must be in 0..max_tokens ({max_tokens})"))
     constraint = structured.constraint(text, bad)
     tool_use = structured.tool_use(text, bad)
+    if min_tokens and (constraint is not None or tool_use is not None):
+        held = "text.ignore_eos" if text.ignore_eos else "text.min_tokens"
+        ends = "not with a constraint or tools, whose grammar decides where the output ends"
+        bad.append(FieldViolation(held, ends))
     top_logprobs = structured.top_logprobs(text, bad)
     if text.raw_prompt and tool_use is not None:
         bad.append(FieldViolation("text.raw_prompt", "takes no tools: they need the chat template"))
@@ -176,6 +183,8 @@ def sampling_params(request: common_pb2.GenerateRequest, info: EngineModelInfo) 
         presence_penalty=text.presence_penalty,
         frequency_penalty=text.frequency_penalty,
         logit_bias=dict(text.logit_bias),
+        min_tokens=min_tokens,
+        ignore_eos=text.ignore_eos,
         seed=text.seed if text.HasField("seed") else None,
         stop=tuple(text.stop),
         extra=json_format.MessageToDict(request.extra) if request.HasField("extra") else {},

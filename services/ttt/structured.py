@@ -196,6 +196,9 @@ def refuse_unsupported(engine: TextEngine, params: SamplingParams) -> None:
     for name in ("presence_penalty", "frequency_penalty", "logit_bias"):
         if getattr(params, name):
             wanted.append(("penalties", f"text.{name}", "adjust logits"))
+    if params.min_tokens:
+        held = "text.ignore_eos" if params.ignore_eos else "text.min_tokens"
+        wanted.append(("min_tokens", held, "hold off the end of text"))
     for feature, field, what in wanted:
         if feature not in engine.features:
             raise unsupported(UnsupportedError(engine.info().engine, field, what))

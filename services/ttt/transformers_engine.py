@@ -41,7 +41,16 @@ class TransformersEngine(ThreadedEngine):
 
     engine = "transformers"
     features = frozenset(
-        {"json_schema", "regex", "grammar", "choices", "tools", "raw_prompt", "penalties"}
+        {
+            "json_schema",
+            "regex",
+            "grammar",
+            "choices",
+            "tools",
+            "raw_prompt",
+            "penalties",
+            "min_tokens",
+        }
     )
 
     def __init__(
@@ -188,6 +197,8 @@ class TransformersEngine(ThreadedEngine):
                 ids,
                 attention_mask=torch.ones_like(ids),
                 max_new_tokens=budget,
+                # transformers' own ban of the end-of-sequence tokens it stops at
+                min_new_tokens=min(params.min_tokens, budget),
                 repetition_penalty=params.repeat_penalty,
                 pad_token_id=self.tokenizer.eos_token_id,
                 streamer=streamer,

@@ -342,6 +342,8 @@ def test_what_genmesh_does_not_serve_yet_is_400_naming_it(
         ({"logit_bias": {"104": 101}}, "logit_bias[104]"),
         ({"logit_bias": {str(0x110000): 1}}, "logit_bias"),
         ({"logit_bias": {str(i): 1 for i in range(301)}}, "logit_bias"),
+        ({"logit_bias": {"007": 1, "7": -1}}, "logit_bias"),
+        ({"logit_bias": {"7": True}}, "logit_bias.7"),
     ],
 )
 def test_penalties_and_bias_out_of_range_are_400_naming_them(

@@ -145,22 +145,29 @@ async def test_legacy_completion_scores_an_echoed_prompt(
     ]
 
 
-def test_text_offsets_point_into_the_text_past_characters_split_across_tokens(
-    smol: OpenAI,
+async def test_text_offsets_point_into_the_text_past_characters_split_across_tokens(
+    smol: OpenAI, smol_router: ServiceProcess
 ) -> None:
     """An emoji is several byte-level tokens, each shown as U+FFFD; offsets count the text's
-    characters (a split one once), so every token after it starts where its text stands."""
-    prompt = "I feel 🙂 about 🚀 launches"
-    asked: dict[str, Any] = {"prompt": prompt, "max_tokens": 4, "echo": True, "logprobs": 0}
-    whole = smol.completions.create(model="smollm2", temperature=0, **asked)
-    streamed = smol.completions.create(model="smollm2", temperature=0, stream=True, **asked)
-    for choice in (whole_completion(whole)[0], streamed_completion(streamed)[0]):
-        logprobs = choice["logprobs"]
-        shown = [
-            (token, offset)
-            for token, offset in zip(logprobs["tokens"], logprobs["text_offset"], strict=True)
-            if "\ufffd" not in token
-        ]
-        assert len(shown) < len(logprobs["tokens"]), "the emojis were whole tokens"
-        for token, offset in shown:
-            assert choice["text"][offset : offset + len(token)] == token, (token, offset)
+    characters (a split one once), so every token after it starts where its text stands. A
+    prompt of ids that stops inside a character leaves it unfinished in the echo (U+FFFD) and
+    the output begins with the rest (U+FFFD again)."""
+    async with Client(smol_router.address, API_KEY) as client:
+        tokenized = await client.tokenizer.Tokenize(
+            tokenizer_pb2.TokenizeRequest(text="I love 🌍"), metadata=client.metadata
+        )
+    ids = list(tokenized.tokens)
+    for prompt in ("I feel 🙂 about 🚀 launches", ids[:-1], ids[:-2]):
+        asked: dict[str, Any] = {"prompt": prompt, "max_tokens": 8, "echo": True, "logprobs": 0}
+        whole = smol.completions.create(model="smollm2", temperature=0, **asked)
+        streamed = smol.completions.create(model="smollm2", temperature=0, stream=True, **asked)
+        for choice in (whole_completion(whole)[0], streamed_completion(streamed)[0]):
+            logprobs = choice["logprobs"]
+            shown = [
+                (token, offset)
+                for token, offset in zip(logprobs["tokens"], logprobs["text_offset"], strict=True)
+                if "\ufffd" not in token
+            ]
+            assert len(shown) < len(logprobs["tokens"]), "the emojis were whole tokens"
+            for token, offset in shown:
+                assert choice["text"][offset : offset + len(token)] == token, (prompt, token)

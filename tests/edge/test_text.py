@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 
+import openai
 import pytest
 from openai import AsyncOpenAI, OpenAI
 from openai.types.chat import ChatCompletionChunk, ChatCompletionMessageParam
@@ -263,3 +264,25 @@ def test_sse_error_event_on_the_wire(edge: ServiceProcess, client: OpenAI) -> No
     error = json.loads(events[-1])["error"]
     assert set(error) == {"message", "type", "param", "code"}
     assert error["type"] == "rate_limit_error"
+
+
+def test_vllm_min_tokens_and_ignore_eos(client: OpenAI) -> None:
+    """The echo repeats its prompt on to min_tokens (its end of text held off), or max_tokens."""
+    held = client.completions.create(
+        model="echo", prompt="ab", max_tokens=10, extra_body={"min_tokens": 7}
+    )
+    assert held.choices[0].text == "abababa"
+    endless = client.completions.create(
+        model="echo", prompt="ab", max_tokens=5, extra_body={"ignore_eos": True}
+    )
+    assert endless.choices[0].text == "ababa"
+    assert endless.choices[0].finish_reason == "length"
+    unset = client.completions.create(
+        model="echo", prompt="ab", extra_body={"min_tokens": None, "ignore_eos": None}
+    )
+    assert unset.choices[0].text == "ab"
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.completions.create(
+            model="echo", prompt="ab", max_tokens=5, extra_body={"min_tokens": 6}
+        )
+    assert caught.value.body["param"] == "min_tokens"  # type: ignore[index]

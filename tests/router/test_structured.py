@@ -542,10 +542,16 @@ def test_request_constraint_and_tools_replace_the_defaults() -> None:
     assert [t.name for t in merged.tools] == ["get_weather"]
 
 
-def test_a_request_can_undo_a_default_penalty_and_replaces_its_bias() -> None:
+def test_a_request_can_undo_defaults_and_replaces_a_default_bias() -> None:
     from genmesh.router.dispatch import _overlay
 
-    merged = common_pb2.TextParameters(presence_penalty=1.5, logit_bias={5: -100})
-    _overlay(merged, common_pb2.TextParameters(presence_penalty=0, logit_bias={7: 3}))
+    merged = common_pb2.TextParameters(
+        presence_penalty=1.5, logit_bias={5: -100}, min_tokens=20, ignore_eos=True
+    )
+    later = common_pb2.TextParameters(
+        presence_penalty=0, logit_bias={7: 3}, min_tokens=0, ignore_eos=False
+    )
+    _overlay(merged, later)
     assert merged.HasField("presence_penalty") and merged.presence_penalty == 0
     assert dict(merged.logit_bias) == {7: 3}
+    assert (merged.min_tokens, merged.ignore_eos) == (0, False)

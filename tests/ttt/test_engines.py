@@ -228,3 +228,72 @@ async def test_an_engine_without_penalties_refuses_them(client: Client) -> None:
     details = error_details(caught.value)
     assert details.code == grpc.StatusCode.FAILED_PRECONDITION
     assert "text.frequency_penalty" in details.violations
+
+
+# SmolLM2's end of turn, <|im_end|>: biased up, every reply ends at once.
+END_OF_TURN = 2
+
+
+@pytest.mark.parametrize("name", ["llama", "llama-serial", "hf"])
+async def test_min_tokens_and_ignore_eos_hold_off_the_end(client: Client, name: str) -> None:
+    """A reply made to end at its first token goes on to exactly min_tokens, or to max_tokens."""
+
+    async def reply(**fields: Any) -> common_pb2.GenerateResponse:
+        params = common_pb2.TextParameters(
+            temperature=0, max_tokens=32, logit_bias={END_OF_TURN: 100}, **fields
+        )
+        request = text_request("Tell me about the sea.", binding=name, parameters=params)
+        return await client.generate(request)
+
+    short = await reply()
+    assert short.finish_reason == common_pb2.FINISH_REASON_STOP
+    assert short.usage.completion_tokens <= 1
+    held = await reply(min_tokens=10)
+    assert held.finish_reason == common_pb2.FINISH_REASON_STOP
+    assert held.usage.completion_tokens == 10, held.outputs[0].text
+    endless = await reply(ignore_eos=True)
+    assert endless.finish_reason == common_pb2.FINISH_REASON_LENGTH
+    assert endless.usage.completion_tokens == 32
+
+
+@pytest.mark.parametrize(
+    ("fields", "named"),
+    [
+        ({"ignore_eos": True}, "text.ignore_eos"),
+        ({"min_tokens": 20}, "text.min_tokens"),
+    ],
+)
+async def test_holding_off_the_end_is_refused_with_a_grammar(
+    client: Client, fields: dict[str, Any], named: str
+) -> None:
+    """A grammar that allows only its end would leave no token to sample (llama.cpp aborted the
+    process on it)."""
+    params = common_pb2.TextParameters(temperature=0.8, **fields)
+    params.constraint.choices.choices.extend(["yes", "no"])
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await client.generate(text_request("Yes or no?", binding="llama-serial", parameters=params))
+    details = error_details(caught.value)
+    assert details.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert named in details.violations
+    answer = await client.generate(text_request("Hi", binding="llama-serial"))
+    assert answer.outputs[0].text
+
+
+async def test_onnx_min_tokens_holds_off_the_end(client: Client) -> None:
+    """onnxruntime-genai has no logit bias: a short answer of its own goes on to min_tokens."""
+    params = common_pb2.TextParameters(temperature=0, max_tokens=64)
+    request = text_request("What is the capital of France?", binding="onnx", parameters=params)
+    short = await client.generate(request)
+    assert short.finish_reason == common_pb2.FINISH_REASON_STOP
+    ended = short.usage.completion_tokens
+    request.text.min_tokens = ended + 8
+    held = await client.generate(request)
+    assert held.usage.completion_tokens >= ended + 8, held.outputs[0].text
+
+
+async def test_an_engine_that_cannot_hold_off_the_end_refuses_to(client: Client) -> None:
+    """The remote engine's upstream may not know vLLM's min_tokens: refused, not ignored."""
+    params = common_pb2.TextParameters(ignore_eos=True)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await client.generate(text_request("hi", binding="remote", parameters=params))
+    assert error_details(caught.value).code == grpc.StatusCode.FAILED_PRECONDITION

@@ -21,7 +21,7 @@ from typing import Annotated, Any, ClassVar, Literal, cast
 import grpc
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
-from pydantic import Field, StrictInt
+from pydantic import Field, StrictFloat, StrictInt
 
 from genmesh.edge import errors
 from genmesh.edge.mesh import Caller, Indexed, Mesh, Prefetched, prefetch, unless_disconnected
@@ -88,13 +88,17 @@ class TextRequest(OpenAIRequest):
     top_p: float | None = Field(default=None, gt=0, le=1)
     seed: Seed | None = None
     n: int | None = Field(default=None, ge=1)
-    presence_penalty: float | None = Field(default=None, ge=-2, le=2)
-    frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
-    logit_bias: dict[str, float] | None = None
+    presence_penalty: float | None = Field(default=None, ge=-2, le=2, allow_inf_nan=False)
+    frequency_penalty: float | None = Field(default=None, ge=-2, le=2, allow_inf_nan=False)
+    # Strict: true is no bias.
+    logit_bias: dict[str, StrictFloat] | None = None
     # genmesh's own, sent with the OpenAI SDK's `extra_body`.
     personality: str = ""
     top_k: Natural | None = None
     repetition_penalty: float | None = Field(default=None, gt=0)
+    # vLLM's: no end of text before min_tokens, or none at all.
+    min_tokens: Natural | None = None
+    ignore_eos: bool | None = None
 
     def unsupported(self) -> dict[str, Any]:
         return {}
@@ -103,7 +107,9 @@ class TextRequest(OpenAIRequest):
         """`logit_bias` by token id (OpenAI's keys are the ids as strings)."""
         bias = {}
         for key, value in (self.logit_bias or {}).items():
-            if not (key.isascii() and key.isdigit() and len(key) <= 10 and int(key) <= INT32_MAX):
+            # One spelling per id, so that "007" and "7" cannot both bias token 7.
+            canonical = key.isascii() and key.isdigit() and key == str(int(key[:11]))
+            if not canonical or int(key) > INT32_MAX:
                 raise errors.invalid("logit_bias", f"logit_bias: {key[:40]!r} is no token id")
             bias[int(key)] = value
         return bias
@@ -160,6 +166,8 @@ class TextRequest(OpenAIRequest):
             presence_penalty=self.presence_penalty,
             frequency_penalty=self.frequency_penalty,
             logit_bias=self.bias(),
+            min_tokens=self.min_tokens,
+            ignore_eos=self.ignore_eos,
             seed=self.seed,
             stop=stop,
             n=self.n,
@@ -674,13 +682,20 @@ class CompletionReply(Reply):
         if not self.logprobs:
             return None
         offset = self.offsets.get(index, 0 if prompt else len(self._echo(index)))
-        decoder = self.begun.setdefault(index, UTF8(errors="replace"))
         starts = []
-        every = [*prompt, *entries]
-        for entry in every:
+        # The prompt's text and the output's were decoded apart (a character the prompt's ids
+        # leave unfinished shows as U+FFFD in both): so are their tokens here.
+        echoed = UTF8(errors="replace")
+        for entry in prompt:
+            starts.append(offset)
+            offset += len(echoed.decode(entry.bytes))
+        offset += len(echoed.decode(b"", final=True))
+        decoder = self.begun.setdefault(index, UTF8(errors="replace"))
+        for entry in entries:
             starts.append(offset)
             offset += len(decoder.decode(entry.bytes))
         self.offsets[index] = offset
+        every = [*prompt, *entries]
         unpredicted = 1 if prompt else 0
         return {
             "tokens": [e.token for e in every],

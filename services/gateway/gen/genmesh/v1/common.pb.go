@@ -1428,9 +1428,18 @@ type TextParameters struct {
 	FrequencyPenalty *float32 `protobuf:"fixed32,18,opt,name=frequency_penalty,json=frequencyPenalty,proto3,oneof" json:"frequency_penalty,omitempty"`
 	// Added to the logits of these token ids (of the model's vocabulary) before sampling, -100
 	// to 100 each, at most 300 ids: -100 all but bans a token, 100 all but forces it. An id the
-	// model does not have is INVALID_ARGUMENT. Logprobs stay the model's own. A request's bias
+	// model does not have is INVALID_ARGUMENT (a remote engine's upstream judges the ids of its
+	// own model). Logprobs stay the model's own. A request's bias
 	// replaces a personality's or binding's default bias whole.
-	LogitBias     map[int32]float32 `protobuf:"bytes,19,rep,name=logit_bias,json=logitBias,proto3" json:"logit_bias,omitempty" protobuf_key:"varint,1,opt,name=key" protobuf_val:"fixed32,2,opt,name=value"`
+	LogitBias map[int32]float32 `protobuf:"bytes,19,rep,name=logit_bias,json=logitBias,proto3" json:"logit_bias,omitempty" protobuf_key:"varint,1,opt,name=key" protobuf_val:"fixed32,2,opt,name=value"`
+	// Generate at least this many tokens, 0 to max_tokens: the model's end-of-text tokens are
+	// banned until then (stop sequences still end it), as vLLM's min_tokens. Not with a
+	// constraint or tools, whose grammar decides where the output ends (INVALID_ARGUMENT).
+	MinTokens *int32 `protobuf:"varint,20,opt,name=min_tokens,json=minTokens,proto3,oneof" json:"min_tokens,omitempty"`
+	// Ban the end-of-text tokens altogether, so that generation runs to max_tokens unless a stop
+	// sequence ends it (as vLLM's ignore_eos; benchmarks use it to compare equal work). Not with
+	// a constraint or tools either.
+	IgnoreEos     *bool `protobuf:"varint,21,opt,name=ignore_eos,json=ignoreEos,proto3,oneof" json:"ignore_eos,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1596,6 +1605,20 @@ func (x *TextParameters) GetLogitBias() map[int32]float32 {
 		return x.LogitBias
 	}
 	return nil
+}
+
+func (x *TextParameters) GetMinTokens() int32 {
+	if x != nil && x.MinTokens != nil {
+		return *x.MinTokens
+	}
+	return 0
+}
+
+func (x *TextParameters) GetIgnoreEos() bool {
+	if x != nil && x.IgnoreEos != nil {
+		return *x.IgnoreEos
+	}
+	return false
 }
 
 // Parameters for text-to-image and image editing.
@@ -3761,7 +3784,7 @@ const file_genmesh_v1_common_proto_rawDesc = "" +
 	"\x05token\x18\x02 \x01(\tR\x05token\x12\x18\n" +
 	"\alogprob\x18\x03 \x01(\x02R\alogprob\x12\x14\n" +
 	"\x05bytes\x18\x04 \x01(\fR\x05bytes\x12?\n" +
-	"\ftop_logprobs\x18\x05 \x03(\v2\x1c.genmesh.v1.TokenAlternativeR\vtopLogprobs\"\xd8\a\n" +
+	"\ftop_logprobs\x18\x05 \x03(\v2\x1c.genmesh.v1.TokenAlternativeR\vtopLogprobs\"\xbe\b\n" +
 	"\x0eTextParameters\x12\"\n" +
 	"\n" +
 	"max_tokens\x18\x01 \x01(\x05H\x00R\tmaxTokens\x88\x01\x01\x12%\n" +
@@ -3788,7 +3811,12 @@ const file_genmesh_v1_common_proto_rawDesc = "" +
 	"\x10presence_penalty\x18\x11 \x01(\x02H\bR\x0fpresencePenalty\x88\x01\x01\x120\n" +
 	"\x11frequency_penalty\x18\x12 \x01(\x02H\tR\x10frequencyPenalty\x88\x01\x01\x12H\n" +
 	"\n" +
-	"logit_bias\x18\x13 \x03(\v2).genmesh.v1.TextParameters.LogitBiasEntryR\tlogitBias\x1a<\n" +
+	"logit_bias\x18\x13 \x03(\v2).genmesh.v1.TextParameters.LogitBiasEntryR\tlogitBias\x12\"\n" +
+	"\n" +
+	"min_tokens\x18\x14 \x01(\x05H\n" +
+	"R\tminTokens\x88\x01\x01\x12\"\n" +
+	"\n" +
+	"ignore_eos\x18\x15 \x01(\bH\vR\tignoreEos\x88\x01\x01\x1a<\n" +
 	"\x0eLogitBiasEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\x05R\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\x02R\x05value:\x028\x01B\r\n" +
@@ -3801,7 +3829,9 @@ const file_genmesh_v1_common_proto_rawDesc = "" +
 	"\x14_parallel_tool_callsB\x04\n" +
 	"\x02_nB\x13\n" +
 	"\x11_presence_penaltyB\x14\n" +
-	"\x12_frequency_penalty\"\x81\x03\n" +
+	"\x12_frequency_penaltyB\r\n" +
+	"\v_min_tokensB\r\n" +
+	"\v_ignore_eos\"\x81\x03\n" +
 	"\x0fImageParameters\x12'\n" +
 	"\x0fnegative_prompt\x18\x01 \x01(\tR\x0enegativePrompt\x12\x19\n" +
 	"\x05steps\x18\x02 \x01(\x05H\x00R\x05steps\x88\x01\x01\x12*\n" +
