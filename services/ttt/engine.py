@@ -139,6 +139,13 @@ class GenerationChunk:
     prompt_logprobs: tuple[TokenLogprob, ...] = ()
 
 
+# What every engine that samples here through a grammar of its own (llama.cpp's, llguidance's)
+# serves; each adds what its sampler also allows.
+GRAMMAR_FEATURES = frozenset(
+    {"json_schema", "regex", "grammar", "choices", "tools", "raw_prompt", "min_tokens"}
+)
+
+
 class PromptTooLongError(ValueError):
     """The templated prompt does not fit the context window (the service: INVALID_ARGUMENT)."""
 
@@ -203,7 +210,8 @@ class TextEngine(abc.ABC):
 
     name: str
     # What the engine serves beyond plain sampling: constraint kinds ("json_schema", "regex",
-    # "grammar", "choices"), "tools" (calls it can make valid) and "logprobs". The service
+    # "grammar", "choices"), "tools" (calls it can make valid), "logprobs", "prompt_logprobs",
+    # "raw_prompt", "penalties" (OpenAI's and logit bias) and "min_tokens". The service
     # refuses a request asking for anything else with FAILED_PRECONDITION.
     features: frozenset[str] = frozenset()
     # The Jinja chat template the loaded engine renders prompts with ("": it renders none itself,

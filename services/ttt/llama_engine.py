@@ -26,6 +26,7 @@ from genmesh.runtime.cpus import usable_cpus
 from genmesh.ttt import grammar, penalties, tools
 from genmesh.ttt.batching import Batcher, end_of_text
 from genmesh.ttt.engine import (
+    GRAMMAR_FEATURES,
     ChatMessage,
     ConstraintError,
     EngineModelInfo,
@@ -61,19 +62,7 @@ class LlamaCppEngine(ThreadedEngine):
     """Serves one GGUF file with the model's own chat template."""
 
     engine = "llama.cpp"
-    features = frozenset(
-        {
-            "json_schema",
-            "regex",
-            "grammar",
-            "choices",
-            "tools",
-            "logprobs",
-            "raw_prompt",
-            "penalties",
-            "min_tokens",
-        }
-    )
+    features = GRAMMAR_FEATURES | {"logprobs", "penalties"}
 
     def __init__(
         self,

@@ -20,7 +20,13 @@ from typing import TYPE_CHECKING, Any, Literal
 import llguidance
 
 from genmesh.ttt import guidance, tools
-from genmesh.ttt.engine import ChatMessage, EngineModelInfo, SamplingParams, ToolUse
+from genmesh.ttt.engine import (
+    GRAMMAR_FEATURES,
+    ChatMessage,
+    EngineModelInfo,
+    SamplingParams,
+    ToolUse,
+)
 from genmesh.ttt.threaded import ThreadedEngine, TokenRun
 
 if TYPE_CHECKING:
@@ -31,9 +37,7 @@ class OnnxGenAIEngine(ThreadedEngine):
     """Serves an onnxruntime-genai model folder."""
 
     engine = "onnxruntime-genai"
-    features = frozenset(
-        {"json_schema", "regex", "grammar", "choices", "tools", "raw_prompt", "min_tokens"}
-    )
+    features = GRAMMAR_FEATURES
 
     def __init__(
         self,

@@ -21,6 +21,7 @@ import llguidance
 from genmesh.runtime.cpus import usable_cpus
 from genmesh.ttt import guidance, penalties, tools
 from genmesh.ttt.engine import (
+    GRAMMAR_FEATURES,
     ChatMessage,
     EngineModelInfo,
     GenerationChunk,
@@ -40,18 +41,7 @@ class TransformersEngine(ThreadedEngine):
     """Serves a model folder or GGUF file with transformers on CPU (or `device`)."""
 
     engine = "transformers"
-    features = frozenset(
-        {
-            "json_schema",
-            "regex",
-            "grammar",
-            "choices",
-            "tools",
-            "raw_prompt",
-            "penalties",
-            "min_tokens",
-        }
-    )
+    features = GRAMMAR_FEATURES | {"penalties"}
 
     def __init__(
         self,
