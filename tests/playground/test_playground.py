@@ -97,9 +97,10 @@ def test_microphone_is_transcribed(open_page: OpenPage) -> None:
     page.get_by_role("button", name="Stop recording").click()
     transcript = page.locator(".transcript")
     expect(transcript).to_be_visible(timeout=120_000)
-    # Recorded as Opus and resampled, "quick" is sometimes heard as "quit"; the rest holds.
+    # Recorded as Opus and resampled, "quick" is sometimes heard as "quit" and "jumps" as
+    # "jumped"; the rest holds.
     heard = " ".join(re.findall(r"[a-z]+", transcript.inner_text().lower()))
-    assert "brown fox jumps over the lazy dog" in heard, (SPOKEN, heard)
+    assert re.search(r"brown fox jump\w* over the lazy dog", heard), (SPOKEN, heard)
     expect(page.locator("table tbody tr").first).to_be_visible()
 
 
