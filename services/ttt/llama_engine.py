@@ -121,8 +121,6 @@ class LlamaCppEngine(ThreadedEngine):
             n_threads_batch=self._threads_batch,
             verbose=False,
         )
-        if not self._batching:  # the batcher keeps its own
-            self._ends = end_of_text(llm)
         if self._batching:
             trained = int(llm._model.n_ctx_train())
             self._context_size = self._context_size or min(trained, DEFAULT_SLOT_CONTEXT)
@@ -135,6 +133,8 @@ class LlamaCppEngine(ThreadedEngine):
                 threads_batch=self._threads_batch,
                 reuse_prefix=self._prefix_reuse,
             )
+        else:  # the batcher keeps its own
+            self._ends = end_of_text(llm)
         self.chat_template = self._template_option or llm.metadata.get(
             "tokenizer.chat_template", ""
         )
